@@ -1,0 +1,94 @@
+"""The contract between the HTTP layer (server) and the generation engine (scheduler + model).
+
+The HTTP layer depends only on this module; the engine implements `AsyncEngine`. Token ids in,
+token ids out: tokenization, detokenization and stop strings are the HTTP layer's job (it calls
+`abort` when a stop string matches), sampling and batching are the engine's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling; temperature 0 means greedy."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token; the last event of a request carries a finish_reason.
+
+    `token_id` is None only on a terminal event that carries no token (e.g. abort).
+    """
+
+    token_id: int | None
+    finish_reason: FinishReason | None = None
+
+
+class QueueFullError(Exception):
+    """Admission refused: the waiting queue is at capacity (HTTP 429 with Retry-After)."""
+
+    def __init__(self, retry_after_s: float = 1.0) -> None:
+        super().__init__(f"waiting queue is full; retry after {retry_after_s:g}s")
+        self.retry_after_s = retry_after_s
+
+
+class EngineDeadError(Exception):
+    """A rank died or a collective timed out; the process must exit non-zero."""
+
+
+class EngineShuttingDownError(Exception):
+    """Admission is closed because the server is draining (HTTP 503)."""
+
+
+class AsyncEngine(Protocol):
+    """What rank 0's HTTP layer sees of the engine."""
+
+    model_name: str
+    max_model_len: int  # prompt tokens + max_tokens must fit in this
+
+    @property
+    def num_running(self) -> int: ...
+
+    @property
+    def num_waiting(self) -> int: ...
+
+    @property
+    def is_ready(self) -> bool:
+        """True once the model is loaded on every rank and the engine loop is healthy."""
+
+    @property
+    def is_dead(self) -> bool:
+        """True once a rank died or a collective timed out (EngineDeadError raised inside)."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Stream the request's tokens. Raises QueueFullError / EngineShuttingDownError on
+        admission, EngineDeadError if the engine fails mid-request. Closing the iterator early
+        (client disconnect) aborts the request and frees its batch slot."""
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request now (stop string matched, client gone); frees its slot at the next step."""
+
+    def stop_admission(self) -> None:
+        """Refuse new requests from now on (SIGTERM); in-flight ones keep running."""
+
+    async def shutdown(self) -> None:
+        """Stop the engine loop and release every rank (followers exit their loop)."""
