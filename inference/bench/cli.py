@@ -70,7 +70,9 @@ def percentile_list(text: str) -> list[float]:
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like '50,90,99', got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers like '50,90,99', got {text!r}"
+        ) from None
     if not values or any(not 0 <= v <= 100 for v in values):
         raise argparse.ArgumentTypeError(f"percentiles must lie within [0, 100], got {text!r}")
     return values
@@ -125,10 +127,16 @@ def _add_http_args(parser: argparse.ArgumentParser, *, rate_and_concurrency: boo
         "--burstiness", type=positive_float, default=1.0, help="gamma shape of arrival gaps; 1 = Poisson"
     )
     parser.add_argument("--warmup", type=non_negative_int, default=4, help="warm-up requests (default 4)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
-    parser.add_argument("--ready-timeout", type=positive_float, default=300.0, help="seconds to wait for readiness")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)"
+    )
+    parser.add_argument(
+        "--ready-timeout", type=positive_float, default=300.0, help="seconds to wait for readiness"
+    )
     parser.add_argument("--request-timeout", type=positive_float, default=300.0, help="seconds per request")
-    parser.add_argument("--run-timeout", type=positive_float, default=1800.0, help="seconds for the measured run")
+    parser.add_argument(
+        "--run-timeout", type=positive_float, default=1800.0, help="seconds for the measured run"
+    )
     parser.add_argument(
         "--percentiles", type=percentile_list, default=[50.0, 90.0, 99.0], help="default '50,90,99'"
     )
@@ -145,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="benchmark an OpenAI-compatible server over HTTP")
     _add_http_args(serve)
     _add_workload_args(serve)
-    serve.add_argument("--tokenizer", type=existing_dir, required=True, help="tokenizer dir (for the vocabulary)")
+    serve.add_argument(
+        "--tokenizer", type=existing_dir, required=True, help="tokenizer dir (for the vocabulary)"
+    )
     serve.add_argument("--out", type=Path, default=None, help="write the JSON result here")
 
     compare = sub.add_parser("compare", help="HF generate baselines and our server on the same prompts")
@@ -162,10 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--launch-server",
         default=None,
-        help="command that starts the server (quoted); it is stopped afterwards. Omit to use --base-url as is",
+        help="command that starts the server (quoted), stopped afterwards; omit to use a running --base-url",
     )
-    compare.add_argument("--server-log", type=Path, default=None, help="server output (default: next to --out)")
-    compare.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="HF baseline dtype (default bfloat16)")
+    compare.add_argument(
+        "--server-log", type=Path, default=None, help="server output (default: next to --out)"
+    )
+    compare.add_argument(
+        "--dtype", choices=DTYPES, default="bfloat16", help="HF baseline dtype (default bfloat16)"
+    )
     compare.add_argument(
         "--threads",
         type=positive_int,
@@ -177,13 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--out", type=Path, default=None, help="write the JSON result here")
 
-    roof = sub.add_parser("roofline", help="batch-1 decode tokens/s against memory bandwidth / bytes per token")
-    roof.add_argument("--model-dir", type=existing_dir, default=None, help="HF model dir (a few hundred MB)")
+    roof = sub.add_parser(
+        "roofline", help="batch-1 decode tokens/s against memory bandwidth / bytes per token"
+    )
     roof.add_argument(
-        "--build-model",
-        type=Path,
-        default=None,
-        help="no model at hand: build a seeded ~440 MB bf16 Llama here first (used when --model-dir is absent)",
+        "--model-dir",
+        type=existing_dir,
+        required=True,
+        help="HF model dir of a few hundred MB (python -m inference.model_factory --preset roofline)",
     )
     roof.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="weights dtype (default bfloat16)")
     roof.add_argument("--input-len", type=positive_int, default=32, help="prompt tokens (default 32)")
@@ -219,8 +234,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run, and turn expected failures into one clear line and a non-zero exit."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "roofline" and args.model_dir is None and args.build_model is None:
-        parser.error("roofline needs --model-dir DIR, or --build-model DIR to create a model first")
     try:
         return _command(args.command)(args)
     except BenchmarkError as exc:

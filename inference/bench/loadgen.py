@@ -124,7 +124,5 @@ async def run_load(
                 if task in pending
                 else f"client error: {task.exception()!r}"
             )
-            results.append(
-                RequestResult(False, prompt.prompt_len, config.settings.output_len, error=reason)
-            )
+            results.append(RequestResult(False, prompt.prompt_len, config.settings.output_len, error=reason))
     return RunResult(results, compute_metrics(results, duration, percentiles), warmup_errors)

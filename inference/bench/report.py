@@ -114,8 +114,6 @@ def format_side_by_side(
     label_width = max(len(label) for _, label in rows) + 2
     lines = [f"{'':<{label_width}}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths, strict=True))]
     for key, label in rows:
-        cells = "".join(
-            f"{_fmt(columns[n].get(key)):>{w}}" for n, w in zip(names, widths, strict=True)
-        )
+        cells = "".join(f"{_fmt(columns[n].get(key)):>{w}}" for n, w in zip(names, widths, strict=True))
         lines.append(f"{label:<{label_width}}{cells}")
     return "\n".join(lines)
