@@ -1,0 +1,226 @@
+"""AKS: Entra-only, workload identity, Azure CNI overlay + network policy, and separate GPU node pools.
+
+GPU pools are separate `containerservice.AgentPool` resources rather than inline profiles: inline
+profiles make every change touch all pools (CONVENTIONS §3). GPU pools run Ubuntu (Azure Linux
+rejects A100/H100 sizes), carry the `sku=gpu:NoSchedule` taint, and may scale to zero in dev.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pulumi
+from pulumi_azure_native import containerservice
+
+from components.common import DiagnosticCategories, diagnostic_settings
+from components.gpu_sizes import GPU_VM_SIZES
+
+GPU_TAINT = "sku=gpu:NoSchedule"
+SYSTEM_TAINT = "CriticalAddonsOnly=true:NoSchedule"
+
+# kube-audit is the biggest and most expensive stream; kube-audit-admin keeps the writes that matter.
+AKS_LOG_CATEGORIES = DiagnosticCategories(
+    log_category_groups=(),
+    log_categories=("kube-apiserver", "kube-audit-admin", "kube-controller-manager", "cluster-autoscaler",
+                    "guard"),
+)
+
+
+@dataclass
+class GpuPoolArgs:
+    """One GPU node pool."""
+
+    name: str
+    """Pool name (Linux: 1-12 lowercase alphanumerics)."""
+    vm_size: str
+    """A GPU size from components/gpu_sizes.py."""
+    min_count: int
+    """Autoscaler floor; 0 lets an idle dev pool cost nothing."""
+    max_count: int
+    """Autoscaler ceiling (the quota policy caps it)."""
+    os_disk_size_gb: int = 256
+    """Room for container images and model caches."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Extra node labels; `inferforge.io/pool` is always set so workloads can target the pool."""
+    zones: Sequence[str] | None = None
+    """Availability zones (prod spreads GPU nodes when the size is zonal in the region)."""
+
+
+@dataclass
+class AksClusterArgs:
+    """Arguments of `AksCluster`."""
+
+    resource_group_name: pulumi.Input[str]
+    """Resource group of the cluster resource."""
+    location: pulumi.Input[str]
+    """Azure region."""
+    cluster_name: str
+    """CAF name (`aks-<workload>-<env>`), also the DNS prefix."""
+    node_resource_group: str
+    """Name of the AKS-managed resource group (nodes, load balancers, the Private Link Service)."""
+    tenant_id: pulumi.Input[str]
+    """Entra tenant for cluster authentication."""
+    node_subnet_id: pulumi.Input[str]
+    """Subnet for node NICs (pods use the overlay CIDR)."""
+    log_analytics_workspace_id: pulumi.Input[str]
+    """Workspace for Container Insights and control-plane logs."""
+    gpu_pools: Sequence[GpuPoolArgs]
+    """GPU node pools, each its own AgentPool resource."""
+    kubernetes_version: str = "1.33"
+    """Control-plane version; patch upgrades follow the upgrade channel."""
+    admin_group_object_ids: Sequence[str] = ()
+    """Entra groups that get cluster-admin through Azure RBAC."""
+    system_vm_size: str = "Standard_D4ds_v5"
+    """System pool VM size."""
+    system_min_count: int = 1
+    """System pool autoscaler floor (prod: 3, one per zone)."""
+    system_max_count: int = 3
+    """System pool autoscaler ceiling."""
+    system_zones: Sequence[str] | None = None
+    """Zones of the system pool (prod: all three)."""
+    private_cluster: bool = True
+    """Private API server: reachable only from the VNet. A dev stack may instead use authorized ranges."""
+    authorized_ip_ranges: Sequence[str] = ()
+    """CIDRs allowed to reach a public API server (dev); ignored for a private cluster."""
+    sku_tier: Literal["Free", "Standard", "Premium"] = "Standard"
+    """Standard gives the uptime SLA; Free is fine for dev."""
+    upgrade_channel: Literal["patch", "stable", "rapid", "node-image", "none"] = "patch"
+    """Automatic control-plane upgrades within the minor version."""
+    node_os_upgrade_channel: Literal["NodeImage", "SecurityPatch", "Unmanaged", "None"] = "NodeImage"
+    """Weekly node images carry OS security fixes."""
+    pod_cidr: str = "192.168.0.0/16"
+    """Overlay pod CIDR (not routable in the VNet, so it may repeat across clusters)."""
+    service_cidr: str = "172.16.0.0/16"
+    """Kubernetes service CIDR."""
+    dns_service_ip: str = "172.16.0.10"
+    """kube-dns service IP inside service_cidr."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Tags required by the tagging policy."""
+
+
+class AksCluster(pulumi.ComponentResource):
+    """A secure-by-default AKS cluster with a tainted system pool and GPU user pools."""
+
+    cluster: containerservice.ManagedCluster
+    gpu_pools: dict[str, containerservice.AgentPool]
+    oidc_issuer_url: pulumi.Output[str]
+    kubelet_identity_object_id: pulumi.Output[str]
+
+    def __init__(self, name: str, args: AksClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("inferforge:compute:AksCluster", name, None, opts)
+        tags = dict(args.tags)
+        self.cluster = containerservice.ManagedCluster(
+            f"{name}-cluster",
+            resource_name_=args.cluster_name,
+            resource_group_name=args.resource_group_name,
+            location=args.location,
+            dns_prefix=args.cluster_name,
+            kubernetes_version=args.kubernetes_version,
+            node_resource_group=args.node_resource_group,
+            sku=containerservice.ManagedClusterSKUArgs(name="Base", tier=args.sku_tier),
+            identity=containerservice.ManagedClusterIdentityArgs(type="SystemAssigned"),
+            enable_rbac=True,
+            disable_local_accounts=True,
+            aad_profile=containerservice.ManagedClusterAADProfileArgs(
+                managed=True, enable_azure_rbac=True, tenant_id=args.tenant_id,
+                admin_group_object_ids=list(args.admin_group_object_ids),
+            ),
+            oidc_issuer_profile=containerservice.ManagedClusterOIDCIssuerProfileArgs(enabled=True),
+            security_profile=containerservice.ManagedClusterSecurityProfileArgs(
+                workload_identity=containerservice.ManagedClusterSecurityProfileWorkloadIdentityArgs(enabled=True),
+                image_cleaner=containerservice.ManagedClusterSecurityProfileImageCleanerArgs(
+                    enabled=True, interval_hours=48),
+            ),
+            api_server_access_profile=containerservice.ManagedClusterAPIServerAccessProfileArgs(
+                enable_private_cluster=args.private_cluster,
+                enable_private_cluster_public_fqdn=False,
+                authorized_ip_ranges=None if args.private_cluster else list(args.authorized_ip_ranges),
+            ),
+            network_profile=containerservice.ContainerServiceNetworkProfileArgs(
+                network_plugin="azure",
+                network_plugin_mode="overlay",
+                network_dataplane="cilium",
+                network_policy="cilium",
+                load_balancer_sku="standard",
+                outbound_type="loadBalancer",
+                pod_cidr=args.pod_cidr,
+                service_cidr=args.service_cidr,
+                dns_service_ip=args.dns_service_ip,
+            ),
+            addon_profiles={
+                "azureKeyvaultSecretsProvider": containerservice.ManagedClusterAddonProfileArgs(
+                    enabled=True, config={"enableSecretRotation": "true", "rotationPollInterval": "2m"}),
+                "omsagent": containerservice.ManagedClusterAddonProfileArgs(
+                    enabled=True, config={"logAnalyticsWorkspaceResourceID": args.log_analytics_workspace_id,
+                                          "useAADAuth": "true"}),
+            },
+            auto_upgrade_profile=containerservice.ManagedClusterAutoUpgradeProfileArgs(
+                upgrade_channel=args.upgrade_channel, node_os_upgrade_channel=args.node_os_upgrade_channel),
+            agent_pool_profiles=[containerservice.ManagedClusterAgentPoolProfileArgs(
+                name="system",
+                mode="System",
+                type="VirtualMachineScaleSets",
+                vm_size=args.system_vm_size,
+                os_type="Linux",
+                os_sku="AzureLinux",
+                count=args.system_min_count,
+                enable_auto_scaling=True,
+                min_count=args.system_min_count,
+                max_count=args.system_max_count,
+                availability_zones=list(args.system_zones) if args.system_zones else None,
+                node_taints=[SYSTEM_TAINT],
+                vnet_subnet_id=args.node_subnet_id,
+                enable_node_public_ip=False,
+                enable_encryption_at_host=False,
+                max_pods=50,
+            )],
+            tags=tags,
+            # Inline system pool changes go through the cluster; GPU pools are separate resources.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["agentPoolProfiles[0].count"]),
+        )
+
+        self.gpu_pools = {}
+        for pool in args.gpu_pools:
+            size = GPU_VM_SIZES[pool.vm_size]
+            self.gpu_pools[pool.name] = containerservice.AgentPool(
+                f"{name}-pool-{pool.name}",
+                agent_pool_name=pool.name,
+                resource_name_=self.cluster.name,
+                resource_group_name=args.resource_group_name,
+                mode="User",
+                type="VirtualMachineScaleSets",
+                vm_size=pool.vm_size,
+                os_type="Linux",
+                # Ubuntu: Azure Linux rejects A100/H100 sizes, so every GPU pool uses one OS image family.
+                os_sku="Ubuntu",
+                os_disk_size_gb=pool.os_disk_size_gb,
+                count=pool.min_count,
+                enable_auto_scaling=True,
+                min_count=pool.min_count,
+                max_count=pool.max_count,
+                scale_down_mode="Delete",
+                availability_zones=list(pool.zones) if pool.zones else None,
+                node_taints=[GPU_TAINT],
+                node_labels={"inferforge.io/pool": pool.name, "inferforge.io/gpu": size.gpu_model,
+                             **dict(pool.labels)},
+                # AKS installs the NVIDIA driver; fixed at creation, like the MIG profile.
+                gpu_profile=containerservice.GPUProfileArgs(driver="Install"),
+                vnet_subnet_id=args.node_subnet_id,
+                enable_node_public_ip=False,
+                orchestrator_version=args.kubernetes_version,
+                tags=tags,
+                # The autoscaler owns the live count.
+                opts=pulumi.ResourceOptions(parent=self, ignore_changes=["count"]),
+            )
+
+        diagnostic_settings(f"{name}-cluster", resource_id=self.cluster.id,
+                            workspace_id=args.log_analytics_workspace_id, parent=self, categories=AKS_LOG_CATEGORIES)
+
+        self.oidc_issuer_url = self.cluster.oidc_issuer_profile.apply(lambda p: p.issuer_url if p else "")
+        self.kubelet_identity_object_id = self.cluster.identity_profile.apply(
+            lambda p: (p or {}).get("kubeletidentity").object_id if (p or {}).get("kubeletidentity") else "")
+        self.register_outputs({"cluster_name": self.cluster.name, "cluster_id": self.cluster.id,
+                               "oidc_issuer_url": self.oidc_issuer_url,
+                               "gpu_pools": list(self.gpu_pools)})

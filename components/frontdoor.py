@@ -1,0 +1,193 @@
+"""Front Door Premium with WAF in front of a Private Link Service (the only public entry point).
+
+Private Link origins and managed WAF rule sets need the Premium SKU. The WAF policy is
+`frontdoor.Policy` (Front Door's), not `network.WebApplicationFirewallPolicy` (Application
+Gateway's). The origin is the Private Link Service AKS creates for the inference Service's internal
+load balancer; Front Door's private endpoint connection to it must be approved once (README).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pulumi
+from pulumi_azure_native import cdn, frontdoor
+
+from components.common import diagnostic_settings
+
+SKU = "Premium_AzureFrontDoor"
+
+
+@dataclass
+class FrontDoorArgs:
+    """Arguments of `FrontDoor`."""
+
+    resource_group_name: pulumi.Input[str]
+    """Resource group of the profile."""
+    profile_name: str
+    """CAF name (`afd-<workload>-<env>`)."""
+    endpoint_name: str
+    """Endpoint name; Front Door appends a hash to make the host name unique."""
+    waf_policy_name: str
+    """WAF policy name (letters and digits only)."""
+    private_link_service_id: pulumi.Input[str]
+    """Private Link Service in front of the AKS internal load balancer (origin target)."""
+    private_link_location: pulumi.Input[str]
+    """Region of that Private Link Service."""
+    origin_host_name: pulumi.Input[str]
+    """Private IP of the internal load balancer (the PLS NATs to it)."""
+    log_analytics_workspace_id: pulumi.Input[str]
+    """Workspace for access, WAF and health-probe logs."""
+    waf_mode: Literal["Detection", "Prevention"] = "Prevention"
+    """Prevention blocks matches; Detection only logs them (dev). The edge policy requires Prevention in prod."""
+    rate_limit_per_minute: int = 600
+    """Requests per minute per client IP before the WAF answers 429."""
+    origin_port: int = 80
+    """Port of the internal load balancer (HTTP inside the private link; TLS terminates at Front Door)."""
+    health_probe_path: str = "/ready"
+    """Unauthenticated readiness path of the inference server."""
+    origin_response_timeout_seconds: int = 240
+    """Generous: a long completion streams for minutes."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Tags required by the tagging policy."""
+
+
+class FrontDoor(pulumi.ComponentResource):
+    """Profile, endpoint, WAF (managed default + bot rules, rate limit), HTTPS-only route to a private origin."""
+
+    profile: cdn.Profile
+    endpoint: cdn.AFDEndpoint
+    waf_policy: frontdoor.Policy
+    endpoint_host_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: FrontDoorArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("inferforge:edge:FrontDoor", name, None, opts)
+        tags = dict(args.tags)
+        child = pulumi.ResourceOptions(parent=self)
+
+        self.waf_policy = frontdoor.Policy(
+            f"{name}-waf",
+            policy_name=args.waf_policy_name,
+            resource_group_name=args.resource_group_name,
+            location="Global",
+            sku=frontdoor.SkuArgs(name=SKU),
+            policy_settings=frontdoor.PolicySettingsArgs(
+                enabled_state="Enabled",
+                mode=args.waf_mode,
+                request_body_check="Enabled",
+                custom_block_response_status_code=403,
+            ),
+            managed_rules=frontdoor.ManagedRuleSetListArgs(managed_rule_sets=[
+                frontdoor.ManagedRuleSetArgs(rule_set_type="Microsoft_DefaultRuleSet", rule_set_version="2.1",
+                                             rule_set_action="Block"),
+                frontdoor.ManagedRuleSetArgs(rule_set_type="Microsoft_BotManagerRuleSet", rule_set_version="1.1"),
+            ]),
+            custom_rules=frontdoor.CustomRuleListArgs(rules=[
+                frontdoor.CustomRuleArgs(
+                    name="ratelimitperclient", priority=100, rule_type="RateLimitRule", action="Block",
+                    enabled_state="Enabled", rate_limit_duration_in_minutes=1,
+                    rate_limit_threshold=args.rate_limit_per_minute,
+                    group_by=[frontdoor.GroupByVariableArgs(variable_name="SocketAddr")],
+                    match_conditions=[frontdoor.MatchConditionArgs(
+                        match_variable="RequestUri", operator="Any", match_value=[])],
+                ),
+            ]),
+            tags=tags,
+            opts=child,
+        )
+        self.profile = cdn.Profile(
+            f"{name}-profile",
+            profile_name=args.profile_name,
+            resource_group_name=args.resource_group_name,
+            location="global",
+            sku=cdn.SkuArgs(name=SKU),
+            origin_response_timeout_seconds=args.origin_response_timeout_seconds,
+            tags=tags,
+            opts=child,
+        )
+        self.endpoint = cdn.AFDEndpoint(
+            f"{name}-endpoint",
+            endpoint_name=args.endpoint_name,
+            profile_name=self.profile.name,
+            resource_group_name=args.resource_group_name,
+            location="global",
+            enabled_state="Enabled",
+            auto_generated_domain_name_label_scope="TenantReuse",
+            tags=tags,
+            opts=pulumi.ResourceOptions(parent=self.profile),
+        )
+        origin_group = cdn.AFDOriginGroup(
+            f"{name}-origin-group",
+            origin_group_name="inference",
+            profile_name=self.profile.name,
+            resource_group_name=args.resource_group_name,
+            health_probe_settings=cdn.HealthProbeParametersArgs(
+                probe_path=args.health_probe_path, probe_protocol="Http", probe_request_type="GET",
+                probe_interval_in_seconds=30,
+            ),
+            load_balancing_settings=cdn.LoadBalancingSettingsParametersArgs(
+                sample_size=4, successful_samples_required=3, additional_latency_in_milliseconds=50,
+            ),
+            session_affinity_state="Disabled",
+            opts=pulumi.ResourceOptions(parent=self.profile),
+        )
+        origin = cdn.AFDOrigin(
+            f"{name}-origin",
+            origin_name="aks-private-link",
+            origin_group_name=origin_group.name,
+            profile_name=self.profile.name,
+            resource_group_name=args.resource_group_name,
+            host_name=args.origin_host_name,
+            origin_host_header=args.origin_host_name,
+            http_port=args.origin_port,
+            https_port=443,
+            priority=1,
+            enabled_state="Enabled",
+            enforce_certificate_name_check=True,
+            shared_private_link_resource=cdn.SharedPrivateLinkResourcePropertiesArgs(
+                private_link=cdn.ResourceReferenceArgs(id=args.private_link_service_id),
+                private_link_location=args.private_link_location,
+                request_message="inferforge Front Door origin: approve to publish the inference service",
+            ),
+            opts=pulumi.ResourceOptions(parent=origin_group),
+        )
+        cdn.Route(
+            f"{name}-route",
+            route_name="inference",
+            endpoint_name=self.endpoint.name,
+            profile_name=self.profile.name,
+            resource_group_name=args.resource_group_name,
+            origin_group=cdn.ResourceReferenceArgs(id=origin_group.id),
+            # Http is accepted only so it can be redirected: every request is served over HTTPS.
+            supported_protocols=["Http", "Https"],
+            https_redirect="Enabled",
+            # Front Door -> origin stays inside Microsoft's network over Private Link (no public hop).
+            forwarding_protocol="HttpOnly",
+            link_to_default_domain="Enabled",
+            patterns_to_match=["/*"],
+            enabled_state="Enabled",
+            opts=pulumi.ResourceOptions(parent=self.endpoint, depends_on=[origin]),
+        )
+        cdn.SecurityPolicy(
+            f"{name}-security-policy",
+            security_policy_name="waf",
+            profile_name=self.profile.name,
+            resource_group_name=args.resource_group_name,
+            parameters=cdn.SecurityPolicyWebApplicationFirewallParametersArgs(
+                type="WebApplicationFirewall",
+                waf_policy=cdn.ResourceReferenceArgs(id=self.waf_policy.id),
+                associations=[cdn.SecurityPolicyWebApplicationFirewallAssociationArgs(
+                    domains=[cdn.ActivatedResourceReferenceArgs(id=self.endpoint.id)],
+                    patterns_to_match=["/*"],
+                )],
+            ),
+            opts=pulumi.ResourceOptions(parent=self.profile),
+        )
+        diagnostic_settings(f"{name}-profile", resource_id=self.profile.id,
+                            workspace_id=args.log_analytics_workspace_id, parent=self)
+
+        self.endpoint_host_name = self.endpoint.host_name
+        self.register_outputs({"endpoint_host_name": self.endpoint_host_name, "profile_id": self.profile.id,
+                               "waf_policy_id": self.waf_policy.id})

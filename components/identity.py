@@ -1,0 +1,83 @@
+"""Workload identity: the inference pods' Entra identity, federated with their Kubernetes service account."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pulumi
+from pulumi_azure_native import managedidentity
+
+from components.common import ROLE_KEY_VAULT_SECRETS_USER, role_assignment
+
+
+@dataclass
+class WorkloadIdentityArgs:
+    """Arguments of `WorkloadIdentity`."""
+
+    resource_group_name: pulumi.Input[str]
+    """Resource group of the identity."""
+    location: pulumi.Input[str]
+    """Azure region."""
+    identity_name: str
+    """CAF name (`id-<workload>-<env>-inference`)."""
+    oidc_issuer_url: pulumi.Input[str]
+    """The AKS cluster's OIDC issuer; only tokens it signs can be exchanged."""
+    namespace: str
+    """Kubernetes namespace of the service account."""
+    service_account: str
+    """Kubernetes service account the inference pods run as; the federated subject pins exactly it."""
+    key_vault_id: pulumi.Input[str]
+    """Vault whose secrets (API keys) the pods read: Key Vault Secrets User on this vault only."""
+    subscription_id: pulumi.Input[str]
+    """Subscription, to build the built-in role definition id."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Tags required by the tagging policy."""
+
+
+class WorkloadIdentity(pulumi.ComponentResource):
+    """User-assigned identity + federated credential + least-privilege data-plane grants.
+
+    Redis data access is granted by the ManagedRedis component's access policy assignment for
+    `principal_id` (Managed Redis authorizes data access there, not through Azure RBAC).
+    """
+
+    identity: managedidentity.UserAssignedIdentity
+    client_id: pulumi.Output[str]
+    principal_id: pulumi.Output[str]
+    tenant_id: pulumi.Output[str]
+
+    def __init__(self, name: str, args: WorkloadIdentityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("inferforge:identity:WorkloadIdentity", name, None, opts)
+        self.identity = managedidentity.UserAssignedIdentity(
+            f"{name}-identity",
+            resource_name_=args.identity_name,
+            resource_group_name=args.resource_group_name,
+            location=args.location,
+            tags=dict(args.tags),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        managedidentity.FederatedIdentityCredential(
+            f"{name}-federation",
+            federated_identity_credential_resource_name=f"fic-{args.namespace}-{args.service_account}",
+            resource_name_=self.identity.name,
+            resource_group_name=args.resource_group_name,
+            issuer=args.oidc_issuer_url,
+            subject=f"system:serviceaccount:{args.namespace}:{args.service_account}",
+            audiences=["api://AzureADTokenExchange"],
+            opts=pulumi.ResourceOptions(parent=self.identity),
+        )
+        role_assignment(
+            f"{name}-kv-secrets-user",
+            scope=args.key_vault_id,
+            principal_id=self.identity.principal_id,
+            subscription_id=args.subscription_id,
+            role_guid=ROLE_KEY_VAULT_SECRETS_USER,
+            parent=self,
+            description="inferforge inference pods read their API keys",
+        )
+        self.client_id = self.identity.client_id
+        self.principal_id = self.identity.principal_id
+        self.tenant_id = self.identity.tenant_id
+        self.register_outputs({"client_id": self.client_id, "principal_id": self.principal_id,
+                               "identity_name": self.identity.name})
