@@ -1,0 +1,162 @@
+"""Identity: Entra ID and RBAC everywhere, shared keys and passwords off."""
+
+from __future__ import annotations
+
+from pulumi_policy import ReportViolation, ResourceValidationArgs, Severity
+
+from .common import is_true, lookup, resource_policy, same
+
+VAULT = "azure-native:keyvault:Vault"
+AKS = "azure-native:containerservice:ManagedCluster"
+REDIS_DATABASE = "azure-native:redisenterprise:Database"
+POSTGRES = "azure-native:dbforpostgresql:Server"
+
+
+def _keyvault_rbac(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    value = lookup(args.props, "properties.enableRbacAuthorization")
+    if not is_true(value):
+        report(
+            f"properties.enableRbacAuthorization is {value!r}; it must be true (access policies are "
+            "not auditable per identity; azure-native defaults this to false)."
+        )
+
+
+def _keyvault_purge_protection(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    purge = lookup(args.props, "properties.enablePurgeProtection")
+    if not is_true(purge):
+        report(f"properties.enablePurgeProtection is {purge!r}; it must be true.")
+    soft_delete = lookup(args.props, "properties.enableSoftDelete")
+    if soft_delete is False:
+        report("properties.enableSoftDelete is false; purge protection needs soft delete on.")
+
+
+def _aks_local_accounts(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    value = args.props.get("disableLocalAccounts")
+    if not is_true(value):
+        report(f"disableLocalAccounts is {value!r}; it must be true (no static admin kubeconfig).")
+
+
+def _aks_entra_rbac(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if not is_true(lookup(args.props, "aadProfile.managed")):
+        report("aadProfile.managed is not true: the cluster is not integrated with Entra ID.")
+    if not is_true(lookup(args.props, "aadProfile.enableAzureRBAC")):
+        report("aadProfile.enableAzureRBAC is not true: Kubernetes authorization is not Azure RBAC.")
+
+
+def _aks_workload_identity(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if not is_true(lookup(args.props, "securityProfile.workloadIdentity.enabled")):
+        report("securityProfile.workloadIdentity.enabled is not true.")
+    if not is_true(lookup(args.props, "oidcIssuerProfile.enabled")):
+        report("oidcIssuerProfile.enabled is not true (workload identity federation needs the issuer).")
+
+
+def _redis_access_keys(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    value = args.props.get("accessKeysAuthentication")
+    if not same(value, "Disabled"):
+        report(f"accessKeysAuthentication is {value!r}; it must be 'Disabled' (Entra ID only).")
+
+
+def _postgres_entra_auth(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    value = lookup(args.props, "authConfig.activeDirectoryAuth")
+    if not same(value, "Enabled"):
+        report(f"authConfig.activeDirectoryAuth is {value!r}; it must be 'Enabled'.")
+
+
+def _postgres_password_auth(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    value = lookup(args.props, "authConfig.passwordAuth")
+    if not same(value, "Disabled"):
+        report(
+            f"authConfig.passwordAuth is {value!r}; it must be 'Disabled' (the service enables "
+            "password auth when it is left out)."
+        )
+
+
+keyvault_rbac_authorization = resource_policy(
+    name="keyvault-rbac-authorization",
+    description="Key Vaults use Azure RBAC for data-plane authorization, not access policies.",
+    severity=Severity.HIGH,
+    remediation="Set properties.enableRbacAuthorization=true and grant roles such as 'Key Vault "
+    "Secrets User' to identities.",
+    resource_types=[VAULT],
+    check=_keyvault_rbac,
+)
+
+keyvault_purge_protection = resource_policy(
+    name="keyvault-purge-protection",
+    description="Key Vaults have purge protection (and soft delete) on, so deleted secrets can be "
+    "recovered and cannot be purged early.",
+    severity=Severity.HIGH,
+    remediation="Set properties.enablePurgeProtection=true and keep properties.enableSoftDelete=true.",
+    resource_types=[VAULT],
+    check=_keyvault_purge_protection,
+)
+
+aks_local_accounts_disabled = resource_policy(
+    name="aks-local-accounts-disabled",
+    description="AKS clusters have local accounts disabled, so every access goes through Entra ID.",
+    severity=Severity.HIGH,
+    remediation="Set disableLocalAccounts=true on the managed cluster.",
+    resource_types=[AKS],
+    check=_aks_local_accounts,
+)
+
+aks_entra_rbac = resource_policy(
+    name="aks-entra-rbac",
+    description="AKS clusters use managed Entra ID integration with Azure RBAC for Kubernetes authorization.",
+    severity=Severity.HIGH,
+    remediation="Set aadProfile={managed: true, enableAzureRBAC: true} on the managed cluster.",
+    resource_types=[AKS],
+    check=_aks_entra_rbac,
+)
+
+aks_workload_identity = resource_policy(
+    name="aks-workload-identity",
+    description="AKS clusters enable the OIDC issuer and workload identity, so pods use federated "
+    "managed identities instead of stored secrets.",
+    severity=Severity.MEDIUM,
+    remediation="Set securityProfile.workloadIdentity.enabled=true and oidcIssuerProfile.enabled=true.",
+    resource_types=[AKS],
+    check=_aks_workload_identity,
+)
+
+redis_access_keys_disabled = resource_policy(
+    name="redis-access-keys-disabled",
+    description="Azure Managed Redis databases have access-key authentication disabled (Entra ID "
+    "access policy assignments only).",
+    severity=Severity.HIGH,
+    remediation="Set accessKeysAuthentication='Disabled' on the redisenterprise database and grant "
+    "identities an access policy assignment.",
+    resource_types=[REDIS_DATABASE],
+    check=_redis_access_keys,
+)
+
+postgres_entra_auth = resource_policy(
+    name="postgres-entra-auth",
+    description="PostgreSQL flexible servers accept Microsoft Entra ID authentication.",
+    severity=Severity.HIGH,
+    remediation="Set authConfig.activeDirectoryAuth='Enabled' (with tenantId) and add an Entra "
+    "administrator.",
+    resource_types=[POSTGRES],
+    check=_postgres_entra_auth,
+)
+
+postgres_password_auth_disabled = resource_policy(
+    name="postgres-password-auth-disabled",
+    description="PostgreSQL flexible servers have password authentication disabled (Entra ID only).",
+    severity=Severity.HIGH,
+    remediation="Set authConfig.passwordAuth='Disabled'; applications connect with their workload "
+    "identity token.",
+    resource_types=[POSTGRES],
+    check=_postgres_password_auth,
+)
+
+POLICIES = [
+    keyvault_rbac_authorization,
+    keyvault_purge_protection,
+    aks_local_accounts_disabled,
+    aks_entra_rbac,
+    aks_workload_identity,
+    redis_access_keys_disabled,
+    postgres_entra_auth,
+    postgres_password_auth_disabled,
+]

@@ -1,0 +1,37 @@
+"""The pack's registry: every policy object, in one importable list.
+
+``__main__.py`` hands this list to ``PolicyPack`` (which starts a gRPC server and blocks), and the
+offline evaluator runs the very same objects, so both paths enforce identical rules.
+"""
+
+from __future__ import annotations
+
+from pulumi_policy import EnforcementLevel, Policy
+
+from . import edge, encryption, exposure, identity, quotas, resilience, tagging, workloads
+
+PACK_NAME = "inferforge"
+# Without a config file every policy blocks: an unconfigured run fails safe. The per-stack files in
+# policies/config/ relax what each environment allows.
+PACK_ENFORCEMENT_LEVEL = EnforcementLevel.MANDATORY
+PACK_DESCRIPTION = (
+    "inferforge platform guardrails: private data services, TLS everywhere, Entra ID identity, GPU "
+    "quotas, prod resilience, tagging, WAF at the edge and hardened Kubernetes workloads."
+)
+
+ALL_POLICIES: list[Policy] = [
+    *exposure.POLICIES,
+    *encryption.POLICIES,
+    *identity.POLICIES,
+    *quotas.POLICIES,
+    *resilience.POLICIES,
+    *tagging.POLICIES,
+    *edge.POLICIES,
+    *workloads.POLICIES,
+]
+
+_names = [policy.name for policy in ALL_POLICIES]
+if len(_names) != len(set(_names)):
+    raise RuntimeError(
+        f"duplicate policy names in the pack: {sorted({n for n in _names if _names.count(n) > 1})}"
+    )
