@@ -1,0 +1,959 @@
+"""InferenceService: the tensor-parallel LLM server on the AKS GPU pool, reachable only through Front Door.
+
+Kubernetes provider
+-------------------
+Every child is created with the ``pulumi_kubernetes.Provider`` passed in ``opts`` (``provider=`` or
+``providers={"kubernetes": ...}``); the component refuses to run without one, so it never deploys into
+whatever cluster an ambient ``~/.kube/config`` points at. The stack builds that provider from the AKS
+cluster's credentials. AKS with local accounts disabled (our setting) hands out only an Entra ID
+kubeconfig (``containerservice.list_managed_cluster_user_credentials``, the ``listClusterUserCredential``
+action) whose user entry execs ``kubelogin``; it has to be converted to a non-interactive login mode
+before Pulumi can use it: ``kubelogin convert-kubeconfig -l azurecli`` on a workstation, or ``-l
+workloadidentity`` in CI (GitHub OIDC federated to a deployment identity). ``kubelogin`` must be on the
+PATH of whoever runs ``pulumi up``; the deploying principal needs an AKS RBAC role on the cluster.
+
+What is created (type ``inferforge:inference:InferenceService``)
+-----------------------------------------------------------------
+Namespace, ServiceAccount, Deployment, Service (internal LoadBalancer + Private Link Service),
+PodDisruptionBudget, NetworkPolicy, optionally a PersistentVolumeClaim for the weights and a KEDA
+``ScaledObject``.
+
+Pod security: the namespace enforces the ``restricted`` Pod Security Standard. GPU pods are compatible
+with it: the NVIDIA device plugin hands the GPU device nodes to the container through the runtime, so
+the pod needs no privileged mode, host paths or added capabilities, and every volume we use (emptyDir,
+PVC, the projected token the workload-identity webhook adds) is on the restricted allow-list. Baseline
+would only be needed for pods that mount host paths (e.g. the GPU operator's own driver pods, which live
+in their own namespace).
+
+Identity: the ServiceAccount carries ``azure.workload.identity/client-id`` and the pods the
+``azure.workload.identity/use: "true"`` label, so the AKS webhook projects a federated token and the
+server's ``DefaultAzureCredential`` exchanges it with Entra ID for Key Vault (API keys) and Managed Redis
+tokens. No secret is stored in Kubernetes; the pod does not even mount a Kubernetes API token
+(``automountServiceAccountToken: false``; the webhook's token is a separate projected volume). The
+federated credential on the identity must use :func:`federated_credential_subject`.
+
+Memory arithmetic: ``/dev/shm`` is a ``medium: Memory`` emptyDir, i.e. tmpfs charged to the pod's
+memory cgroup. The container's memory limit is therefore ``memory_limit_gib`` which must hold both the
+shared memory NCCL/PyTorch put in ``/dev/shm`` (up to ``shm_size_gib``) and the processes themselves:
+``process budget = memory_limit_gib - shm_size_gib``. We require that budget to be at least
+``MIN_HOST_MEMORY_PER_RANK_GIB`` per tensor-parallel rank (each rank is a Python process with a CUDA
+context and host-side staging buffers), otherwise a full ``/dev/shm`` OOM-kills the server.
+Requests equal limits for CPU, memory and GPUs, giving the pod the Guaranteed QoS class (last to be
+evicted under node pressure; a restart costs a full model load).
+
+Model weights (``model_source``), default :class:`PvcModelSource`:
+
+* PVC on the Azure Blob CSI driver (``azureblob-fuse-premium``) or Azure Files, mounted read-only.
+  The mount is done by the CSI driver on the node, so the pod needs no egress to storage, nothing is
+  downloaded at start (fast restarts and scale-out) and the weights are pinned in storage you control.
+  Cost: someone uploads the weights once (``azcopy`` into the provisioned container, or a static PV
+  for an existing container via ``existing_claim``), and blobfuse reads at storage throughput.
+* :class:`DownloadModelSource`: an init container (same image, ``hf download`` of a pinned revision)
+  fills a node-local emptyDir. Simple and needs no storage account, but every pod start re-downloads,
+  the pod must reach the Hugging Face CDN on 443 (a NetworkPolicy cannot name an FQDN, so that means
+  public HTTPS egress for the whole pod), and gated models would need a token.
+
+Network: the Service is an internal Standard Load Balancer with an AKS-managed Private Link Service
+(``azure-pls-*`` annotations, proxy protocol off so the server sees plain HTTP); Front Door Premium's
+private-link origin targets that PLS, whose private endpoint connection must then be approved (see
+docs). ``externalTrafficPolicy: Local`` keeps the PLS NAT address as the source, so the NetworkPolicy
+admits the serving port from the PLS subnet and the node subnet (kube-proxy/LB path) only, plus the
+metrics scraper's namespace. Egress is DNS (kube-dns), the private-endpoint subnet (Key Vault 443,
+Managed Redis ``redis_port``) and HTTPS to Entra ID for the workload-identity token exchange.
+Entra ID (``login.microsoftonline.com``) sits on anycast public ranges a NetworkPolicy cannot name by
+FQDN, so that rule admits TCP 443 to ``entra_egress_cidrs`` (public IPv4 by default) *minus* private
+and link-local ranges. The link-local exclusion is deliberate: workload identity never needs IMDS
+(169.254.169.254), and blocking it stops the pod from borrowing the node's kubelet identity. Narrow the
+public rule with an egress firewall (Azure Firewall FQDN rules) where you have one.
+
+Autoscaling (optional, :class:`KedaAutoscaling`) scales on a serving metric (queue depth or running
+requests from Prometheus), never on CPU: a GPU server's CPU usage says nothing about its load.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+SERVING_PORT = 8000
+"""Port the inference server listens on (``--port``); also the metrics port."""
+SERVER_UID = 10001
+"""Non-root UID the inference image runs as."""
+MIN_HOST_MEMORY_PER_RANK_GIB = 2
+"""Host RAM each tensor-parallel rank needs outside /dev/shm (Python, CUDA context, staging)."""
+MAX_TP_SIZE = 8
+"""Largest tensor-parallel group one pod can hold (8 GPUs per Azure ND node)."""
+
+WORKLOAD_IDENTITY_USE_LABEL = "azure.workload.identity/use"
+WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION = "azure.workload.identity/client-id"
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?$")
+_REPOSITORY = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
+_GIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+_TAINT = re.compile(
+    r"^(?P<key>[A-Za-z0-9./_-]+)(=(?P<value>[A-Za-z0-9._-]*))?:(?P<effect>NoSchedule|PreferNoSchedule|NoExecute)$"
+)
+_K8S_VERSION = re.compile(r"^1\.\d{2}$")
+
+# Ranges the public-HTTPS rule never reaches: RFC 1918 (in-VNet traffic has its own, narrower rules),
+# link-local (IMDS / wireserver: the node's identity) and the RFC 6598 shared space.
+_NON_PUBLIC_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")
+
+Dtype = Literal["bfloat16", "float16", "float32"]
+ServingMetric = Literal["vllm:num_requests_waiting", "vllm:num_requests_running"]
+
+
+class InferenceServiceConfigError(ValueError):
+    """Invalid InferenceService arguments; the message names the field, the value and what is allowed."""
+
+
+def _fail(field_name: str, value: object, allowed: str) -> InferenceServiceConfigError:
+    return InferenceServiceConfigError(f"{field_name}={value!r} is invalid: {allowed}")
+
+
+def _check_dns_label(field_name: str, value: str, max_len: int = 63) -> None:
+    if not (isinstance(value, str) and len(value) <= max_len and _DNS_LABEL.match(value)):
+        raise _fail(field_name, value, f"must be a DNS-1123 label (lowercase alphanumerics and '-', "
+                                       f"at most {max_len} characters)")
+
+
+def _check_cidr(field_name: str, value: str) -> ipaddress.IPv4Network:
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError as error:
+        raise _fail(field_name, value, f"must be an IPv4 CIDR such as 10.10.0.0/24 ({error})") from None
+    if not isinstance(network, ipaddress.IPv4Network):
+        raise _fail(field_name, value, "must be an IPv4 CIDR")
+    return network
+
+
+def _check_range(field_name: str, value: int, low: int, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise _fail(field_name, value, f"must be an integer {bounds}")
+
+
+def federated_credential_subject(namespace: str, service_account_name: str) -> str:
+    """The ``subject`` the identity's federated credential must carry for this ServiceAccount."""
+    return f"system:serviceaccount:{namespace}:{service_account_name}"
+
+
+@dataclass(frozen=True)
+class GpuTaint:
+    """One node taint of the GPU pool, parsed from the AKS ``key=value:Effect`` form."""
+
+    key: str
+    value: str | None
+    effect: str
+
+    @classmethod
+    def parse(cls, text: str) -> GpuTaint:
+        """Parse ``sku=gpu:NoSchedule`` (the format of AgentPool ``node_taints``)."""
+        match = _TAINT.match(text) if isinstance(text, str) else None
+        if not match:
+            raise _fail("gpu_taints", text, "each taint must look like key=value:NoSchedule "
+                                            "(effect NoSchedule, PreferNoSchedule or NoExecute)")
+        return cls(key=match["key"], value=match["value"], effect=match["effect"])
+
+    def toleration(self) -> k8s.core.v1.TolerationArgs:
+        """The toleration that lets the inference pod onto nodes with this taint."""
+        if self.value is None:
+            return k8s.core.v1.TolerationArgs(key=self.key, operator="Exists", effect=self.effect)
+        return k8s.core.v1.TolerationArgs(key=self.key, operator="Equal", value=self.value, effect=self.effect)
+
+
+@dataclass(frozen=True)
+class PvcModelSource:
+    """Weights on a PersistentVolumeClaim (Azure Blob/Files CSI), mounted read-only: the default."""
+
+    storage_class: str = "azureblob-fuse-premium"
+    """CSI storage class for a dynamically provisioned claim; blobfuse is mounted by the node, no pod egress."""
+    size_gib: int = 256
+    """Requested capacity of a dynamically provisioned claim."""
+    existing_claim: str | None = None
+    """Name of a pre-created claim (static PV onto an existing container); None provisions a new one."""
+    sub_path: str = ""
+    """Directory inside the volume that holds the model (config.json, safetensors); '' is the root."""
+
+    def validate(self) -> None:
+        """Reject claim settings Kubernetes or the mount would refuse later."""
+        if self.existing_claim is not None:
+            _check_dns_label("model_source.existing_claim", self.existing_claim, max_len=253)
+        else:
+            _check_dns_label("model_source.storage_class", self.storage_class, max_len=253)
+            _check_range("model_source.size_gib", self.size_gib, 1)
+        if self.sub_path.startswith("/") or ".." in self.sub_path.split("/"):
+            raise _fail("model_source.sub_path", self.sub_path, "must be a relative path without '..'")
+
+
+@dataclass(frozen=True)
+class DownloadModelSource:
+    """Weights downloaded from the Hugging Face Hub by an init container into a node-local emptyDir."""
+
+    repo_id: str
+    """Hub repository, e.g. ``Qwen/Qwen2.5-7B-Instruct``."""
+    revision: str
+    """Commit SHA (40 hex) of the repository: a branch name would let the served weights change silently."""
+    size_gib: int = 64
+    """sizeLimit of the emptyDir that holds the weights (node ephemeral disk)."""
+    egress_cidrs: Sequence[str] = ("0.0.0.0/0",)
+    """Where the download may go on 443 (the Hub's CDN has no stable ranges); private ranges always excluded."""
+
+    def validate(self) -> None:
+        """Reject unpinned revisions and malformed repository ids."""
+        if not (isinstance(self.repo_id, str) and re.match(r"^[\w.-]+/[\w.-]+$", self.repo_id)):
+            raise _fail("model_source.repo_id", self.repo_id, "must look like 'owner/name'")
+        if not (isinstance(self.revision, str) and _GIT_SHA.match(self.revision)):
+            raise _fail("model_source.revision", self.revision, "must be a 40-hex commit SHA, not a branch or tag")
+        _check_range("model_source.size_gib", self.size_gib, 1)
+        if not self.egress_cidrs:
+            raise _fail("model_source.egress_cidrs", self.egress_cidrs, "needs at least one CIDR")
+        for cidr in self.egress_cidrs:
+            _check_cidr("model_source.egress_cidrs", cidr)
+
+
+ModelSource = PvcModelSource | DownloadModelSource
+
+
+@dataclass(frozen=True)
+class KedaAutoscaling:
+    """Scale replicas on a serving metric through a KEDA ScaledObject with a Prometheus trigger."""
+
+    prometheus_server_address: str
+    """Prometheus query endpoint KEDA reads (e.g. the Azure Monitor workspace's query URL)."""
+    min_replicas: int = 1
+    """Floor; at least 1 because a queue metric cannot grow while no pod is serving (no scale from zero)."""
+    max_replicas: int = 2
+    """Ceiling; bounded by the GPU pool's max node count."""
+    metric: ServingMetric = "vllm:num_requests_waiting"
+    """Serving metric summed over the pods; queue depth reacts before latency degrades."""
+    target_per_replica: int = 4
+    """Desired metric value per replica (AverageValue): replicas = ceil(sum / target)."""
+    authentication_ref: str | None = None
+    """Name of a KEDA TriggerAuthentication (e.g. azure-workload identity for Azure Monitor); None = none."""
+    polling_interval_s: int = 30
+    """How often KEDA evaluates the query."""
+    scale_down_stabilization_s: int = 600
+    """Window before removing a replica: a GPU pod costs minutes of model load to bring back."""
+
+    def validate(self) -> None:
+        """Reject bounds that cannot work."""
+        if not (isinstance(self.prometheus_server_address, str)
+                and self.prometheus_server_address.startswith(("https://", "http://"))):
+            raise _fail("autoscaling.prometheus_server_address", self.prometheus_server_address,
+                        "must be an http(s) URL of the Prometheus query API")
+        _check_range("autoscaling.min_replicas", self.min_replicas, 1)
+        _check_range("autoscaling.max_replicas", self.max_replicas, self.min_replicas)
+        _check_range("autoscaling.target_per_replica", self.target_per_replica, 1)
+        _check_range("autoscaling.polling_interval_s", self.polling_interval_s, 5)
+        _check_range("autoscaling.scale_down_stabilization_s", self.scale_down_stabilization_s, 0, 3600)
+        if self.authentication_ref is not None:
+            _check_dns_label("autoscaling.authentication_ref", self.authentication_ref, max_len=253)
+
+
+@dataclass
+class InferenceServiceArgs:
+    """Arguments of :class:`InferenceService`; defaults are the secure, production-shaped choice."""
+
+    model_name: str
+    """Name clients send as ``model`` (``--model-name``)."""
+    image_registry: str
+    """Registry host of the server image, e.g. ``crinferforgeprod.azurecr.io`` (AKS pulls with kubelet identity)."""
+    image_repository: str
+    """Repository of the server image inside the registry."""
+    workload_identity_client_id: pulumi.Input[str]
+    """Client id of the user-assigned identity federated with this ServiceAccount (no secret in the cluster)."""
+    keyvault_url: pulumi.Input[str]
+    """Key Vault URI holding the API keys; keys never become a Kubernetes Secret."""
+    pls_name: str
+    """Name of the Private Link Service AKS creates; the platform derives Front Door's origin target from it."""
+    pls_subnet_name: str
+    """Subnet (same VNet) where the PLS allocates its NAT IPs."""
+    pls_subnet_cidr: str
+    """CIDR of that subnet: PLS-NATed Front Door traffic arrives from it, so ingress admits it."""
+    node_cidr: str
+    """AKS node subnet CIDR: load-balancer traffic relayed by kube-proxy arrives from node addresses."""
+    private_endpoint_subnet_cidr: str
+    """Subnet of the Key Vault and Managed Redis private endpoints: the only in-VNet egress allowed."""
+    image_digest: str | None = None
+    """``sha256:<64 hex>`` image digest; required unless ``allow_image_tags`` so prod runs exactly what was tested."""
+    image_tag: str | None = None
+    """Mutable tag, honoured only when ``allow_image_tags`` (dev); a digest wins when both are set."""
+    allow_image_tags: bool = False
+    """Off by default: tags can be moved under a running deployment, digests cannot."""
+    api_keys_secret_name: str = "inference-api-keys"
+    """Key Vault secret holding the API keys (``--api-keys-secret``)."""
+    redis_host: pulumi.Input[str] | None = None
+    """Managed Redis hostname (private endpoint); passed as env, authenticated with Entra, no access key."""
+    redis_port: int = 10000
+    """Managed Redis TLS port (10000); also the only Redis port the egress policy opens."""
+    name: str = "inference"
+    """Base name of the Kubernetes objects and the ``app.kubernetes.io/instance`` label."""
+    namespace: str = "inference"
+    """Namespace created for the service; part of the federated credential subject."""
+    service_account_name: str = "inference"
+    """ServiceAccount name; part of the federated credential subject."""
+    kubernetes_version: str = "1.33"
+    """Cluster minor version; pins the Pod Security Standard version so upgrades cannot loosen it silently."""
+    tp_size: int = 1
+    """Tensor-parallel size: GPUs per pod (requests = limits) and ranks the server launches."""
+    dtype: Dtype = "bfloat16"
+    """Weights/activation dtype (``--dtype``)."""
+    max_batch_size: int | None = None
+    """Server's running-batch cap (``--max-batch-size``); None keeps the server default."""
+    max_waiting: int | None = None
+    """Server's waiting-queue cap (``--max-waiting``); beyond it clients get 429."""
+    max_model_len: int | None = None
+    """Context length cap (``--max-model-len``); None uses the model's."""
+    replicas: int = 1
+    """Pods (one TP group each) when autoscaling is off; ignored (left to KEDA) when it is on."""
+    cpu: int = 8
+    """CPU cores, requests = limits (Guaranteed QoS: last to be evicted)."""
+    memory_limit_gib: int = 64
+    """Container memory limit = request, *including* /dev/shm (see module docstring arithmetic)."""
+    shm_size_gib: int = 8
+    """sizeLimit of the /dev/shm Memory emptyDir, counted inside ``memory_limit_gib``."""
+    tmp_size_gib: int = 4
+    """sizeLimit of the /tmp emptyDir (the root filesystem is read-only)."""
+    cache_size_gib: int = 16
+    """sizeLimit of the cache emptyDir (HF_HOME, DeepSpeed/Triton JIT caches)."""
+    gpu_node_labels: Mapping[str, str] = field(default_factory=lambda: {"sku": "gpu"})
+    """Labels of the GPU pool the pod is pinned to with required node affinity."""
+    gpu_taints: Sequence[str] = ("sku=gpu:NoSchedule",)
+    """GPU pool taints in AKS ``key=value:Effect`` form; each becomes a toleration."""
+    model_source: ModelSource = field(default_factory=PvcModelSource)
+    """Where the weights come from; a read-only PVC by default (no pod egress, nothing downloaded at start)."""
+    startup_period_s: int = 10
+    """startupProbe period; ``period x failure_threshold`` is the model-load budget."""
+    startup_failure_threshold: int = 180
+    """startupProbe failures tolerated (180 x 10 s = 30 min for large checkpoints on blobfuse)."""
+    readiness_period_s: int = 10
+    """readinessProbe period on /ready."""
+    liveness_period_s: int = 20
+    """livenessProbe period on /health."""
+    liveness_failure_threshold: int = 3
+    """Consecutive /health failures before the kubelet restarts the container."""
+    prestop_sleep_s: int = 15
+    """preStop sleep so the load balancer stops routing before SIGTERM starts the drain."""
+    drain_timeout_s: int = 60
+    """Server drain after SIGTERM (``--drain-timeout``): in-flight generations finish."""
+    termination_grace_period_s: int = 90
+    """Must be >= preStop + drain, or the kubelet SIGKILLs mid-generation."""
+    service_port: int = 80
+    """Port of the internal load balancer (Front Door's origin HTTP port over Private Link)."""
+    pls_visibility: Sequence[str] = ()
+    """Subscriptions that may see/request the PLS; empty keeps the provider default (RBAC only)."""
+    pls_nat_ip_count: int = 1
+    """NAT IPs the PLS allocates in its subnet (1-8)."""
+    internal_lb_subnet_name: str | None = None
+    """Subnet for the internal LB frontend; None uses the node subnet."""
+    metrics_scraper_namespace: str = "kube-system"
+    """Namespace of the Prometheus scraper (AKS managed Prometheus runs ama-metrics in kube-system)."""
+    entra_egress_cidrs: Sequence[str] = ("0.0.0.0/0",)
+    """Public ranges for the Entra ID token exchange on 443; private and link-local (IMDS) always excluded."""
+    pdb_max_unavailable: int = 1
+    """PodDisruptionBudget maxUnavailable: node upgrades drain one GPU pod at a time and never deadlock."""
+    rollout_max_surge: int = 1
+    """Extra pods during a rollout (needs spare GPU capacity; 0 trades availability for GPUs)."""
+    autoscaling: KedaAutoscaling | None = None
+    """KEDA autoscaling on a serving metric; None keeps a fixed replica count."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Extra labels on every object (e.g. environment)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def federated_subject(self) -> str:
+        """Subject of the federated credential the identity needs for this ServiceAccount."""
+        return federated_credential_subject(self.namespace, self.service_account_name)
+
+    @property
+    def image(self) -> str:
+        """The image reference the Deployment runs (digest-pinned unless tags are allowed)."""
+        base = f"{self.image_registry}/{self.image_repository}"
+        if self.image_digest is not None:
+            return f"{base}@{self.image_digest}"
+        return f"{base}:{self.image_tag}"
+
+    @property
+    def startup_budget_s(self) -> int:
+        """Seconds the startup probe waits for the model to load on every rank."""
+        return self.startup_period_s * self.startup_failure_threshold
+
+    @property
+    def model_dir(self) -> str:
+        """Path of the model directory inside the container."""
+        if isinstance(self.model_source, PvcModelSource) and self.model_source.sub_path:
+            return f"{MODEL_MOUNT}/{self.model_source.sub_path.strip('/')}"
+        if isinstance(self.model_source, DownloadModelSource):
+            return f"{MODEL_MOUNT}/model"
+        return MODEL_MOUNT
+
+    def validate(self) -> None:
+        """Check every argument; raise :class:`InferenceServiceConfigError` naming the first bad one."""
+        self._validate_image()
+        for name in ("name", "namespace", "service_account_name"):
+            _check_dns_label(name, getattr(self, name))
+        if not isinstance(self.model_name, str) or not self.model_name.strip():
+            raise _fail("model_name", self.model_name, "must be a non-empty string")
+        if not _K8S_VERSION.match(self.kubernetes_version):
+            raise _fail("kubernetes_version", self.kubernetes_version, "must be a minor version like '1.33'")
+        _check_range("tp_size", self.tp_size, 1, MAX_TP_SIZE)
+        if self.dtype not in ("bfloat16", "float16", "float32"):
+            raise _fail("dtype", self.dtype, "must be bfloat16, float16 or float32")
+        for name in ("max_batch_size", "max_waiting", "max_model_len"):
+            if getattr(self, name) is not None:
+                _check_range(name, getattr(self, name), 1)
+        _check_range("replicas", self.replicas, 1)
+        _check_range("cpu", self.cpu, 1)
+        self._validate_memory()
+        self._validate_probes()
+        self._validate_network()
+        if not self.gpu_node_labels:
+            raise _fail("gpu_node_labels", self.gpu_node_labels, "needs at least one label of the GPU pool")
+        if not self.gpu_taints:
+            raise _fail("gpu_taints", self.gpu_taints, "needs the GPU pool's taint (e.g. sku=gpu:NoSchedule)")
+        for taint in self.gpu_taints:
+            GpuTaint.parse(taint)
+        self.model_source.validate()
+        _check_range("pdb_max_unavailable", self.pdb_max_unavailable, 1)
+        _check_range("rollout_max_surge", self.rollout_max_surge, 0)
+        if self.autoscaling is not None:
+            self.autoscaling.validate()
+
+    def _validate_image(self) -> None:
+        if not (isinstance(self.image_registry, str) and _REGISTRY.match(self.image_registry)):
+            raise _fail("image_registry", self.image_registry, "must be a registry host such as myacr.azurecr.io")
+        if not (isinstance(self.image_repository, str) and _REPOSITORY.match(self.image_repository)):
+            raise _fail("image_repository", self.image_repository, "must be a lowercase repository path")
+        if self.image_digest is not None and not _DIGEST.match(self.image_digest):
+            raise _fail("image_digest", self.image_digest, "must be 'sha256:' followed by 64 lowercase hex digits")
+        if self.image_digest is None:
+            if not self.allow_image_tags:
+                raise _fail("image_digest", None, "a digest (sha256:<64 hex>) is required; tags are only "
+                                                  "accepted when allow_image_tags is true (dev)")
+            if self.image_tag is None or not _TAG.match(self.image_tag):
+                raise _fail("image_tag", self.image_tag, "must be a Docker tag when no digest is given")
+
+    def _validate_memory(self) -> None:
+        _check_range("memory_limit_gib", self.memory_limit_gib, 1)
+        _check_range("shm_size_gib", self.shm_size_gib, 1)
+        _check_range("tmp_size_gib", self.tmp_size_gib, 1)
+        _check_range("cache_size_gib", self.cache_size_gib, 1)
+        floor = MIN_HOST_MEMORY_PER_RANK_GIB * self.tp_size
+        if self.shm_size_gib > self.memory_limit_gib - floor:
+            raise _fail("shm_size_gib", self.shm_size_gib,
+                        f"/dev/shm is charged to the memory limit, so memory_limit_gib ({self.memory_limit_gib}) "
+                        f"must be at least shm_size_gib + {MIN_HOST_MEMORY_PER_RANK_GIB} GiB per rank x tp_size "
+                        f"{self.tp_size} = {self.shm_size_gib + floor}")
+
+    def _validate_probes(self) -> None:
+        _check_range("startup_period_s", self.startup_period_s, 1)
+        _check_range("startup_failure_threshold", self.startup_failure_threshold, 1)
+        if self.startup_budget_s < 60:
+            raise _fail("startup_failure_threshold", self.startup_failure_threshold,
+                        f"startup_period_s x startup_failure_threshold = {self.startup_budget_s}s; a model "
+                        "load needs at least 60s")
+        _check_range("readiness_period_s", self.readiness_period_s, 1)
+        _check_range("liveness_period_s", self.liveness_period_s, 1)
+        _check_range("liveness_failure_threshold", self.liveness_failure_threshold, 1)
+        _check_range("prestop_sleep_s", self.prestop_sleep_s, 0)
+        _check_range("drain_timeout_s", self.drain_timeout_s, 0)
+        _check_range("termination_grace_period_s", self.termination_grace_period_s, 1)
+        needed = self.prestop_sleep_s + self.drain_timeout_s
+        if self.termination_grace_period_s < needed:
+            raise _fail("termination_grace_period_s", self.termination_grace_period_s,
+                        f"must be >= prestop_sleep_s ({self.prestop_sleep_s}) + drain_timeout_s "
+                        f"({self.drain_timeout_s}) = {needed}, or the kubelet kills the server mid-drain")
+
+    def _validate_network(self) -> None:
+        _check_dns_label("pls_name", self.pls_name, max_len=80)
+        if not (isinstance(self.pls_subnet_name, str) and re.match(r"^[\w.-]{1,80}$", self.pls_subnet_name)):
+            raise _fail("pls_subnet_name", self.pls_subnet_name, "must be an Azure subnet name")
+        for name in ("pls_subnet_cidr", "node_cidr", "private_endpoint_subnet_cidr"):
+            _check_cidr(name, getattr(self, name))
+        if not self.entra_egress_cidrs:
+            raise _fail("entra_egress_cidrs", self.entra_egress_cidrs, "needs at least one CIDR")
+        for cidr in self.entra_egress_cidrs:
+            _check_cidr("entra_egress_cidrs", cidr)
+        _check_range("redis_port", self.redis_port, 1, 65535)
+        _check_range("service_port", self.service_port, 1, 65535)
+        _check_range("pls_nat_ip_count", self.pls_nat_ip_count, 1, 8)
+        _check_dns_label("metrics_scraper_namespace", self.metrics_scraper_namespace)
+        for subscription in self.pls_visibility:
+            if subscription != "*" and not re.match(r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$", subscription):
+                raise _fail("pls_visibility", subscription, "entries must be subscription GUIDs or '*'")
+
+
+MODEL_MOUNT = "/models"
+TMP_MOUNT = "/tmp"
+CACHE_MOUNT = "/cache"
+SHM_MOUNT = "/dev/shm"
+
+
+def public_ip_block(cidr: str) -> k8s.networking.v1.IPBlockArgs:
+    """An ipBlock for ``cidr`` minus every private/link-local range inside it (never IMDS)."""
+    network = ipaddress.ip_network(cidr)
+    excluded = [r for r in _NON_PUBLIC_V4 if ipaddress.ip_network(r).subnet_of(network)  # type: ignore[arg-type]
+                and ipaddress.ip_network(r) != network]
+    return k8s.networking.v1.IPBlockArgs(cidr=cidr, except_=excluded or None)
+
+
+def _restricted_container_security() -> k8s.core.v1.SecurityContextArgs:
+    return k8s.core.v1.SecurityContextArgs(
+        run_as_non_root=True,
+        run_as_user=SERVER_UID,
+        run_as_group=SERVER_UID,
+        allow_privilege_escalation=False,
+        privileged=False,
+        read_only_root_filesystem=True,
+        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
+def _name_of(resource: k8s.core.v1.Namespace | k8s.core.v1.Service | k8s.core.v1.ServiceAccount
+             | k8s.apps.v1.Deployment) -> pulumi.Output[str]:
+    """metadata.name of a created object as an Output, so consumers depend on its creation."""
+    return resource.metadata.apply(lambda meta: meta["name"] if isinstance(meta, dict) else meta.name)
+
+
+def _kubernetes_provider(opts: pulumi.ResourceOptions | None, component: str) -> k8s.Provider:
+    """The explicit Kubernetes provider from ``opts``; refuse the ambient kubeconfig."""
+    if opts is not None:
+        if isinstance(opts.provider, k8s.Provider):
+            return opts.provider
+        providers = opts.providers
+        if isinstance(providers, Mapping) and isinstance(providers.get("kubernetes"), k8s.Provider):
+            return providers["kubernetes"]
+        if isinstance(providers, Sequence):
+            for candidate in providers:
+                if isinstance(candidate, k8s.Provider):
+                    return candidate
+    raise InferenceServiceConfigError(
+        f"{component} needs an explicit pulumi_kubernetes.Provider in opts (provider=...) built from the AKS "
+        "cluster credentials; refusing to deploy to the ambient kubeconfig")
+
+
+class InferenceService(pulumi.ComponentResource):
+    """The inference Deployment on the GPU pool behind an internal LB + Private Link Service."""
+
+    namespace: pulumi.Output[str]
+    service_name: pulumi.Output[str]
+    deployment_name: pulumi.Output[str]
+    service_account_name: pulumi.Output[str]
+    pls_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: InferenceServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        args.validate()  # dataclasses can be mutated after __post_init__; check what is actually deployed
+        provider = _kubernetes_provider(opts, "InferenceService")
+        super().__init__("inferforge:inference:InferenceService", name, None, opts)
+        self._args = args
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        # Named objects cannot be created before their predecessor is gone.
+        replace_named = pulumi.ResourceOptions(parent=self, provider=provider, delete_before_replace=True)
+
+        self._labels = {
+            "app.kubernetes.io/name": "inferforge-inference",
+            "app.kubernetes.io/instance": args.name,
+            "app.kubernetes.io/part-of": "inferforge",
+            "app.kubernetes.io/managed-by": "pulumi",
+            **args.labels,
+        }
+        self._selector = {"app.kubernetes.io/name": "inferforge-inference", "app.kubernetes.io/instance": args.name}
+
+        namespace = k8s.core.v1.Namespace(
+            f"{name}-ns",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=args.namespace, labels={**self._labels, **self._pod_security()}),
+            opts=child,
+        )
+        ns_name = _name_of(namespace)
+        self._ns = ns_name
+
+        service_account = k8s.core.v1.ServiceAccount(
+            f"{name}-sa",
+            metadata=self._meta(args.service_account_name, annotations={
+                WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION: args.workload_identity_client_id,
+            }),
+            automount_service_account_token=False,
+            opts=child,
+        )
+
+        claim = self._model_claim(name, child)
+        deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata=self._meta(args.name),
+            spec=self._deployment_spec(claim),
+            opts=pulumi.ResourceOptions.merge(replace_named, pulumi.ResourceOptions(depends_on=[service_account])),
+        )
+
+        service = k8s.core.v1.Service(
+            f"{name}-svc",
+            metadata=self._meta(args.name, annotations=self._service_annotations()),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                type="LoadBalancer",
+                # Local keeps the PLS NAT address as source (the NetworkPolicy admits it) and skips a hop.
+                external_traffic_policy="Local",
+                selector=self._selector,
+                ports=[k8s.core.v1.ServicePortArgs(name="http", protocol="TCP", port=args.service_port,
+                                                   target_port="http")],
+            ),
+            opts=replace_named,
+        )
+
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb",
+            metadata=self._meta(args.name),
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                max_unavailable=args.pdb_max_unavailable,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self._selector),
+                # A crash-looping pod must not block node upgrades forever.
+                unhealthy_pod_eviction_policy="AlwaysAllow",
+            ),
+            opts=replace_named,
+        )
+
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol",
+            metadata=self._meta(args.name),
+            spec=self._network_policy_spec(),
+            opts=replace_named,
+        )
+
+        if args.autoscaling is not None:
+            self._scaled_object(name, child)
+
+        self.namespace = ns_name
+        self.service_name = _name_of(service)
+        self.deployment_name = _name_of(deployment)
+        self.service_account_name = _name_of(service_account)
+        self.pls_name = pulumi.Output.from_input(args.pls_name)
+        self.register_outputs({
+            "namespace": self.namespace,
+            "service_name": self.service_name,
+            "deployment_name": self.deployment_name,
+            "service_account_name": self.service_account_name,
+            "pls_name": self.pls_name,
+            "federated_subject": args.federated_subject,
+        })
+
+    # ----------------------------------------------------------------------------------------- helpers
+    def _meta(self, name: str, annotations: Mapping[str, pulumi.Input[str]] | None = None
+              ) -> k8s.meta.v1.ObjectMetaArgs:
+        return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=self._ns, labels=self._labels,
+                                          annotations=dict(annotations) if annotations else None)
+
+    def _pod_security(self) -> dict[str, str]:
+        version = f"v{self._args.kubernetes_version}"
+        labels: dict[str, str] = {}
+        for mode in ("enforce", "audit", "warn"):
+            labels[f"pod-security.kubernetes.io/{mode}"] = "restricted"
+            labels[f"pod-security.kubernetes.io/{mode}-version"] = version
+        return labels
+
+    def _service_annotations(self) -> dict[str, str]:
+        args = self._args
+        prefix = "service.beta.kubernetes.io/"
+        annotations = {
+            f"{prefix}azure-load-balancer-internal": "true",
+            f"{prefix}azure-pls-create": "true",
+            f"{prefix}azure-pls-name": args.pls_name,
+            f"{prefix}azure-pls-ip-configuration-subnet": args.pls_subnet_name,
+            f"{prefix}azure-pls-ip-configuration-ip-address-count": str(args.pls_nat_ip_count),
+            # Front Door speaks plain HTTP to the origin; PROXY v2 headers would break it.
+            f"{prefix}azure-pls-proxy-protocol": "false",
+        }
+        if args.pls_visibility:
+            annotations[f"{prefix}azure-pls-visibility"] = " ".join(args.pls_visibility)
+        if args.internal_lb_subnet_name:
+            annotations[f"{prefix}azure-load-balancer-internal-subnet"] = args.internal_lb_subnet_name
+        return annotations
+
+    def _model_claim(self, name: str, child: pulumi.ResourceOptions) -> str | None:
+        source = self._args.model_source
+        if not isinstance(source, PvcModelSource):
+            return None
+        if source.existing_claim is not None:
+            return source.existing_claim
+        claim_name = f"{self._args.name}-model"
+        k8s.core.v1.PersistentVolumeClaim(
+            f"{name}-model-pvc",
+            metadata=self._meta(claim_name),
+            spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+                # RWX so operators can populate it (azcopy/one-off job); the server mounts it read-only.
+                access_modes=["ReadWriteMany"],
+                storage_class_name=source.storage_class,
+                resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": f"{source.size_gib}Gi"}),
+            ),
+            # Deleting a dynamically provisioned claim deletes its blob container (reclaim policy Delete),
+            # i.e. the uploaded weights: keep it in the cluster when the stack lets go of it.
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(retain_on_delete=True)),
+        )
+        return claim_name
+
+    def _server_command(self) -> list[pulumi.Input[str]]:
+        args = self._args
+        command: list[pulumi.Input[str]] = [
+            "python", "-m", "inference", "serve",
+            "--model-dir", args.model_dir,
+            "--model-name", args.model_name,
+            "--tp-size", str(args.tp_size),
+            "--dtype", args.dtype,
+            "--host", "0.0.0.0",
+            "--port", str(SERVING_PORT),
+            "--api-keys-keyvault-url", args.keyvault_url,
+            "--api-keys-secret", args.api_keys_secret_name,
+            "--drain-timeout", str(args.drain_timeout_s),
+        ]
+        for flag, value in (("--max-batch-size", args.max_batch_size), ("--max-waiting", args.max_waiting),
+                            ("--max-model-len", args.max_model_len)):
+            if value is not None:
+                command += [flag, str(value)]
+        return command
+
+    def _server_env(self) -> list[k8s.core.v1.EnvVarArgs]:
+        args = self._args
+        env = {
+            "HOME": TMP_MOUNT,
+            "HF_HOME": f"{CACHE_MOUNT}/huggingface",
+            "XDG_CACHE_HOME": CACHE_MOUNT,
+            "TORCH_EXTENSIONS_DIR": f"{CACHE_MOUNT}/torch_extensions",  # DeepSpeed JIT-builds ops here
+            "TRITON_CACHE_DIR": f"{CACHE_MOUNT}/triton",
+            "HF_HUB_OFFLINE": "1",  # the weights are local; the server never talks to the Hub
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }
+        env_vars = [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in env.items()]
+        if args.redis_host is not None:
+            env_vars += [
+                k8s.core.v1.EnvVarArgs(name="INFERFORGE_REDIS_HOST", value=args.redis_host),
+                k8s.core.v1.EnvVarArgs(name="INFERFORGE_REDIS_PORT", value=str(args.redis_port)),
+                k8s.core.v1.EnvVarArgs(name="INFERFORGE_REDIS_TLS", value="true"),
+            ]
+        return env_vars
+
+    def _volumes(self, claim: str | None) -> list[k8s.core.v1.VolumeArgs]:
+        args = self._args
+        volumes = [
+            k8s.core.v1.VolumeArgs(name="dshm", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+                medium="Memory", size_limit=f"{args.shm_size_gib}Gi")),
+            k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+                size_limit=f"{args.tmp_size_gib}Gi")),
+            k8s.core.v1.VolumeArgs(name="cache", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+                size_limit=f"{args.cache_size_gib}Gi")),
+        ]
+        if claim is not None:
+            volumes.append(k8s.core.v1.VolumeArgs(
+                name="model",
+                persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(claim_name=claim,
+                                                                                          read_only=True)))
+        else:
+            assert isinstance(args.model_source, DownloadModelSource)
+            volumes.append(k8s.core.v1.VolumeArgs(name="model", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+                size_limit=f"{args.model_source.size_gib}Gi")))
+        return volumes
+
+    def _scratch_mounts(self) -> list[k8s.core.v1.VolumeMountArgs]:
+        return [
+            k8s.core.v1.VolumeMountArgs(name="tmp", mount_path=TMP_MOUNT),
+            k8s.core.v1.VolumeMountArgs(name="cache", mount_path=CACHE_MOUNT),
+        ]
+
+    def _download_init_container(self) -> k8s.core.v1.ContainerArgs:
+        args = self._args
+        source = args.model_source
+        assert isinstance(source, DownloadModelSource)
+        return k8s.core.v1.ContainerArgs(
+            name="download-model",
+            image=args.image,
+            image_pull_policy="IfNotPresent",
+            command=["hf", "download", source.repo_id, "--revision", source.revision,
+                     "--local-dir", args.model_dir],
+            env=[k8s.core.v1.EnvVarArgs(name="HOME", value=TMP_MOUNT),
+                 k8s.core.v1.EnvVarArgs(name="HF_HOME", value=f"{CACHE_MOUNT}/huggingface"),
+                 k8s.core.v1.EnvVarArgs(name="HF_HUB_DISABLE_TELEMETRY", value="1")],
+            resources=k8s.core.v1.ResourceRequirementsArgs(requests={"cpu": "2", "memory": "4Gi"},
+                                                           limits={"cpu": "2", "memory": "4Gi"}),
+            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="model", mount_path=MODEL_MOUNT),
+                           *self._scratch_mounts()],
+            security_context=_restricted_container_security(),
+            termination_message_policy="FallbackToLogsOnError",
+        )
+
+    def _server_container(self) -> k8s.core.v1.ContainerArgs:
+        args = self._args
+        gpus = str(args.tp_size)
+        resources = {"cpu": str(args.cpu), "memory": f"{args.memory_limit_gib}Gi", "nvidia.com/gpu": gpus}
+        disk = args.tmp_size_gib + args.cache_size_gib
+        if isinstance(args.model_source, DownloadModelSource):
+            disk += args.model_source.size_gib
+        http = k8s.core.v1.HTTPGetActionArgs
+        return k8s.core.v1.ContainerArgs(
+            name="server",
+            image=args.image,
+            image_pull_policy="IfNotPresent",
+            command=self._server_command(),
+            ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=SERVING_PORT, protocol="TCP")],
+            env=self._server_env(),
+            resources=k8s.core.v1.ResourceRequirementsArgs(
+                # Requests = limits: Guaranteed QoS; GPUs must be equal anyway (extended resource).
+                requests={**resources, "ephemeral-storage": f"{disk}Gi"},
+                limits={**resources, "ephemeral-storage": f"{disk}Gi"},
+            ),
+            volume_mounts=[
+                k8s.core.v1.VolumeMountArgs(name="dshm", mount_path=SHM_MOUNT),
+                *self._scratch_mounts(),
+                k8s.core.v1.VolumeMountArgs(name="model", mount_path=MODEL_MOUNT, read_only=True),
+            ],
+            # Startup waits on /ready (model loaded on every rank), so liveness never kills a loading pod
+            # whatever the server does with /health during the load.
+            startup_probe=k8s.core.v1.ProbeArgs(
+                http_get=http(path="/ready", port="http"), period_seconds=args.startup_period_s,
+                failure_threshold=args.startup_failure_threshold, timeout_seconds=5),
+            readiness_probe=k8s.core.v1.ProbeArgs(
+                http_get=http(path="/ready", port="http"), period_seconds=args.readiness_period_s,
+                failure_threshold=3, timeout_seconds=5),
+            liveness_probe=k8s.core.v1.ProbeArgs(
+                http_get=http(path="/health", port="http"), period_seconds=args.liveness_period_s,
+                failure_threshold=args.liveness_failure_threshold, timeout_seconds=5),
+            # The kubelet's sleep action needs no shell or binary in the image.
+            lifecycle=k8s.core.v1.LifecycleArgs(pre_stop=k8s.core.v1.LifecycleHandlerArgs(
+                sleep=k8s.core.v1.SleepActionArgs(seconds=args.prestop_sleep_s))),
+            security_context=_restricted_container_security(),
+            termination_message_policy="FallbackToLogsOnError",
+        )
+
+    def _deployment_spec(self, claim: str | None) -> k8s.apps.v1.DeploymentSpecArgs:
+        args = self._args
+        taints = [GpuTaint.parse(t) for t in args.gpu_taints]
+        init_containers = None if claim is not None else [self._download_init_container()]
+        pod_labels = {**self._labels, WORKLOAD_IDENTITY_USE_LABEL: "true"}
+        return k8s.apps.v1.DeploymentSpecArgs(
+            # With KEDA the HPA owns the replica count; setting it here would fight the autoscaler.
+            replicas=None if args.autoscaling is not None else args.replicas,
+            revision_history_limit=5,
+            # A rollout is not "stuck" while the new pod is still loading its model.
+            progress_deadline_seconds=args.startup_budget_s + 600,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self._selector),
+            strategy=k8s.apps.v1.DeploymentStrategyArgs(
+                type="RollingUpdate",
+                rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(
+                    max_surge=args.rollout_max_surge, max_unavailable=0 if args.rollout_max_surge else 1),
+            ),
+            template=k8s.core.v1.PodTemplateSpecArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    labels=pod_labels,
+                    annotations={"prometheus.io/scrape": "true", "prometheus.io/port": str(SERVING_PORT),
+                                 "prometheus.io/path": "/metrics"},
+                ),
+                spec=k8s.core.v1.PodSpecArgs(
+                    service_account_name=args.service_account_name,
+                    automount_service_account_token=False,
+                    enable_service_links=False,
+                    termination_grace_period_seconds=args.termination_grace_period_s,
+                    security_context=k8s.core.v1.PodSecurityContextArgs(
+                        run_as_non_root=True, run_as_user=SERVER_UID, run_as_group=SERVER_UID,
+                        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+                    ),
+                    tolerations=[t.toleration() for t in taints],
+                    affinity=k8s.core.v1.AffinityArgs(node_affinity=k8s.core.v1.NodeAffinityArgs(
+                        required_during_scheduling_ignored_during_execution=k8s.core.v1.NodeSelectorArgs(
+                            node_selector_terms=[k8s.core.v1.NodeSelectorTermArgs(match_expressions=[
+                                k8s.core.v1.NodeSelectorRequirementArgs(key=k, operator="In", values=[v])
+                                for k, v in sorted(args.gpu_node_labels.items())
+                            ])]))),
+                    topology_spread_constraints=[k8s.core.v1.TopologySpreadConstraintArgs(
+                        max_skew=1, topology_key="topology.kubernetes.io/zone",
+                        when_unsatisfiable="ScheduleAnyway",
+                        label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self._selector))],
+                    init_containers=init_containers,
+                    containers=[self._server_container()],
+                    volumes=self._volumes(claim),
+                ),
+            ),
+        )
+
+    def _network_policy_spec(self) -> k8s.networking.v1.NetworkPolicySpecArgs:
+        args = self._args
+        np = k8s.networking.v1
+        serving_port = [np.NetworkPolicyPortArgs(protocol="TCP", port=SERVING_PORT)]
+        https = [np.NetworkPolicyPortArgs(protocol="TCP", port=443)]
+        egress_public = {cidr: None for cidr in args.entra_egress_cidrs}
+        if isinstance(args.model_source, DownloadModelSource):
+            egress_public.update({cidr: None for cidr in args.model_source.egress_cidrs})
+        return np.NetworkPolicySpecArgs(
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self._selector),
+            policy_types=["Ingress", "Egress"],
+            ingress=[
+                # Front Door -> Private Link Service (NAT in the PLS subnet) -> internal LB -> node -> pod.
+                np.NetworkPolicyIngressRuleArgs(
+                    from_=[np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=args.pls_subnet_cidr)),
+                           np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=args.node_cidr))],
+                    ports=serving_port),
+                np.NetworkPolicyIngressRuleArgs(
+                    from_=[np.NetworkPolicyPeerArgs(namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                        match_labels={"kubernetes.io/metadata.name": args.metrics_scraper_namespace}))],
+                    ports=serving_port),
+            ],
+            egress=[
+                np.NetworkPolicyEgressRuleArgs(
+                    to=[np.NetworkPolicyPeerArgs(
+                        namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                            match_labels={"kubernetes.io/metadata.name": "kube-system"}),
+                        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}))],
+                    ports=[np.NetworkPolicyPortArgs(protocol="UDP", port=53),
+                           np.NetworkPolicyPortArgs(protocol="TCP", port=53)]),
+                # Key Vault (443) and Managed Redis (TLS port) through their private endpoints only.
+                np.NetworkPolicyEgressRuleArgs(
+                    to=[np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=args.private_endpoint_subnet_cidr))],
+                    ports=[np.NetworkPolicyPortArgs(protocol="TCP", port=443),
+                           np.NetworkPolicyPortArgs(protocol="TCP", port=args.redis_port)]),
+                # Entra ID token exchange (and the Hub download, if chosen): public HTTPS, never IMDS.
+                np.NetworkPolicyEgressRuleArgs(
+                    to=[np.NetworkPolicyPeerArgs(ip_block=public_ip_block(cidr)) for cidr in egress_public],
+                    ports=https),
+            ],
+        )
+
+    def _scaled_object(self, name: str, child: pulumi.ResourceOptions) -> None:
+        args = self._args
+        scaling = args.autoscaling
+        assert scaling is not None
+        query = (f'sum({scaling.metric}{{namespace="{args.namespace}",'
+                 f'pod=~"{args.name}-[a-z0-9]+-[a-z0-9]+"}})')
+        trigger: dict[str, object] = {
+            "type": "prometheus",
+            "metricType": "AverageValue",
+            # KEDA trigger metadata values are strings by schema.
+            "metadata": {"serverAddress": scaling.prometheus_server_address, "query": query,
+                         "threshold": str(scaling.target_per_replica)},
+        }
+        if scaling.authentication_ref is not None:
+            trigger["authenticationRef"] = {"name": scaling.authentication_ref}
+        k8s.apiextensions.CustomResource(
+            f"{name}-scaledobject",
+            api_version="keda.sh/v1alpha1",
+            kind="ScaledObject",
+            metadata=self._meta(args.name),
+            spec={
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": args.name},
+                "minReplicaCount": scaling.min_replicas,
+                "maxReplicaCount": scaling.max_replicas,
+                "pollingInterval": scaling.polling_interval_s,
+                "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
+                    "stabilizationWindowSeconds": scaling.scale_down_stabilization_s,
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}],
+                }}}},
+                "triggers": [trigger],
+            },
+            opts=child,
+        )
