@@ -70,9 +70,7 @@ def percentile_list(text: str) -> list[float]:
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers like '50,90,99', got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like '50,90,99', got {text!r}") from None
     if not values or any(not 0 <= v <= 100 for v in values):
         raise argparse.ArgumentTypeError(f"percentiles must lie within [0, 100], got {text!r}")
     return values
@@ -127,19 +125,11 @@ def _add_http_args(parser: argparse.ArgumentParser, *, rate_and_concurrency: boo
         "--burstiness", type=positive_float, default=1.0, help="gamma shape of arrival gaps; 1 = Poisson"
     )
     parser.add_argument("--warmup", type=non_negative_int, default=4, help="warm-up requests (default 4)")
-    parser.add_argument(
-        "--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)"
-    )
-    parser.add_argument(
-        "--ready-timeout", type=positive_float, default=300.0, help="seconds to wait for readiness"
-    )
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    parser.add_argument("--ready-timeout", type=positive_float, default=300.0, help="seconds to wait for readiness")
     parser.add_argument("--request-timeout", type=positive_float, default=300.0, help="seconds per request")
-    parser.add_argument(
-        "--run-timeout", type=positive_float, default=1800.0, help="seconds for the measured run"
-    )
-    parser.add_argument(
-        "--percentiles", type=percentile_list, default=[50.0, 90.0, 99.0], help="default '50,90,99'"
-    )
+    parser.add_argument("--run-timeout", type=positive_float, default=1800.0, help="seconds for the measured run")
+    parser.add_argument("--percentiles", type=percentile_list, default=[50.0, 90.0, 99.0], help="default '50,90,99'")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,9 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="benchmark an OpenAI-compatible server over HTTP")
     _add_http_args(serve)
     _add_workload_args(serve)
-    serve.add_argument(
-        "--tokenizer", type=existing_dir, required=True, help="tokenizer dir (for the vocabulary)"
-    )
+    serve.add_argument("--tokenizer", type=existing_dir, required=True, help="tokenizer dir (for the vocabulary)")
     serve.add_argument("--out", type=Path, default=None, help="write the JSON result here")
 
     compare = sub.add_parser("compare", help="HF generate baselines and our server on the same prompts")
@@ -174,26 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="command that starts the server (quoted), stopped afterwards; omit to use a running --base-url",
     )
-    compare.add_argument(
-        "--server-log", type=Path, default=None, help="server output (default: next to --out)"
-    )
-    compare.add_argument(
-        "--dtype", choices=DTYPES, default="bfloat16", help="HF baseline dtype (default bfloat16)"
-    )
+    compare.add_argument("--server-log", type=Path, default=None, help="server output (default: next to --out)")
+    compare.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="HF baseline dtype (default bfloat16)")
     compare.add_argument(
         "--threads",
         type=positive_int,
         default=None,
         help="torch threads for HF and OMP_NUM_THREADS for a launched server (default: all cores)",
     )
-    compare.add_argument(
-        "--skip-hf-serial", action="store_true", help="skip HF one-at-a-time (the slowest baseline)"
-    )
+    compare.add_argument("--skip-hf-serial", action="store_true", help="skip HF one-at-a-time (the slowest baseline)")
     compare.add_argument("--out", type=Path, default=None, help="write the JSON result here")
 
-    roof = sub.add_parser(
-        "roofline", help="batch-1 decode tokens/s against memory bandwidth / bytes per token"
-    )
+    roof = sub.add_parser("roofline", help="batch-1 decode tokens/s against memory bandwidth / bytes per token")
     roof.add_argument(
         "--model-dir",
         type=existing_dir,

@@ -104,9 +104,7 @@ async def stream_completion(
     a chunk's text may be empty when a token is a partial UTF-8 sequence, but it still marks a
     token). The token counts come from the final `usage` chunk when the server sends one.
     """
-    result = RequestResult(
-        success=False, prompt_len=prompt.prompt_len, expected_output_len=settings.output_len
-    )
+    result = RequestResult(success=False, prompt_len=prompt.prompt_len, expected_output_len=settings.output_len)
     start = time.perf_counter()
     result.start_offset_s = start - run_start
     chunks = 0

@@ -96,9 +96,7 @@ def describe_mismatches(run: RunResult, expected_input_len: int | None) -> list[
     warnings = []
     metrics = run.metrics
     if metrics.output_len_mismatches:
-        lens = sorted(
-            {r.output_len for r in run.results if r.success and r.output_len != r.expected_output_len}
-        )
+        lens = sorted({r.output_len for r in run.results if r.success and r.output_len != r.expected_output_len})
         warnings.append(
             f"warning: {metrics.output_len_mismatches} requests returned an output length other than "
             f"{run.results[0].expected_output_len} (got {lens[:5]}); is ignore_eos supported?"

@@ -70,9 +70,7 @@ def build_prompts(
     raise ValueError(f"unknown prompt format {prompt_format!r}; allowed: 'ids', 'text'")
 
 
-def arrival_offsets(
-    num_requests: int, request_rate: float, seed: int, burstiness: float = 1.0
-) -> list[float]:
+def arrival_offsets(num_requests: int, request_rate: float, seed: int, burstiness: float = 1.0) -> list[float]:
     """Seconds after the start at which each request is sent.
 
     Inter-arrival gaps follow a gamma distribution with shape `burstiness` and mean

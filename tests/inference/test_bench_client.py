@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import socket
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ from transformers import AutoTokenizer
 
 from inference.bench.cli import main
 from inference.bench.client import CompletionSettings
+from inference.bench.compare import launched_server, throughput_ratios
+from inference.bench.errors import BenchmarkError
 from inference.bench.loadgen import LoadConfig, run_load
 from inference.bench.workload import Prompt
 
@@ -91,8 +95,7 @@ def stand_in() -> Iterator[StandIn]:
 
 def prompts(n: int, length: int = 8) -> list[Prompt]:
     return [
-        Prompt(list(range(10 + i, 10 + i + length)), length, list(range(10 + i, 10 + i + length)))
-        for i in range(n)
+        Prompt(list(range(10 + i, 10 + i + length)), length, list(range(10 + i, 10 + i + length))) for i in range(n)
     ]
 
 
@@ -250,3 +253,84 @@ def test_serve_command_writes_a_json_result_with_config_machine_and_vllm_style_m
     assert all(len(b["prompt"]) == 12 for b in sent)
     special = set(AutoTokenizer.from_pretrained(tiny_model_dir).all_special_ids)
     assert all(special.isdisjoint(b["prompt"]) for b in sent)
+
+
+def test_compare_runs_hf_baselines_and_the_server_on_the_same_prompts_and_reports_ratios(
+    stand_in, tiny_model_dir: Path, tmp_path: Path, capsys
+):
+    out = tmp_path / "compare.json"
+    code = main(
+        [
+            "compare",
+            "--base-url",
+            stand_in.url,
+            "--api-key",
+            API_KEY,
+            "--model-dir",
+            str(tiny_model_dir),
+            "--dtype",
+            "float32",
+            "--threads",
+            "1",
+            "--input-len",
+            "6",
+            "--output-len",
+            "3",
+            "--num-prompts",
+            "4",
+            "--max-concurrency",
+            "4",
+            "1",
+            "--warmup",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["baselines"]) == {"hf_one_at_a_time", "hf_padded_batch"}
+    assert set(doc["ours"]) == {"ours_c4", "ours_c1"}
+    for baseline in doc["baselines"].values():
+        # ignore-eos semantics in HF too: exactly output_len tokens for every prompt.
+        assert baseline["completed"] == 4
+        assert baseline["total_output_tokens"] == 4 * 3
+        assert baseline["output_len_mismatches"] == 0
+    # The server got the very prompts HF generated from.
+    sent = [b["prompt"] for b in stand_in.bodies]
+    assert sent[:4] == sent[4:] and len(sent) == 8
+    ratio = doc["ratios"]["output_throughput"]["ours_c4"]["hf_padded_batch"]
+    expected = (
+        doc["ours"]["ours_c4"]["metrics"]["output_throughput"]
+        / doc["baselines"]["hf_padded_batch"]["output_throughput"]
+    )
+    assert ratio == pytest.approx(expected)
+    assert "ours_c4 / hf_one_at_a_time:" in capsys.readouterr().out
+
+
+def test_launched_server_runs_in_its_own_process_group_and_is_stopped_afterwards(tmp_path: Path):
+    command = f"{sys.executable} -c 'import time; time.sleep(120)'"
+    with launched_server(command, tmp_path / "server.log", threads=1) as is_alive:
+        assert is_alive()
+        pid = next(iter(_children_of(os.getpid())))
+    assert not is_alive()
+    assert pid not in _children_of(os.getpid())
+
+
+def test_a_server_command_that_cannot_start_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(BenchmarkError, match="cannot start the server"):
+        with launched_server("/nonexistent/serve --port 1", tmp_path / "server.log", threads=None):
+            pass
+
+
+def test_throughput_ratios_divide_ours_by_each_baseline_and_tolerate_zero():
+    ratios = throughput_ratios(
+        {"ours_c64": {"output_throughput": 1200.0}},
+        {"hf_padded_batch": {"output_throughput": 1000.0}, "broken": {"output_throughput": 0.0}},
+    )
+    assert ratios == {"ours_c64": {"hf_padded_batch": pytest.approx(1.2), "broken": None}}
+
+
+def _children_of(pid: int) -> set[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {int(c) for c in children}
