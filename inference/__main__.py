@@ -1,0 +1,8 @@
+"""`python -m inference serve ...` / `python -m inference make-model ...` (see inference/serve.py)."""
+
+import sys
+
+from inference.serve import main
+
+if __name__ == "__main__":
+    sys.exit(main())

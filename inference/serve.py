@@ -1,0 +1,457 @@
+"""The `python -m inference` command line: `serve` (the HTTP server) and `make-model`.
+
+Process model of `serve`:
+  * `--tp-size 1`: one process loads the engine and serves HTTP.
+  * `--tp-size N > 1` (not already under a launcher): this process becomes a small supervisor that
+    runs DeepSpeed's launcher (`deepspeed.launcher.launch`, which sets RANK, LOCAL_RANK, WORLD_SIZE,
+    LOCAL_SIZE, MASTER_ADDR/PORT) to start N copies of the same `serve` command as ranks; rank 0
+    serves HTTP, the other ranks run the engine's follower loop. The supervisor forwards SIGTERM to
+    rank 0 only, because the DeepSpeed launcher itself answers SIGTERM by terminating every rank at
+    once (and exiting 1), which would break the graceful drain. It exits with the launcher's code,
+    and the launcher exits non-zero as soon as any rank does (it then terminates the others).
+  * Under an external launcher (`deepspeed --num_gpus N -m inference serve ...`, WORLD_SIZE set),
+    the process is a rank directly.
+
+Lifecycle of the HTTP rank: SIGTERM (or SIGINT) -> stop admission (`/ready` 503, new requests 503,
+engine.stop_admission) -> wait for in-flight requests up to `--drain-timeout` -> close the listener
+-> engine.shutdown -> exit 0. A second signal exits at once. If the engine reports `is_dead` (a
+rank died, a collective timed out) the server exits 1 without waiting, so the pod restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from inference.auth import APIKeys, KeyLoadError, load_keys_from_file, load_keys_from_key_vault
+
+log = logging.getLogger("inference.serve")
+
+EXIT_OK = 0
+EXIT_ENGINE_FAILED = 1
+EXIT_USAGE = 2
+DTYPES = ("bfloat16", "float16", "float32")
+# How often the HTTP rank checks the engine's health and the drain's progress.
+WATCH_INTERVAL_S = 0.2
+# Bound on engine.shutdown(): the followers are released by it; a hung one must not hang the pod.
+ENGINE_SHUTDOWN_TIMEOUT_S = 15.0
+
+
+class UsageError(Exception):
+    """A command-line argument is invalid (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so every usage error takes one path."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port in 1..65535, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m inference` parser (flag names are a contract with the Kubernetes component)."""
+    parser = _Parser(prog="python -m inference", description="inferforge inference server")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    serve.add_argument("--model-dir", required=True, type=Path,
+                       help="local Hugging Face model directory (config.json, safetensors, tokenizer)")
+    serve.add_argument("--model-name", default=None,
+                       help="name clients use in `model` (default: the model directory's name)")
+    serve.add_argument("--tp-size", type=_positive_int, default=1,
+                       help="tensor-parallel ranks (GPUs) for one model replica (default 1)")
+    serve.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="compute dtype")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="bind address (default 127.0.0.1; 0.0.0.0 in a container)")
+    serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument("--max-batch-size", type=_positive_int, default=32,
+                       help="sequences decoded together per step")
+    serve.add_argument("--max-waiting", type=_positive_int, default=128,
+                       help="queued requests before new ones get 429")
+    serve.add_argument("--max-model-len", type=_positive_int, default=None,
+                       help="context length: prompt + max_tokens (default: the model's)")
+    keys = serve.add_argument_group("API keys (one source is required unless --allow-unauthenticated)")
+    keys.add_argument("--api-keys-file", type=Path, default=None,
+                      help="file of keys, one per line or comma-separated (development)")
+    keys.add_argument("--api-keys-keyvault-url", default=None,
+                      help="Key Vault URL, e.g. https://kv-name.vault.azure.net/ (workload identity)")
+    keys.add_argument("--api-keys-secret", default=None,
+                      help="name of the Key Vault secret holding the keys")
+    keys.add_argument("--allow-unauthenticated", action="store_true",
+                      help="serve without API keys (only for local development)")
+    serve.add_argument("--drain-timeout", type=_seconds, default=30.0,
+                       help="seconds to finish in-flight requests after SIGTERM (default 30)")
+
+    make_model = sub.add_parser("make-model", help="write a small seeded model + tokenizer (tests, benchmarks)",
+                                add_help=False)
+    make_model.add_argument("model_args", nargs=argparse.REMAINDER,
+                            help="arguments of `python -m inference.model_factory` (see --help)")
+    return parser
+
+
+def validate_serve_args(args: argparse.Namespace) -> None:
+    """Cross-argument checks argparse cannot express; raises UsageError naming the fix."""
+    model_dir: Path = args.model_dir
+    if not model_dir.is_dir():
+        raise UsageError(f"--model-dir {model_dir} is not a directory")
+    if not (model_dir / "config.json").is_file():
+        raise UsageError(f"--model-dir {model_dir} has no config.json; expected a Hugging Face model directory")
+    vault = args.api_keys_keyvault_url is not None or args.api_keys_secret is not None
+    if args.api_keys_file is not None and vault:
+        raise UsageError("give either --api-keys-file or --api-keys-keyvault-url/--api-keys-secret, not both")
+    if vault and (args.api_keys_keyvault_url is None or args.api_keys_secret is None):
+        raise UsageError("--api-keys-keyvault-url and --api-keys-secret must be given together")
+    if args.allow_unauthenticated and (vault or args.api_keys_file is not None):
+        raise UsageError("--allow-unauthenticated contradicts the API key options; choose one")
+    if not (vault or args.api_keys_file is not None or args.allow_unauthenticated):
+        raise UsageError(
+            "no API key source: give --api-keys-file PATH, or --api-keys-keyvault-url URL with "
+            "--api-keys-secret NAME; --allow-unauthenticated serves without keys (development only)"
+        )
+
+
+def load_api_keys(args: argparse.Namespace) -> APIKeys | None:
+    """The configured keys, or None when --allow-unauthenticated."""
+    if args.api_keys_file is not None:
+        return APIKeys(load_keys_from_file(args.api_keys_file))
+    if args.api_keys_keyvault_url is not None:
+        return APIKeys(load_keys_from_key_vault(args.api_keys_keyvault_url, args.api_keys_secret))
+    return None
+
+
+# ---- logging ---------------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line. Structured fields come from `extra={"fields": {...}}`."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "rank": self.rank,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(rank: int) -> None:
+    """JSON lines on stderr for every logger (uvicorn's included)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(rank))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+# ---- the HTTP rank's lifecycle -------------------------------------------------------------------------
+
+
+@dataclass
+class LifecycleConfig:
+    host: str
+    port: int
+    drain_timeout_s: float
+
+
+class _Server:
+    """uvicorn.Server with a draining shutdown and an engine watchdog; `exit_code` is the result."""
+
+    def __init__(self, app: Any, engine: Any, cfg: LifecycleConfig) -> None:
+        import uvicorn
+
+        self.app = app
+        self.engine = engine
+        self.cfg = cfg
+        self.state = app.state.server
+        self.exit_code = EXIT_OK
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        config = uvicorn.Config(
+            app, host=cfg.host, port=cfg.port, lifespan="off", log_config=None, access_log=False,
+            # Connections still open after the drain (idle keep-alives) get this long to close.
+            timeout_graceful_shutdown=5, timeout_keep_alive=5,
+        )
+        server = uvicorn.Server(config)
+        # Our own signal handling: uvicorn's would stop at once and re-raise SIGTERM afterwards
+        # (exit status 143 instead of 0).
+        server.capture_signals = self._capture_signals  # type: ignore[method-assign]
+        self.uvicorn = server
+
+    @contextlib.contextmanager
+    def _capture_signals(self) -> Generator[None, None, None]:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        assert self._loop is not None
+        if self._draining:
+            log.warning("second signal: exiting without waiting for in-flight requests",
+                        extra={"fields": {"signal": signal.Signals(signum).name}})
+            self.uvicorn.should_exit = True
+            self.uvicorn.force_exit = True
+            return
+        self._draining = True
+        # Signal handlers run between bytecodes of the main thread; hand over to the loop.
+        self._loop.call_soon_threadsafe(self._begin_drain, signum)
+
+    def _begin_drain(self, signum: int) -> None:
+        log.info("draining", extra={"fields": {"signal": signal.Signals(signum).name,
+                                                "in_flight": self.state.in_flight,
+                                                "drain_timeout_s": self.cfg.drain_timeout_s}})
+        self.state.draining = True
+        self.engine.stop_admission()
+        asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.cfg.drain_timeout_s
+        while self.state.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(WATCH_INTERVAL_S / 4)
+        if self.state.in_flight:
+            log.warning("drain timeout: aborting in-flight requests",
+                        extra={"fields": {"in_flight": self.state.in_flight}})
+        else:
+            log.info("drained")
+        self.uvicorn.should_exit = True
+
+    async def _watch_engine(self) -> None:
+        while not self.uvicorn.should_exit:
+            if self.engine.is_dead:
+                log.error("engine failed (a rank died or a collective timed out); exiting")
+                self.exit_code = EXIT_ENGINE_FAILED
+                self.state.draining = True
+                self.uvicorn.should_exit = True
+                self.uvicorn.force_exit = True
+                return
+            await asyncio.sleep(WATCH_INTERVAL_S)
+
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        watchdog = asyncio.ensure_future(self._watch_engine())
+        try:
+            await self.uvicorn.serve()
+            if not self.uvicorn.started and self.exit_code == EXIT_OK:
+                # e.g. the port is taken: uvicorn logged why.
+                self.exit_code = EXIT_ENGINE_FAILED
+        finally:
+            watchdog.cancel()
+            try:
+                await asyncio.wait_for(self.engine.shutdown(), ENGINE_SHUTDOWN_TIMEOUT_S)
+            except Exception:
+                log.exception("engine shutdown failed")
+                self.exit_code = self.exit_code or EXIT_ENGINE_FAILED
+        if self.engine.is_dead:
+            self.exit_code = EXIT_ENGINE_FAILED
+        log.info("exiting", extra={"fields": {"exit_code": self.exit_code}})
+        return self.exit_code
+
+
+async def serve_app(app: Any, engine: Any, cfg: LifecycleConfig) -> int:
+    """Serve `app` (from `create_app`) until drained or the engine dies; returns the exit code."""
+    return await _Server(app, engine, cfg).run()
+
+
+def _exit_now(code: int) -> None:
+    """Exit even if a library left a non-daemon thread behind (a hung process never restarts)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+# ---- engine start-up (the engine's own module owns the details) -----------------------------------------
+
+
+def _engine_config(args: argparse.Namespace) -> Any:
+    from inference.engine import EngineConfig
+
+    return EngineConfig(
+        model_dir=args.model_dir,
+        model_name=args.model_name or args.model_dir.resolve().name,
+        dtype=args.dtype,
+        max_batch_size=args.max_batch_size,
+        max_waiting=args.max_waiting,
+        max_model_len=args.max_model_len,
+    )
+
+
+async def _serve_rank0(args: argparse.Namespace, api_keys: APIKeys | None) -> int:
+    from inference.engine import start_engine
+    from inference.server import create_app
+
+    engine = await start_engine(_engine_config(args))
+    app = create_app(engine, engine.tokenizer, api_keys=api_keys,
+                     model_name=args.model_name or engine.model_name)
+    log.info("serving", extra={"fields": {"host": args.host, "port": args.port, "model": engine.model_name,
+                                           "tp_size": args.tp_size, "auth": api_keys is not None}})
+    return await serve_app(app, engine, LifecycleConfig(args.host, args.port, args.drain_timeout))
+
+
+def _run_follower(args: argparse.Namespace) -> int:
+    from inference.engine import run_follower
+
+    run_follower(_engine_config(args))
+    return EXIT_OK
+
+
+def _run_rank(args: argparse.Namespace) -> int:
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    configure_logging(rank)
+    if world != args.tp_size:
+        raise UsageError(f"--tp-size {args.tp_size} does not match the launcher's WORLD_SIZE {world}")
+    if rank != 0:
+        return _run_follower(args)
+    try:
+        # Keys first: a wrong key source should fail in seconds, not after loading the model.
+        api_keys = load_api_keys(args)
+    except KeyLoadError as exc:
+        log.error("cannot load API keys", extra={"fields": {"error": str(exc)}})
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(_serve_rank0(args, api_keys))
+
+
+# ---- supervisor for --tp-size > 1 -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launcher_command(tp_size: int, master_port: int, serve_argv: Sequence[str]) -> list[str]:
+    """The DeepSpeed launcher command that starts `tp_size` ranks of `python -m inference <argv>`."""
+    world_info = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(tp_size))}).encode()).decode()
+    return [
+        sys.executable, "-u", "-m", "deepspeed.launcher.launch",
+        f"--world_info={world_info}", "--master_addr=127.0.0.1", f"--master_port={master_port}",
+        "--no_local_rank", "--module", "inference", *serve_argv,
+    ]
+
+
+def _rank0_of(launcher_pid: int) -> Any:
+    """The launcher's child process running rank 0, found by its RANK environment variable."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(launcher_pid).children():
+            with contextlib.suppress(psutil.Error):
+                if child.environ().get("RANK") == "0":
+                    return child
+    return None
+
+
+def _supervise(args: argparse.Namespace, serve_argv: Sequence[str]) -> int:
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        # Without a bound every rank spawns one thread per core and the ranks fight for them.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.tp_size))
+    launcher = subprocess.Popen(launcher_command(args.tp_size, _free_port(), serve_argv), env=env)
+    stopping = False
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        rank0 = _rank0_of(launcher.pid)
+        if rank0 is not None and not stopping:
+            rank0.send_signal(signum)  # rank 0 drains, then releases the followers
+        else:
+            launcher.send_signal(signal.SIGTERM)  # not started yet, or a second signal: stop all
+        stopping = True
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = launcher.wait()
+    return code if code >= 0 else 128 - code
+
+
+# ---- entry point ----------------------------------------------------------------------------------------
+
+
+def _make_model(model_args: Sequence[str]) -> int:
+    from inference import model_factory
+
+    result = model_factory.main(list(model_args))
+    return int(result or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (2 for usage errors, never a traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        if argv[:1] == ["make-model"]:
+            # Everything after the subcommand belongs to the model factory's own parser.
+            return _make_model(argv[1:])
+        args = parser.parse_args(argv)
+        validate_serve_args(args)
+        if args.tp_size > 1 and "WORLD_SIZE" not in os.environ:
+            return _supervise(args, argv)
+        code = _run_rank(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print("run `python -m inference serve --help` for the options", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    if code != EXIT_OK:
+        _exit_now(code)
+    return code

@@ -1,0 +1,573 @@
+"""The OpenAI-compatible HTTP layer (Starlette ASGI app) over an `AsyncEngine`.
+
+Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health (process
+alive), GET /ready (engine ready and not draining), GET /metrics (Prometheus).
+
+The engine works in token ids; this layer owns tokenization, chat templates, incremental
+detokenization (the `tokenizers` DecodeStream, O(1) per token), stop strings (it cuts the text and
+calls `engine.abort`), SSE framing, errors, metrics and per-request logs. Logs carry ids, token
+counts and timings, never prompt or output text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import TemplateError
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from tokenizers.decoders import DecodeStream
+
+from inference import errors
+from inference.auth import APIKeyMiddleware, APIKeys
+from inference.engine_api import (
+    AsyncEngine,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+)
+from inference.metrics import CONTENT_TYPE, RequestTimer, ServerMetrics
+from inference.protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatResponseMessage,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    UsageInfo,
+)
+
+log = logging.getLogger("inference.server")
+
+# Prompt tokens fed to the stream decoder before the output, so the first output token decodes with
+# the spacing it has in context (SentencePiece-style decoders strip a leading space otherwise).
+DECODE_CONTEXT_TOKENS = 4
+
+
+class ClientGone(Exception):
+    """The client disconnected before the response was complete."""
+
+
+@dataclass
+class ServerState:
+    """What the lifecycle (serve.py) and the routes share."""
+
+    engine: AsyncEngine
+    tokenizer: Any
+    model_name: str
+    metrics: ServerMetrics
+    draining: bool = False
+    in_flight: int = 0
+    created: int = 0
+
+    @property
+    def ready(self) -> bool:
+        """Ready for traffic: the engine is up on every rank and we are not shutting down."""
+        return self.engine.is_ready and not self.engine.is_dead and not self.draining
+
+
+class StopStringMatcher:
+    """Accumulates output text, cuts it at the first stop string, and holds back a possible prefix.
+
+    While streaming, the last `len(longest stop) - 1` characters are held back: they could be the
+    start of a stop string completed by the next token, and text already sent cannot be unsent.
+    """
+
+    __slots__ = ("text", "sent", "_stops", "_hold")
+
+    def __init__(self, stops: list[str] | None) -> None:
+        self.text = ""
+        self.sent = 0
+        self._stops = stops or []
+        self._hold = max((len(s) for s in self._stops), default=1) - 1
+
+    def add(self, piece: str) -> bool:
+        """Append decoded text; True (and the text cut before the stop string) if a stop matched."""
+        # A stop string can only start within the held-back tail or the new piece.
+        search_from = max(0, len(self.text) - self._hold)
+        self.text += piece
+        cut = -1
+        for stop in self._stops:
+            at = self.text.find(stop, search_from)
+            if at != -1 and (cut == -1 or at < cut):
+                cut = at
+        if cut != -1:
+            self.text = self.text[:cut]
+            return True
+        return False
+
+    def take(self, final: bool) -> str:
+        """The text not yet sent; everything when `final`, else all but the held-back tail."""
+        end = len(self.text) if final else max(self.sent, len(self.text) - self._hold)
+        out = self.text[self.sent:end]
+        self.sent = end
+        return out
+
+
+class Generation:
+    """One request's token stream from the engine, turned into text deltas with stop handling."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        request_id: str,
+        endpoint: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        stops: list[str] | None,
+    ) -> None:
+        self.state = state
+        self.request_id = request_id
+        self.endpoint = endpoint
+        self.prompt_tokens = len(prompt_ids)
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.timer = RequestTimer(state.metrics)
+        self._engine = state.engine
+        self._backend = state.tokenizer.backend_tokenizer
+        self._decoder = DecodeStream(ids=prompt_ids[-DECODE_CONTEXT_TOKENS:], skip_special_tokens=True)
+        self._matcher = StopStringMatcher(stops)
+        self._events = state.engine.generate(GenerationRequest(request_id, prompt_ids, params))
+        self._first: TokenEvent | None = None
+        self._closed = False
+        state.in_flight += 1
+
+    async def start(self) -> None:
+        """Wait for admission and the first token, so overload errors become HTTP statuses."""
+        try:
+            self._first = await anext(self._events)
+        except StopAsyncIteration:
+            self._first = TokenEvent(None, "abort")
+
+    def _consume(self, event: TokenEvent) -> bool:
+        """Apply one event; True when the request is finished."""
+        if event.token_id is not None:
+            self.completion_tokens += 1
+            self.timer.token()
+            piece = self._decoder.step(self._backend, event.token_id)
+            if piece and self._matcher.add(piece):
+                self.finish_reason = "stop"
+                # Stop string matched: free the batch slot now rather than at max_tokens.
+                self._engine.abort(self.request_id)
+                return True
+        if event.finish_reason is not None:
+            self.finish_reason = event.finish_reason
+            return True
+        return False
+
+    async def deltas(self) -> AsyncIterator[str]:
+        """Text deltas ready to send; after the last one, `finish_reason` is set."""
+        assert self._first is not None, "start() must be awaited first"
+        done = self._consume(self._first)
+        while not done:
+            out = self._matcher.take(final=False)
+            if out:
+                yield out
+            try:
+                event = await anext(self._events)
+            except StopAsyncIteration:
+                # The engine ended the stream without a finish reason: treat as aborted.
+                self.finish_reason = "abort"
+                break
+            done = self._consume(event)
+        out = self._matcher.take(final=True)
+        if out:
+            yield out
+
+    async def text(self) -> str:
+        """The whole output text (non-streaming)."""
+        return "".join([d async for d in self.deltas()])
+
+    @property
+    def usage(self) -> UsageInfo:
+        return UsageInfo(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.prompt_tokens + self.completion_tokens,
+        )
+
+    async def close(self, status: int = 200) -> None:
+        """Release the engine stream (aborting it if unfinished), record metrics, log one line."""
+        if self._closed:
+            return
+        self._closed = True
+        self.state.in_flight -= 1
+        if self.finish_reason is None:
+            # Client gone or server error before the end: the engine must free the batch slot.
+            self.finish_reason = "abort"
+            self._engine.abort(self.request_id)
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            with suppress(Exception):
+                await aclose()
+        e2e = self.timer.finish()
+        metrics = self.state.metrics
+        metrics.prompt_tokens.inc(self.prompt_tokens)
+        metrics.generation_tokens.inc(self.completion_tokens)
+        metrics.request_finished(self.finish_reason)
+        ttft = self.timer.ttft_s
+        log.info(
+            "request finished",
+            extra={"fields": {
+                "request_id": self.request_id,
+                "endpoint": self.endpoint,
+                "status": status,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "finish_reason": self.finish_reason,
+                "ttft_s": None if ttft is None else round(ttft, 6),
+                "e2e_s": round(e2e, 6),
+            }},
+        )
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
+    """Run `work`, cancelling it if the client disconnects first (then raise ClientGone)."""
+    work_task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not work_task.done():
+            work_task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await work_task
+            raise ClientGone()
+    return work_task.result()
+
+
+def _sse(payload: str) -> str:
+    return f"data: {payload}\n\n"
+
+
+class OpenAIServer:
+    """Route handlers bound to one `ServerState`."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    # ---- request parsing and validation -----------------------------------------------------------
+
+    async def _parse(self, request: Request, model: type[Any]) -> Any:
+        try:
+            body = await request.body()
+        except ClientDisconnect as exc:
+            raise ClientGone() from exc
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise errors.bad_request(f"Request body is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise errors.bad_request("Request body must be a JSON object.", code="invalid_json")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise errors.from_validation_error(exc) from None
+
+    def _check_admission(self, requested_model: str | None) -> None:
+        state = self.state
+        if requested_model is not None and requested_model != state.model_name:
+            raise errors.model_not_found(requested_model, state.model_name)
+        if state.engine.is_dead:
+            raise errors.engine_dead()
+        if state.draining:
+            raise errors.draining()
+
+    def _check_token_ids(self, prompt_ids: list[int]) -> None:
+        vocab = len(self.state.tokenizer)
+        bad = next((t for t in prompt_ids if t >= vocab), None)
+        if bad is not None:
+            raise errors.bad_request(
+                f"prompt token id {bad} is out of range; token ids must be in [0, {vocab})",
+                code="invalid_prompt",
+            )
+
+    def _sampling(self, req: CompletionRequest | ChatCompletionRequest, prompt_len: int,
+                  max_tokens: int | None) -> SamplingParams:
+        max_len = self.state.engine.max_model_len
+        if prompt_len == 0:
+            raise errors.bad_request("prompt is empty; send at least one token", code="invalid_prompt")
+        if prompt_len >= max_len:
+            raise errors.bad_request(
+                f"This model's maximum context length is {max_len} tokens, but the prompt has "
+                f"{prompt_len} tokens; shorten the prompt so at least one token can be generated.",
+                code="context_length_exceeded",
+            )
+        if max_tokens is None:
+            max_tokens = max_len - prompt_len
+        elif max_tokens < 1:
+            raise errors.bad_request(f"max_tokens must be at least 1, got {max_tokens}",
+                                     code="invalid_max_tokens")
+        elif prompt_len + max_tokens > max_len:
+            raise errors.bad_request(
+                f"This model's maximum context length is {max_len} tokens, but {prompt_len} prompt "
+                f"tokens + max_tokens {max_tokens} = {prompt_len + max_tokens}; "
+                f"max_tokens can be at most {max_len - prompt_len} for this prompt.",
+                code="context_length_exceeded",
+            )
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            ignore_eos=req.ignore_eos,
+        )
+
+    def _chat_prompt_ids(self, req: ChatCompletionRequest) -> list[int]:
+        tokenizer = self.state.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise errors.bad_request("This model has no chat template; use /v1/completions.",
+                                     code="chat_template_missing")
+        messages = [{"role": m.role, "content": m.text} for m in req.messages]
+        try:
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except TemplateError as exc:
+            raise errors.bad_request(f"The messages do not fit the model's chat template: {exc}",
+                                     code="invalid_messages") from None
+        # The template already contains the special tokens (bos, role markers).
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    # ---- endpoints ------------------------------------------------------------------------------
+
+    async def completions(self, request: Request) -> Response:
+        req: CompletionRequest = await self._parse(request, CompletionRequest)
+        self._check_admission(req.model)
+        if isinstance(req.prompt, str):
+            prompt_ids = self.state.tokenizer.encode(req.prompt)
+        else:
+            prompt_ids = req.prompt
+            self._check_token_ids(prompt_ids)
+        params = self._sampling(req, len(prompt_ids), req.max_tokens)
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        gen = Generation(self.state, request_id, "completions", prompt_ids, params, req.stop)
+        await self._start(request, gen)
+        created = int(time.time())
+        model = self.state.model_name
+        if req.stream:
+            return self._stream(gen, self._completion_chunks(gen, req, created, model))
+        try:
+            text = await _unless_disconnected(request, gen.text())
+        finally:
+            await gen.close()
+        body = CompletionResponse(
+            id=request_id, created=created, model=model,
+            choices=[CompletionChoice(text=text, finish_reason=gen.finish_reason)], usage=gen.usage,
+        )
+        return Response(body.model_dump_json(), media_type="application/json",
+                        headers={"X-Request-Id": request_id})
+
+    async def chat_completions(self, request: Request) -> Response:
+        req: ChatCompletionRequest = await self._parse(request, ChatCompletionRequest)
+        self._check_admission(req.model)
+        prompt_ids = self._chat_prompt_ids(req)
+        params = self._sampling(req, len(prompt_ids), req.requested_max_tokens)
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        gen = Generation(self.state, request_id, "chat.completions", prompt_ids, params, req.stop)
+        await self._start(request, gen)
+        created = int(time.time())
+        model = self.state.model_name
+        if req.stream:
+            return self._stream(gen, self._chat_chunks(gen, req, created, model))
+        try:
+            text = await _unless_disconnected(request, gen.text())
+        finally:
+            await gen.close()
+        body = {
+            "id": request_id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [ChatChoice(message=ChatResponseMessage(content=text),
+                                   finish_reason=gen.finish_reason).model_dump()],
+            "usage": gen.usage.model_dump(),
+        }
+        return JSONResponse(body, headers={"X-Request-Id": request_id})
+
+    async def _start(self, request: Request, gen: Generation) -> None:
+        """Admission + first token, abandoned if the client leaves; admission errors close `gen`."""
+        try:
+            await _unless_disconnected(request, gen.start())
+        except BaseException as exc:
+            mapped = errors.from_engine_exception(exc)
+            await gen.close(status=mapped.status if mapped else 499)
+            if mapped is not None:
+                raise mapped from None
+            raise
+
+    def _stream(self, gen: Generation, chunks: AsyncIterator[str]) -> StreamingResponse:
+        async def body() -> AsyncIterator[str]:
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            except Exception as exc:  # headers are sent: report in-band, as vLLM does
+                mapped = errors.from_engine_exception(exc)
+                if mapped is None:
+                    log.exception("stream failed", extra={"fields": {"request_id": gen.request_id}})
+                    mapped = errors.internal_error()
+                yield _sse(json.dumps(mapped.to_body()))
+                yield _sse("[DONE]")
+            finally:
+                # Also runs when the client disconnects (Starlette cancels this generator).
+                await gen.close()
+
+        return StreamingResponse(
+            body(), media_type="text/event-stream",
+            headers={"X-Request-Id": gen.request_id, "Cache-Control": "no-cache"},
+        )
+
+    async def _completion_chunks(self, gen: Generation, req: CompletionRequest, created: int,
+                                 model: str) -> AsyncIterator[str]:
+        # Per-token hot path: a precomputed JSON frame around the json-encoded delta, instead of a
+        # model per token. The frame is exactly what CompletionResponse serializes to.
+        head = (f'data: {{"id":"{gen.request_id}","object":"text_completion","created":{created},'
+                f'"model":{json.dumps(model)},"choices":[{{"index":0,"text":')
+        tail = ',"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
+        async for delta in gen.deltas():
+            yield head + json.dumps(delta) + tail
+        final = CompletionResponse(
+            id=gen.request_id, created=created, model=model,
+            choices=[CompletionChoice(text="", finish_reason=gen.finish_reason)],
+            # Without include_usage the finishing chunk carries the usage (an extension clients
+            # ignore); with it, OpenAI's separate usage-only chunk does.
+            usage=None if req.include_usage_chunk else gen.usage,
+        )
+        yield _sse(final.model_dump_json())
+        if req.include_usage_chunk:
+            usage_chunk = CompletionResponse(id=gen.request_id, created=created, model=model, choices=[],
+                                             usage=gen.usage)
+            yield _sse(usage_chunk.model_dump_json())
+        yield _sse("[DONE]")
+
+    async def _chat_chunks(self, gen: Generation, req: ChatCompletionRequest, created: int,
+                           model: str) -> AsyncIterator[str]:
+        def chunk(delta: ChatDelta, finish: str | None = None, usage: UsageInfo | None = None,
+                  choices: bool = True) -> str:
+            return _sse(ChatCompletionChunk(
+                id=gen.request_id, created=created, model=model,
+                choices=[ChatChunkChoice(delta=delta, finish_reason=finish)] if choices else [],
+                usage=usage,
+            ).model_dump_json(exclude_none=False))
+
+        yield chunk(ChatDelta(role="assistant", content=""))
+        head = (f'data: {{"id":"{gen.request_id}","object":"chat.completion.chunk","created":{created},'
+                f'"model":{json.dumps(model)},"choices":[{{"index":0,"delta":{{"role":null,"content":')
+        tail = '},"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
+        async for delta in gen.deltas():
+            yield head + json.dumps(delta) + tail
+        yield chunk(ChatDelta(), gen.finish_reason, None if req.include_usage_chunk else gen.usage)
+        if req.include_usage_chunk:
+            yield chunk(ChatDelta(), usage=gen.usage, choices=False)
+        yield _sse("[DONE]")
+
+    async def models(self, request: Request) -> Response:
+        card = ModelCard(id=self.state.model_name, created=self.state.created,
+                         max_model_len=self.state.engine.max_model_len)
+        return Response(ModelList(data=[card]).model_dump_json(), media_type="application/json")
+
+    async def health(self, request: Request) -> Response:
+        # Liveness: the process answers; a dead engine fails it too, so a hung exit still restarts.
+        if self.state.engine.is_dead:
+            return JSONResponse({"status": "engine_dead"}, status_code=503)
+        return JSONResponse({"status": "alive"})
+
+    async def ready(self, request: Request) -> Response:
+        state = self.state
+        if state.ready:
+            return JSONResponse({"status": "ready"})
+        reason = ("engine_dead" if state.engine.is_dead else "draining" if state.draining
+                  else "loading")
+        return JSONResponse({"status": reason}, status_code=503)
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(self.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _endpoint(state: ServerState, handler: Handler) -> Handler:
+    """Every failure becomes one OpenAI-style error; unexpected ones are logged, never leaked."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except errors.APIError as exc:
+            state.metrics.request_rejected(exc.code)
+            return exc.to_response()
+        except ClientGone:
+            # Nobody to answer; 499 is nginx's "client closed request", for the access log only.
+            return Response(status_code=499)
+        except Exception as exc:
+            mapped = errors.from_engine_exception(exc)  # e.g. the engine died mid-request
+            if mapped is None:
+                log.exception("unhandled error", extra={"fields": {"path": request.url.path}})
+                mapped = errors.internal_error()
+            state.metrics.request_rejected(mapped.code)
+            return mapped.to_response()
+
+    return wrapped
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Router errors (404 unknown route, 405 wrong method) in the OpenAI error shape."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return errors.method_not_allowed(request.method, request.url.path).to_response()
+    if exc.status_code == 404:
+        return errors.not_found(request.url.path).to_response()
+    return errors.APIError(exc.status_code, str(exc.detail), "invalid_request_error",
+                           "http_error").to_response()
+
+
+def create_app(
+    engine: AsyncEngine,
+    tokenizer: Any,
+    *,
+    api_keys: APIKeys | None,
+    model_name: str | None = None,
+) -> Starlette:
+    """The ASGI app. `api_keys=None` means unauthenticated (the CLI only allows that explicitly)."""
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise TypeError("the tokenizer must be a fast (Rust `tokenizers`) tokenizer")
+    name = model_name or engine.model_name
+    state = ServerState(engine=engine, tokenizer=tokenizer, model_name=name,
+                        metrics=ServerMetrics(engine, name), created=int(time.time()))
+    server = OpenAIServer(state)
+    routes = [
+        Route("/v1/completions", _endpoint(state, server.completions), methods=["POST"]),
+        Route("/v1/chat/completions", _endpoint(state, server.chat_completions), methods=["POST"]),
+        Route("/v1/models", _endpoint(state, server.models), methods=["GET"]),
+        Route("/health", server.health, methods=["GET"]),
+        Route("/ready", server.ready, methods=["GET"]),
+        Route("/metrics", server.metrics, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(APIKeyMiddleware, keys=api_keys)],
+        exception_handlers={HTTPException: _http_exception},
+    )
+    app.state.server = state
+    return app
