@@ -103,7 +103,8 @@ def _rules_of(args: ResourceValidationArgs) -> list[tuple[str, Mapping[str, Any]
 
 
 def _nsg_inbound(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    allowed_tags = {tag.lower() for tag in config_list(args.get_config(), "allowedSourceServiceTags")}
+    tags = [t for t in config_list(args.get_config(), "allowedSourceServiceTags") if isinstance(t, str)]
+    allowed_tags = {tag.lower() for tag in tags}
     for rule_name, rule in _rules_of(args):
         if not same(rule.get("direction"), "Inbound") or not same(rule.get("access"), "Allow"):
             continue
@@ -116,7 +117,7 @@ def _nsg_inbound(args: ResourceValidationArgs, report: ReportViolation) -> None:
             if source.strip().lower() in _ANY_SOURCES:
                 report(
                     f"rule '{rule_name}' allows inbound traffic from {source!r} (anyone on the "
-                    f"Internet); only the service tags {sorted(allowed_tags)} may be opened."
+                    f"Internet); only the service tags {tags} may be opened."
                 )
 
 

@@ -23,7 +23,7 @@ from .common import (
     resource_policy,
     stack_policy,
 )
-from .workloads import GPU_RESOURCE, command_line, containers, pod_spec, runs_inference_server
+from .workloads import command_line, containers, gpu_quantity, pod_spec, runs_inference_server
 
 AKS = "azure-native:containerservice:ManagedCluster"
 AGENT_POOL = "azure-native:containerservice:AgentPool"
@@ -107,7 +107,7 @@ def is_inference_workload(resource_type: str, props: Mapping[str, Any]) -> bool:
     for _, container in containers(spec, include_init=False):
         if runs_inference_server(command_line(container)):
             return True
-        if as_number((lookup(container, "resources.limits") or {}).get(GPU_RESOURCE)):
+        if gpu_quantity(container, "limits"):
             return True
     return False
 

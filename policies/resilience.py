@@ -37,6 +37,8 @@ DEFAULT_DIAGNOSTIC_TYPES = [
     AKS,
     "azure-native:cdn:Profile",
     "azure-native:network:NetworkSecurityGroup",
+    "azure-native:network:VirtualNetwork",
+    "azure-native:redisenterprise:Database",
 ]
 
 

@@ -44,6 +44,14 @@ DEFAULT_TP_SIZE = 1
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 
+def gpu_quantity(container: Mapping[str, Any], section: str) -> float | None:
+    """``resources.<section>['nvidia.com/gpu']`` as a number (Kubernetes quantities may be strings)."""
+    value = (lookup(container, f"resources.{section}") or {}).get(GPU_RESOURCE)
+    if isinstance(value, str):
+        return float(value) if value.strip().isdigit() else None
+    return as_number(value)
+
+
 def pod_spec(args_type: str, props: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The pod spec inside a workload object, or None for other types."""
     path = POD_SPEC_PATHS.get(args_type)
@@ -209,7 +217,7 @@ def _gpu_matches_tp(args: ResourceValidationArgs, report: ReportViolation) -> No
             report(f"{label} has a --tp-size that is not a positive integer: {tokens}.")
             continue
         for section in ("limits", "requests"):
-            gpus = as_number((lookup(container, f"resources.{section}") or {}).get(GPU_RESOURCE))
+            gpus = gpu_quantity(container, section)
             if section == "requests" and gpus is None:
                 continue  # Kubernetes defaults extended-resource requests to the limit.
             if gpus != size:
