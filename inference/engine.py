@@ -1,0 +1,584 @@
+"""The generation engine: model loading and sharding, the step loop, and rank 0's `AsyncEngine`.
+
+Entry point for the serving process, called on every rank::
+
+    engine = start_engine(EngineConfig(model_dir=...))   # launched as described in inference.distributed
+    if engine is None:           # follower rank: ran the follower loop until shutdown
+        sys.exit(0)
+    engine.add_death_callback(lambda exc: os._exit(1))  # the server's choice: exit non-zero on rank death
+    ... serve HTTP with `engine` (it implements inference.engine_api.AsyncEngine) ...
+    await engine.shutdown()
+
+Loading: `AutoModelForCausalLM.from_pretrained(dir, dtype=...)` on the CPU, then with more than one
+rank `deepspeed.init_inference(model, tensor_parallel={"tp_size": world_size}, dtype=...,
+replace_with_kernel_inject=False)` (AutoTP). AutoTP slices each Linear on the host and moves only the
+rank's shard to the accelerator (`LinearLayer`/`LinearAllreduce`), then moves the small unsharded
+rest (embeddings, norms); so a GPU never holds a full copy, though host RAM briefly does on each
+rank. Kernel injection is not used: it swaps the attention module for DeepSpeed's fused one with
+its own single-batch KV cache, which cannot serve a continuously batched slot cache.
+Attention runs through `inference.kv_cache.slot_attention`, registered as a transformers attention
+implementation, so the model's own modules (sharded or not) run every step.
+
+Threads: the step loop runs in a background thread on rank 0, so the HTTP event loop never waits on
+a forward; token events are handed back to the event loop once per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from inference import kv_cache
+from inference.distributed import (
+    CMD_BARRIER,
+    CMD_HEARTBEAT,
+    CMD_SHUTDOWN,
+    CMD_STEP,
+    LaunchEnv,
+    StepChannel,
+    Watchdog,
+    WireStep,
+    exit_follower,
+    init_process_groups,
+)
+from inference.engine_api import (
+    EngineDeadError,
+    EngineShuttingDownError,
+    GenerationRequest,
+    QueueFullError,
+    TokenEvent,
+)
+from inference.sampling import sample_tokens
+from inference.scheduler import Scheduler, Sequence, StepPlan
+
+log = logging.getLogger("inferforge.engine")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to load and run the model; every field is validated by `validate()`."""
+
+    model_dir: str | Path
+    """Local Hugging Face model directory (config.json, safetensors, tokenizer)."""
+    model_name: str | None = None
+    """Name served to clients (`/v1/models`); defaults to the directory name."""
+    dtype: str = "bfloat16"
+    """Weights and activations dtype: float32, bfloat16 or float16."""
+    max_batch_size: int = 64
+    """Most sequences decoding at once (KV-cache slots)."""
+    max_waiting: int = 256
+    """Most requests queued for a slot; beyond it admission raises QueueFullError (HTTP 429)."""
+    max_model_len: int | None = None
+    """Prompt + generated tokens per sequence; default min(max_position_embeddings, 4096)."""
+    max_num_batched_tokens: int = 2048
+    """Token budget of one forward (decode tokens + prompt chunks); >= max_batch_size."""
+    collective_timeout_s: float = 60.0
+    """A collective or step slower than this means a rank is dead (must exceed the longest step)."""
+    heartbeat_interval_s: float | None = None
+    """Idle rank 0 pings followers this often; default min(5, collective_timeout_s / 4)."""
+    num_threads: int | None = None
+    """torch intra-op threads per rank; default the rank's cores (cores / ranks when not pinned)."""
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when available)."""
+    eos_token_ids: tuple[int, ...] | None = None
+    """Token ids that end a request (finish_reason "stop"); default the model's eos_token_id."""
+    seed: int = 0
+    """Seed of the shared generator used by sampled requests that carry no seed of their own."""
+    retry_after_s: float = 1.0
+    """Retry-After hint carried by QueueFullError."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field and what is allowed."""
+        if not Path(self.model_dir).is_dir():
+            raise ValueError(f"model_dir {str(self.model_dir)!r} is not a directory")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda")
+        for name in ("max_batch_size", "max_waiting", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.max_num_batched_tokens < self.max_batch_size:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_batch_size "
+                f"({self.max_batch_size})"
+            )
+        if self.collective_timeout_s <= 0:
+            raise ValueError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
+
+    @property
+    def heartbeat_s(self) -> float:
+        if self.heartbeat_interval_s is not None:
+            return self.heartbeat_interval_s
+        return min(5.0, self.collective_timeout_s / 4)
+
+
+def resolve_device(cfg: EngineConfig, env: LaunchEnv) -> torch.device:
+    """The device this rank computes on."""
+    wants_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if wants_cuda:
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+        return torch.device("cuda", env.local_rank)
+    return torch.device("cpu")
+
+
+def default_num_threads(env: LaunchEnv) -> int:
+    """Intra-op threads so the ranks of one node do not over-subscribe its cores."""
+    cores = len(os.sched_getaffinity(0))
+    if cores >= (os.cpu_count() or cores):
+        # Not pinned by the launcher: every rank sees every core, so share them out.
+        return max(1, cores // env.local_size)
+    return cores
+
+
+class ModelRunner:
+    """Loads (and shards) the model on this rank and runs one packed forward per step."""
+
+    def __init__(self, cfg: EngineConfig, env: LaunchEnv, device: torch.device) -> None:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.device = device
+        self.dtype = DTYPES[cfg.dtype]
+        config = AutoConfig.from_pretrained(cfg.model_dir)
+        self.hf_config = config
+        limit = getattr(config, "max_position_embeddings", None) or 4096
+        self.max_model_len = cfg.max_model_len or min(limit, 4096)
+        if self.max_model_len > limit:
+            raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's max_position_embeddings {limit}")
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.model_dir, dtype=self.dtype, attn_implementation=kv_cache.ATTENTION_NAME
+        )
+        model.eval()
+        model.config.use_cache = False
+        if env.world_size > 1:
+            import deepspeed
+
+            # AutoTP: shards Linear layers on the host and moves each shard to this rank's device.
+            ds_engine = deepspeed.init_inference(
+                model,
+                tensor_parallel={"tp_size": env.world_size},
+                dtype=self.dtype,
+                replace_with_kernel_inject=False,
+            )
+            model = ds_engine.module
+        else:
+            model.to(device)
+        self.model = model
+        self.vocab_size = config.vocab_size
+        self.cache = kv_cache.SlotKVCache(
+            config.num_hidden_layers, cfg.max_batch_size, self.max_model_len, self.dtype, device
+        )
+
+    @torch.inference_mode()
+    def execute(self, step: WireStep) -> torch.Tensor:
+        """Apply the slot moves, run the forward; returns float32 CPU logits of the rows that want them."""
+        for src, dst, length in step.moves:
+            self.cache.move(src, dst, length)
+        num_tokens = step.token_ids.numel()
+        if num_tokens == 0:
+            return torch.empty((0, self.vocab_size))
+        n = step.num_decode
+        slots = [torch.arange(n, dtype=torch.int64)]
+        keep = list(range(n))
+        chunks: list[kv_cache.PrefillChunk] = []
+        offset = n
+        for slot, start, length, wants_logits in step.prefills:
+            slots.append(torch.full((length,), slot, dtype=torch.int64))
+            mask = None
+            if start > 0:
+                # Chunk rows sit at positions start..start+length-1 and see every earlier position.
+                rows = torch.arange(start, start + length).unsqueeze(1)
+                mask = (torch.arange(start + length).unsqueeze(0) <= rows).to(self.device)
+            chunks.append(kv_cache.PrefillChunk(slot, start, length, offset, mask))
+            if wants_logits:
+                keep.append(offset + length - 1)
+            offset += length
+        positions = step.positions
+        meta = kv_cache.StepAttention(
+            cache=self.cache,
+            token_slots=torch.cat(slots).to(self.device),
+            token_positions=positions.to(self.device),
+            num_decode=n,
+            prefills=chunks,
+        )
+        if n:
+            decode_positions = positions[:n]
+            lo, hi = int(decode_positions.min()), int(decode_positions.max())
+            meta.decode_kv_len = hi + 1
+            if lo != hi:
+                visible = torch.arange(hi + 1).unsqueeze(0) <= decode_positions.unsqueeze(1)
+                meta.decode_mask = visible.view(n, 1, 1, hi + 1).to(self.device)
+        out = self.model(
+            input_ids=step.token_ids.view(1, -1).to(self.device),
+            position_ids=positions.view(1, -1).to(self.device),
+            use_cache=False,
+            logits_to_keep=torch.tensor(keep, dtype=torch.int64, device=self.device),
+            **{kv_cache.STEP_KWARG: meta},
+        )
+        return out.logits[0].float().cpu()
+
+    def warm_up_step(self) -> WireStep:
+        """A one-token prefill in slot 0: allocates the KV cache and warms the kernels on every rank."""
+        return WireStep([], 0, [(0, 0, 1, True)], torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
+
+
+_Item = TokenEvent | BaseException
+
+
+class InferenceEngine:
+    """Rank 0's engine: admission, the step loop thread, sampling, streaming (implements AsyncEngine)."""
+
+    def __init__(self, cfg: EngineConfig, runner: ModelRunner, channel: StepChannel, tokenizer) -> None:
+        self.cfg = cfg
+        self.model_name = cfg.model_name or Path(cfg.model_dir).name
+        self.max_model_len = runner.max_model_len
+        self.tokenizer = tokenizer
+        self.vocab_size = runner.vocab_size
+        self._runner = runner
+        self._channel = channel
+        self._scheduler = Scheduler(cfg.max_batch_size, cfg.max_waiting, cfg.max_num_batched_tokens)
+        eos = cfg.eos_token_ids
+        if eos is None:
+            model_eos = runner.hf_config.eos_token_id
+            eos = tuple(model_eos) if isinstance(model_eos, list) else (() if model_eos is None else (model_eos,))
+        self.eos_token_ids: frozenset[int] = frozenset(eos)
+        self._shared_generator = torch.Generator().manual_seed(cfg.seed)
+        self._inbox: deque[Sequence] = deque()
+        self._aborts: deque[str] = deque()
+        self._live: dict[str, Sequence] = {}  # request_id -> sequence, touched on the event loop thread only
+        self._wakeup = threading.Event()
+        self._lock = threading.Lock()
+        self._admitting = True
+        self._stop_requested = False
+        self._ready = False
+        self._dead: BaseException | None = None
+        self._death_callbacks: list[Callable[[BaseException], None]] = []
+        self._step_id = 0
+        self._watchdog = Watchdog(cfg.collective_timeout_s * 1.5, self._on_watchdog_expired)
+        self._thread = threading.Thread(target=self._run, name="inferforge-engine", daemon=True)
+
+    # ----- AsyncEngine -------------------------------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        return len(self._scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._inbox) + len(self._scheduler.waiting)
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready and self._dead is None and self._thread.is_alive()
+
+    @property
+    def is_dead(self) -> bool:
+        return self._dead is not None
+
+    def add_death_callback(self, callback: Callable[[BaseException], None]) -> None:
+        """Call `callback(error)` once (from an engine thread) when a rank dies or a step times out."""
+        self._death_callbacks.append(callback)
+        if self._dead is not None:
+            callback(self._dead)
+
+    def validate_request(self, request: GenerationRequest) -> None:
+        """Raise ValueError when the request cannot be served as given (HTTP 400)."""
+        params = request.params
+        prompt = request.prompt_token_ids
+        if not prompt:
+            raise ValueError("prompt_token_ids is empty; at least one token is required")
+        if params.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {params.max_tokens}")
+        if len(prompt) + params.max_tokens > self.max_model_len:
+            raise ValueError(
+                f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's "
+                f"context of {self.max_model_len} tokens"
+            )
+        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
+        if not params.temperature >= 0.0:
+            raise ValueError(f"temperature must be >= 0, got {params.temperature}")
+        if not 0.0 < params.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {params.top_p}")
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Stream one request's tokens (see AsyncEngine.generate)."""
+        if self._dead is not None:
+            raise EngineDeadError(f"engine is dead: {self._dead}")
+        if not self._admitting:
+            raise EngineShuttingDownError("the server is shutting down and admits no new requests")
+        self.validate_request(request)
+        if request.request_id in self._live:
+            raise ValueError(f"request_id {request.request_id!r} is already in flight")
+        if self.num_waiting >= self.cfg.max_waiting:
+            raise QueueFullError(self.cfg.retry_after_s)
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
+        seed = request.params.seed
+        seq = Sequence(
+            request_id=request.request_id,
+            prompt=list(request.prompt_token_ids),
+            params=request.params,
+            generator=None if seed is None else torch.Generator().manual_seed(seed),
+        )
+        seq.deliver = _Deliverer(loop, queue)  # type: ignore[assignment]
+        self._live[request.request_id] = seq
+        self._inbox.append(seq)
+        self._wakeup.set()
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                if item.finish_reason is not None:
+                    finished = True
+                yield item
+                if finished:
+                    return
+        finally:
+            self._live.pop(request.request_id, None)
+            if not finished:
+                self.abort(request.request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request; its slot is freed at the next step and it ends with finish_reason "abort"."""
+        self._aborts.append(request_id)
+        self._wakeup.set()
+
+    def stop_admission(self) -> None:
+        self._admitting = False
+
+    async def shutdown(self) -> None:
+        """Abort what is still running, release the follower ranks and stop the loop thread."""
+        self._admitting = False
+        self._stop_requested = True
+        self._wakeup.set()
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join)
+        self._watchdog.stop()
+
+    # ----- step loop (engine thread) -----------------------------------------------------------
+    def start(self) -> None:
+        """Start the step loop thread (the model is loaded on every rank by now)."""
+        self._ready = True
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wakeup.clear()
+                self._drain_inbox()
+                if self._stop_requested:
+                    break
+                plan = self._scheduler.schedule()
+                if plan is None:
+                    if not self._wakeup.wait(self.cfg.heartbeat_s):
+                        self._guarded(self._channel.send, CMD_HEARTBEAT)
+                    continue
+                self._execute(plan)
+            self._finish_all("abort")
+            self._guarded(self._channel.send, CMD_SHUTDOWN)
+        except BaseException as exc:  # a dead rank, a timed-out collective, or a bug: fail everything
+            self._declare_dead(exc)
+
+    def _guarded(self, fn: Callable, *args) -> object:
+        """Run a collective or forward under the watchdog; raise if the engine was declared dead meanwhile."""
+        self._watchdog.arm()
+        try:
+            return fn(*args)
+        finally:
+            self._watchdog.disarm()
+            if self._dead is not None:
+                raise EngineDeadError(str(self._dead))
+
+    def _drain_inbox(self) -> None:
+        while self._inbox:
+            self._scheduler.add(self._inbox.popleft())
+        while self._aborts:
+            request_id = self._aborts.popleft()
+            waiting = self._scheduler.abort_waiting(request_id)
+            if waiting is not None:
+                self._emit({waiting: TokenEvent(None, "abort")})
+                continue
+            for seq in self._scheduler.running:
+                if seq.request_id == request_id and seq.finish_reason is None:
+                    seq.aborted = True
+
+    def _execute(self, plan: StepPlan) -> None:
+        events: dict[Sequence, _Item] = {}
+        for seq in plan.freed:
+            if seq.aborted and seq.finish_reason is None:
+                seq.finish_reason = "abort"
+                events[seq] = TokenEvent(None, "abort")
+        if plan.num_tokens or plan.moves:
+            wire = self._to_wire(plan)
+            self._step_id += 1
+            self._guarded(self._channel.send, CMD_STEP, wire, self._step_id)
+            logits = self._guarded(self._runner.execute, wire)
+            self._advance(plan, logits, events)
+        self._emit(events)
+
+    @staticmethod
+    def _to_wire(plan: StepPlan) -> WireStep:
+        token_ids = [seq.output[-1] for seq in plan.decode]
+        positions = [seq.num_computed for seq in plan.decode]
+        prefills = []
+        for work in plan.prefill:
+            token_ids.extend(work.seq.prompt[work.start : work.start + work.length])
+            positions.extend(range(work.start, work.start + work.length))
+            prefills.append((work.seq.slot, work.start, work.length, work.completes_prompt))
+        return WireStep(
+            moves=plan.moves,
+            num_decode=len(plan.decode),
+            prefills=prefills,
+            token_ids=torch.tensor(token_ids, dtype=torch.int64),
+            positions=torch.tensor(positions, dtype=torch.int64),
+        )
+
+    def _advance(self, plan: StepPlan, logits: torch.Tensor, events: dict[Sequence, _Item]) -> None:
+        """Account the computed tokens, sample the next ones, decide who finished."""
+        for seq in plan.decode:
+            seq.num_computed += 1
+        for work in plan.prefill:
+            work.seq.num_computed += work.length
+        rows = plan.decode + [w.seq for w in plan.prefill if w.completes_prompt]
+        if not rows:
+            return
+        tokens = sample_tokens(
+            logits,
+            [s.params.temperature for s in rows],
+            [s.params.top_p for s in rows],
+            [s.generator for s in rows],
+            self._shared_generator,
+        )
+        eos = self.eos_token_ids
+        for seq, token in zip(rows, tokens, strict=True):
+            if seq.aborted:
+                continue  # freed (with an abort event) at the next schedule()
+            seq.output.append(token)
+            reason = None
+            if token in eos and not seq.params.ignore_eos:
+                reason = "stop"
+            elif len(seq.output) >= seq.params.max_tokens or seq.total_len >= self.max_model_len:
+                reason = "length"
+            seq.finish_reason = reason
+            events[seq] = TokenEvent(token, reason)
+
+    def _emit(self, events: dict[Sequence, _Item]) -> None:
+        """Hand events to their event loops: one thread-safe call per loop per step."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, _Item]]] = {}
+        for seq, item in events.items():
+            deliverer = seq.deliver
+            if isinstance(deliverer, _Deliverer):
+                by_loop.setdefault(deliverer.loop, []).append((deliverer.queue, item))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is listening any more
+
+    def _finish_all(self, reason: str) -> None:
+        pending = list(self._scheduler.running) + list(self._scheduler.waiting) + list(self._inbox)
+        self._scheduler.running.clear()
+        self._scheduler.waiting.clear()
+        self._inbox.clear()
+        self._emit({seq: TokenEvent(None, "abort") for seq in pending if seq.finish_reason is None})
+
+    def _on_watchdog_expired(self, elapsed_s: float) -> None:
+        self._declare_dead(TimeoutError(f"a step or collective has not completed after {elapsed_s:.1f}s"))
+
+    def _declare_dead(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._dead is not None:
+                return
+            self._dead = exc
+            self._ready = False
+        log.error("engine dead: %s: %s", type(exc).__name__, exc)
+        error = EngineDeadError(f"a rank died or a collective timed out: {exc}")
+        pending = list(self._scheduler.running) + list(self._scheduler.waiting) + list(self._inbox)
+        self._emit({seq: error for seq in pending if seq.finish_reason is None})
+        for callback in list(self._death_callbacks):
+            try:
+                callback(exc)
+            except Exception:
+                log.exception("death callback failed")
+
+
+@dataclass(frozen=True)
+class _Deliverer:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+def _put_all(items: list[tuple[asyncio.Queue, _Item]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
+
+
+def follower_loop(runner: ModelRunner, channel: StepChannel, timeout_s: float) -> None:
+    """Run rank 0's steps until it sends shutdown; exit the process non-zero on timeout or error."""
+    watchdog = Watchdog(timeout_s * 1.5, lambda s: exit_follower(f"no progress from rank 0 for {s:.1f}s"))
+    try:
+        while True:
+            watchdog.arm()
+            command, step = channel.recv()
+            if command == CMD_SHUTDOWN:
+                return
+            if command == CMD_STEP and step is not None:
+                runner.execute(step)
+            elif command not in (CMD_HEARTBEAT, CMD_BARRIER):
+                raise RuntimeError(f"unknown command {command} from rank 0")
+    finally:
+        watchdog.stop()
+
+
+def start_engine(cfg: EngineConfig, environ: dict[str, str] | None = None) -> InferenceEngine | None:
+    """Load the model on this rank; on rank 0 return the running engine, on followers serve until
+    shutdown and return None. Raises SystemExit (non-zero) on a follower that loses rank 0."""
+    cfg.validate()
+    device_type = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    env = LaunchEnv.from_environ(environ, device_type)
+    device = resolve_device(cfg, env)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.num_threads or default_num_threads(env))
+    group = init_process_groups(env, device.type, cfg.collective_timeout_s)
+    channel = StepChannel(group, env.rank, env.world_size)
+    runner = ModelRunner(cfg, env, device)
+    log.info("rank %d/%d loaded %s (%s, %d threads)", env.rank, env.world_size, cfg.model_dir, cfg.dtype,
+             torch.get_num_threads())
+
+    if env.rank != 0:
+        try:
+            follower_loop(runner, channel, cfg.collective_timeout_s)
+        except Exception as exc:
+            log.error("follower rank %d failed: %s: %s", env.rank, type(exc).__name__, exc)
+            raise SystemExit(3) from exc
+        return None
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_dir)
+    # Same warm-up forward on every rank: allocates the KV cache, and proves all ranks are up.
+    warm = runner.warm_up_step()
+    channel.send(CMD_STEP, warm, 0)
+    runner.execute(warm)
+    engine = InferenceEngine(cfg, runner, channel, tokenizer)
+    engine.start()
+    return engine
