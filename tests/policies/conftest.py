@@ -1,0 +1,162 @@
+"""Fixtures for the policy tests: component output rendered under Pulumi mocks, and ways to break it.
+
+Every policy test starts from resources our own components register (the real program through
+``stacks.render.render_stack``, or one component rendered here under mocks), then changes one
+property and expects exactly the policy guarding it to fire.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+
+from policies.offline import Violation, evaluate
+from policies.pack import ALL_POLICIES
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO / "policies" / "config"
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Same fields as stacks.render.RenderedResource, for resources rendered by these fixtures."""
+
+    type: str
+    name: str
+    urn: str
+    parent_urn: str | None
+    inputs: dict[str, Any]
+    custom: bool
+    id: str | None
+
+
+def policy(name: str) -> Any:
+    """The pack's policy object with this name."""
+    matches = [p for p in ALL_POLICIES if p.name == name]
+    assert matches, f"no policy named {name}"
+    return matches[0]
+
+
+def run_policy(
+    name: str, resources: Sequence[Any], tmp_path: Path, config: dict[str, Any] | None = None
+) -> list[Violation]:
+    """Evaluate one policy, mandatory, with optional config properties."""
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({name: {"enforcementLevel": "mandatory", **(config or {})}}))
+    return evaluate(resources, path, "test", policies=[policy(name)])
+
+
+def break_property(
+    resources: Sequence[Any], match: Callable[[Any], bool], mutate: Callable[[dict[str, Any]], None]
+) -> list[Any]:
+    """A copy of ``resources`` where the inputs of every resource ``match`` selects are mutated."""
+    out = []
+    hits = 0
+    for r in resources:
+        if match(r):
+            inputs = copy.deepcopy(dict(r.inputs))
+            mutate(inputs)
+            r = replace(r, inputs=inputs)
+            hits += 1
+        out.append(r)
+    assert hits, "break_property matched no resource"
+    return out
+
+
+def of_type(type_token: str) -> Callable[[Any], bool]:
+    """Matcher for break_property."""
+    return lambda r: r.type == type_token
+
+
+def set_path(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """Mutator for break_property: set a dotted input path (creating mappings on the way)."""
+
+    def mutate(inputs: dict[str, Any]) -> None:
+        keys = path.split(".")
+        node = inputs
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+
+    return mutate
+
+
+class _CaptureMocks(pulumi.runtime.Mocks):
+    def __init__(self, project: str, stack: str) -> None:
+        self.project, self.stack = project, stack
+        self.captured: list[Resource] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        resource_id = (
+            f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-test/providers/Mock/{args.name}"
+            if args.typ.startswith("azure-native:")
+            else f"{args.name}-id"
+        )
+        self.captured.append(
+            Resource(
+                type=args.typ,
+                name=args.name,
+                urn=f"urn:pulumi:{self.stack}::{self.project}::{args.typ}::{args.name}",
+                parent_urn=None,
+                inputs=json.loads(json.dumps(args.inputs, default=str)),
+                custom=args.custom if hasattr(args, "custom") else True,
+                id=resource_id,
+            )
+        )
+        return resource_id, dict(args.inputs)
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list]:
+        return {}, []
+
+
+def render_component(build: Callable[[], Any], stack: str = "test") -> list[Resource]:
+    """Run ``build`` (which creates one component) under mocks; return the custom resources it made."""
+    mocks = _CaptureMocks("inferforge", stack)
+    pulumi.runtime.set_mocks(mocks, project="inferforge", stack=stack, preview=False)
+    pulumi.runtime.test(build)()
+    return list(mocks.captured)
+
+
+def render_inference_service(**overrides: Any) -> list[Resource]:
+    """The InferenceService component's resources with production-shaped arguments."""
+    import pulumi_kubernetes as k8s
+
+    from components.inference_service import InferenceService, InferenceServiceArgs
+
+    def build() -> None:
+        provider = k8s.Provider("aks", kubeconfig="{}")
+        InferenceService(
+            "inference",
+            InferenceServiceArgs(
+                model_name="llama-3-8b",
+                image_registry="crinferforgeprod.azurecr.io",
+                image_repository="inferforge/server",
+                image_digest="sha256:" + "a" * 64,
+                workload_identity_client_id="00000000-0000-0000-0000-000000000001",
+                keyvault_url="https://kv-inferforge-prod.vault.azure.net/",
+                pls_name="pls-inference",
+                pls_subnet_name="snet-pls",
+                pls_subnet_cidr="10.20.6.0/24",
+                node_cidr="10.20.0.0/22",
+                private_endpoint_subnet_cidr="10.20.4.0/24",
+                gpu_node_labels={"sku": "gpu"},
+                **{"tp_size": 2, **overrides},
+            ),
+            opts=pulumi.ResourceOptions(provider=provider),
+        )
+
+    return render_component(build)
+
+
+@pytest.fixture(scope="session")
+def inference_service_resources() -> list[Resource]:
+    """InferenceService output (tensor-parallel size 2, image pinned by digest), rendered once."""
+    return render_inference_service()
