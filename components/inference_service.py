@@ -148,24 +148,24 @@ def federated_credential_subject(namespace: str, service_account_name: str) -> s
 
 
 @dataclass(frozen=True)
-class GpuTaint:
-    """One node taint of the GPU pool, parsed from the AKS ``key=value:Effect`` form."""
+class NodeTaint:
+    """One node taint, parsed from the AKS ``key=value:Effect`` form (AgentPool ``node_taints``)."""
 
     key: str
     value: str | None
     effect: str
 
     @classmethod
-    def parse(cls, text: str) -> GpuTaint:
-        """Parse ``sku=gpu:NoSchedule`` (the format of AgentPool ``node_taints``)."""
+    def parse(cls, text: str, field_name: str = "gpu_taints") -> NodeTaint:
+        """Parse ``sku=gpu:NoSchedule``; errors name ``field_name``."""
         match = _TAINT.match(text) if isinstance(text, str) else None
         if not match:
-            raise _fail("gpu_taints", text, "each taint must look like key=value:NoSchedule "
+            raise _fail(field_name, text, "each taint must look like key=value:NoSchedule "
                                             "(effect NoSchedule, PreferNoSchedule or NoExecute)")
         return cls(key=match["key"], value=match["value"], effect=match["effect"])
 
     def toleration(self) -> k8s.core.v1.TolerationArgs:
-        """The toleration that lets the inference pod onto nodes with this taint."""
+        """The toleration that lets a pod onto nodes with this taint."""
         if self.value is None:
             return k8s.core.v1.TolerationArgs(key=self.key, operator="Exists", effect=self.effect)
         return k8s.core.v1.TolerationArgs(key=self.key, operator="Equal", value=self.value, effect=self.effect)
@@ -284,6 +284,8 @@ class InferenceServiceArgs:
     """AKS node subnet CIDR: load-balancer traffic relayed by kube-proxy arrives from node addresses."""
     private_endpoint_subnet_cidr: str
     """Subnet of the Key Vault and Managed Redis private endpoints: the only in-VNet egress allowed."""
+    gpu_node_labels: Mapping[str, str]
+    """Labels of the GPU pool (e.g. ``{"inferforge.io/pool": "gpu"}``), required node affinity: GPUs only there."""
     image_digest: str | None = None
     """``sha256:<64 hex>`` image digest; required unless ``allow_image_tags`` so prod runs exactly what was tested."""
     image_tag: str | None = None
@@ -326,8 +328,6 @@ class InferenceServiceArgs:
     """sizeLimit of the /tmp emptyDir (the root filesystem is read-only)."""
     cache_size_gib: int = 16
     """sizeLimit of the cache emptyDir (HF_HOME, DeepSpeed/Triton JIT caches)."""
-    gpu_node_labels: Mapping[str, str] = field(default_factory=lambda: {"sku": "gpu"})
-    """Labels of the GPU pool the pod is pinned to with required node affinity."""
     gpu_taints: Sequence[str] = ("sku=gpu:NoSchedule",)
     """GPU pool taints in AKS ``key=value:Effect`` form; each becomes a toleration."""
     model_source: ModelSource = field(default_factory=PvcModelSource)
@@ -424,7 +424,7 @@ class InferenceServiceArgs:
         if not self.gpu_taints:
             raise _fail("gpu_taints", self.gpu_taints, "needs the GPU pool's taint (e.g. sku=gpu:NoSchedule)")
         for taint in self.gpu_taints:
-            GpuTaint.parse(taint)
+            NodeTaint.parse(taint)
         self.model_source.validate()
         _check_range("pdb_max_unavailable", self.pdb_max_unavailable, 1)
         _check_range("rollout_max_surge", self.rollout_max_surge, 0)
@@ -834,7 +834,7 @@ class InferenceService(pulumi.ComponentResource):
 
     def _deployment_spec(self, claim: str | None) -> k8s.apps.v1.DeploymentSpecArgs:
         args = self._args
-        taints = [GpuTaint.parse(t) for t in args.gpu_taints]
+        taints = [NodeTaint.parse(t) for t in args.gpu_taints]
         init_containers = None if claim is not None else [self._download_init_container()]
         pod_labels = {**self._labels, WORKLOAD_IDENTITY_USE_LABEL: "true"}
         return k8s.apps.v1.DeploymentSpecArgs(

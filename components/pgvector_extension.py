@@ -1,0 +1,320 @@
+"""PgvectorExtension: run ``CREATE EXTENSION IF NOT EXISTS vector`` in the application database, in-cluster.
+
+Why a Kubernetes Job
+--------------------
+pgvector is two steps on Azure Database for PostgreSQL Flexible Server: the server parameter
+``azure.extensions`` must allow ``VECTOR`` (a ``dbforpostgresql.Configuration``, done by the Postgres
+component), then each database still needs ``CREATE EXTENSION vector``. The second step is SQL, and the
+server only has private access in a delegated subnet, so whoever runs ``pulumi up`` usually cannot reach
+it. The AKS cluster can, so the step runs there as a Job that Pulumi creates and waits for
+(pulumi-kubernetes awaits Job completion, so a failed step fails ``pulumi up``).
+
+Mechanism (no password anywhere)
+--------------------------------
+1. The Job's ServiceAccount carries ``azure.workload.identity/client-id`` (+ tenant id); its pod has the
+   ``azure.workload.identity/use: "true"`` label, so the AKS workload-identity webhook projects a
+   federated service-account token and the ``AZURE_*`` variables into the containers.
+2. Init container ``get-token`` (Azure CLI image): ``az login --service-principal --federated-token``
+   as that identity, then ``az account get-access-token --resource-type oss-rdbms`` writes an Entra
+   access token for PostgreSQL into a ``medium: Memory`` emptyDir (it never touches disk).
+3. Container ``psql`` (PostgreSQL client image) connects as the identity's Entra principal name with
+   the token as password, ``sslmode=require`` (or ``verify-full``), and runs
+   ``CREATE EXTENSION IF NOT EXISTS vector`` with ``ON_ERROR_STOP``: idempotent, safe to re-run. The
+   webhook is told to skip this container (``azure.workload.identity/skip-containers``): it needs the
+   database token, not the federated one.
+
+Prerequisites the stack wires (this component creates none of them): the identity is a PostgreSQL
+Entra administrator of the server (``entra_principal_name`` is its principal name there); it has a
+federated credential whose subject is :attr:`PgvectorExtensionArgs.federated_subject`; the
+``azure.extensions`` configuration and the database exist (pass them in ``opts.depends_on``); the
+namespace exists. Use a dedicated identity, not the inference one: a database admin credential does
+not belong on the serving pods.
+
+Re-runs and TTL: the Job is auto-named, so changing its spec makes Pulumi create a fresh Job (a re-run)
+before deleting the old one. ``ttl_seconds_after_finished`` lets Kubernetes garbage-collect the
+finished Job; after that a ``pulumi refresh`` sees it gone and the next ``up`` runs it again, which is
+harmless because the statement is idempotent.
+
+Scheduling: the cluster's only untainted capacity may be none at all (system pool tainted
+``CriticalAddonsOnly``, GPU pools tainted ``sku=gpu``). By default the Job tolerates
+``CriticalAddonsOnly`` so this few-second, tiny pod runs on the system pool instead of waking a GPU
+node; pass ``tolerations=()`` when a general user pool exists.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.inference_service import (
+    SERVER_UID,
+    WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION,
+    WORKLOAD_IDENTITY_USE_LABEL,
+    InferenceServiceConfigError,
+    NodeTaint,
+    _check_cidr,
+    _check_dns_label,
+    _check_range,
+    _fail,
+    _kubernetes_provider,
+    _restricted_container_security,
+    public_ip_block,
+)
+
+WORKLOAD_IDENTITY_TENANT_ID_ANNOTATION = "azure.workload.identity/tenant-id"
+WORKLOAD_IDENTITY_SKIP_CONTAINERS_ANNOTATION = "azure.workload.identity/skip-containers"
+POSTGRES_PORT = 5432
+TOKEN_DIR = "/run/pgtoken"
+
+_PINNED_IMAGE = re.compile(r"^[a-z0-9][a-z0-9.:/_-]*@sha256:[0-9a-f]{64}$")
+_TAGGED_IMAGE = re.compile(r"^[a-z0-9][a-z0-9.:/_-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
+
+# The token step: log in as the federated identity, write a PostgreSQL access token readable only by us.
+GET_TOKEN_SCRIPT = (
+    'az login --service-principal --username "$AZURE_CLIENT_ID" --tenant "$AZURE_TENANT_ID" '
+    '--federated-token "$(cat "$AZURE_FEDERATED_TOKEN_FILE")" --allow-no-subscriptions --output none\n'
+    "umask 077\n"
+    f"az account get-access-token --resource-type oss-rdbms --query accessToken --output tsv > {TOKEN_DIR}/token\n"
+)
+# The SQL step: idempotent, fails the pod (and so the Job and `pulumi up`) on any SQL error.
+CREATE_EXTENSION_SCRIPT = (
+    f'PGPASSWORD="$(cat {TOKEN_DIR}/token)" exec psql -X -v ON_ERROR_STOP=1 '
+    "-c 'CREATE EXTENSION IF NOT EXISTS vector;' "
+    "-c \"SELECT extname, extversion FROM pg_extension WHERE extname = 'vector';\"\n"
+)
+
+
+class PgvectorExtensionConfigError(InferenceServiceConfigError):
+    """Invalid PgvectorExtension arguments; the message names the field, the value and what is allowed."""
+
+
+@dataclass
+class PgvectorExtensionArgs:
+    """Arguments of :class:`PgvectorExtension`; defaults are the secure choice."""
+
+    namespace: str
+    """Existing namespace the Job runs in; part of the federated credential subject."""
+    host: pulumi.Input[str]
+    """PostgreSQL server FQDN (private DNS), e.g. ``psql-inferforge-prod.postgres.database.azure.com``."""
+    database: pulumi.Input[str]
+    """Application database that gets the extension."""
+    entra_principal_name: pulumi.Input[str]
+    """Principal name of the identity as registered as a PostgreSQL Entra admin (the psql user)."""
+    client_id: pulumi.Input[str]
+    """Client id of that user-assigned identity (ServiceAccount annotation; no secret)."""
+    tenant_id: pulumi.Input[str]
+    """Entra tenant of the identity."""
+    azure_cli_image: str
+    """Azure CLI image by digest (``mcr.microsoft.com/azure-cli@sha256:...``)."""
+    postgres_client_image: str
+    """Image with ``psql`` by digest (e.g. ``postgres@sha256:...``)."""
+    postgres_subnet_cidr: str
+    """Delegated PostgreSQL subnet: the only in-VNet egress the Job gets (TCP 5432)."""
+    allow_image_tags: bool = False
+    """Off by default: a tag can change what runs with database-admin rights; dev may allow it."""
+    service_account_name: str = "pgvector-init"
+    """ServiceAccount of the Job; part of the federated credential subject."""
+    ssl_mode: Literal["require", "verify-full"] = "require"
+    """TLS always; verify-full also checks the server name (needs the Azure root CAs in the client image)."""
+    backoff_limit: int = 4
+    """Pod retries: covers a webhook/DNS/token race right after the cluster comes up."""
+    active_deadline_s: int = 600
+    """Whole-Job deadline, so a hung connection fails `pulumi up` instead of blocking it."""
+    ttl_seconds_after_finished: int = 86400
+    """Finished Job garbage-collected after a day (logs kept long enough to read a failure)."""
+    tolerations: Sequence[str] = ("CriticalAddonsOnly=true:NoSchedule",)
+    """Taints (AKS ``key=value:Effect``) the pod tolerates; default lets it run on the system pool."""
+    entra_egress_cidrs: Sequence[str] = ("0.0.0.0/0",)
+    """Public ranges for the Entra ID token exchange on 443; private and link-local (IMDS) excluded."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Extra labels on every object."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def federated_subject(self) -> str:
+        """Subject of the federated credential the identity needs for the Job's ServiceAccount."""
+        return f"system:serviceaccount:{self.namespace}:{self.service_account_name}"
+
+    def validate(self) -> None:
+        """Check every argument; raise :class:`PgvectorExtensionConfigError` naming the first bad one."""
+        try:
+            _check_dns_label("namespace", self.namespace)
+            _check_dns_label("service_account_name", self.service_account_name, max_len=253)
+            for name in ("azure_cli_image", "postgres_client_image"):
+                image = getattr(self, name)
+                if _PINNED_IMAGE.match(image or ""):
+                    continue
+                if not self.allow_image_tags:
+                    raise _fail(name, image, "must be pinned by digest (<repository>@sha256:<64 hex>); tags are "
+                                             "only accepted when allow_image_tags is true (dev)")
+                if not _TAGGED_IMAGE.match(image or ""):
+                    raise _fail(name, image, "must be an image reference such as registry/repository:tag")
+            if self.ssl_mode not in ("require", "verify-full"):
+                raise _fail("ssl_mode", self.ssl_mode, "must be 'require' or 'verify-full' (TLS is mandatory)")
+            _check_cidr("postgres_subnet_cidr", self.postgres_subnet_cidr)
+            if not self.entra_egress_cidrs:
+                raise _fail("entra_egress_cidrs", self.entra_egress_cidrs, "needs at least one CIDR")
+            for cidr in self.entra_egress_cidrs:
+                _check_cidr("entra_egress_cidrs", cidr)
+            _check_range("backoff_limit", self.backoff_limit, 0, 10)
+            _check_range("active_deadline_s", self.active_deadline_s, 30)
+            _check_range("ttl_seconds_after_finished", self.ttl_seconds_after_finished, 0)
+            for taint in self.tolerations:
+                NodeTaint.parse(taint, "tolerations")
+        except PgvectorExtensionConfigError:
+            raise
+        except InferenceServiceConfigError as error:
+            raise PgvectorExtensionConfigError(str(error)) from None
+
+
+class PgvectorExtension(pulumi.ComponentResource):
+    """A one-shot in-cluster Job that enables pgvector in the application database with an Entra token."""
+
+    job_name: pulumi.Output[str]
+    service_account_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: PgvectorExtensionArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        args.validate()
+        provider = _kubernetes_provider(opts, "PgvectorExtension")
+        super().__init__("inferforge:data:PgvectorExtension", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        selector = {"app.kubernetes.io/name": "inferforge-pgvector", "app.kubernetes.io/instance": name}
+        labels = {**selector, "app.kubernetes.io/part-of": "inferforge", "app.kubernetes.io/managed-by": "pulumi",
+                  **args.labels}
+
+        service_account = k8s.core.v1.ServiceAccount(
+            f"{name}-sa",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=args.service_account_name, namespace=args.namespace, labels=labels,
+                annotations={WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION: args.client_id,
+                             WORKLOAD_IDENTITY_TENANT_ID_ANNOTATION: args.tenant_id}),
+            automount_service_account_token=False,
+            opts=child,
+        )
+
+        policy = k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=f"{name}-pgvector", namespace=args.namespace, labels=labels),
+            spec=self._network_policy_spec(args, selector),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
+        )
+
+        job = k8s.batch.v1.Job(
+            f"{name}-job",
+            # Auto-named: a spec change creates a new Job (a re-run) before the old one is deleted.
+            metadata=k8s.meta.v1.ObjectMetaArgs(namespace=args.namespace, labels=labels),
+            spec=self._job_spec(args, labels),
+            # The policy must exist first, or the pod would start under whatever the namespace allows.
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[service_account, policy])),
+        )
+
+        self.job_name = job.metadata.apply(lambda m: m["name"] if isinstance(m, dict) else m.name)
+        self.service_account_name = service_account.metadata.apply(
+            lambda m: m["name"] if isinstance(m, dict) else m.name)
+        self.register_outputs({
+            "job_name": self.job_name,
+            "service_account_name": self.service_account_name,
+            "federated_subject": args.federated_subject,
+        })
+
+    @staticmethod
+    def _job_spec(args: PgvectorExtensionArgs, labels: Mapping[str, str]) -> k8s.batch.v1.JobSpecArgs:
+        core = k8s.core.v1
+        token_mount = core.VolumeMountArgs(name="pgtoken", mount_path=TOKEN_DIR)
+        tmp_mount = core.VolumeMountArgs(name="tmp", mount_path="/tmp")
+        get_token = core.ContainerArgs(
+            name="get-token",
+            image=args.azure_cli_image,
+            image_pull_policy="IfNotPresent",
+            command=["/bin/sh", "-ec", GET_TOKEN_SCRIPT],
+            env=[core.EnvVarArgs(name="HOME", value="/tmp"),
+                 core.EnvVarArgs(name="AZURE_CONFIG_DIR", value="/tmp/azure"),  # root FS is read-only
+                 core.EnvVarArgs(name="AZURE_CORE_COLLECT_TELEMETRY", value="false"),
+                 core.EnvVarArgs(name="PYTHONDONTWRITEBYTECODE", value="1")],
+            resources=core.ResourceRequirementsArgs(requests={"cpu": "250m", "memory": "512Mi"},
+                                                    limits={"cpu": "500m", "memory": "512Mi"}),
+            volume_mounts=[token_mount, tmp_mount],
+            security_context=_restricted_container_security(),
+            termination_message_policy="FallbackToLogsOnError",
+        )
+        psql = core.ContainerArgs(
+            name="psql",
+            image=args.postgres_client_image,
+            image_pull_policy="IfNotPresent",
+            command=["/bin/sh", "-ec", CREATE_EXTENSION_SCRIPT],
+            env=[core.EnvVarArgs(name="PGHOST", value=args.host),
+                 core.EnvVarArgs(name="PGPORT", value=str(POSTGRES_PORT)),
+                 core.EnvVarArgs(name="PGDATABASE", value=args.database),
+                 core.EnvVarArgs(name="PGUSER", value=args.entra_principal_name),
+                 core.EnvVarArgs(name="PGSSLMODE", value=args.ssl_mode),
+                 core.EnvVarArgs(name="PGCONNECT_TIMEOUT", value="30"),
+                 core.EnvVarArgs(name="PGAPPNAME", value="inferforge-pgvector"),
+                 core.EnvVarArgs(name="HOME", value="/tmp")],
+            resources=core.ResourceRequirementsArgs(requests={"cpu": "100m", "memory": "128Mi"},
+                                                    limits={"cpu": "250m", "memory": "128Mi"}),
+            volume_mounts=[core.VolumeMountArgs(name="pgtoken", mount_path=TOKEN_DIR, read_only=True), tmp_mount],
+            security_context=_restricted_container_security(),
+            termination_message_policy="FallbackToLogsOnError",
+        )
+        return k8s.batch.v1.JobSpecArgs(
+            backoff_limit=args.backoff_limit,
+            active_deadline_seconds=args.active_deadline_s,
+            ttl_seconds_after_finished=args.ttl_seconds_after_finished,
+            template=core.PodTemplateSpecArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    labels={**labels, WORKLOAD_IDENTITY_USE_LABEL: "true"},
+                    annotations={WORKLOAD_IDENTITY_SKIP_CONTAINERS_ANNOTATION: "psql"},
+                ),
+                spec=core.PodSpecArgs(
+                    restart_policy="Never",
+                    service_account_name=args.service_account_name,
+                    automount_service_account_token=False,
+                    enable_service_links=False,
+                    security_context=core.PodSecurityContextArgs(
+                        run_as_non_root=True, run_as_user=SERVER_UID, run_as_group=SERVER_UID,
+                        seccomp_profile=core.SeccompProfileArgs(type="RuntimeDefault")),
+                    node_selector={"kubernetes.io/os": "linux"},
+                    tolerations=[NodeTaint.parse(t).toleration() for t in args.tolerations] or None,
+                    init_containers=[get_token],
+                    containers=[psql],
+                    volumes=[
+                        # Memory-backed: the database token never lands on the node's disk.
+                        core.VolumeArgs(name="pgtoken", empty_dir=core.EmptyDirVolumeSourceArgs(
+                            medium="Memory", size_limit="1Mi")),
+                        core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs(size_limit="256Mi")),
+                    ],
+                ),
+            ),
+        )
+
+    @staticmethod
+    def _network_policy_spec(args: PgvectorExtensionArgs, selector: Mapping[str, str]
+                             ) -> k8s.networking.v1.NetworkPolicySpecArgs:
+        np = k8s.networking.v1
+        return np.NetworkPolicySpecArgs(
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(selector)),
+            # Ingress listed with no rules: nothing may connect to the Job's pod.
+            policy_types=["Ingress", "Egress"],
+            egress=[
+                np.NetworkPolicyEgressRuleArgs(
+                    to=[np.NetworkPolicyPeerArgs(
+                        namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                            match_labels={"kubernetes.io/metadata.name": "kube-system"}),
+                        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}))],
+                    ports=[np.NetworkPolicyPortArgs(protocol="UDP", port=53),
+                           np.NetworkPolicyPortArgs(protocol="TCP", port=53)]),
+                np.NetworkPolicyEgressRuleArgs(
+                    to=[np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=args.postgres_subnet_cidr))],
+                    ports=[np.NetworkPolicyPortArgs(protocol="TCP", port=POSTGRES_PORT)]),
+                np.NetworkPolicyEgressRuleArgs(
+                    to=[np.NetworkPolicyPeerArgs(ip_block=public_ip_block(c)) for c in args.entra_egress_cidrs],
+                    ports=[np.NetworkPolicyPortArgs(protocol="TCP", port=443)]),
+            ],
+        )
