@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pulumi
@@ -23,10 +23,9 @@ class WorkloadIdentityArgs:
     """CAF name (`id-<workload>-<env>-inference`)."""
     oidc_issuer_url: pulumi.Input[str]
     """The AKS cluster's OIDC issuer; only tokens it signs can be exchanged."""
-    namespace: str
-    """Kubernetes namespace of the service account."""
-    service_account: str
-    """Kubernetes service account the inference pods run as; the federated subject pins exactly it."""
+    federated_subjects: Sequence[str]
+    """`system:serviceaccount:<namespace>:<name>` of each service account that may use the identity
+    (the inference pods, the pgvector Job); each subject pins exactly one service account."""
     key_vault_id: pulumi.Input[str]
     """Vault whose secrets (API keys) the pods read: Key Vault Secrets User on this vault only."""
     subscription_id: pulumi.Input[str]
@@ -57,16 +56,20 @@ class WorkloadIdentity(pulumi.ComponentResource):
             tags=dict(args.tags),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        managedidentity.FederatedIdentityCredential(
-            f"{name}-federation",
-            federated_identity_credential_resource_name=f"fic-{args.namespace}-{args.service_account}",
-            resource_name_=self.identity.name,
-            resource_group_name=args.resource_group_name,
-            issuer=args.oidc_issuer_url,
-            subject=f"system:serviceaccount:{args.namespace}:{args.service_account}",
-            audiences=["api://AzureADTokenExchange"],
-            opts=pulumi.ResourceOptions(parent=self.identity),
-        )
+        previous: pulumi.Resource | None = None
+        for subject in args.federated_subjects:
+            service_account = subject.rsplit(":", 2)
+            previous = managedidentity.FederatedIdentityCredential(
+                f"{name}-federation-{service_account[-2]}-{service_account[-1]}",
+                federated_identity_credential_resource_name=f"fic-{service_account[-2]}-{service_account[-1]}",
+                resource_name_=self.identity.name,
+                resource_group_name=args.resource_group_name,
+                issuer=args.oidc_issuer_url,
+                subject=subject,
+                audiences=["api://AzureADTokenExchange"],
+                # Entra rejects concurrent federated-credential writes on one identity.
+                opts=pulumi.ResourceOptions(parent=self.identity, depends_on=[previous] if previous else None),
+            )
         role_assignment(
             f"{name}-kv-secrets-user",
             scope=args.key_vault_id,

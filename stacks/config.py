@@ -1,0 +1,495 @@
+"""The stack's configuration: one pydantic model over every `inferforge:` key, with environment baselines.
+
+Config validation owns *structure* (types, ranges, names, CIDRs, cross-references such as the
+tensor-parallel size against the pool's GPUs). Security and resilience *posture* is set by the
+environment baseline and enforced by the policy pack (mandatory in prod), so a weakened prod config
+(say Key Vault made public) is representable here and caught by `plan` naming the policy.
+
+Errors name the YAML key (`inferforge:aks.gpuPools[0].maxCount`), the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from components.gpu_sizes import GPU_VM_SIZES, allowed_tp_sizes
+from components.naming import RULES, PlatformNames
+
+NAMESPACE = "inferforge"
+
+
+class ConfigError(Exception):
+    """Stack configuration rejected; `problems` lists one line per bad key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid stack configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class _Section(BaseModel):
+    """Base of every config section: camelCase keys as in the YAML, unknown keys rejected."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+Cidr = str
+
+
+def _network(value: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"'{value}' is not an IPv4 CIDR with host bits zero ({exc}); "
+                         "allowed: a network such as 10.20.0.0/22") from None
+
+
+class NetworkConfig(_Section):
+    address_space: Cidr = "10.20.0.0/16"
+    aks_subnet: Cidr = "10.20.0.0/22"
+    private_endpoint_subnet: Cidr = "10.20.4.0/24"
+    postgres_subnet: Cidr = "10.20.5.0/24"
+    private_link_subnet: Cidr = "10.20.6.0/24"
+
+    @field_validator("address_space", "aks_subnet", "private_endpoint_subnet", "postgres_subnet",
+                     "private_link_subnet")
+    @classmethod
+    def _is_cidr(cls, value: str) -> str:
+        _network(value)
+        return value
+
+    @model_validator(mode="after")
+    def _subnets_fit(self) -> NetworkConfig:
+        vnet = _network(self.address_space)
+        subnets = {to_camel(k): _network(getattr(self, k)) for k in
+                   ("aks_subnet", "private_endpoint_subnet", "postgres_subnet", "private_link_subnet")}
+        problems = []
+        for key, net in subnets.items():
+            if not net.subnet_of(vnet):
+                problems.append(f"{key} {net} lies outside addressSpace {vnet}; allowed: a subnet inside {vnet}")
+        keys = list(subnets)
+        for i, a in enumerate(keys):
+            for b in keys[i + 1:]:
+                if subnets[a].overlaps(subnets[b]):
+                    problems.append(f"{a} {subnets[a]} overlaps {b} {subnets[b]}; allowed: disjoint subnets")
+        if subnets["postgresSubnet"].prefixlen > 28:
+            problems.append(f"postgresSubnet {subnets['postgresSubnet']} is smaller than /28; allowed: /28 or larger")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+class KeyVaultConfig(_Section):
+    sku: Literal["standard", "premium"] = "standard"
+    public_network_access: Literal["Disabled", "Enabled"] = "Disabled"
+    soft_delete_retention_days: int = Field(90, ge=7, le=90)
+
+
+class PostgresConfig(_Section):
+    version: Literal["13", "14", "15", "16", "17"] = "16"
+    sku_name: str = Field("Standard_B1ms", pattern=r"^Standard_[A-Za-z0-9_]+$")
+    tier: Literal["Burstable", "GeneralPurpose", "MemoryOptimized"] = "Burstable"
+    storage_size_gb: int = Field(32, ge=32, le=32768)
+    database_name: str = Field("app", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    backup_retention_days: int = Field(7, ge=7, le=35)
+    geo_redundant_backup: bool = False
+    zone_redundant_ha: bool = False
+    password_auth: bool = False
+
+    @model_validator(mode="after")
+    def _ha_needs_non_burstable(self) -> PostgresConfig:
+        if self.zone_redundant_ha and self.tier == "Burstable":
+            raise ValueError("zoneRedundantHa is true with tier Burstable; allowed: tier GeneralPurpose or "
+                             "MemoryOptimized for high availability")
+        return self
+
+
+class RedisConfig(_Section):
+    sku_name: str = Field("Balanced_B0", pattern=r"^(Balanced|MemoryOptimized|ComputeOptimized|FlashOptimized)_"
+                                                  r"[A-Z][0-9]+$")
+    high_availability: bool = True
+    public_network_access: Literal["Disabled", "Enabled"] = "Disabled"
+
+
+class FrontDoorConfig(_Section):
+    waf_mode: Literal["Detection", "Prevention"] = "Prevention"
+    rate_limit_per_minute: int = Field(600, ge=10, le=100000)
+
+
+class GpuPoolConfig(_Section):
+    name: str
+    vm_size: str
+    min_count: int = Field(0, ge=0, le=100)
+    max_count: int = Field(1, ge=1, le=100)
+    os_disk_size_gb: int = Field(256, ge=64, le=2048)
+    labels: dict[str, str] = Field(default_factory=dict)
+    zones: list[Literal["1", "2", "3"]] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _pool_name(cls, value: str) -> str:
+        problem = RULES["linux_node_pool"].violation(value)
+        if problem:
+            raise ValueError(problem)
+        if value == "system":
+            raise ValueError("'system' is the system pool's name; allowed: any other pool name")
+        return value
+
+    @field_validator("vm_size")
+    @classmethod
+    def _known_gpu_size(cls, value: str) -> str:
+        if value not in GPU_VM_SIZES:
+            raise ValueError(f"'{value}' is not a known GPU VM size; allowed: {', '.join(GPU_VM_SIZES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> GpuPoolConfig:
+        if self.max_count < self.min_count:
+            raise ValueError(f"maxCount ({self.max_count}) is less than minCount ({self.min_count}); "
+                             "allowed: maxCount >= minCount")
+        return self
+
+
+class AksConfig(_Section):
+    kubernetes_version: str = Field("1.33", pattern=r"^1\.\d{2}(\.\d+)?$")
+    sku_tier: Literal["Free", "Standard", "Premium"] = "Standard"
+    private_cluster: bool = True
+    authorized_ip_ranges: list[Cidr] = Field(default_factory=list)
+    system_vm_size: str = Field("Standard_D4ds_v5", pattern=r"^Standard_[A-Za-z0-9_]+$")
+    system_min_count: int = Field(1, ge=1, le=100)
+    system_max_count: int = Field(3, ge=1, le=100)
+    system_zones: list[Literal["1", "2", "3"]] | None = None
+    upgrade_channel: Literal["patch", "stable", "rapid", "node-image", "none"] = "patch"
+    node_os_upgrade_channel: Literal["NodeImage", "SecurityPatch", "Unmanaged", "None"] = "NodeImage"
+    admin_group_object_ids: list[str] = Field(default_factory=list)
+    gpu_pools: list[GpuPoolConfig] = Field(min_length=1)
+
+    @field_validator("authorized_ip_ranges")
+    @classmethod
+    def _ranges(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            _network(cidr)
+        return value
+
+    @field_validator("admin_group_object_ids")
+    @classmethod
+    def _guids(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}", item):
+                raise ValueError(f"'{item}' is not an Entra object id; allowed: a GUID")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AksConfig:
+        problems = []
+        if self.system_max_count < self.system_min_count:
+            problems.append(f"systemMaxCount ({self.system_max_count}) is less than systemMinCount "
+                            f"({self.system_min_count}); allowed: systemMaxCount >= systemMinCount")
+        if not self.private_cluster and not self.authorized_ip_ranges:
+            problems.append("privateCluster is false but authorizedIpRanges is empty; allowed: a private cluster, "
+                            "or a public API server limited to at least one CIDR")
+        names = [p.name for p in self.gpu_pools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            problems.append(f"gpuPools names repeat ({', '.join(duplicates)}); allowed: unique names")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+class ImageConfig(_Section):
+    registry: str = Field(pattern=r"^[a-z0-9.-]+(:[0-9]+)?$")
+    repository: str = Field(pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
+    digest: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+    tag: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+    @model_validator(mode="after")
+    def _reference(self) -> ImageConfig:
+        if not self.digest and not self.tag:
+            raise ValueError("digest is not set and neither is tag; allowed: digest sha256:<64 hex> (required in prod) "
+                             "or tag (dev only)")
+        return self
+
+    @property
+    def reference(self) -> str:
+        base = f"{self.registry}/{self.repository}"
+        return f"{base}@{self.digest}" if self.digest else f"{base}:{self.tag}"
+
+
+class ModelSourceConfig(_Section):
+    kind: Literal["pvc", "download"] = "pvc"
+    storage_class: str = "azureblob-fuse-premium"
+    size_gi: int = Field(256, ge=1, le=16384)
+    existing_claim: str | None = None
+    sub_path: str = ""
+    repo_id: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$")
+    revision: str | None = Field(None, pattern=r"^[0-9a-f]{40}$")
+
+    @model_validator(mode="after")
+    def _download_is_pinned(self) -> ModelSourceConfig:
+        if self.kind == "download" and not (self.repo_id and self.revision):
+            raise ValueError("kind is 'download' but repoId and revision are not both set; allowed: "
+                             "repoId 'owner/name' and revision = a 40-hex commit SHA")
+        return self
+
+
+class AutoscalingConfig(_Section):
+    enabled: bool = False
+    prometheus_server_address: str | None = Field(None, pattern=r"^https?://")
+    min_replicas: int = Field(1, ge=1, le=100)
+    max_replicas: int = Field(2, ge=1, le=100)
+    metric: Literal["vllm:num_requests_waiting", "vllm:num_requests_running"] = "vllm:num_requests_waiting"
+    target_per_replica: int = Field(4, ge=1, le=10000)
+
+    @model_validator(mode="after")
+    def _complete(self) -> AutoscalingConfig:
+        if self.enabled and not self.prometheus_server_address:
+            raise ValueError("prometheusServerAddress is not set while enabled is true; allowed: the Prometheus "
+                             "query URL KEDA reads (http(s)://...)")
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"maxReplicas ({self.max_replicas}) is less than minReplicas ({self.min_replicas}); "
+                             "allowed: maxReplicas >= minReplicas")
+        return self
+
+
+class PgvectorJobConfig(_Section):
+    azure_cli_image: str = Field(pattern=r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(@sha256:[0-9a-f]{64}|:[\w.-]+)$")
+    postgres_client_image: str = Field(pattern=r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(@sha256:[0-9a-f]{64}|:[\w.-]+)$")
+
+
+class InferenceConfig(_Section):
+    namespace: str = Field("inference", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    service_account: str = Field("inference", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    gpu_pool: str
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+    model_source: ModelSourceConfig = Field(default_factory=ModelSourceConfig)
+    image: ImageConfig
+    tp_size: int = Field(1, ge=1, le=8)
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    replicas: int = Field(1, ge=1, le=100)
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    cpu: int = Field(8, ge=1, le=512)
+    memory_gi: int = Field(64, ge=1, le=4096)
+    shm_size_gi: int = Field(16, ge=1, le=1024)
+    max_model_len: int = Field(4096, ge=128, le=1048576)
+    max_batch_size: int = Field(64, ge=1, le=1024)
+    startup_timeout_seconds: int = Field(1800, ge=60, le=7200)
+    drain_timeout_seconds: int = Field(60, ge=5, le=3600)
+    pre_stop_sleep_seconds: int = Field(15, ge=0, le=300)
+    api_key_secret_name: str = Field("inference-api-keys", pattern=r"^[0-9A-Za-z-]{1,127}$")
+    internal_load_balancer_ip: str
+    pgvector_job: PgvectorJobConfig
+
+    @model_validator(mode="after")
+    def _shm_fits(self) -> InferenceConfig:
+        if self.shm_size_gi >= self.memory_gi:
+            raise ValueError(f"shmSizeGi ({self.shm_size_gi}) must be less than memoryGi ({self.memory_gi}): "
+                             "/dev/shm is memory-backed and counts against the limit")
+        return self
+
+
+class ObservabilityConfig(_Section):
+    retention_days: int = Field(30, ge=30, le=730)
+    daily_quota_gb: float = Field(-1, ge=-1)
+
+
+class PlatformConfig(_Section):
+    """Every `inferforge:` key of a stack."""
+
+    environment: Literal["dev", "prod"]
+    location: str = Field(pattern=r"^[a-z][a-z0-9]{2,30}$")
+    workload: str = Field("inferforge", pattern=r"^[a-z][a-z0-9]{1,13}$")
+    owner: str = Field(min_length=1, max_length=256)
+    cost_center: str = Field(min_length=1, max_length=256)
+    extra_tags: dict[str, str] = Field(default_factory=dict)
+    resource_locks: bool = False
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    key_vault: KeyVaultConfig = Field(default_factory=KeyVaultConfig)
+    postgres: PostgresConfig = Field(default_factory=PostgresConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    front_door: FrontDoorConfig = Field(default_factory=FrontDoorConfig)
+    aks: AksConfig
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+    inference: InferenceConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_baseline(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("environment") not in BASELINES:
+            return data
+        return _deep_merge(BASELINES[data["environment"]], data)
+
+    @property
+    def names(self) -> PlatformNames:
+        return PlatformNames(workload=self.workload, environment=self.environment, location=self.location)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PlatformConfig:
+        problems = []
+        for rule_key, name in self.names.checks().items():
+            problem = RULES[rule_key].violation(name)
+            if problem:
+                problems.append(f"workload '{self.workload}' gives an invalid name: {problem}")
+        pools = {p.name: p for p in self.aks.gpu_pools}
+        pool = pools.get(self.inference.gpu_pool)
+        if pool is None:
+            problems.append(f"inference.gpuPool '{self.inference.gpu_pool}' is not a pool in aks.gpuPools; "
+                            f"allowed: {', '.join(pools)}")
+        else:
+            allowed = allowed_tp_sizes(pool.vm_size)
+            if self.inference.tp_size not in allowed:
+                problems.append(
+                    f"inference.tpSize {self.inference.tp_size} does not fit {pool.vm_size} "
+                    f"({GPU_VM_SIZES[pool.vm_size].gpus} GPUs per node, pool '{pool.name}'); "
+                    f"allowed: {', '.join(map(str, allowed))}")
+        try:
+            ip = ipaddress.IPv4Address(self.inference.internal_load_balancer_ip)
+        except ValueError:
+            problems.append(f"inference.internalLoadBalancerIp '{self.inference.internal_load_balancer_ip}' is not "
+                            "an IPv4 address; allowed: a free address in network.aksSubnet")
+        else:
+            aks_subnet = _network(self.network.aks_subnet)
+            usable = list(aks_subnet.hosts())[3:]  # Azure reserves the first hosts of each subnet
+            if ip not in usable:
+                problems.append(f"inference.internalLoadBalancerIp {ip} is not a usable address of network.aksSubnet "
+                                f"{aks_subnet}; allowed: {usable[0]}-{usable[-1]}")
+        if self.environment == "prod" and not self.inference.image.digest:
+            problems.append("inference.image.digest is not set; allowed in prod: only images pinned by digest "
+                            "(sha256:<64 hex>), tags are mutable")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+# Environment baselines: defaults per environment, overridden key by key by the stack YAML.
+BASELINES: dict[str, dict[str, Any]] = {
+    "dev": {
+        "resourceLocks": False,
+        "keyVault": {"sku": "standard"},
+        "postgres": {"skuName": "Standard_B1ms", "tier": "Burstable", "storageSizeGb": 32,
+                     "backupRetentionDays": 7, "geoRedundantBackup": False, "zoneRedundantHa": False,
+                     "passwordAuth": True},
+        "redis": {"skuName": "Balanced_B0", "highAvailability": False},
+        "frontDoor": {"wafMode": "Detection", "rateLimitPerMinute": 600},
+        "aks": {"skuTier": "Free", "privateCluster": False, "systemMinCount": 1, "systemMaxCount": 2,
+                "systemVmSize": "Standard_D4ds_v5", "upgradeChannel": "patch"},
+        "observability": {"retentionDays": 30, "dailyQuotaGb": 5},
+    },
+    "prod": {
+        "resourceLocks": True,
+        "keyVault": {"sku": "premium"},
+        "postgres": {"skuName": "Standard_D4ds_v5", "tier": "GeneralPurpose", "storageSizeGb": 128,
+                     "backupRetentionDays": 35, "geoRedundantBackup": True, "zoneRedundantHa": True,
+                     "passwordAuth": False},
+        "redis": {"skuName": "Balanced_B5", "highAvailability": True},
+        "frontDoor": {"wafMode": "Prevention", "rateLimitPerMinute": 1200},
+        "aks": {"skuTier": "Standard", "privateCluster": True, "systemMinCount": 3, "systemMaxCount": 5,
+                "systemZones": ["1", "2", "3"], "systemVmSize": "Standard_D8ds_v5", "upgradeChannel": "stable"},
+        "observability": {"retentionDays": 90, "dailyQuotaGb": -1},
+    },
+}
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _yaml_key(loc: tuple[int | str, ...]) -> str:
+    key = f"{NAMESPACE}:{loc[0]}" if loc else NAMESPACE
+    for part in loc[1:]:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return key
+
+
+def _section_model(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class that a location's parent points into, to list its allowed keys."""
+    model: Any = PlatformConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = {f.alias or name: f for name, f in model.model_fields.items()}
+        field = fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                model = candidate
+                break
+            for inner in getattr(candidate, "__args__", ()):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    model = inner
+                    break
+        else:
+            return None
+    return model
+
+
+def _allowed_keys(model: type[BaseModel]) -> str:
+    return ", ".join(f.alias or n for n, f in model.model_fields.items())
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    key = _yaml_key(loc)
+    if error["type"] == "extra_forbidden":
+        parent = _section_model(loc[:-1]) if len(loc) > 1 else PlatformConfig
+        allowed = _allowed_keys(parent) if parent else "see the config reference in README.md"
+        return f"{key}: unknown key; allowed keys here: {allowed}"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error" and _section_model(loc) is not None:
+        # A section's own cross-field check: each line starts with the key it is about.
+        lines = []
+        for line in message.splitlines():
+            relative, _, text = line.partition(" ")
+            lines.append(f"{key + '.' if loc else NAMESPACE + ':'}{relative}: {text}")
+        return "\n".join(lines)
+    value = error.get("input")
+    shown = "" if isinstance(value, dict) or error["type"] == "value_error" else f" (got {value!r})"
+    return f"{key}: {message}{shown}"
+
+
+def parse_stack_config(raw: Mapping[str, Any]) -> PlatformConfig:
+    """Validate a stack's `inferforge:` config (keys with or without the namespace prefix).
+
+    Values may be JSON strings, as the Pulumi engine passes structured config. Raises ConfigError.
+    """
+    data: dict[str, Any] = {}
+    for full_key, value in raw.items():
+        namespace, _, key = full_key.rpartition(":")
+        if namespace and namespace != NAMESPACE:
+            continue  # other providers' config (azure-native:location, ...)
+        if isinstance(value, str):
+            try:
+                decoded = json.loads(value)
+            except ValueError:
+                decoded = value
+            # Keep plain scalars as the user wrote them ("16" stays a string for version fields).
+            value = decoded if isinstance(decoded, dict | list) else value
+        data[key] = value
+    try:
+        return PlatformConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [line for e in exc.errors() for line in _describe(e).splitlines()]
+        raise ConfigError(problems) from None

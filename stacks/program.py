@@ -1,0 +1,160 @@
+"""The Pulumi program: validate the stack's config, then compose the platform in dependency order.
+
+resource group -> Log Analytics -> network -> Key Vault -> AKS (+ GPU pools) -> workload identity
+-> PostgreSQL (identity as Entra admin) -> Managed Redis (identity's access policy) -> Front Door
+(origin: the inference Service's Private Link Service) -> Kubernetes workloads (pgvector Job,
+inference service) through a provider built from the cluster's Entra credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pulumi_azure_native import authorization, containerservice, resources
+
+from components.aks import AksCluster, AksClusterArgs, GpuPoolArgs
+from components.common import standard_tags
+from components.frontdoor import FrontDoor, FrontDoorArgs
+from components.identity import WorkloadIdentity, WorkloadIdentityArgs
+from components.keyvault import KeyVault, KeyVaultArgs
+from components.network import Network, NetworkArgs
+from components.observability import Observability, ObservabilityArgs
+from components.postgres import EntraAdmin, PostgresPgvector, PostgresPgvectorArgs
+from components.redis import ManagedRedis, ManagedRedisArgs
+from stacks.config import NAMESPACE, ConfigError, PlatformConfig, parse_stack_config
+from stacks.workloads import deploy_workloads, federated_subjects
+
+SERVING_PORT = 8000
+
+
+def stack_config_values() -> dict[str, Any]:
+    """Every `inferforge:` key the engine (or the offline plan) set for this stack."""
+    from pulumi.runtime import config as runtime_config
+
+    keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    return {k: runtime_config.get_config(k) for k in keys if k.startswith(f"{NAMESPACE}:")}
+
+
+def private_link_service_id(subscription_id: pulumi.Input[str], node_resource_group: str, pls_name: str
+                            ) -> pulumi.Output[str]:
+    """ARM id of the PLS that AKS creates (from the Service annotations) in the node resource group."""
+    return pulumi.Output.concat("/subscriptions/", subscription_id, "/resourceGroups/", node_resource_group,
+                                "/providers/Microsoft.Network/privateLinkServices/", pls_name)
+
+
+def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
+    """Register every resource of the platform for a validated config; returns the stack outputs."""
+    names = cfg.names
+    tags = standard_tags(environment=cfg.environment, owner=cfg.owner, cost_center=cfg.cost_center,
+                         extra=cfg.extra_tags)
+    client = authorization.get_client_config_output()
+
+    group = resources.ResourceGroup("platform-rg", resource_group_name=names.resource_group,
+                                    location=cfg.location, tags=tags)
+    rg = group.name
+
+    observability = Observability("observability", ObservabilityArgs(
+        resource_group_name=rg, location=cfg.location, workspace_name=names.log_analytics,
+        retention_days=cfg.observability.retention_days, daily_quota_gb=cfg.observability.daily_quota_gb,
+        tags=tags))
+    workspace_id = observability.workspace_id
+
+    net = Network("network", NetworkArgs(
+        resource_group_name=rg, location=cfg.location, vnet_name=names.vnet,
+        address_space=cfg.network.address_space, aks_subnet_prefix=cfg.network.aks_subnet,
+        private_endpoint_subnet_prefix=cfg.network.private_endpoint_subnet,
+        postgres_subnet_prefix=cfg.network.postgres_subnet, private_link_subnet_prefix=cfg.network.private_link_subnet,
+        postgres_dns_zone_name=f"{names.base}.private.postgres.database.azure.com", serving_port=SERVING_PORT,
+        log_analytics_workspace_id=workspace_id, tags=tags))
+
+    vault = KeyVault("keyvault", KeyVaultArgs(
+        resource_group_name=rg, location=cfg.location, name_prefix=names.key_vault_prefix,
+        tenant_id=client.tenant_id, private_endpoint_subnet_id=net.subnet_ids["private-endpoints"],
+        private_dns_zone_id=net.dns_zone_ids["key_vault"], log_analytics_workspace_id=workspace_id,
+        sku=cfg.key_vault.sku, soft_delete_retention_days=cfg.key_vault.soft_delete_retention_days,
+        public_network_access=cfg.key_vault.public_network_access, lock=cfg.resource_locks, tags=tags))
+
+    aks = AksCluster("aks", AksClusterArgs(
+        resource_group_name=rg, location=cfg.location, cluster_name=names.aks,
+        node_resource_group=names.node_resource_group, tenant_id=client.tenant_id,
+        node_subnet_id=net.subnet_ids["aks"], log_analytics_workspace_id=workspace_id,
+        gpu_pools=[GpuPoolArgs(name=p.name, vm_size=p.vm_size, min_count=p.min_count, max_count=p.max_count,
+                               os_disk_size_gb=p.os_disk_size_gb, labels=p.labels, zones=p.zones)
+                   for p in cfg.aks.gpu_pools],
+        kubernetes_version=cfg.aks.kubernetes_version, admin_group_object_ids=cfg.aks.admin_group_object_ids,
+        system_vm_size=cfg.aks.system_vm_size, system_min_count=cfg.aks.system_min_count,
+        system_max_count=cfg.aks.system_max_count, system_zones=cfg.aks.system_zones,
+        private_cluster=cfg.aks.private_cluster, authorized_ip_ranges=cfg.aks.authorized_ip_ranges,
+        sku_tier=cfg.aks.sku_tier, upgrade_channel=cfg.aks.upgrade_channel,
+        node_os_upgrade_channel=cfg.aks.node_os_upgrade_channel, tags=tags))
+
+    identity = WorkloadIdentity("inference-identity", WorkloadIdentityArgs(
+        resource_group_name=rg, location=cfg.location, identity_name=names.identity,
+        oidc_issuer_url=aks.oidc_issuer_url, federated_subjects=federated_subjects(cfg), key_vault_id=vault.vault_id,
+        subscription_id=client.subscription_id, tags=tags))
+
+    postgres = PostgresPgvector("postgres", PostgresPgvectorArgs(
+        resource_group_name=rg, location=cfg.location, name_prefix=names.postgres_prefix,
+        tenant_id=client.tenant_id, delegated_subnet_id=net.subnet_ids["postgres"],
+        private_dns_zone_id=net.dns_zone_ids["postgres"], log_analytics_workspace_id=workspace_id,
+        entra_admins=[EntraAdmin(object_id=identity.principal_id, principal_name=names.identity)],
+        database_name=cfg.postgres.database_name, version=cfg.postgres.version, sku_name=cfg.postgres.sku_name,
+        sku_tier=cfg.postgres.tier, storage_size_gb=cfg.postgres.storage_size_gb,
+        backup_retention_days=cfg.postgres.backup_retention_days,
+        geo_redundant_backup=cfg.postgres.geo_redundant_backup, zone_redundant_ha=cfg.postgres.zone_redundant_ha,
+        password_auth=cfg.postgres.password_auth, key_vault_id=vault.vault_id, key_vault_name=vault.vault_name,
+        lock=cfg.resource_locks, tags=tags))
+
+    redis = ManagedRedis("redis", ManagedRedisArgs(
+        resource_group_name=rg, location=cfg.location, name_prefix=names.redis_prefix,
+        private_endpoint_subnet_id=net.subnet_ids["private-endpoints"], private_dns_zone_id=net.dns_zone_ids["redis"],
+        log_analytics_workspace_id=workspace_id, data_access_principal_ids=[identity.principal_id],
+        sku_name=cfg.redis.sku_name, high_availability=cfg.redis.high_availability,
+        public_network_access=cfg.redis.public_network_access, tags=tags))
+
+    pls_id = private_link_service_id(client.subscription_id, names.node_resource_group, names.private_link_service)
+    front_door = FrontDoor("frontdoor", FrontDoorArgs(
+        resource_group_name=rg, profile_name=names.front_door, endpoint_name=names.front_door_endpoint,
+        waf_policy_name=names.waf_policy, private_link_service_id=pls_id, private_link_location=cfg.location,
+        origin_host_name=cfg.inference.internal_load_balancer_ip, log_analytics_workspace_id=workspace_id,
+        waf_mode=cfg.front_door.waf_mode, rate_limit_per_minute=cfg.front_door.rate_limit_per_minute,
+        origin_port=80, tags=tags))
+
+    credentials = containerservice.list_managed_cluster_user_credentials_output(
+        resource_group_name=rg, resource_name=aks.cluster.name, format="exec")
+    kubeconfig = credentials.kubeconfigs.apply(lambda kcs: base64.b64decode(kcs[0].value).decode())
+    provider = k8s.Provider("aks-provider", kubeconfig=kubeconfig, enable_server_side_apply=True,
+                            opts=pulumi.ResourceOptions(depends_on=list(aks.gpu_pools.values())))
+
+    workloads = deploy_workloads(cfg, provider=provider, identity=identity, vault=vault, postgres=postgres,
+                                 redis=redis, serving_port=SERVING_PORT)
+
+    return {
+        "resourceGroupName": rg,
+        "vnetId": net.vnet.id,
+        "keyVaultUri": vault.vault_uri,
+        "postgresFqdn": postgres.fqdn,
+        "postgresDatabase": postgres.database_name,
+        "redisHostName": redis.host_name,
+        "redisPort": redis.port,
+        "aksClusterName": aks.cluster.name,
+        "aksOidcIssuerUrl": aks.oidc_issuer_url,
+        "inferenceIdentityClientId": identity.client_id,
+        "frontDoorEndpoint": pulumi.Output.concat("https://", front_door.endpoint_host_name),
+        "privateLinkServiceId": pls_id,
+        **workloads,
+    }
+
+
+def main() -> None:
+    """Entry point under the Pulumi engine: bad config fails before any resource is registered."""
+    try:
+        cfg = parse_stack_config(stack_config_values())
+    except ConfigError as exc:
+        # RunError is reported by the engine without a Python traceback.
+        raise pulumi.RunError(str(exc)) from None
+    for key, value in build_platform(cfg).items():
+        pulumi.export(key, value)

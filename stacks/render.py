@@ -1,0 +1,141 @@
+"""Run the real program for a stack under Pulumi's mock runtime and collect what it registers.
+
+No CLI, no credentials, nothing created: the program, components and policies run for real, only
+the cloud answers from stacks/mocks.py. `plan`, the tests and the offline policy check use this.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stacks.config import NAMESPACE, ConfigError, PlatformConfig, parse_stack_config
+
+PROJECT = "inferforge"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RenderedResource:
+    """One registered resource: its inputs exactly as the engine (and CrossGuard's `props`) sees them."""
+
+    type: str
+    name: str
+    urn: str
+    parent_urn: str | None
+    inputs: dict[str, Any]
+    custom: bool
+    id: str | None = None
+
+
+class StackFileError(Exception):
+    """The stack's YAML file is missing or unreadable."""
+
+
+def stack_file(stack: str, root: Path = REPO_ROOT) -> Path:
+    return root / f"Pulumi.{stack}.yaml"
+
+
+def available_stacks(root: Path = REPO_ROOT) -> list[str]:
+    return sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in root.glob("Pulumi.*.yaml"))
+
+
+def load_stack_yaml(stack: str, root: Path = REPO_ROOT) -> dict[str, Any]:
+    """The stack file's `config:` map, as `pulumi config` would hand it to the program."""
+    path = stack_file(stack, root)
+    if not path.is_file():
+        raise StackFileError(f"no stack file {path.name}; allowed stacks: {', '.join(available_stacks(root))}")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise StackFileError(f"{path.name} is not valid YAML: {exc}") from None
+    config = document.get("config") or {}
+    if not isinstance(config, dict):
+        raise StackFileError(f"{path.name}: 'config' must be a mapping of keys to values")
+    return config
+
+
+def engine_config(config: Mapping[str, Any]) -> dict[str, str]:
+    """Encode config as the Pulumi engine passes it to a program: strings, objects as JSON."""
+    encoded = {}
+    for key, value in config.items():
+        full = key if ":" in key else f"{NAMESPACE}:{key}"
+        encoded[full] = value if isinstance(value, str) else json.dumps(value)
+    return encoded
+
+
+def stack_config(stack: str, overrides: Mapping[str, Any] | None = None, root: Path = REPO_ROOT
+                 ) -> dict[str, Any]:
+    """The stack YAML's config with `overrides` (keys with or without `inferforge:`) deep-merged on top."""
+    config = dict(load_stack_yaml(stack, root))
+    for key, value in (overrides or {}).items():
+        full = key if ":" in key else f"{NAMESPACE}:{key}"
+        current = config.get(full)
+        config[full] = _merge(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
+    return config
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(merged[key], value) if isinstance(merged.get(key), dict) and isinstance(value, dict) \
+            else value
+    return merged
+
+
+def validate_stack(stack: str, overrides: Mapping[str, Any] | None = None, root: Path = REPO_ROOT
+                   ) -> PlatformConfig:
+    """Parse and validate a stack's config (raises ConfigError / StackFileError)."""
+    return parse_stack_config(engine_config(stack_config(stack, overrides, root)))
+
+
+def render_stack(stack: str, config_overrides: Mapping[str, Any] | None = None, root: Path = REPO_ROOT
+                 ) -> list[RenderedResource]:
+    """Run the program for `stack` under mocks and return every resource it registered, in order.
+
+    Bad config raises ConfigError before any resource is registered.
+    """
+    import pulumi
+    from pulumi.runtime import mocks as pulumi_mocks
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    from stacks import program
+    from stacks.mocks import AzureMocks, RecordingMonitor
+
+    config = engine_config(stack_config(stack, config_overrides, root))
+    cfg = parse_stack_config(config)  # validated before the runtime exists: nothing is half-registered
+
+    mocks = AzureMocks(location=cfg.location)
+    monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_all_config(config)
+    pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=True, monitor=monitor)
+    try:
+        def run() -> None:
+            for key, value in program.build_platform(cfg).items():
+                pulumi.export(key, value)
+
+        _sync_await(run_pulumi_func(run))
+    finally:
+        pulumi.runtime.set_all_config({})
+    return [RenderedResource(type=r.type, name=r.name, urn=r.urn, parent_urn=r.parent_urn,
+                             inputs=_plain(r.inputs), custom=r.custom, id=r.id)
+            for r in monitor.registrations]
+
+
+def _plain(value: Any) -> Any:
+    """Unknowns and secrets as the engine shows them to policies: plain JSON-able values."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+__all__ = ["ConfigError", "RenderedResource", "StackFileError", "available_stacks", "render_stack",
+           "stack_config", "validate_stack"]

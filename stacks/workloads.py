@@ -1,0 +1,117 @@
+"""The Kubernetes side of the stack: the pgvector Job and the inference service, mapped from config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.identity import WorkloadIdentity
+from components.inference_service import (
+    DownloadModelSource,
+    InferenceService,
+    InferenceServiceArgs,
+    KedaAutoscaling,
+    PvcModelSource,
+)
+from components.keyvault import KeyVault
+from components.pgvector_extension import PgvectorExtension, PgvectorExtensionArgs
+from components.postgres import PostgresPgvector
+from components.redis import ManagedRedis
+from stacks.config import PlatformConfig
+
+PGVECTOR_SERVICE_ACCOUNT = "pgvector-init"
+
+
+def federated_subjects(cfg: PlatformConfig) -> list[str]:
+    """Service accounts that run as the inference workload identity."""
+    namespace = cfg.inference.namespace
+    return [f"system:serviceaccount:{namespace}:{cfg.inference.service_account}",
+            f"system:serviceaccount:{namespace}:{PGVECTOR_SERVICE_ACCOUNT}"]
+
+
+def _model_source(cfg: PlatformConfig) -> PvcModelSource | DownloadModelSource:
+    source = cfg.inference.model_source
+    if source.kind == "download":
+        return DownloadModelSource(repo_id=source.repo_id or "", revision=source.revision or "",
+                                   size_gib=source.size_gi)
+    return PvcModelSource(storage_class=source.storage_class, size_gib=source.size_gi,
+                          existing_claim=source.existing_claim, sub_path=source.sub_path)
+
+
+def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.Input[str],
+                           key_vault_uri: pulumi.Input[str], redis_host: pulumi.Input[str] | None,
+                           redis_port: int, serving_port: int) -> InferenceServiceArgs:
+    """Map the validated `inference` config section onto the component's typed args."""
+    inference = cfg.inference
+    autoscaling = None
+    if inference.autoscaling.enabled:
+        autoscaling = KedaAutoscaling(
+            prometheus_server_address=inference.autoscaling.prometheus_server_address or "",
+            min_replicas=inference.autoscaling.min_replicas, max_replicas=inference.autoscaling.max_replicas,
+            metric=inference.autoscaling.metric, target_per_replica=inference.autoscaling.target_per_replica)
+    period = 10
+    return InferenceServiceArgs(
+        model_name=inference.model_name,
+        image_registry=inference.image.registry,
+        image_repository=inference.image.repository,
+        image_digest=inference.image.digest,
+        image_tag=inference.image.tag,
+        allow_image_tags=cfg.environment == "dev",
+        workload_identity_client_id=identity_client_id,
+        keyvault_url=key_vault_uri,
+        api_keys_secret_name=inference.api_key_secret_name,
+        redis_host=redis_host,
+        redis_port=redis_port,
+        pls_name=cfg.names.private_link_service,
+        pls_subnet_name="snet-private-link",
+        pls_subnet_cidr=cfg.network.private_link_subnet,
+        node_cidr=cfg.network.aks_subnet,
+        private_endpoint_subnet_cidr=cfg.network.private_endpoint_subnet,
+        internal_lb_subnet_name="snet-aks",
+        gpu_node_labels={"inferforge.io/pool": inference.gpu_pool},
+        namespace=inference.namespace,
+        service_account_name=inference.service_account,
+        kubernetes_version=cfg.aks.kubernetes_version,
+        tp_size=inference.tp_size,
+        dtype=inference.dtype,
+        max_batch_size=inference.max_batch_size,
+        max_model_len=inference.max_model_len,
+        replicas=inference.replicas,
+        cpu=inference.cpu,
+        memory_limit_gib=inference.memory_gi,
+        shm_size_gib=inference.shm_size_gi,
+        model_source=_model_source(cfg),
+        startup_period_s=period,
+        startup_failure_threshold=max(1, inference.startup_timeout_seconds // period),
+        prestop_sleep_s=inference.pre_stop_sleep_seconds,
+        drain_timeout_s=inference.drain_timeout_seconds,
+        # 15 s of headroom after preStop + drain for the process to exit before SIGKILL.
+        termination_grace_period_s=inference.pre_stop_sleep_seconds + inference.drain_timeout_seconds + 15,
+        service_port=80,
+        autoscaling=autoscaling,
+        labels={"inferforge.io/environment": cfg.environment},
+    )
+
+
+def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: WorkloadIdentity, vault: KeyVault,
+                     postgres: PostgresPgvector, redis: ManagedRedis, serving_port: int) -> dict[str, Any]:
+    """Register the in-cluster workloads; returns their stack outputs."""
+    inference = InferenceService("inference", inference_service_args(
+        cfg, identity_client_id=identity.client_id, key_vault_uri=vault.vault_uri, redis_host=redis.host_name,
+        redis_port=redis.port, serving_port=serving_port), opts=pulumi.ResourceOptions(provider=provider))
+    PgvectorExtension("pgvector", PgvectorExtensionArgs(
+        namespace=cfg.inference.namespace,
+        host=postgres.fqdn,
+        database=postgres.database_name,
+        entra_principal_name=cfg.names.identity,
+        client_id=identity.client_id,
+        tenant_id=identity.tenant_id,
+        azure_cli_image=cfg.inference.pgvector_job.azure_cli_image,
+        postgres_client_image=cfg.inference.pgvector_job.postgres_client_image,
+        postgres_subnet_cidr=cfg.network.postgres_subnet,
+        allow_image_tags=cfg.environment == "dev",
+        service_account_name=PGVECTOR_SERVICE_ACCOUNT,
+    ), opts=pulumi.ResourceOptions(provider=provider, depends_on=[inference, postgres]))
+    return {"inferenceNamespace": inference.namespace, "inferenceService": inference.service_name}
