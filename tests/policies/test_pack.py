@@ -1,0 +1,77 @@
+"""The pack itself: metadata every policy must carry, and the entry point the Pulumi CLI runs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from pulumi_policy import ResourceValidationPolicy, StackValidationPolicy
+
+from policies.pack import ALL_POLICIES, PACK_NAME
+
+from .conftest import REPO
+
+NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)+$")
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES, ids=lambda p: p.name)
+def test_every_policy_is_documented_for_a_reviewer(policy) -> None:
+    assert NAME.match(policy.name), "names are <service>-<rule> in kebab case"
+    assert isinstance(policy, ResourceValidationPolicy | StackValidationPolicy)
+    assert policy.severity is not None
+    assert f"[severity: {policy.severity.value}]" in policy.description
+    assert len(policy.description) > 40
+    assert policy.remediation_steps and len(policy.remediation_steps) > 20
+
+
+@pytest.mark.parametrize("policy", [p for p in ALL_POLICIES if p.config_schema], ids=lambda p: p.name)
+def test_every_config_property_has_a_default_and_a_description(policy) -> None:
+    for key, schema in policy.config_schema.properties.items():
+        assert "default" in schema, f"{policy.name}.{key} has no default"
+        assert schema.get("description"), f"{policy.name}.{key} has no description"
+
+
+def test_policy_names_are_unique() -> None:
+    names = [p.name for p in ALL_POLICIES]
+    assert len(names) == len(set(names))
+
+
+def test_the_cli_entry_point_builds_the_pack_from_inside_the_pack_directory() -> None:
+    # The CLI runs `python -m pulumi.policy <addr> <pack dir>` with the pack dir as working directory,
+    # which calls runpy.run_path(dir): a top-level script with only the pack dir importable. PolicyPack
+    # would start a gRPC server and block, so it is replaced by a recorder here.
+    script = textwrap.dedent(
+        """
+        import runpy, sys
+        import pulumi_policy
+        built = {}
+        class Recorder:
+            def __init__(self, **kwargs):
+                built.update(kwargs)
+        pulumi_policy.PolicyPack = Recorder
+        sys.path[0] = "."
+        runpy.run_path(".", run_name="__main__")
+        print(built["name"], len(built["policies"]), built["enforcement_level"].value)
+        print(sorted(m for m in sys.modules if m == "policies" or m.startswith("policies.")))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO / "policies", capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()
+    assert first == f"{PACK_NAME} {len(ALL_POLICIES)} mandatory"
+    assert second == "[]", "the pack must not depend on the repository root being importable"
+
+
+def test_policy_project_file_declares_the_python_runtime() -> None:
+    import yaml
+
+    project = yaml.safe_load((REPO / "policies" / "PulumiPolicy.yaml").read_text())
+
+    assert project["runtime"]["name"] == "python"
+    assert (REPO / "policies" / "requirements.txt").read_text().count("pulumi-policy==") == 1
