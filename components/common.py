@@ -125,9 +125,11 @@ def diagnostic_settings(
     categories: DiagnosticCategories = ALL_LOGS_AND_METRICS,
 ) -> monitor.DiagnosticSetting:
     """Send a resource's logs and metrics to the stack's Log Analytics workspace."""
-    logs = [monitor.DiagnosticsLogSettingsArgs(category_group=group, enabled=True) for group in categories.log_category_groups]
-    logs += [monitor.DiagnosticsLogSettingsArgs(category=category, enabled=True) for category in categories.log_categories]
-    metrics = [monitor.DiagnosticsMetricSettingsArgs(category="AllMetrics", enabled=True)] if categories.metrics else None
+    log_setting = monitor.DiagnosticsLogSettingsArgs
+    logs = [log_setting(category_group=group, enabled=True) for group in categories.log_category_groups]
+    logs += [log_setting(category=category, enabled=True) for category in categories.log_categories]
+    metrics = ([monitor.DiagnosticsMetricSettingsArgs(category="AllMetrics", enabled=True)]
+               if categories.metrics else None)
     return monitor.DiagnosticSetting(
         f"{name}-diag",
         name=f"{name}-to-log-analytics",
