@@ -522,13 +522,14 @@ def _restricted_container_security() -> k8s.core.v1.SecurityContextArgs:
     )
 
 
-def _name_of(resource: k8s.core.v1.Namespace | k8s.core.v1.Service | k8s.core.v1.ServiceAccount
-             | k8s.apps.v1.Deployment) -> pulumi.Output[str]:
+def name_of(resource: k8s.core.v1.Namespace | k8s.core.v1.Service | k8s.core.v1.ServiceAccount
+            | k8s.apps.v1.Deployment | k8s.batch.v1.Job) -> pulumi.Output[str]:
     """metadata.name of a created object as an Output, so consumers depend on its creation."""
-    return resource.metadata.apply(lambda meta: meta["name"] if isinstance(meta, dict) else meta.name)
+    return resource.metadata.apply(lambda meta: meta.name)
 
 
-def _kubernetes_provider(opts: pulumi.ResourceOptions | None, component: str) -> k8s.Provider:
+def _kubernetes_provider(opts: pulumi.ResourceOptions | None, component: str,
+                         error: type[InferenceServiceConfigError] = InferenceServiceConfigError) -> k8s.Provider:
     """The explicit Kubernetes provider from ``opts``; refuse the ambient kubeconfig."""
     if opts is not None:
         if isinstance(opts.provider, k8s.Provider):
@@ -540,7 +541,7 @@ def _kubernetes_provider(opts: pulumi.ResourceOptions | None, component: str) ->
             for candidate in providers:
                 if isinstance(candidate, k8s.Provider):
                     return candidate
-    raise InferenceServiceConfigError(
+    raise error(
         f"{component} needs an explicit pulumi_kubernetes.Provider in opts (provider=...) built from the AKS "
         "cluster credentials; refusing to deploy to the ambient kubeconfig")
 
@@ -577,7 +578,7 @@ class InferenceService(pulumi.ComponentResource):
             metadata=k8s.meta.v1.ObjectMetaArgs(name=args.namespace, labels={**self._labels, **self._pod_security()}),
             opts=child,
         )
-        ns_name = _name_of(namespace)
+        ns_name = name_of(namespace)
         self._ns = ns_name
 
         service_account = k8s.core.v1.ServiceAccount(
@@ -634,9 +635,9 @@ class InferenceService(pulumi.ComponentResource):
             self._scaled_object(name, child)
 
         self.namespace = ns_name
-        self.service_name = _name_of(service)
-        self.deployment_name = _name_of(deployment)
-        self.service_account_name = _name_of(service_account)
+        self.service_name = name_of(service)
+        self.deployment_name = name_of(deployment)
+        self.service_account_name = name_of(service_account)
         self.pls_name = pulumi.Output.from_input(args.pls_name)
         self.register_outputs({
             "namespace": self.namespace,

@@ -63,6 +63,7 @@ from components.inference_service import (
     _fail,
     _kubernetes_provider,
     _restricted_container_security,
+    name_of,
     public_ip_block,
 )
 
@@ -182,7 +183,7 @@ class PgvectorExtension(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: PgvectorExtensionArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         args.validate()
-        provider = _kubernetes_provider(opts, "PgvectorExtension")
+        provider = _kubernetes_provider(opts, "PgvectorExtension", PgvectorExtensionConfigError)
         super().__init__("inferforge:data:PgvectorExtension", name, None, opts)
         child = pulumi.ResourceOptions(parent=self, provider=provider)
         selector = {"app.kubernetes.io/name": "inferforge-pgvector", "app.kubernetes.io/instance": name}
@@ -215,9 +216,8 @@ class PgvectorExtension(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[service_account, policy])),
         )
 
-        self.job_name = job.metadata.apply(lambda m: m["name"] if isinstance(m, dict) else m.name)
-        self.service_account_name = service_account.metadata.apply(
-            lambda m: m["name"] if isinstance(m, dict) else m.name)
+        self.job_name = name_of(job)
+        self.service_account_name = name_of(service_account)
         self.register_outputs({
             "job_name": self.job_name,
             "service_account_name": self.service_account_name,

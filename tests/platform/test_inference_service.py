@@ -56,7 +56,12 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.resources.append(RecordedResource(
             type=args.typ, name=args.name, urn=urn, parent_urn=None, inputs=args.inputs,
             custom=args.custom if args.custom is not None else True, id=resource_id, provider=args.provider))
-        return resource_id, dict(args.inputs)
+        outputs = dict(args.inputs)
+        metadata = outputs.get("metadata")
+        if args.typ.startswith("kubernetes:") and isinstance(metadata, dict) and "name" not in metadata:
+            # pulumi-kubernetes auto-names objects without metadata.name (resource name + random suffix).
+            outputs["metadata"] = {**metadata, "name": f"{args.name}-a1b2c3d4"}
+        return resource_id, outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
         return {}

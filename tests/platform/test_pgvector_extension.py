@@ -1,0 +1,159 @@
+"""PgvectorExtension under mocks: a schema-valid, idempotent, password-free in-cluster Job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pulumi
+import pytest
+
+from components.pgvector_extension import (
+    PgvectorExtension,
+    PgvectorExtensionArgs,
+    PgvectorExtensionConfigError,
+)
+from tests.platform.test_inference_service import CLUSTER_VERSION, manifests, render
+
+CLI_IMAGE = "mcr.microsoft.com/azure-cli@sha256:" + "1" * 64
+PSQL_IMAGE = "docker.io/library/postgres@sha256:" + "2" * 64
+
+
+def job_args(**overrides: Any) -> PgvectorExtensionArgs:
+    values: dict[str, Any] = dict(
+        namespace="inference",
+        host="psql-inferforge-prod.postgres.database.azure.com",
+        database="inferforge",
+        entra_principal_name="id-inferforge-prod-pgadmin",
+        client_id="00000000-0000-0000-0000-000000000002",
+        tenant_id="00000000-0000-0000-0000-0000000000aa",
+        azure_cli_image=CLI_IMAGE,
+        postgres_client_image=PSQL_IMAGE,
+        postgres_subnet_cidr="10.20.5.0/24",
+    )
+    values.update(overrides)
+    return PgvectorExtensionArgs(**values)
+
+
+def render_job(args: PgvectorExtensionArgs) -> dict[str, dict[str, Any]]:
+    return manifests(render(lambda provider: PgvectorExtension("pgvector", args,
+                                                               pulumi.ResourceOptions(provider=provider))))
+
+
+@pytest.fixture(scope="module")
+def objects() -> dict[str, dict[str, Any]]:
+    return render_job(job_args())
+
+
+def pod_of(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return objects["Job"]["spec"]["template"]
+
+
+def test_every_rendered_object_validates_against_the_cluster_openapi_schema(
+        objects: dict[str, dict[str, Any]]) -> None:
+    assert set(objects) == {"ServiceAccount", "NetworkPolicy", "Job"}
+    for manifest in objects.values():
+        kubernetes_validate.validate(manifest, CLUSTER_VERSION, strict=True)
+
+
+def test_job_creates_the_extension_idempotently_and_fails_on_sql_errors(objects: dict[str, dict[str, Any]]) -> None:
+    (psql,) = pod_of(objects)["spec"]["containers"]
+    script = psql["command"][-1]
+    assert psql["command"][:2] == ["/bin/sh", "-ec"]
+    assert "CREATE EXTENSION IF NOT EXISTS vector;" in script
+    assert "ON_ERROR_STOP=1" in script
+    env = {e["name"]: e["value"] for e in psql["env"]}
+    assert env["PGHOST"] == "psql-inferforge-prod.postgres.database.azure.com"
+    assert env["PGDATABASE"] == "inferforge"
+    assert env["PGUSER"] == "id-inferforge-prod-pgadmin"
+    assert env["PGSSLMODE"] == "require"
+
+
+def test_token_comes_from_workload_identity_not_a_password(objects: dict[str, dict[str, Any]]) -> None:
+    template = pod_of(objects)
+    (get_token,) = template["spec"]["initContainers"]
+    assert get_token["image"] == CLI_IMAGE
+    script = get_token["command"][-1]
+    assert "--federated-token" in script and "$AZURE_FEDERATED_TOKEN_FILE" in script
+    assert "--resource-type oss-rdbms" in script
+    assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    # The psql container needs the database token, not the federated identity token.
+    assert template["metadata"]["annotations"] == {"azure.workload.identity/skip-containers": "psql"}
+    assert objects["ServiceAccount"]["metadata"]["annotations"] == {
+        "azure.workload.identity/client-id": "00000000-0000-0000-0000-000000000002",
+        "azure.workload.identity/tenant-id": "00000000-0000-0000-0000-0000000000aa",
+    }
+    token_volume = next(v for v in template["spec"]["volumes"] if v["name"] == "pgtoken")
+    assert token_volume["emptyDir"]["medium"] == "Memory"
+    assert not any("PGPASSWORD" == e["name"] for c in template["spec"]["containers"] for e in c["env"])
+    assert job_args().federated_subject == "system:serviceaccount:inference:pgvector-init"
+
+
+def test_job_is_bounded_and_cleaned_up(objects: dict[str, dict[str, Any]]) -> None:
+    spec = objects["Job"]["spec"]
+    assert spec["backoffLimit"] == 4
+    assert spec["activeDeadlineSeconds"] == 600
+    assert spec["ttlSecondsAfterFinished"] == 86400
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    assert "name" not in objects["Job"]["metadata"]  # auto-named: a changed spec re-runs as a new Job
+
+
+def test_containers_follow_the_restricted_security_rules(objects: dict[str, dict[str, Any]]) -> None:
+    pod = pod_of(objects)["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod["initContainers"] + pod["containers"]:
+        context = container["securityContext"]
+        assert context["runAsNonRoot"] is True and context["allowPrivilegeEscalation"] is False
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["resources"]["limits"]["memory"]
+
+
+def test_network_policy_allows_only_dns_postgres_and_entra(objects: dict[str, dict[str, Any]]) -> None:
+    spec = objects["NetworkPolicy"]["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod_of(objects)["metadata"]["labels"].items()
+    assert spec["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in spec
+    dns, postgres, entra = spec["egress"]
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert postgres == {"to": [{"ipBlock": {"cidr": "10.20.5.0/24"}}], "ports": [{"protocol": "TCP", "port": 5432}]}
+    assert "169.254.0.0/16" in entra["to"][0]["ipBlock"]["except"]
+
+
+def test_job_tolerates_the_system_pool_taint_by_default(objects: dict[str, dict[str, Any]]) -> None:
+    assert pod_of(objects)["spec"]["tolerations"] == [
+        {"key": "CriticalAddonsOnly", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
+    assert "tolerations" not in pod_of(render_job(job_args(tolerations=())))["spec"]
+
+
+def test_every_child_uses_the_provider_passed_in_opts() -> None:
+    mocked = render(lambda provider: PgvectorExtension("pgvector", job_args(),
+                                                       pulumi.ResourceOptions(provider=provider)))
+    children = [r for r in mocked if r.type.startswith("kubernetes:")]
+    assert children and all("pulumi:providers:kubernetes::aks::" in (r.provider or "") for r in children)
+    with pytest.raises(PgvectorExtensionConfigError, match="explicit pulumi_kubernetes.Provider"):
+        render(lambda _provider: PgvectorExtension("pgvector", job_args()))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"azure_cli_image": "mcr.microsoft.com/azure-cli:latest"},
+     r"azure_cli_image='mcr.microsoft.com/azure-cli:latest' is invalid: must be pinned by digest"),
+    ({"postgres_client_image": "postgres:17", "allow_image_tags": True, "azure_cli_image": "Bad Image"},
+     r"azure_cli_image='Bad Image' is invalid"),
+    ({"ssl_mode": "disable"}, r"ssl_mode='disable' is invalid: must be 'require' or 'verify-full'"),
+    ({"postgres_subnet_cidr": "10.20.5.7/24"}, r"postgres_subnet_cidr='10.20.5.7/24' is invalid: must be an IPv4"),
+    ({"namespace": "Inference_NS"}, r"namespace='Inference_NS' is invalid"),
+    ({"backoff_limit": -1}, r"backoff_limit=-1 is invalid"),
+    ({"tolerations": ("CriticalAddonsOnly",)}, r"tolerations='CriticalAddonsOnly' is invalid"),
+])
+def test_bad_args_are_rejected_with_a_message_naming_field_and_rule(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(PgvectorExtensionConfigError, match=message):
+        job_args(**overrides)
+
+
+def test_dev_may_use_tagged_images_when_allowed() -> None:
+    args = job_args(azure_cli_image="mcr.microsoft.com/azure-cli:2.67.0", postgres_client_image="postgres:17",
+                    allow_image_tags=True)
+    (psql,) = pod_of(render_job(args))["spec"]["containers"]
+    assert psql["image"] == "postgres:17"
