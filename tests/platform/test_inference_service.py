@@ -25,6 +25,7 @@ from components.inference_service import (
     KedaAutoscaling,
     PvcModelSource,
 )
+from policies.offline import config_path_for, evaluate
 
 CLUSTER_VERSION = "1.33"
 PROD_DIGEST = "sha256:" + "0123456789abcdef" * 4
@@ -469,3 +470,15 @@ def test_args_mutated_after_construction_are_checked_again_before_deploying() ->
     with pytest.raises(InferenceServiceConfigError, match="tp_size=9"):
         render_service(args)
 
+
+
+# ------------------------------------------------------------------------------------------ policies
+def test_prod_shaped_output_passes_the_policy_pack_with_the_prod_config() -> None:
+    violations = evaluate(render_service(prod_args()), config_path_for("prod"), "prod")
+    assert [(v.policy_name, v.message) for v in violations] == []
+
+
+def test_policy_pack_rejects_a_tag_pinned_image_under_the_prod_config() -> None:
+    dev_image = prod_args(image_digest=None, image_tag="0.1.0-dev", allow_image_tags=True)
+    violations = evaluate(render_service(dev_image), config_path_for("prod"), "prod")
+    assert {v.policy_name for v in violations} == {"k8s-image-digest-pinned"}

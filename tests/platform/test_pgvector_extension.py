@@ -13,10 +13,12 @@ from components.pgvector_extension import (
     PgvectorExtensionArgs,
     PgvectorExtensionConfigError,
 )
+from policies.offline import config_path_for, evaluate
 from tests.platform.test_inference_service import CLUSTER_VERSION, manifests, render
 
-CLI_IMAGE = "mcr.microsoft.com/azure-cli@sha256:" + "1" * 64
-PSQL_IMAGE = "docker.io/library/postgres@sha256:" + "2" * 64
+# Prod pulls only from the platform's ACR (k8s-allowed-registry): upstream images are `az acr import`ed.
+CLI_IMAGE = "crinferforgeprod.azurecr.io/mirror/azure-cli@sha256:" + "1" * 64
+PSQL_IMAGE = "crinferforgeprod.azurecr.io/mirror/postgres@sha256:" + "2" * 64
 
 
 def job_args(**overrides: Any) -> PgvectorExtensionArgs:
@@ -35,9 +37,12 @@ def job_args(**overrides: Any) -> PgvectorExtensionArgs:
     return PgvectorExtensionArgs(**values)
 
 
+def render_resources(args: PgvectorExtensionArgs) -> list[Any]:
+    return render(lambda provider: PgvectorExtension("pgvector", args, pulumi.ResourceOptions(provider=provider)))
+
+
 def render_job(args: PgvectorExtensionArgs) -> dict[str, dict[str, Any]]:
-    return manifests(render(lambda provider: PgvectorExtension("pgvector", args,
-                                                               pulumi.ResourceOptions(provider=provider))))
+    return manifests(render_resources(args))
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +162,14 @@ def test_dev_may_use_tagged_images_when_allowed() -> None:
                     allow_image_tags=True)
     (psql,) = pod_of(render_job(args))["spec"]["containers"]
     assert psql["image"] == "postgres:17"
+
+
+def test_prod_shaped_job_passes_the_policy_pack_with_the_prod_config() -> None:
+    violations = evaluate(render_resources(job_args()), config_path_for("prod"), "prod")
+    assert [(v.policy_name, v.message) for v in violations] == []
+
+
+def test_policy_pack_rejects_upstream_registries_in_prod() -> None:
+    upstream = job_args(azure_cli_image="mcr.microsoft.com/azure-cli@sha256:" + "1" * 64)
+    violations = evaluate(render_resources(upstream), config_path_for("prod"), "prod")
+    assert [v.policy_name for v in violations] == ["k8s-allowed-registry"]
