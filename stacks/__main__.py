@@ -1,0 +1,28 @@
+"""Two entry points in one place, because Pulumi.yaml's `main: stacks/` runs this file.
+
+- Under the Pulumi engine (`pulumi up/preview`): the program (stacks/program.py).
+- From a shell (`python -m stacks plan --stack dev`): the offline command line.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def _under_pulumi_engine() -> bool:
+    from pulumi.runtime.settings import SETTINGS
+
+    return SETTINGS.monitor is not None
+
+
+if _under_pulumi_engine():
+    # The engine runs this file by path: make `components` and `stacks` importable from the project root.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from stacks.program import main
+
+    main()
+else:
+    from stacks.cli import main as cli_main
+
+    sys.exit(cli_main(sys.argv[1:]))

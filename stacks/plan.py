@@ -1,0 +1,132 @@
+"""`python -m stacks plan`: preview a stack offline and check it against the policy pack.
+
+Runs the real program under Pulumi's mock runtime (no CLI, no credentials, nothing created), prints
+a preview-like tree of every resource `pulumi up` would create, evaluates the CrossGuard pack with
+the stack's enforcement config (policies/config/<stack>.json), and exits non-zero when a mandatory
+policy is violated.
+
+Exit codes: 0 clean (advisory findings allowed), 1 mandatory policy violations, 2 bad input
+(unknown stack, invalid stack config, invalid policy config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stacks.config import ConfigError
+from stacks.render import RenderedResource, StackFileError, available_stacks, render_stack
+
+EXIT_OK, EXIT_MANDATORY, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def resource_tree(resources: Sequence[RenderedResource]) -> str:
+    """A `pulumi preview`-like tree: each resource under its parent, with type and name."""
+    children: dict[str | None, list[RenderedResource]] = {}
+    urns = {r.urn for r in resources}
+    for resource in resources:
+        parent = resource.parent_urn if resource.parent_urn in urns else None
+        children.setdefault(parent, []).append(resource)
+
+    lines = ["     Type                                                   Name", " +   pulumi:pulumi:Stack"]
+
+    def walk(parent: str | None, depth: int) -> None:
+        for resource in children.get(parent, []):
+            indent = "   " * depth
+            lines.append(f" +   {indent}├─ {resource.type:<{max(1, 52 - len(indent))}} {resource.name}")
+            walk(resource.urn, depth + 1)
+
+    walk(None, 1)
+    return "\n".join(lines)
+
+
+def counts_summary(resources: Sequence[RenderedResource]) -> str:
+    custom = [r for r in resources if r.custom]
+    by_provider = Counter(r.type.split(":", 1)[0] for r in custom)
+    parts = ", ".join(f"{n} {p}" for p, n in sorted(by_provider.items()))
+    return (f"Resources:\n    + {len(custom)} to create ({parts})\n"
+            f"    {len(resources) - len(custom)} components, {len(resources)} registrations in all")
+
+
+def _json_document(stack: str, resources: Sequence[RenderedResource], violations: Sequence[Any] | None
+                   ) -> dict[str, Any]:
+    return {
+        "stack": stack,
+        "summary": {"create": sum(r.custom for r in resources), "components": sum(not r.custom for r in resources),
+                    "byType": dict(Counter(r.type for r in resources if r.custom))},
+        "resources": [{"urn": r.urn, "type": r.type, "name": r.name, "parent": r.parent_urn, "custom": r.custom,
+                       "id": r.id, "inputs": r.inputs} for r in resources],
+        "violations": None if violations is None else [v.to_dict() for v in violations],
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stacks plan", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stack", required=True, help=f"stack to plan; one of: {', '.join(available_stacks())}")
+    parser.add_argument("--json", action="store_true", help="print resources, inputs and violations as JSON")
+    parser.add_argument("--markdown", metavar="FILE", type=Path,
+                        help="also write a Markdown summary (PR comment / $GITHUB_STEP_SUMMARY); '-' for stdout")
+    parser.add_argument("--no-policies", action="store_true", help="preview only; skip the policy pack")
+    parser.add_argument("--policy-config", metavar="FILE", type=Path,
+                        help="policy-pack config (default: policies/config/<stack>.json)")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    stacks = available_stacks()
+    if args.stack not in stacks:
+        print(f"error: unknown stack '{args.stack}'; allowed: {', '.join(stacks)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        resources = render_stack(args.stack)
+    except (ConfigError, StackFileError) as exc:
+        print(f"error: stack '{args.stack}': {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    violations = None
+    if not args.no_policies:
+        from policies.offline import (
+            PolicyConfigError,
+            config_path_for,
+            evaluate,
+            format_markdown,
+            format_text,
+            has_mandatory,
+        )
+
+        config_path = args.policy_config or config_path_for(args.stack)
+        try:
+            violations = evaluate(resources, config_path, args.stack)
+        except (PolicyConfigError, OSError) as exc:
+            print(f"error: policy config {config_path}: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+
+    if args.json:
+        print(json.dumps(_json_document(args.stack, resources, violations), indent=2, default=str))
+    else:
+        print(f"Previewing stack '{args.stack}' (offline: Pulumi mock runtime, nothing is created)\n")
+        print(resource_tree(resources))
+        print()
+        print(counts_summary(resources))
+        if violations is not None:
+            print()
+            print(format_text(violations, args.stack))
+
+    if args.markdown and violations is not None:
+        summary = format_markdown(violations, args.stack)
+        summary += "\n\n" + "\n".join(["<details><summary>Resources</summary>", "", "```",
+                                       counts_summary(resources), "```", "</details>"])
+        if str(args.markdown) == "-":
+            print(summary)
+        else:
+            args.markdown.write_text(summary + "\n")
+
+    if violations is not None and has_mandatory(violations):
+        return EXIT_MANDATORY
+    return EXIT_OK
