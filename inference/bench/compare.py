@@ -131,17 +131,22 @@ def run_compare(args: argparse.Namespace) -> int:
 
     ours: dict[str, BenchmarkMetrics] = {}
     server_runs: dict[str, Any] = {}
+    server_error: str | None = None
     log_path = args.server_log or (args.out.with_suffix(".server.log") if args.out else Path("server.log"))
-    with launched_server(args.launch_server, log_path, args.threads) as is_alive:
-        for concurrency in args.max_concurrency:
-            name = f"ours_c{concurrency}"
-            print(f"server at max concurrency {concurrency} ...", flush=True)
-            config, run = asyncio.run(benchmark_server(args, prompts, concurrency, math.inf, is_alive))
-            print(format_metrics_table(name, run.metrics, args.percentiles))
-            for warning in describe_mismatches(run, args.input_len):
-                print(warning)
-            ours[name] = run.metrics
-            server_runs[name] = run_summary(config, run)
+    try:
+        with launched_server(args.launch_server, log_path, args.threads) as is_alive:
+            for concurrency in args.max_concurrency:
+                name = f"ours_c{concurrency}"
+                print(f"server at max concurrency {concurrency} ...", flush=True)
+                config, run = asyncio.run(benchmark_server(args, prompts, concurrency, math.inf, is_alive))
+                print(format_metrics_table(name, run.metrics, args.percentiles))
+                for warning in describe_mismatches(run, args.input_len):
+                    print(warning)
+                ours[name] = run.metrics
+                server_runs[name] = run_summary(config, run)
+    except BenchmarkError as exc:
+        # Keep the baselines (minutes of work) in the result file; the failure is recorded there too.
+        server_error = f"{exc}" + (f" (server log: {log_path})" if args.launch_server else "")
 
     ours_dicts = {k: v.to_dict() for k, v in ours.items()}
     base_dicts = {k: v.to_dict() for k, v in baselines.items()}
@@ -167,8 +172,15 @@ def run_compare(args: argparse.Namespace) -> int:
             "base_url": args.base_url,
         }
         document = result_document(
-            "compare", config, baselines=base_dicts, ours=server_runs, ratios={RATIO_METRIC: ratios}
+            "compare",
+            config,
+            baselines=base_dicts,
+            ours=server_runs,
+            ratios={RATIO_METRIC: ratios},
+            server_error=server_error,
         )
         write_json(args.out, document)
         print(f"wrote {args.out}")
+    if server_error:
+        raise BenchmarkError(server_error)
     return 0 if all(m.completed for m in ours.values()) else 1
