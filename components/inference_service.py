@@ -528,6 +528,12 @@ def name_of(resource: k8s.core.v1.Namespace | k8s.core.v1.Service | k8s.core.v1.
     return resource.metadata.apply(lambda meta: meta.name)
 
 
+def _first_ingress_ip(status: object) -> str | None:
+    """``status.loadBalancer.ingress[0].ip`` of a Service, or None before the cloud provider assigned it."""
+    ingress = getattr(getattr(status, "load_balancer", None), "ingress", None) if status is not None else None
+    return ingress[0].ip if ingress else None
+
+
 def _kubernetes_provider(opts: pulumi.ResourceOptions | None, component: str,
                          error: type[InferenceServiceConfigError] = InferenceServiceConfigError) -> k8s.Provider:
     """The explicit Kubernetes provider from ``opts``; refuse the ambient kubeconfig."""
@@ -554,6 +560,7 @@ class InferenceService(pulumi.ComponentResource):
     deployment_name: pulumi.Output[str]
     service_account_name: pulumi.Output[str]
     pls_name: pulumi.Output[str]
+    load_balancer_ip: pulumi.Output[str | None]
 
     def __init__(self, name: str, args: InferenceServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         args.validate()  # dataclasses can be mutated after __post_init__; check what is actually deployed
@@ -639,12 +646,16 @@ class InferenceService(pulumi.ComponentResource):
         self.deployment_name = name_of(deployment)
         self.service_account_name = name_of(service_account)
         self.pls_name = pulumi.Output.from_input(args.pls_name)
+        # Front Door's private-link origin needs the ILB's private IP as host name; Pulumi's Service await
+        # fills status once the cloud provider assigned it (the PLS is created alongside).
+        self.load_balancer_ip = service.status.apply(_first_ingress_ip)
         self.register_outputs({
             "namespace": self.namespace,
             "service_name": self.service_name,
             "deployment_name": self.deployment_name,
             "service_account_name": self.service_account_name,
             "pls_name": self.pls_name,
+            "load_balancer_ip": self.load_balancer_ip,
             "federated_subject": args.federated_subject,
         })
 

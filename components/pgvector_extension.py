@@ -28,7 +28,10 @@ Entra administrator of the server (``entra_principal_name`` is its principal nam
 federated credential whose subject is :attr:`PgvectorExtensionArgs.federated_subject`; the
 ``azure.extensions`` configuration and the database exist (pass them in ``opts.depends_on``); the
 namespace exists. Use a dedicated identity, not the inference one: a database admin credential does
-not belong on the serving pods.
+not belong on the serving pods. Images are digest-pinned; the prod policy pack only admits the
+platform's ACR (``k8s-allowed-registry``), so import them first, e.g.
+``az acr import -n <acr> --source mcr.microsoft.com/azure-cli:<ver> --image mirror/azure-cli:<ver>`` and
+``az acr import -n <acr> --source docker.io/library/postgres:17 --image mirror/postgres:17``.
 
 Re-runs and TTL: the Job is auto-named, so changing its spec makes Pulumi create a fresh Job (a re-run)
 before deleting the old one. ``ttl_seconds_after_finished`` lets Kubernetes garbage-collect the

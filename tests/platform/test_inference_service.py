@@ -29,6 +29,7 @@ from policies.offline import config_path_for, evaluate
 
 CLUSTER_VERSION = "1.33"
 PROD_DIGEST = "sha256:" + "0123456789abcdef" * 4
+INTERNAL_LB_IP = "10.20.0.250"
 
 
 @dataclass
@@ -62,6 +63,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if args.typ.startswith("kubernetes:") and isinstance(metadata, dict) and "name" not in metadata:
             # pulumi-kubernetes auto-names objects without metadata.name (resource name + random suffix).
             outputs["metadata"] = {**metadata, "name": f"{args.name}-a1b2c3d4"}
+        if args.typ == "kubernetes:core/v1:Service" and outputs.get("spec", {}).get("type") == "LoadBalancer":
+            # What the Azure cloud provider reports once the internal load balancer exists.
+            outputs["status"] = {"loadBalancer": {"ingress": [{"ip": INTERNAL_LB_IP}]}}
         return resource_id, outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
@@ -423,16 +427,16 @@ def test_pvc_source_mounts_the_claim_read_only(prod: dict[str, dict[str, Any]]) 
     assert "initContainers" not in pod
 
 
-def test_outputs_name_namespace_service_deployment_and_pls() -> None:
+def test_outputs_name_namespace_service_deployment_pls_and_load_balancer_ip() -> None:
     outputs: dict[str, Any] = {}
 
     def build(provider: k8s.Provider) -> None:
         service = InferenceService("inference", prod_args(), pulumi.ResourceOptions(provider=provider))
         pulumi.Output.all(service.namespace, service.service_name, service.deployment_name,
-                          service.pls_name).apply(lambda v: outputs.update(values=v))
+                          service.pls_name, service.load_balancer_ip).apply(lambda v: outputs.update(values=v))
 
     render(build)
-    assert outputs["values"] == ["inference", "inference", "inference", "pls-inferforge-prod"]
+    assert outputs["values"] == ["inference", "inference", "inference", "pls-inferforge-prod", INTERNAL_LB_IP]
 
 
 # ------------------------------------------------------------------------------------------ bad args
