@@ -356,6 +356,8 @@ class InferenceServiceArgs:
     """NAT IPs the PLS allocates in its subnet (1-8)."""
     internal_lb_subnet_name: str | None = None
     """Subnet for the internal LB frontend; None uses the node subnet."""
+    internal_lb_ip: str | None = None
+    """Static private IP of the ILB frontend (Front Door's origin host name); None lets Azure pick one."""
     metrics_scraper_namespace: str = "kube-system"
     """Namespace of the Prometheus scraper (AKS managed Prometheus runs ama-metrics in kube-system)."""
     entra_egress_cidrs: Sequence[str] = ("0.0.0.0/0",)
@@ -490,6 +492,13 @@ class InferenceServiceArgs:
         _check_range("service_port", self.service_port, 1, 65535)
         _check_range("pls_nat_ip_count", self.pls_nat_ip_count, 1, 8)
         _check_dns_label("metrics_scraper_namespace", self.metrics_scraper_namespace)
+        if self.internal_lb_ip is not None:
+            try:
+                address = ipaddress.IPv4Address(self.internal_lb_ip)
+            except ValueError:
+                raise _fail("internal_lb_ip", self.internal_lb_ip, "must be an IPv4 address") from None
+            if not address.is_private:
+                raise _fail("internal_lb_ip", self.internal_lb_ip, "must be a private address (internal LB)")
         for subscription in self.pls_visibility:
             if subscription != "*" and not re.match(r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$", subscription):
                 raise _fail("pls_visibility", subscription, "entries must be subscription GUIDs or '*'")
@@ -689,6 +698,9 @@ class InferenceService(pulumi.ComponentResource):
             annotations[f"{prefix}azure-pls-visibility"] = " ".join(args.pls_visibility)
         if args.internal_lb_subnet_name:
             annotations[f"{prefix}azure-load-balancer-internal-subnet"] = args.internal_lb_subnet_name
+        if args.internal_lb_ip:
+            # spec.loadBalancerIP is deprecated; the Azure cloud provider reads this annotation.
+            annotations[f"{prefix}azure-load-balancer-ipv4"] = args.internal_lb_ip
         return annotations
 
     def _model_claim(self, name: str, child: pulumi.ResourceOptions) -> str | None:

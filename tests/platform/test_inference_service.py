@@ -357,6 +357,14 @@ def test_service_is_an_internal_load_balancer_with_a_private_link_service(prod: 
     assert service["spec"]["selector"] == prod["Deployment"]["spec"]["selector"]["matchLabels"]
 
 
+def test_a_static_internal_ip_is_requested_through_the_azure_annotation() -> None:
+    objects = manifests(render_service(prod_args(internal_lb_ip="10.20.0.250", internal_lb_subnet_name="snet-aks")))
+    annotations = objects["Service"]["metadata"]["annotations"]
+    assert annotations["service.beta.kubernetes.io/azure-load-balancer-ipv4"] == "10.20.0.250"
+    assert annotations["service.beta.kubernetes.io/azure-load-balancer-internal-subnet"] == "snet-aks"
+    assert "loadBalancerIP" not in objects["Service"]["spec"]
+
+
 def test_network_policy_admits_only_the_load_balancer_path_and_the_scraper(prod: dict[str, dict[str, Any]]) -> None:
     spec = prod["NetworkPolicy"]["spec"]
     assert spec["policyTypes"] == ["Ingress", "Egress"]
@@ -456,6 +464,7 @@ def test_outputs_name_namespace_service_deployment_pls_and_load_balancer_ip() ->
     ({"node_cidr": "10.20.0.1/22"}, r"node_cidr='10.20.0.1/22' is invalid: must be an IPv4 CIDR"),
     ({"namespace": "Inference"}, r"namespace='Inference' is invalid: must be a DNS-1123 label"),
     ({"pls_visibility": ("my-subscription",)}, r"pls_visibility='my-subscription' is invalid"),
+    ({"internal_lb_ip": "20.1.2.3"}, r"internal_lb_ip='20.1.2.3' is invalid: must be a private address"),
     ({"model_source": DownloadModelSource(repo_id="Qwen/Qwen2.5-7B-Instruct", revision="main")},
      r"model_source.revision='main' is invalid: must be a 40-hex commit SHA"),
     ({"autoscaling": KedaAutoscaling(prometheus_server_address="https://p", min_replicas=0)},
