@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import resource
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -50,6 +51,14 @@ class RunResult:
     results: list[RequestResult]
     metrics: BenchmarkMetrics
     warmup_failures: list[str]
+    client_cpu_s: float = 0.0
+    """CPU time this process spent during the measured run: on a small machine the load generator
+    competes with the server for cores, so the result file says how much it took."""
+
+
+def _process_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _client(config: LoadConfig, connections: int) -> httpx.AsyncClient:
@@ -93,6 +102,7 @@ async def run_load(
 
         offsets = arrival_offsets(len(prompts), config.request_rate, config.seed, config.burstiness)
         limit = asyncio.Semaphore(in_flight)
+        cpu_start = _process_cpu_s()
         run_start = time.perf_counter()
 
         async def scheduled(prompt: Prompt, offset: float) -> RequestResult:
@@ -113,6 +123,7 @@ async def run_load(
                 await task
         # Duration ends at the last completion; after a timeout, at the timeout.
         duration = time.perf_counter() - run_start
+        client_cpu = _process_cpu_s() - cpu_start
 
     results: list[RequestResult] = []
     for prompt, task in zip(prompts, tasks, strict=True):
@@ -125,4 +136,4 @@ async def run_load(
                 else f"client error: {task.exception()!r}"
             )
             results.append(RequestResult(False, prompt.prompt_len, config.settings.output_len, error=reason))
-    return RunResult(results, compute_metrics(results, duration, percentiles), warmup_errors)
+    return RunResult(results, compute_metrics(results, duration, percentiles), warmup_errors, client_cpu)

@@ -79,6 +79,7 @@ def run_summary(config: LoadConfig, run: RunResult) -> dict[str, Any]:
         "load": config.describe(),
         "metrics": run.metrics.to_dict(),
         "warmup_failures": run.warmup_failures,
+        "client_cpu_s": run.client_cpu_s,
         "requests": {
             "prompt_lens": [r.prompt_len for r in run.results],
             "output_lens": [r.output_len for r in run.results],
@@ -92,8 +93,9 @@ def run_summary(config: LoadConfig, run: RunResult) -> dict[str, Any]:
 
 
 def describe_mismatches(run: RunResult, expected_input_len: int | None) -> list[str]:
-    """Warnings when the server did not honour the exact lengths asked for."""
-    warnings = []
+    """Notes on the run: the load generator's own CPU use, and any length the server did not honour."""
+    share = run.client_cpu_s / run.metrics.duration_s
+    warnings = [f"load generator CPU during the run: {run.client_cpu_s:.2f}s ({share:.0%} of one core)"]
     metrics = run.metrics
     if metrics.output_len_mismatches:
         lens = sorted({r.output_len for r in run.results if r.success and r.output_len != r.expected_output_len})
