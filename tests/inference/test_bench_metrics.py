@@ -16,8 +16,14 @@ from inference.bench.metrics import (
 )
 
 
-def ok(ttft: float, latency: float, output_len: int, itl: list[float] | None = None, prompt_len: int = 32,
-       expected: int | None = None) -> RequestResult:
+def ok(
+    ttft: float,
+    latency: float,
+    output_len: int,
+    itl: list[float] | None = None,
+    prompt_len: int = 32,
+    expected: int | None = None,
+) -> RequestResult:
     return RequestResult(
         success=True,
         prompt_len=prompt_len,
@@ -168,9 +174,18 @@ def test_metrics_dict_uses_vllm_key_names_for_every_family_and_percentile():
     for family in ("ttft", "tpot", "itl", "e2el"):
         for stat in ("mean", "median", "std", "p50", "p90", "p99"):
             assert f"{stat}_{family}_ms" in out
-    for key in ("completed", "failed", "duration", "total_input_tokens", "total_output_tokens",
-                "request_throughput", "output_throughput", "total_token_throughput",
-                "output_len_mismatches", "errors"):
+    for key in (
+        "completed",
+        "failed",
+        "duration",
+        "total_input_tokens",
+        "total_output_tokens",
+        "request_throughput",
+        "output_throughput",
+        "total_token_throughput",
+        "output_len_mismatches",
+        "errors",
+    ):
         assert key in out
     assert out["mean_ttft_ms"] == pytest.approx(100.0)
     assert out["median_tpot_ms"] == pytest.approx(200.0)
