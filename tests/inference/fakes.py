@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ class FakeEngine:
             for i in range(request.params.max_tokens):
                 if self.token_delay_s:
                     await asyncio.sleep(self.token_delay_s)
-                while self.hold and i >= 1 and not self.release.is_set():
+                while self.hold and i >= 1 and not self.release.is_set() and not self.dead:
                     await asyncio.sleep(0.005)
                 if self.dead:
                     raise EngineDeadError("fake engine died mid-request")
@@ -165,6 +166,26 @@ def serve_in_thread(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@dataclass
+class RunningFake:
+    """A FakeEngine behind the real app and uvicorn, on 127.0.0.1."""
+
+    url: str
+    engine: FakeEngine
+    state: Any  # inference.server.ServerState: lets a test flip `draining`
+
+
+@contextlib.contextmanager
+def fake_server(tokenizer: Any, api_keys: Any = None, **engine_kwargs: Any) -> Iterator[RunningFake]:
+    """Serve a FakeEngine through `create_app` in a background thread."""
+    from inference.server import create_app
+
+    engine = FakeEngine(tokenizer, **engine_kwargs)
+    app = create_app(engine, tokenizer, api_keys=api_keys)
+    with serve_in_thread(app) as url:
+        yield RunningFake(url, engine, app.state.server)
 
 
 def load_tokenizer(model_dir: Path) -> Any:
