@@ -160,3 +160,25 @@ def render_inference_service(**overrides: Any) -> list[Resource]:
 def inference_service_resources() -> list[Resource]:
     """InferenceService output (tensor-parallel size 2, image pinned by digest), rendered once."""
     return render_inference_service()
+
+
+@pytest.fixture(scope="session")
+def prod_resources() -> list[Any]:
+    """The shipped prod stack rendered by the real program under mocks (once per session)."""
+    from stacks.render import render_stack
+
+    return render_stack("prod")
+
+
+@pytest.fixture(scope="session")
+def dev_resources() -> list[Any]:
+    """The shipped dev stack rendered by the real program under mocks (once per session)."""
+    from stacks.render import render_stack
+
+    return render_stack("dev")
+
+
+def stack_entry(stack: str, name: str) -> dict[str, Any]:
+    """A policy's config properties from policies/config/<stack>.json (enforcement level dropped)."""
+    entry = json.loads((CONFIG_DIR / f"{stack}.json").read_text()).get(name, {})
+    return {k: v for k, v in entry.items() if k != "enforcementLevel"} if isinstance(entry, dict) else {}

@@ -73,7 +73,11 @@ def test_schema_defaults_fill_in_and_given_values_override(tmp_path) -> None:
 
     assert settings["aks-gpu-pool-max-nodes"].properties == {"maxNodesPerPool": 2}
     assert settings["aks-gpu-stack-max-nodes"].properties == {"maxNodesPerStack": 8}
-    assert settings["azure-required-tags"].properties["requiredTags"] == ["owner", "cost-center", "environment"]
+    assert settings["azure-required-tags"].properties["requiredTags"] == [
+        "owner",
+        "cost-center",
+        "environment",
+    ]
     assert settings["keyvault-rbac-authorization"].enforcement_level == EnforcementLevel.ADVISORY
 
 
@@ -88,11 +92,14 @@ def test_without_a_policy_entry_the_pack_default_is_mandatory(tmp_path) -> None:
         ({"aks-gpu-pool-max-nodes": {"maxNodesPerPool": "four"}}, '"aks-gpu-pool-max-nodes.maxNodesPerPool"'),
         ({"aks-gpu-pool-max-nodes": {"maxNodesPerPool": -1}}, "minimum of 0"),
         ({"azure-minimum-tls-version": {"minimumVersion": "1.0"}}, "'1.0' is not one of ['1.2', '1.3']"),
-        ({"aks-gpu-pool-max-nodes": {"maxNodes": 3}}, "unknown config key(s) maxNodes; allowed: maxNodesPerPool"),
+        (
+            {"aks-gpu-pool-max-nodes": {"maxNodes": 3}},
+            "unknown config key(s) maxNodes; allowed: maxNodesPerPool",
+        ),
         ({"keyvault-purge-protection": {"strict": True}}, "allowed: none (only enforcementLevel)"),
         ({"keyvault-purge-protecton": "mandatory"}, "unknown policy name(s) keyvault-purge-protecton"),
         ({"keyvault-purge-protection": "blocking"}, "'blocking' is not an enforcement level"),
-        ({"all": "strict"}, '"all": \'strict\' is not an enforcement level'),
+        ({"all": "strict"}, "\"all\": 'strict' is not an enforcement level"),
         ({"keyvault-purge-protection": 3}, "must be an enforcement level string or an object"),
         ("{not json", "not valid JSON"),
         ([], "the top level must be an object"),
@@ -112,8 +119,14 @@ def test_missing_config_file_is_a_clear_error(tmp_path) -> None:
 
 def test_levels_from_config_reach_the_violations(tmp_path) -> None:
     public = vault(publicNetworkAccess="enabled", enablePurgeProtection=False)
-    path = write(tmp_path, {"all": "advisory", "keyvault-public-network-disabled": "mandatory",
-                            "keyvault-purge-protection": "disabled"})
+    path = write(
+        tmp_path,
+        {
+            "all": "advisory",
+            "keyvault-public-network-disabled": "mandatory",
+            "keyvault-purge-protection": "disabled",
+        },
+    )
 
     violations = evaluate([public], path, "test")
 
@@ -126,7 +139,9 @@ def test_levels_from_config_reach_the_violations(tmp_path) -> None:
 
 
 def test_violation_carries_severity_remediation_and_resource(tmp_path) -> None:
-    violations = evaluate([vault(enableRbacAuthorization=False)], write(tmp_path, {"all": "mandatory"}), "test")
+    violations = evaluate(
+        [vault(enableRbacAuthorization=False)], write(tmp_path, {"all": "mandatory"}), "test"
+    )
 
     [v] = [v for v in violations if v.policy_name == "keyvault-rbac-authorization"]
     assert (v.severity, v.resource_type, v.resource_name) == ("high", VAULT, "kv")
@@ -146,7 +161,10 @@ def test_policies_see_values_as_the_analyzer_server_delivers_them(tmp_path) -> N
     from pulumi_policy import PolicyConfigSchema
 
     probe = ResourceValidationPolicy(
-        name="probe", description="records what it sees", validate=spy, severity=Severity.LOW,
+        name="probe",
+        description="records what it sees",
+        validate=spy,
+        severity=Severity.LOW,
         config_schema=PolicyConfigSchema(properties={"limit": {"type": "integer", "default": 3}}),
     )
     resource = Resource("test:index:Thing", "t", "urn:t", None, {"count": 2, "nested": {"a": 1}}, True, "t")
@@ -170,10 +188,22 @@ def test_unknown_values_make_an_advisory_note_not_a_crash(tmp_path) -> None:
 
 def _sample() -> list[Violation]:
     return [
-        Violation("keyvault-public-network-disabled", "mandatory", "critical", "urn:kv", VAULT, "kv",
-                  "properties.publicNetworkAccess is 'enabled'", "Set it to disabled | private"),
-        Violation("azure-required-tags", "advisory", "low", "urn:kv", VAULT, "kv", "missing tags: owner", "Tag it"),
-        Violation("aks-gpu-stack-max-nodes", "mandatory", "medium", None, None, None, "too many GPUs", "Shrink"),
+        Violation(
+            "keyvault-public-network-disabled",
+            "mandatory",
+            "critical",
+            "urn:kv",
+            VAULT,
+            "kv",
+            "properties.publicNetworkAccess is 'enabled'",
+            "Set it to disabled | private",
+        ),
+        Violation(
+            "azure-required-tags", "advisory", "low", "urn:kv", VAULT, "kv", "missing tags: owner", "Tag it"
+        ),
+        Violation(
+            "aks-gpu-stack-max-nodes", "mandatory", "medium", None, None, None, "too many GPUs", "Shrink"
+        ),
     ]
 
 

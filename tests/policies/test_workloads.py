@@ -70,7 +70,10 @@ BROKEN = {
     "runAsNonRoot false": ("k8s-run-as-non-root", _security("runAsNonRoot", False)),
     "runs as uid 0": ("k8s-run-as-non-root", _security("runAsUser", 0)),
     "no limits": ("k8s-resources-required", lambda i: server(i)["resources"].pop("limits")),
-    "no memory request": ("k8s-resources-required", lambda i: server(i)["resources"]["requests"].pop("memory")),
+    "no memory request": (
+        "k8s-resources-required",
+        lambda i: server(i)["resources"]["requests"].pop("memory"),
+    ),
     "no readiness probe": ("k8s-readiness-probe", lambda i: server(i).pop("readinessProbe")),
     "Docker Hub image": ("k8s-allowed-registry", _set(server, "image", f"python@{DIGEST}")),
     "foreign registry": ("k8s-allowed-registry", _set(server, "image", f"ghcr.io/x/server@{DIGEST}")),
@@ -125,7 +128,9 @@ def test_keda_max_replicas_above_the_cap_is_caught(tmp_path) -> None:
     from components.inference_service import KedaAutoscaling
 
     resources = render_inference_service(
-        autoscaling=KedaAutoscaling(prometheus_server_address="http://prometheus.monitoring:9090", max_replicas=6)
+        autoscaling=KedaAutoscaling(
+            prometheus_server_address="http://prometheus.monitoring:9090", max_replicas=6
+        )
     )
 
     assert run_policy("k8s-inference-max-replicas", resources, tmp_path, {"maxReplicas": 6}) == []
@@ -149,7 +154,9 @@ def test_workload_policies_ignore_non_inference_gpu_free_jobs(tmp_path) -> None:
 
     assert run_policy("k8s-gpu-limit-matches-tp", [job], tmp_path) == []
     assert run_policy("k8s-readiness-probe", [job], tmp_path) == []  # Jobs run to completion
-    assert {v.policy_name for v in run_policy("k8s-run-as-non-root", [job], tmp_path)} == {"k8s-run-as-non-root"}
+    assert {v.policy_name for v in run_policy("k8s-run-as-non-root", [job], tmp_path)} == {
+        "k8s-run-as-non-root"
+    }
 
 
 @pytest.mark.parametrize(

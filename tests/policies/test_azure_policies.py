@@ -1,0 +1,241 @@
+"""Azure policies against the real program's output: shipped stacks comply, one broken property fails."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from policies.pack import ALL_POLICIES
+
+from .conftest import break_property, of_type, run_policy, set_path, stack_entry
+
+VAULT = "azure-native:keyvault:Vault"
+POSTGRES = "azure-native:dbforpostgresql:Server"
+PG_CONFIG = "azure-native:dbforpostgresql:Configuration"
+REDIS = "azure-native:redisenterprise:RedisEnterprise"
+REDIS_DB = "azure-native:redisenterprise:Database"
+NSG = "azure-native:network:NetworkSecurityGroup"
+AKS = "azure-native:containerservice:ManagedCluster"
+POOL = "azure-native:containerservice:AgentPool"
+ROUTE = "azure-native:cdn:Route"
+WAF = "azure-native:frontdoor:Policy"
+SECURITY_POLICY = "azure-native:cdn:SecurityPolicy"
+PRIVATE_ENDPOINT = "azure-native:network:PrivateEndpoint"
+DIAGNOSTIC = "azure-native:monitor:DiagnosticSetting"
+
+AZURE_POLICIES = [p.name for p in ALL_POLICIES if not p.name.startswith("k8s-")]
+
+Mutation = Callable[[list[Any]], list[Any]]
+
+
+def set_on(type_token: str, path: str, value: Any) -> Mutation:
+    return lambda resources: break_property(resources, of_type(type_token), set_path(path, value))
+
+
+def mutate_on(type_token: str, mutate: Callable[[dict[str, Any]], None]) -> Mutation:
+    return lambda resources: break_property(resources, of_type(type_token), mutate)
+
+
+def drop(predicate: Callable[[Any], bool]) -> Mutation:
+    def mutation(resources: list[Any]) -> list[Any]:
+        kept = [r for r in resources if not predicate(r)]
+        assert len(kept) < len(resources), "drop matched no resource"
+        return kept
+
+    return mutation
+
+
+def targets(type_token: str, key: str, id_part: str) -> Callable[[Any], bool]:
+    """A resource of ``type_token`` whose input ``key`` mentions ``id_part`` (e.g. an id fragment)."""
+    return lambda r: r.type == type_token and id_part.lower() in str(r.inputs.get(key, "")).lower()
+
+
+def open_rule(inputs: dict[str, Any]) -> None:
+    inputs.setdefault("securityRules", []).append(
+        {
+            "name": "allow-any-https",
+            "direction": "Inbound",
+            "access": "Allow",
+            "protocol": "Tcp",
+            "sourceAddressPrefix": "*",
+            "sourcePortRange": "*",
+            "destinationAddressPrefix": "*",
+            "destinationPortRange": "443",
+            "priority": 4000,
+        }
+    )
+
+
+def system_pool_in_one_zone(inputs: dict[str, Any]) -> None:
+    for pool in inputs["agentPoolProfiles"]:
+        if pool.get("mode") == "System":
+            pool["availabilityZones"] = ["1"]
+
+
+def drop_bot_rules(inputs: dict[str, Any]) -> None:
+    rule_sets = inputs["managedRules"]["managedRuleSets"]
+    inputs["managedRules"]["managedRuleSets"] = [r for r in rule_sets if "Bot" not in r["ruleSetType"]]
+
+
+def drop_owner_tag(inputs: dict[str, Any]) -> None:
+    inputs["tags"].pop("owner")
+
+
+# policy -> (case, mutation of the prod stack's resources); every Azure policy has at least one.
+BROKEN: list[tuple[str, str, Mutation]] = [
+    (
+        "keyvault-public-network-disabled",
+        "vault public",
+        set_on(VAULT, "properties.publicNetworkAccess", "enabled"),
+    ),
+    (
+        "keyvault-public-network-disabled",
+        "ACL allows",
+        set_on(VAULT, "properties.networkAcls.defaultAction", "Allow"),
+    ),
+    (
+        "keyvault-private-endpoint",
+        "no vault PE",
+        drop(targets(PRIVATE_ENDPOINT, "privateLinkServiceConnections", "Microsoft.KeyVault/vaults")),
+    ),
+    (
+        "postgres-public-network-disabled",
+        "server public",
+        set_on(POSTGRES, "network.publicNetworkAccess", "Enabled"),
+    ),
+    (
+        "postgres-private-access",
+        "no delegated subnet",
+        mutate_on(POSTGRES, lambda i: i["network"].pop("delegatedSubnetResourceId")),
+    ),
+    ("redis-public-network-disabled", "redis public", set_on(REDIS, "publicNetworkAccess", "Enabled")),
+    (
+        "redis-private-endpoint",
+        "no redis PE",
+        drop(targets(PRIVATE_ENDPOINT, "privateLinkServiceConnections", "Microsoft.Cache/redisEnterprise")),
+    ),
+    ("nsg-no-internet-inbound", "allow * inbound", mutate_on(NSG, open_rule)),
+    (
+        "aks-api-server-restricted",
+        "public API",
+        set_on(AKS, "apiServerAccessProfile.enablePrivateCluster", False),
+    ),
+    ("aks-no-node-public-ip", "GPU node public IP", set_on(POOL, "enableNodePublicIP", True)),
+    ("azure-minimum-tls-version", "redis TLS 1.0", set_on(REDIS, "minimumTlsVersion", "1.0")),
+    (
+        "azure-minimum-tls-version",
+        "postgres TLS 1.1",
+        lambda rs: break_property(
+            rs,
+            lambda r: r.type == PG_CONFIG and r.inputs["configurationName"] == "ssl_min_protocol_version",
+            set_path("value", "TLSv1.1"),
+        ),
+    ),
+    ("redis-tls-only", "plaintext redis", set_on(REDIS_DB, "clientProtocol", "Plaintext")),
+    ("frontdoor-route-https-only", "no redirect", set_on(ROUTE, "httpsRedirect", "Disabled")),
+    (
+        "postgres-require-secure-transport",
+        "secure transport OFF",
+        lambda rs: break_property(
+            rs,
+            lambda r: r.type == PG_CONFIG and r.inputs["configurationName"] == "require_secure_transport",
+            set_path("value", "OFF"),
+        ),
+    ),
+    (
+        "postgres-require-secure-transport",
+        "parameter missing",
+        drop(lambda r: r.type == PG_CONFIG and r.inputs["configurationName"] == "require_secure_transport"),
+    ),
+    (
+        "keyvault-rbac-authorization",
+        "access policies",
+        set_on(VAULT, "properties.enableRbacAuthorization", False),
+    ),
+    (
+        "keyvault-purge-protection",
+        "no purge protection",
+        mutate_on(VAULT, lambda i: i["properties"].pop("enablePurgeProtection")),
+    ),
+    ("aks-local-accounts-disabled", "local accounts", set_on(AKS, "disableLocalAccounts", False)),
+    ("aks-entra-rbac", "no Azure RBAC", set_on(AKS, "aadProfile.enableAzureRBAC", False)),
+    ("aks-workload-identity", "no OIDC issuer", set_on(AKS, "oidcIssuerProfile.enabled", False)),
+    ("redis-access-keys-disabled", "access keys on", set_on(REDIS_DB, "accessKeysAuthentication", "Enabled")),
+    ("postgres-entra-auth", "no Entra auth", set_on(POSTGRES, "authConfig.activeDirectoryAuth", "Disabled")),
+    (
+        "postgres-password-auth-disabled",
+        "passwords on",
+        set_on(POSTGRES, "authConfig.passwordAuth", "Enabled"),
+    ),
+    ("aks-gpu-vm-size-allowed", "T4 in prod", set_on(POOL, "vmSize", "Standard_NC64as_T4_v3")),
+    ("aks-gpu-pool-max-nodes", "pool of 10", set_on(POOL, "maxCount", 10)),
+    ("aks-gpu-stack-max-nodes", "stack of 9", set_on(POOL, "maxCount", 9)),
+    ("postgres-zone-redundant-ha", "same-zone HA", set_on(POSTGRES, "highAvailability.mode", "SameZone")),
+    (
+        "postgres-geo-redundant-backup",
+        "local backup",
+        set_on(POSTGRES, "backup.geoRedundantBackup", "Disabled"),
+    ),
+    ("redis-high-availability", "no redis HA", set_on(REDIS, "highAvailability", "Disabled")),
+    ("aks-system-pool-zones", "one zone", mutate_on(AKS, system_pool_in_one_zone)),
+    (
+        "monitor-diagnostic-settings",
+        "vault not logged",
+        drop(targets(DIAGNOSTIC, "resourceUri", "Microsoft.KeyVault/vaults")),
+    ),
+    ("azure-required-tags", "no owner tag", mutate_on(VAULT, drop_owner_tag)),
+    ("frontdoor-waf-attached", "no security policy", drop(lambda r: r.type == SECURITY_POLICY)),
+    ("frontdoor-waf-prevention-mode", "detection", set_on(WAF, "policySettings.mode", "Detection")),
+    ("frontdoor-waf-managed-rules", "no bot rules", mutate_on(WAF, drop_bot_rules)),
+]
+
+
+def test_every_azure_policy_has_a_violating_case() -> None:
+    assert {name for name, _, _ in BROKEN} == set(AZURE_POLICIES)
+
+
+@pytest.mark.parametrize("name", AZURE_POLICIES)
+def test_prod_stack_output_is_compliant(name: str, prod_resources, tmp_path) -> None:
+    assert run_policy(name, prod_resources, tmp_path, stack_entry("prod", name)) == []
+
+
+@pytest.mark.parametrize(("name", "case", "mutation"), BROKEN, ids=[f"{n}:{c}" for n, c, _ in BROKEN])
+def test_breaking_one_property_of_prod_is_caught(
+    name: str, case: str, mutation: Mutation, prod_resources, tmp_path
+) -> None:
+    violations = run_policy(name, mutation(prod_resources), tmp_path, stack_entry("prod", name))
+
+    assert violations, f"{name} did not catch: {case}"
+    assert {v.policy_name for v in violations} == {name}
+    assert all(v.enforcement_level == "mandatory" for v in violations)
+
+
+def test_dev_public_api_server_inside_the_configured_ranges_passes(dev_resources, tmp_path) -> None:
+    config = stack_entry("dev", "aks-api-server-restricted")
+
+    assert run_policy("aks-api-server-restricted", dev_resources, tmp_path, config) == []
+
+
+@pytest.mark.parametrize("ranges", [["0.0.0.0/0"], ["198.18.0.0/15"], []])
+def test_dev_api_server_open_beyond_the_configured_ranges_fails(ranges, dev_resources, tmp_path) -> None:
+    opened = break_property(
+        dev_resources, of_type(AKS), set_path("apiServerAccessProfile.authorizedIPRanges", ranges)
+    )
+
+    violations = run_policy(
+        "aks-api-server-restricted", opened, tmp_path, stack_entry("dev", "aks-api-server-restricted")
+    )
+
+    assert [v.policy_name for v in violations] == ["aks-api-server-restricted"]
+
+
+def test_front_door_backend_service_tag_is_the_allowed_exception(prod_resources, tmp_path) -> None:
+    def front_door_rule(inputs: dict[str, Any]) -> None:
+        open_rule(inputs)
+        inputs["securityRules"][-1]["sourceAddressPrefix"] = "AzureFrontDoor.Backend"
+
+    assert (
+        run_policy("nsg-no-internet-inbound", mutate_on(NSG, front_door_rule)(prod_resources), tmp_path) == []
+    )

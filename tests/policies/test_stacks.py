@@ -1,0 +1,45 @@
+"""Whole stacks through the offline evaluator with their shipped enforcement config."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from policies.offline import config_path_for, evaluate, format_text, has_mandatory
+
+
+def test_shipped_prod_stack_has_no_mandatory_violation(prod_resources) -> None:
+    violations = evaluate(prod_resources, config_path_for("prod"), "prod")
+
+    assert not has_mandatory(violations), format_text(violations, "prod")
+
+
+def test_shipped_dev_stack_has_no_mandatory_violation(dev_resources) -> None:
+    violations = evaluate(dev_resources, config_path_for("dev"), "dev")
+
+    assert not has_mandatory(violations), format_text(violations, "dev")
+
+
+def test_evaluating_a_whole_stack_takes_well_under_a_second(prod_resources) -> None:
+    started = time.perf_counter()
+    evaluate(prod_resources, config_path_for("prod"), "prod")
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "policy"),
+    [
+        ({"keyVault": {"publicNetworkAccess": "Enabled"}}, "keyvault-public-network-disabled"),
+        ({"redis": {"publicNetworkAccess": "Enabled"}}, "redis-public-network-disabled"),
+        ({"frontDoor": {"wafMode": "Detection"}}, "frontdoor-waf-prevention-mode"),
+    ],
+    ids=["keyvault-public", "redis-public", "waf-detection"],
+)
+def test_weakened_prod_config_is_blocked_naming_the_policy(overrides, policy) -> None:
+    from stacks.render import render_stack
+
+    violations = evaluate(render_stack("prod", overrides), config_path_for("prod"), "prod")
+
+    mandatory = {v.policy_name for v in violations if v.enforcement_level == "mandatory"}
+    assert policy in mandatory
