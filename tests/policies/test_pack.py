@@ -75,3 +75,9 @@ def test_policy_project_file_declares_the_python_runtime() -> None:
 
     assert project["runtime"]["name"] == "python"
     assert (REPO / "policies" / "requirements.txt").read_text().count("pulumi-policy==") == 1
+
+
+def test_readme_lists_every_policy() -> None:
+    readme = (REPO / "policies" / "README.md").read_text()
+    missing = [p.name for p in ALL_POLICIES if f"| `{p.name}` |" not in readme]
+    assert not missing, f"policies/README.md does not list {missing}"
