@@ -106,10 +106,11 @@ class RequestTimer:
             self._metrics.itl.observe(now - self._last_token_at)
         self._last_token_at = now
 
-    def finish(self) -> float:
-        """Record the end-to-end latency; returns it in seconds."""
+    def finish(self, record: bool = True) -> float:
+        """The end-to-end latency in seconds, observed in the histogram when `record`."""
         elapsed = time.perf_counter() - self.start
-        self._metrics.e2e.observe(elapsed)
+        if record:
+            self._metrics.e2e.observe(elapsed)
         return elapsed
 
     @property

@@ -324,49 +324,53 @@ def _engine_config(args: argparse.Namespace) -> Any:
 
     return EngineConfig(
         model_dir=args.model_dir,
-        model_name=args.model_name or args.model_dir.resolve().name,
+        model_name=args.model_name,
         dtype=args.dtype,
         max_batch_size=args.max_batch_size,
         max_waiting=args.max_waiting,
         max_model_len=args.max_model_len,
+        # The step token budget must hold one decode token per batch slot.
+        max_num_batched_tokens=max(2048, args.max_batch_size),
     )
 
 
-async def _serve_rank0(args: argparse.Namespace, api_keys: APIKeys | None) -> int:
-    from inference.engine import start_engine
+async def _serve_rank0(args: argparse.Namespace, engine: Any, api_keys: APIKeys | None) -> int:
     from inference.server import create_app
 
-    engine = await start_engine(_engine_config(args))
-    app = create_app(engine, engine.tokenizer, api_keys=api_keys,
-                     model_name=args.model_name or engine.model_name)
+    app = create_app(engine, engine.tokenizer, api_keys=api_keys, model_name=engine.model_name)
     log.info("serving", extra={"fields": {"host": args.host, "port": args.port, "model": engine.model_name,
                                            "tp_size": args.tp_size, "auth": api_keys is not None}})
     return await serve_app(app, engine, LifecycleConfig(args.host, args.port, args.drain_timeout))
 
 
-def _run_follower(args: argparse.Namespace) -> int:
-    from inference.engine import run_follower
-
-    run_follower(_engine_config(args))
-    return EXIT_OK
-
-
 def _run_rank(args: argparse.Namespace) -> int:
+    from inference.engine import start_engine
+
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     configure_logging(rank)
     if world != args.tp_size:
         raise UsageError(f"--tp-size {args.tp_size} does not match the launcher's WORLD_SIZE {world}")
-    if rank != 0:
-        return _run_follower(args)
+    api_keys = None
+    if rank == 0:
+        try:
+            # Keys first: a wrong key source should fail in seconds, not after loading the model.
+            api_keys = load_api_keys(args)
+        except KeyLoadError as exc:
+            log.error("cannot load API keys", extra={"fields": {"error": str(exc)}})
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
-        # Keys first: a wrong key source should fail in seconds, not after loading the model.
-        api_keys = load_api_keys(args)
-    except KeyLoadError as exc:
-        log.error("cannot load API keys", extra={"fields": {"error": str(exc)}})
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return asyncio.run(_serve_rank0(args, api_keys))
+        config = _engine_config(args)
+        config.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    # Loads (and shards) the model on every rank. Followers run their step loop in here and
+    # return None at shutdown (SystemExit(3) if rank 0 is lost).
+    engine = start_engine(config)
+    if engine is None:
+        return EXIT_OK
+    return asyncio.run(_serve_rank0(args, engine, api_keys))
 
 
 # ---- supervisor for --tp-size > 1 -----------------------------------------------------------------------
@@ -452,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-    if code != EXIT_OK:
-        _exit_now(code)
-    return code
+    # The server ran: exit now rather than wait on interpreter teardown of torch/DeepSpeed state
+    # (seconds), or on a thread a library forgot to mark as daemon.
+    _exit_now(code)
+    return code  # pragma: no cover

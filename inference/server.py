@@ -204,7 +204,7 @@ class Generation:
             total_tokens=self.prompt_tokens + self.completion_tokens,
         )
 
-    async def close(self, status: int = 200) -> None:
+    async def close(self, status: int = 200, record: bool = True) -> None:
         """Release the engine stream (aborting it if unfinished), record metrics, log one line."""
         if self._closed:
             return
@@ -218,11 +218,12 @@ class Generation:
         if aclose is not None:
             with suppress(Exception):
                 await aclose()
-        e2e = self.timer.finish()
-        metrics = self.state.metrics
-        metrics.prompt_tokens.inc(self.prompt_tokens)
-        metrics.generation_tokens.inc(self.completion_tokens)
-        metrics.request_finished(self.finish_reason)
+        e2e = self.timer.finish(record=record)
+        if record:
+            metrics = self.state.metrics
+            metrics.prompt_tokens.inc(self.prompt_tokens)
+            metrics.generation_tokens.inc(self.completion_tokens)
+            metrics.request_finished(self.finish_reason)
         ttft = self.timer.ttft_s
         log.info(
             "request finished",
@@ -412,7 +413,11 @@ class OpenAIServer:
             await _unless_disconnected(request, gen.start())
         except BaseException as exc:
             mapped = errors.from_engine_exception(exc)
-            await gen.close(status=mapped.status if mapped else 499)
+            if mapped is None and isinstance(exc, ValueError):
+                # The engine contract: ValueError at admission means the request cannot be served.
+                mapped = errors.bad_request(str(exc), code="invalid_request")
+            # A refused request never ran: log it, but keep it out of the finished-request metrics.
+            await gen.close(status=mapped.status if mapped else 499, record=mapped is None)
             if mapped is not None:
                 raise mapped from None
             raise
