@@ -41,10 +41,12 @@ def _load_registry() -> ModuleType:
 
 
 registry = _load_registry()
+_readme = Path(__file__).resolve().parent / "README.md"
 
 PolicyPack(
     name=registry.PACK_NAME,
     description=registry.PACK_DESCRIPTION,
+    readme=_readme.read_text(encoding="utf-8") if _readme.is_file() else None,
     enforcement_level=registry.PACK_ENFORCEMENT_LEVEL,
     policies=registry.ALL_POLICIES,
     provider="azure",

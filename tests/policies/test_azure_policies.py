@@ -239,3 +239,32 @@ def test_front_door_backend_service_tag_is_the_allowed_exception(prod_resources,
     assert (
         run_policy("nsg-no-internet-inbound", mutate_on(NSG, front_door_rule)(prod_resources), tmp_path) == []
     )
+
+
+@pytest.mark.parametrize(
+    ("type_token", "taggable"),
+    [
+        (VAULT, True),
+        ("azure-native:network:VirtualNetwork", True),
+        (POOL, True),
+        ("azure-native:cdn:AFDEndpoint", True),
+        ("azure-native:network:Subnet", False),
+        (DIAGNOSTIC, False),
+        (ROUTE, False),
+        ("azure-native:authorization:RoleAssignment", False),
+        ("azure-native:nosuchservice:Thing", False),
+        ("kubernetes:apps/v1:Deployment", False),
+    ],
+)
+def test_taggable_types_are_those_whose_sdk_args_accept_tags(type_token: str, taggable: bool) -> None:
+    from policies.tagging import accepts_tags
+
+    assert accepts_tags(type_token) is taggable
+
+
+def test_prod_has_many_taggable_resources_and_all_carry_the_required_tags(prod_resources) -> None:
+    from policies.tagging import accepts_tags
+
+    taggable = [r for r in prod_resources if accepts_tags(r.type)]
+    assert len(taggable) > 20
+    assert all(set(r.inputs.get("tags", {})) >= {"owner", "cost-center", "environment"} for r in taggable)
