@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from stacks.config import ConfigError
-from stacks.render import RenderedResource, StackFileError, available_stacks, render_stack
+from stacks.render import RenderedResource, SecretValue, StackFileError, available_stacks, render_stack
 
 EXIT_OK, EXIT_MANDATORY, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -53,6 +53,17 @@ def counts_summary(resources: Sequence[RenderedResource]) -> str:
             f"    {len(resources) - len(custom)} components, {len(resources)} registrations in all")
 
 
+def redact(value: Any) -> Any:
+    """Replace secret inputs by a marker so `--json` output never carries them."""
+    if isinstance(value, SecretValue):
+        return "[secret]"
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
 def _json_document(stack: str, resources: Sequence[RenderedResource], violations: Sequence[Any] | None
                    ) -> dict[str, Any]:
     return {
@@ -60,7 +71,7 @@ def _json_document(stack: str, resources: Sequence[RenderedResource], violations
         "summary": {"create": sum(r.custom for r in resources), "components": sum(not r.custom for r in resources),
                     "byType": dict(Counter(r.type for r in resources if r.custom))},
         "resources": [{"urn": r.urn, "type": r.type, "name": r.name, "parent": r.parent_urn, "custom": r.custom,
-                       "id": r.id, "inputs": r.inputs} for r in resources],
+                       "id": r.id, "inputs": redact(r.inputs)} for r in resources],
         "violations": None if violations is None else [v.to_dict() for v in violations],
     }
 

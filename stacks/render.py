@@ -128,14 +128,25 @@ def render_stack(stack: str, config_overrides: Mapping[str, Any] | None = None, 
             for r in monitor.registrations]
 
 
+_SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc's special signature key
+_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+
+
+class SecretValue(str):
+    """A secret input: policies see its value (as CrossGuard does); plan output redacts it."""
+
+
 def _plain(value: Any) -> Any:
-    """Unknowns and secrets as the engine shows them to policies: plain JSON-able values."""
+    """Inputs as policies see them: secrets unwrapped (marked SecretValue), everything JSON-able."""
     if isinstance(value, dict):
+        if value.get(_SECRET_SIG_KEY) == _SECRET_SIG:
+            inner = _plain(value.get("value"))
+            return SecretValue(inner) if isinstance(inner, str) else inner
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
 
 
-__all__ = ["ConfigError", "RenderedResource", "StackFileError", "available_stacks", "render_stack",
+__all__ = ["ConfigError", "RenderedResource", "SecretValue", "StackFileError", "available_stacks", "render_stack",
            "stack_config", "validate_stack"]

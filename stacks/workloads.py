@@ -70,6 +70,8 @@ def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.In
         node_cidr=cfg.network.aks_subnet,
         private_endpoint_subnet_cidr=cfg.network.private_endpoint_subnet,
         internal_lb_subnet_name="snet-aks",
+        # Static frontend IP: Front Door's origin host name is this address (the PLS NATs to it).
+        internal_lb_ip=cfg.inference.internal_load_balancer_ip,
         gpu_node_labels={"inferforge.io/pool": inference.gpu_pool},
         namespace=inference.namespace,
         service_account_name=inference.service_account,

@@ -1,0 +1,30 @@
+"""Shared fixtures: the dev and prod stacks rendered once per session under Pulumi mocks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from stacks.render import RenderedResource, render_stack
+
+
+@pytest.fixture(scope="session")
+def dev() -> list[RenderedResource]:
+    return render_stack("dev")
+
+
+@pytest.fixture(scope="session")
+def prod() -> list[RenderedResource]:
+    return render_stack("prod")
+
+
+def of_type(resources: Sequence[RenderedResource], type_: str) -> list[RenderedResource]:
+    return [r for r in resources if r.type == type_]
+
+
+def one(resources: Sequence[RenderedResource], type_: str, name: str | None = None) -> RenderedResource:
+    """The single resource of a type (and logical name); fails loudly if absent or ambiguous."""
+    found = [r for r in of_type(resources, type_) if name is None or r.name == name]
+    assert len(found) == 1, f"expected one {type_} {name or ''}, found {[r.name for r in found]}"
+    return found[0]

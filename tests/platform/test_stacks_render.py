@@ -1,0 +1,88 @@
+"""Both stacks render completely: every component, wired through Azure-like ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.platform.conftest import of_type, one
+
+COMPONENTS = [
+    "inferforge:observability:Observability", "inferforge:network:Network", "inferforge:security:KeyVault",
+    "inferforge:compute:AksCluster", "inferforge:identity:WorkloadIdentity", "inferforge:data:PostgresPgvector",
+    "inferforge:data:ManagedRedis", "inferforge:edge:FrontDoor", "inferforge:inference:InferenceService",
+    "inferforge:data:PgvectorExtension",
+]
+
+AZURE_TYPES = [
+    "azure-native:resources:ResourceGroup", "azure-native:network:VirtualNetwork", "azure-native:network:Subnet",
+    "azure-native:network:NetworkSecurityGroup", "azure-native:privatedns:PrivateZone",
+    "azure-native:privatedns:VirtualNetworkLink", "azure-native:network:PrivateEndpoint",
+    "azure-native:network:PrivateDnsZoneGroup", "azure-native:keyvault:Vault", "azure-native:dbforpostgresql:Server",
+    "azure-native:dbforpostgresql:Configuration", "azure-native:dbforpostgresql:Database",
+    "azure-native:dbforpostgresql:AdministratorsMicrosoftEntra", "azure-native:redisenterprise:RedisEnterprise",
+    "azure-native:redisenterprise:Database", "azure-native:redisenterprise:AccessPolicyAssignment",
+    "azure-native:cdn:Profile", "azure-native:cdn:AFDEndpoint", "azure-native:cdn:AFDOriginGroup",
+    "azure-native:cdn:AFDOrigin", "azure-native:cdn:Route", "azure-native:cdn:SecurityPolicy",
+    "azure-native:frontdoor:Policy", "azure-native:containerservice:ManagedCluster",
+    "azure-native:containerservice:AgentPool", "azure-native:operationalinsights:Workspace",
+    "azure-native:monitor:DiagnosticSetting", "azure-native:managedidentity:UserAssignedIdentity",
+    "azure-native:managedidentity:FederatedIdentityCredential", "azure-native:authorization:RoleAssignment",
+]
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_stack_renders_every_component_and_service(stack, request):
+    resources = request.getfixturevalue(stack)
+    types = {r.type for r in resources}
+    assert set(COMPONENTS) <= types, set(COMPONENTS) - types
+    assert set(AZURE_TYPES) <= types, set(AZURE_TYPES) - types
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_every_resource_but_the_group_and_provider_is_parented_by_a_component(stack, request):
+    resources = request.getfixturevalue(stack)
+    urns = {r.urn: r for r in resources}
+    roots = [r for r in resources if r.parent_urn not in urns]
+    assert {r.type for r in roots} <= {"azure-native:resources:ResourceGroup", "pulumi:providers:kubernetes",
+                                       *COMPONENTS}
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_resources_live_in_the_stack_resource_group(stack, request):
+    resources = request.getfixturevalue(stack)
+    group = one(resources, "azure-native:resources:ResourceGroup")
+    assert group.inputs["resourceGroupName"] == f"rg-inferforge-{stack}-westeurope"
+    with_group = [r for r in resources if r.custom and "resourceGroupName" in r.inputs and r is not group]
+    assert with_group and {r.inputs["resourceGroupName"] for r in with_group} == {group.inputs["resourceGroupName"]}
+
+
+def test_wiring_passes_azure_ids_between_components(prod):
+    vault = one(prod, "azure-native:keyvault:Vault")
+    endpoints = of_type(prod, "azure-native:network:PrivateEndpoint")
+    targets = {e.inputs["privateLinkServiceConnections"][0]["privateLinkServiceId"] for e in endpoints}
+    assert vault.id in targets
+    assert vault.id.startswith("/subscriptions/") and "/providers/Microsoft.KeyVault/vaults/kv-inferforge-prod-" \
+        in vault.id
+    subnet_ids = {s.id for s in of_type(prod, "azure-native:network:Subnet")}
+    assert {e.inputs["subnet"]["id"] for e in endpoints} <= subnet_ids
+
+
+def test_gpu_pools_follow_config(dev, prod):
+    dev_pool = one(dev, "azure-native:containerservice:AgentPool")
+    assert (dev_pool.inputs["agentPoolName"], dev_pool.inputs["vmSize"]) == ("gpua100", "Standard_NC24ads_A100_v4")
+    assert (dev_pool.inputs["minCount"], dev_pool.inputs["maxCount"]) == (0, 2)
+    prod_pool = one(prod, "azure-native:containerservice:AgentPool")
+    assert (prod_pool.inputs["minCount"], prod_pool.inputs["maxCount"]) == (1, 4)
+    assert prod_pool.inputs["availabilityZones"] == ["1", "2", "3"]
+
+
+def test_stack_config_overrides_change_the_rendered_stack():
+    from stacks.render import render_stack
+
+    resources = render_stack("dev", {"aks": {"gpuPools": [
+        {"name": "gpua", "vmSize": "Standard_NC24ads_A100_v4", "minCount": 0, "maxCount": 1},
+        {"name": "gpuh", "vmSize": "Standard_NC40ads_H100_v5", "minCount": 0, "maxCount": 3}]},
+        "inference": {"gpuPool": "gpuh"}})
+    pools = {p.inputs["agentPoolName"]: p.inputs for p in of_type(resources, "azure-native:containerservice:AgentPool")}
+    assert set(pools) == {"gpua", "gpuh"}
+    assert pools["gpuh"]["vmSize"] == "Standard_NC40ads_H100_v5"
