@@ -158,7 +158,7 @@ class GpuPoolConfig(_Section):
     @model_validator(mode="after")
     def _bounds(self) -> GpuPoolConfig:
         if self.max_count < self.min_count:
-            raise ValueError(f"maxCount ({self.max_count}) is less than minCount ({self.min_count}); "
+            raise ValueError(f"maxCount {self.max_count} is less than minCount {self.min_count}; "
                              "allowed: maxCount >= minCount")
         return self
 
@@ -196,8 +196,8 @@ class AksConfig(_Section):
     def _consistent(self) -> AksConfig:
         problems = []
         if self.system_max_count < self.system_min_count:
-            problems.append(f"systemMaxCount ({self.system_max_count}) is less than systemMinCount "
-                            f"({self.system_min_count}); allowed: systemMaxCount >= systemMinCount")
+            problems.append(f"systemMaxCount {self.system_max_count} is less than systemMinCount "
+                            f"{self.system_min_count}; allowed: systemMaxCount >= systemMinCount")
         if not self.private_cluster and not self.authorized_ip_ranges:
             problems.append("privateCluster is false but authorizedIpRanges is empty; allowed: a private cluster, "
                             "or a public API server limited to at least one CIDR")
@@ -260,7 +260,7 @@ class AutoscalingConfig(_Section):
             raise ValueError("prometheusServerAddress is not set while enabled is true; allowed: the Prometheus "
                              "query URL KEDA reads (http(s)://...)")
         if self.max_replicas < self.min_replicas:
-            raise ValueError(f"maxReplicas ({self.max_replicas}) is less than minReplicas ({self.min_replicas}); "
+            raise ValueError(f"maxReplicas {self.max_replicas} is less than minReplicas {self.min_replicas}; "
                              "allowed: maxReplicas >= minReplicas")
         return self
 
@@ -296,8 +296,8 @@ class InferenceConfig(_Section):
     @model_validator(mode="after")
     def _shm_fits(self) -> InferenceConfig:
         if self.shm_size_gi >= self.memory_gi:
-            raise ValueError(f"shmSizeGi ({self.shm_size_gi}) must be less than memoryGi ({self.memory_gi}): "
-                             "/dev/shm is memory-backed and counts against the limit")
+            raise ValueError(f"shmSizeGi {self.shm_size_gi} is not less than memoryGi {self.memory_gi}; allowed: "
+                             "shmSizeGi < memoryGi (/dev/shm is memory-backed and counts against the limit)")
         return self
 
 

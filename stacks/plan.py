@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from stacks.config import ConfigError
-from stacks.render import RenderedResource, SecretValue, StackFileError, available_stacks, render_stack
+from stacks.render import (
+    REPO_ROOT,
+    RenderedResource,
+    SecretValue,
+    StackFileError,
+    available_stacks,
+    render_stack,
+)
 
 EXIT_OK, EXIT_MANDATORY, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -79,6 +86,8 @@ def _json_document(stack: str, resources: Sequence[RenderedResource], violations
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stacks plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True, help=f"stack to plan; one of: {', '.join(available_stacks())}")
+    parser.add_argument("--cwd", type=Path, default=REPO_ROOT,
+                        help="project directory holding Pulumi.<stack>.yaml (default: this repository)")
     parser.add_argument("--json", action="store_true", help="print resources, inputs and violations as JSON")
     parser.add_argument("--markdown", metavar="FILE", type=Path,
                         help="also write a Markdown summary (PR comment / $GITHUB_STEP_SUMMARY); '-' for stdout")
@@ -90,12 +99,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    stacks = available_stacks()
+    stacks = available_stacks(args.cwd)
     if args.stack not in stacks:
         print(f"error: unknown stack '{args.stack}'; allowed: {', '.join(stacks)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        resources = render_stack(args.stack)
+        resources = render_stack(args.stack, root=args.cwd)
     except (ConfigError, StackFileError) as exc:
         print(f"error: stack '{args.stack}': {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,0 +1,168 @@
+"""Bad stack config is rejected before any resource is registered, naming the key, value and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pulumi
+import pytest
+
+from stacks.config import ConfigError
+from stacks.render import REPO_ROOT, validate_stack
+
+
+def problems(overrides: dict, stack: str = "dev") -> str:
+    with pytest.raises(ConfigError) as caught:
+        validate_stack(stack, overrides)
+    return "\n".join(caught.value.problems)
+
+
+def test_shipped_stacks_are_valid():
+    assert validate_stack("dev").environment == "dev"
+    assert validate_stack("prod").postgres.zone_redundant_ha is True
+
+
+def test_unknown_top_level_key_is_named_with_the_allowed_keys():
+    text = problems({"inferforge:redisCache": {"sku": "C1"}})
+    assert "inferforge:redisCache: unknown key" in text
+    assert "allowed keys here:" in text and "redis" in text and "frontDoor" in text
+
+
+def test_unknown_nested_key_is_named_with_its_path():
+    text = problems({"aks": {"gpuPools": [{"name": "gpua100", "vmSize": "Standard_NC24ads_A100_v4",
+                                           "minCount": 0, "maxCount": 2, "spot": True}]}})
+    assert "inferforge:aks.gpuPools[0].spot: unknown key" in text
+    assert "vmSize" in text and "minCount" in text
+
+
+def test_gpu_pool_max_below_min_is_rejected():
+    text = problems({"aks": {"gpuPools": [{"name": "gpua100", "vmSize": "Standard_NC24ads_A100_v4",
+                                           "minCount": 3, "maxCount": 1}]}})
+    assert "inferforge:aks.gpuPools[0].maxCount: 1 is less than minCount 3; allowed: maxCount >= minCount" \
+        in text
+
+
+def test_vm_size_that_is_not_a_gpu_size_is_rejected_with_the_known_sizes():
+    text = problems({"aks": {"gpuPools": [{"name": "gpua100", "vmSize": "Standard_D4s_v5",
+                                           "minCount": 0, "maxCount": 1}]}})
+    assert "inferforge:aks.gpuPools[0].vmSize: 'Standard_D4s_v5' is not a known GPU VM size" in text
+    assert "Standard_NC24ads_A100_v4" in text and "Standard_ND96isr_H100_v5" in text
+
+
+def test_subnet_outside_the_vnet_is_rejected():
+    text = problems({"network": {"aksSubnet": "10.99.0.0/22"}})
+    assert "inferforge:network.aksSubnet: 10.99.0.0/22 lies outside addressSpace 10.20.0.0/16" in text
+
+
+def test_overlapping_subnets_are_rejected():
+    text = problems({"network": {"privateEndpointSubnet": "10.20.5.0/24"}})
+    assert "inferforge:network.privateEndpointSubnet: 10.20.5.0/24 overlaps postgresSubnet 10.20.5.0/24" in text
+    assert "allowed: disjoint subnets" in text
+
+
+def test_malformed_cidr_is_rejected():
+    text = problems({"network": {"postgresSubnet": "10.20.5.7/24"}})
+    assert "inferforge:network.postgresSubnet" in text and "host bits" in text
+
+
+def test_tensor_parallel_size_beyond_the_vm_gpus_is_rejected():
+    text = problems({"inference": {"tpSize": 2}})
+    assert ("inferforge:inference.tpSize: 2 does not fit Standard_NC24ads_A100_v4 (1 GPUs per node, "
+            "pool 'gpua100'); allowed: 1") in text
+
+
+def test_tensor_parallel_size_must_divide_the_gpu_count():
+    overrides = {"aks": {"gpuPools": [{"name": "gpund", "vmSize": "Standard_ND96isr_H100_v5", "minCount": 0,
+                                       "maxCount": 1}]}, "inference": {"gpuPool": "gpund", "tpSize": 3}}
+    text = problems(overrides)
+    assert "inferforge:inference.tpSize: 3 does not fit Standard_ND96isr_H100_v5" in text
+    assert "allowed: 1, 2, 4, 8" in text
+
+
+def test_workload_name_that_breaks_key_vault_length_is_rejected():
+    text = problems({"workload": "inferforgeplat"})
+    assert "inferforge:workload: 'inferforgeplat' gives an invalid name: Key Vault name" in text
+    assert "allowed: 3-24 characters" in text
+
+
+def test_workload_name_with_bad_charset_is_rejected():
+    text = problems({"workload": "Infer_Forge"})
+    assert "inferforge:workload: String should match pattern" in text and "'Infer_Forge'" in text
+
+
+def test_gpu_pool_name_breaking_aks_rules_is_rejected():
+    text = problems({"aks": {"gpuPools": [{"name": "GPU-pool-number-1", "vmSize": "Standard_NC24ads_A100_v4",
+                                           "minCount": 0, "maxCount": 1}]}, "inference": {"gpuPool": "x"}})
+    assert "inferforge:aks.gpuPools[0].name: AKS Linux node pool name 'GPU-pool-number-1' is 17 characters; " \
+           "allowed: 1-12 characters" in text
+
+
+def test_inference_pool_must_exist():
+    text = problems({"inference": {"gpuPool": "gpuh100"}})
+    assert "inferforge:inference.gpuPool: 'gpuh100' is not a pool in aks.gpuPools; allowed: gpua100" in text
+
+
+def test_prod_requires_image_digests():
+    text = problems({"inference": {"image": {"digest": None, "tag": "latest"}}}, stack="prod")
+    assert "inferforge:inference.image.digest: is not set; allowed in prod: only images pinned by digest" in text
+
+
+def test_public_aks_api_needs_authorized_ranges():
+    text = problems({"aks": {"authorizedIpRanges": []}})
+    assert "inferforge:aks.privateCluster: is false but authorizedIpRanges is empty" in text
+
+
+def test_wrong_type_names_the_value():
+    text = problems({"inference": {"replicas": "many"}})
+    assert "inferforge:inference.replicas: Input should be a valid integer" in text and "'many'" in text
+
+
+def test_every_problem_is_reported_at_once():
+    text = problems({"network": {"aksSubnet": "10.99.0.0/22"}, "redis": {"skuName": "Premium_P1"}})
+    assert "network.aksSubnet" in text and "redis.skuName" in text
+
+
+def test_pulumi_program_fails_with_run_error_before_registering_anything():
+    """Under the engine, bad config is a RunError (reported without a traceback) and nothing is created."""
+    from pulumi.runtime import mocks as pulumi_mocks
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    from stacks import program
+    from stacks.mocks import AzureMocks, RecordingMonitor
+    from stacks.render import engine_config, stack_config
+
+    config = engine_config(stack_config("dev", {"aks": {"gpuPools": []}}))
+    monitor = RecordingMonitor(AzureMocks())
+    pulumi.runtime.set_all_config(config)
+    pulumi_mocks.set_mocks(monitor.mocks, project="inferforge", stack="dev", preview=True, monitor=monitor)
+    try:
+        with pytest.raises(pulumi.RunError) as caught:
+            _sync_await(run_pulumi_func(program.main))
+    finally:
+        pulumi.runtime.set_all_config({})
+    assert "inferforge:aks.gpuPools: List should have at least 1 item" in str(caught.value)
+    assert monitor.registrations == []
+
+
+def _plan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stacks", "plan", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_plan_rejects_bad_config_with_exit_2_and_no_traceback(tmp_path: Path):
+    stack_yaml = (REPO_ROOT / "Pulumi.dev.yaml").read_text().replace("maxCount: 2", "maxCount: -1")
+    (tmp_path / "Pulumi.broken.yaml").write_text(stack_yaml)
+    result = _plan("--stack", "broken", "--cwd", str(tmp_path))
+    assert result.returncode == 2
+    assert "inferforge:aks.gpuPools[0].maxCount: Input should be greater than or equal to 1 (got -1)" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_plan_rejects_unknown_stack_naming_the_allowed_ones():
+    result = _plan("--stack", "staging")
+    assert result.returncode == 2
+    assert "unknown stack 'staging'; allowed: dev, prod" in result.stderr
+    assert "Traceback" not in result.stderr
