@@ -163,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="command that starts the server (quoted), stopped afterwards; omit to use a running --base-url",
     )
     compare.add_argument("--server-log", type=Path, default=None, help="server output (default: next to --out)")
-    compare.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="HF baseline dtype (default bfloat16)")
+    compare.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="bfloat16",
+        help="HF baseline dtype; match the server's --dtype (default bfloat16)",
+    )
     compare.add_argument(
         "--threads",
         type=positive_int,

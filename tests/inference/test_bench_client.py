@@ -298,7 +298,8 @@ def test_compare_runs_hf_baselines_and_the_server_on_the_same_prompts_and_report
         assert baseline["output_len_mismatches"] == 0
     # The server got the very prompts HF generated from.
     sent = [b["prompt"] for b in stand_in.bodies]
-    assert sent[:4] == sent[4:] and len(sent) == 8
+    assert len(sent) == 8
+    assert sorted(sent[:4]) == sorted(sent[4:])  # concurrent requests arrive in any order
     ratio = doc["ratios"]["output_throughput"]["ours_c4"]["hf_padded_batch"]
     expected = (
         doc["ours"]["ours_c4"]["metrics"]["output_throughput"]
