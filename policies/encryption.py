@@ -16,6 +16,8 @@ from .common import (
     AZURE_PREFIX,
     as_list,
     links,
+    lookup,
+    references,
     resource_policy,
     resources_of,
     same,
@@ -25,6 +27,8 @@ from .common import (
 
 REDIS_DATABASE = "azure-native:redisenterprise:Database"
 ROUTE = "azure-native:cdn:Route"
+ORIGIN_GROUP = "azure-native:cdn:AFDOriginGroup"
+ORIGIN = "azure-native:cdn:AFDOrigin"
 POSTGRES = "azure-native:dbforpostgresql:Server"
 POSTGRES_CONFIGURATION = "azure-native:dbforpostgresql:Configuration"
 
@@ -77,9 +81,24 @@ def _route_https_only(args: ResourceValidationArgs, report: ReportViolation) -> 
     for protocol in protocols:
         if not same(protocol, "Https") and not (same(protocol, "Http") and same(redirect, "Enabled")):
             report(f"supportedProtocols includes {protocol!r} without an HTTPS redirect; serve 'Https' only.")
-    forwarding = props.get("forwardingProtocol")
-    if not same(forwarding, "HttpsOnly"):
-        report(f"forwardingProtocol is {forwarding!r}; it must be 'HttpsOnly' (TLS to the origin too).")
+
+
+def _origin_tls_or_private_link(args: StackValidationArgs, report: ReportViolation) -> None:
+    # HTTP from Front Door to an origin is acceptable only when it never leaves Microsoft's network:
+    # every origin of the route's group is reached through a Private Link (sharedPrivateLinkResource).
+    groups = resources_of(args.resources, ORIGIN_GROUP)
+    origins = resources_of(args.resources, ORIGIN)
+    for route in resources_of(args.resources, ROUTE):
+        forwarding = route.props.get("forwardingProtocol")
+        if same(forwarding, "HttpsOnly"):
+            continue
+        targets = [g for g in groups if references(route, "originGroup", g)]
+        members = [o for g in targets for o in origins if links(o, "originGroupName", g, "originGroupName")]
+        public = [o.name for o in members if not lookup(o.props, "sharedPrivateLinkResource.privateLink.id")]
+        if not members or public:
+            where = f"public origins {public}" if public else "origins that cannot be resolved"
+            report(f"forwardingProtocol is {forwarding!r} and the route's origin group has {where}; "
+                   "HTTP to an origin is only allowed over Private Link, otherwise use 'HttpsOnly'.", route.urn)
 
 
 def _postgres_secure_transport(args: StackValidationArgs, report: ReportViolation) -> None:
@@ -133,13 +152,24 @@ redis_tls_only = resource_policy(
 
 frontdoor_route_https_only = resource_policy(
     name="frontdoor-route-https-only",
-    description="Front Door routes serve HTTPS only: HTTP is redirected to HTTPS and traffic to the "
-    "origin is HTTPS only.",
+    description="Front Door routes serve clients over HTTPS only: HTTP is accepted solely to be redirected "
+    "to HTTPS.",
     severity=Severity.HIGH,
-    remediation="On the cdn.Route set httpsRedirect='Enabled', supportedProtocols=['Https'] (or "
-    "['Http','Https'] so the redirect can answer HTTP) and forwardingProtocol='HttpsOnly'.",
+    remediation="On the cdn.Route set httpsRedirect='Enabled' and supportedProtocols=['Https'] (or "
+    "['Http','Https'] so the redirect can answer HTTP).",
     resource_types=[ROUTE],
     check=_route_https_only,
+)
+
+frontdoor_origin_tls_or_private_link = stack_policy(
+    name="frontdoor-origin-tls-or-private-link",
+    description="Front Door reaches each origin either over HTTPS (forwardingProtocol HttpsOnly) or, when it "
+    "forwards plain HTTP, only through Private Link, so origin traffic never crosses the public internet "
+    "unencrypted.",
+    severity=Severity.HIGH,
+    remediation="Set the route's forwardingProtocol='HttpsOnly' (origin serves TLS with a publicly trusted "
+    "certificate), or give every origin of its group a sharedPrivateLinkResource (Private Link Service).",
+    check=_origin_tls_or_private_link,
 )
 
 postgres_require_secure_transport = stack_policy(
@@ -156,5 +186,6 @@ POLICIES = [
     azure_minimum_tls_version,
     redis_tls_only,
     frontdoor_route_https_only,
+    frontdoor_origin_tls_or_private_link,
     postgres_require_secure_transport,
 ]

@@ -136,6 +136,11 @@ BROKEN: list[tuple[str, str, Mutation]] = [
     ("redis-tls-only", "plaintext redis", set_on(REDIS_DB, "clientProtocol", "Plaintext")),
     ("frontdoor-route-https-only", "no redirect", set_on(ROUTE, "httpsRedirect", "Disabled")),
     (
+        "frontdoor-origin-tls-or-private-link",
+        "HTTP to a public origin",
+        mutate_on("azure-native:cdn:AFDOrigin", lambda i: i.pop("sharedPrivateLinkResource")),
+    ),
+    (
         "postgres-require-secure-transport",
         "secure transport OFF",
         lambda rs: break_property(
