@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import sys
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -95,5 +97,18 @@ def config_reference_markdown() -> str:
     return "\n".join([BEGIN, *header, *_rows(PlatformConfig, []), END])
 
 
+def update_readme(readme: Path) -> bool:
+    """Replace the generated block in `readme`; returns whether it changed."""
+    text = readme.read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    updated = text[:start] + config_reference_markdown() + text[end:]
+    readme.write_text(updated)
+    return updated != text
+
+
 if __name__ == "__main__":
-    print(config_reference_markdown())
+    if sys.argv[1:2] == ["--write"]:
+        target = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parent.parent / "README.md"
+        print(f"{target}: {'updated' if update_readme(target) else 'already up to date'}")
+    else:
+        print(config_reference_markdown())

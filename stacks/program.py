@@ -136,6 +136,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         "resourceGroupName": rg,
         "vnetId": net.vnet.id,
         "keyVaultUri": vault.vault_uri,
+        "keyVaultName": vault.vault_name,
         "postgresFqdn": postgres.fqdn,
         "postgresDatabase": postgres.database_name,
         "redisHostName": redis.host_name,
@@ -145,6 +146,8 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         "inferenceIdentityClientId": identity.client_id,
         "frontDoorEndpoint": pulumi.Output.concat("https://", front_door.endpoint_host_name),
         "privateLinkServiceId": pls_id,
+        "privateLinkServiceName": names.private_link_service,
+        "nodeResourceGroup": names.node_resource_group,
         **workloads,
     }
 
