@@ -42,6 +42,7 @@ from inference.distributed import (
     CMD_HEARTBEAT,
     CMD_SHUTDOWN,
     CMD_STEP,
+    FOLLOWER_FAILURE_EXIT_CODE,
     LaunchEnv,
     StepChannel,
     Watchdog,
@@ -549,9 +550,18 @@ def follower_loop(runner: ModelRunner, channel: StepChannel, timeout_s: float) -
         watchdog.stop()
 
 
-def start_engine(cfg: EngineConfig, environ: dict[str, str] | None = None) -> InferenceEngine | None:
-    """Load the model on this rank; on rank 0 return the running engine, on followers serve until
-    shutdown and return None. Raises SystemExit (non-zero) on a follower that loses rank 0."""
+@dataclass
+class RankContext:
+    """What `load_rank` set up on this rank: launch place, loaded model runner, step channel."""
+
+    cfg: EngineConfig
+    env: LaunchEnv
+    runner: ModelRunner
+    channel: StepChannel
+
+
+def load_rank(cfg: EngineConfig, environ: dict[str, str] | None = None) -> RankContext:
+    """Validate the config, join the process group and load (and shard) the model on this rank."""
     cfg.validate()
     device_type = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     env = LaunchEnv.from_environ(environ, device_type)
@@ -561,24 +571,37 @@ def start_engine(cfg: EngineConfig, environ: dict[str, str] | None = None) -> In
     group = init_process_groups(env, device.type, cfg.collective_timeout_s)
     channel = StepChannel(group, env.rank, env.world_size)
     runner = ModelRunner(cfg, env, device)
-    log.info("rank %d/%d loaded %s (%s, %d threads)", env.rank, env.world_size, cfg.model_dir, cfg.dtype,
-             torch.get_num_threads())
+    log.info(
+        "rank %d/%d loaded %s (%s, %d threads)",
+        env.rank, env.world_size, cfg.model_dir, cfg.dtype, torch.get_num_threads(),
+    )
+    return RankContext(cfg, env, runner, channel)
 
-    if env.rank != 0:
+
+def run_rank(ctx: RankContext) -> InferenceEngine | None:
+    """Rank 0: warm up every rank and start the engine loop. Followers: serve steps until shutdown
+    (returns None) or raise SystemExit(3) when rank 0 is lost."""
+    if ctx.env.rank != 0:
         try:
-            follower_loop(runner, channel, cfg.collective_timeout_s)
+            follower_loop(ctx.runner, ctx.channel, ctx.cfg.collective_timeout_s)
         except Exception as exc:
-            log.error("follower rank %d failed: %s: %s", env.rank, type(exc).__name__, exc)
-            raise SystemExit(3) from exc
+            log.error("follower rank %d failed: %s: %s", ctx.env.rank, type(exc).__name__, exc)
+            raise SystemExit(FOLLOWER_FAILURE_EXIT_CODE) from exc
         return None
 
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model_dir)
-    # Same warm-up forward on every rank: allocates the KV cache, and proves all ranks are up.
-    warm = runner.warm_up_step()
-    channel.send(CMD_STEP, warm, 0)
-    runner.execute(warm)
-    engine = InferenceEngine(cfg, runner, channel, tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(ctx.cfg.model_dir)
+    # Same warm-up forward on every rank: allocates the KV cache and proves all ranks are up.
+    warm = ctx.runner.warm_up_step()
+    ctx.channel.send(CMD_STEP, warm, 0)
+    ctx.runner.execute(warm)
+    engine = InferenceEngine(ctx.cfg, ctx.runner, ctx.channel, tokenizer)
     engine.start()
     return engine
+
+
+def start_engine(cfg: EngineConfig, environ: dict[str, str] | None = None) -> InferenceEngine | None:
+    """Entry point on every rank: load the model, then on rank 0 return the running engine; on
+    followers serve until shutdown and return None (SystemExit(3) when rank 0 is lost)."""
+    return run_rank(load_rank(cfg, environ))

@@ -1,0 +1,131 @@
+"""Run the engine on every rank and record what rank 0 saw: a tensor-parallel consistency probe.
+
+Launch it like the server (see inference.distributed), once with TP=1 and once with TP=N, and
+compare the JSON files: greedy tokens must match and logits agree within float tolerance.
+
+    python -m inference.engine_probe --model DIR --dtype float32 --out tp1.json
+    deepspeed --num_accelerators 2 --bind_cores_to_rank --module inference.engine_probe \\
+        --model DIR --dtype float32 --out tp2.json
+
+`--mode tp-check` (default): rank 0 first drives raw steps (prefill + greedy decode in slot 0,
+recording each step's logits), then starts the engine and generates every prompt greedily in one
+concurrent batch. `--mode serve-until-dead`: rank 0 prints READY, keeps generating, and when the
+engine reports a dead rank prints DEAD and exits with status 5 (what the server does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from inference.distributed import CMD_STEP, WireStep
+from inference.engine import EngineConfig, InferenceEngine, RankContext, load_rank, run_rank
+from inference.engine_api import GenerationRequest, SamplingParams
+
+DEAD_EXIT_CODE = 5
+
+
+def probe_prompts(vocab_size: int, count: int = 4, seed: int = 1234) -> list[list[int]]:
+    """Seeded prompts of different lengths (so the batch mixes lengths)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab_size, (5 + 7 * i,), generator=generator).tolist() for i in range(count)]
+
+
+def raw_greedy(ctx: RankContext, prompt: list[int], steps: int) -> tuple[list[int], list[list[float]]]:
+    """Prefill `prompt` into slot 0 and decode `steps` greedy tokens, returning tokens and logits."""
+    tokens: list[int] = []
+    all_logits: list[list[float]] = []
+    n = len(prompt)
+    step = WireStep([], 0, [(0, 0, n, True)], torch.tensor(prompt), torch.arange(n))
+    for i in range(steps):
+        ctx.channel.send(CMD_STEP, step, i + 1)
+        logits = ctx.runner.execute(step)[0]
+        all_logits.append(logits.tolist())
+        tokens.append(int(logits.argmax()))
+        step = WireStep([], 1, [], torch.tensor([tokens[-1]]), torch.tensor([n + i]))
+    return tokens, all_logits
+
+
+async def engine_greedy(engine: InferenceEngine, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+    async def one(i: int, prompt: list[int]) -> list[int]:
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+        return [
+            ev.token_id
+            async for ev in engine.generate(GenerationRequest(f"probe-{i}", prompt, params))
+            if ev.token_id is not None
+        ]
+
+    outputs = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+    await engine.shutdown()
+    return list(outputs)
+
+
+async def serve_until_dead(engine: InferenceEngine) -> None:
+    def on_dead(exc: BaseException) -> None:
+        print(f"DEAD {type(exc).__name__}", flush=True)
+        os._exit(DEAD_EXIT_CODE)
+
+    engine.add_death_callback(on_dead)
+    print("READY", flush=True)
+    params = SamplingParams(max_tokens=engine.max_model_len - 4, temperature=0.0, ignore_eos=True)
+    i = 0
+    while True:
+        i += 1
+        async for _ in engine.generate(GenerationRequest(f"live-{i}", [1, 2, 3, 4], params)):
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference.engine_probe", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, type=Path, help="model directory")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--out", type=Path, help="JSON written by rank 0 (tp-check mode)")
+    parser.add_argument("--mode", default="tp-check", choices=["tp-check", "serve-until-dead"])
+    parser.add_argument("--steps", default=8, type=int, help="greedy tokens per prompt")
+    parser.add_argument("--collective-timeout", default=60.0, type=float, help="seconds")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the DeepSpeed launcher
+    args = parser.parse_args(argv)
+    if args.mode == "tp-check" and args.out is None:
+        parser.error("--out is required in tp-check mode")
+
+    cfg = EngineConfig(
+        model_dir=args.model,
+        dtype=args.dtype,
+        max_batch_size=8,
+        max_num_batched_tokens=64,
+        max_model_len=256,
+        collective_timeout_s=args.collective_timeout,
+    )
+    ctx = load_rank(cfg)
+    if ctx.env.rank != 0:
+        run_rank(ctx)
+        return 0
+    if args.mode == "serve-until-dead":
+        engine = run_rank(ctx)
+        assert engine is not None
+        asyncio.run(serve_until_dead(engine))
+        return 0
+    prompts = probe_prompts(ctx.runner.vocab_size)
+    raw = [raw_greedy(ctx, p, args.steps) for p in prompts]
+    engine = run_rank(ctx)
+    assert engine is not None
+    batched = asyncio.run(engine_greedy(engine, prompts, args.steps))
+    result = {
+        "world_size": ctx.env.world_size,
+        "prompts": prompts,
+        "raw_tokens": [tokens for tokens, _ in raw],
+        "raw_logits": [logits for _, logits in raw],
+        "engine_tokens": batched,
+    }
+    args.out.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
