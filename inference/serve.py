@@ -50,6 +50,8 @@ DTYPES = ("bfloat16", "float16", "float32")
 WATCH_INTERVAL_S = 0.2
 # Bound on engine.shutdown(): the followers are released by it; a hung one must not hang the pod.
 ENGINE_SHUTDOWN_TIMEOUT_S = 15.0
+# After the drain timeout, how long aborted requests get to end their responses.
+ABORT_GRACE_S = 2.0
 
 
 class UsageError(Exception):
@@ -223,7 +225,7 @@ class _Server:
         config = uvicorn.Config(
             app, host=cfg.host, port=cfg.port, lifespan="off", log_config=None, access_log=False,
             # Connections still open after the drain (idle keep-alives) get this long to close.
-            timeout_graceful_shutdown=5, timeout_keep_alive=5,
+            timeout_graceful_shutdown=3, timeout_keep_alive=5,
         )
         server = uvicorn.Server(config)
         # Our own signal handling: uvicorn's would stop at once and re-raise SIGTERM afterwards
@@ -254,7 +256,7 @@ class _Server:
 
     def _begin_drain(self, signum: int) -> None:
         log.info("draining", extra={"fields": {"signal": signal.Signals(signum).name,
-                                                "in_flight": self.state.in_flight,
+                                                "in_flight": len(self.state.in_flight),
                                                 "drain_timeout_s": self.cfg.drain_timeout_s}})
         self.state.draining = True
         self.engine.stop_admission()
@@ -262,11 +264,17 @@ class _Server:
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.cfg.drain_timeout_s
-        while self.state.in_flight > 0 and time.monotonic() < deadline:
+        while self.state.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(WATCH_INTERVAL_S / 4)
         if self.state.in_flight:
             log.warning("drain timeout: aborting in-flight requests",
-                        extra={"fields": {"in_flight": self.state.in_flight}})
+                        extra={"fields": {"in_flight": len(self.state.in_flight)}})
+            # Aborted streams end at the engine's next step (finish_reason "abort"), so their
+            # connections close now instead of at uvicorn's graceful-shutdown timeout.
+            self.state.abort_all()
+            abort_deadline = time.monotonic() + ABORT_GRACE_S
+            while self.state.in_flight and time.monotonic() < abort_deadline:
+                await asyncio.sleep(WATCH_INTERVAL_S / 4)
         else:
             log.info("drained")
         self.uvicorn.should_exit = True

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from jinja2 import TemplateError
@@ -75,8 +75,14 @@ class ServerState:
     model_name: str
     metrics: ServerMetrics
     draining: bool = False
-    in_flight: int = 0
     created: int = 0
+    # Request ids of generations between admission and their response's end (the drain waits on it).
+    in_flight: set[str] = field(default_factory=set)
+
+    def abort_all(self) -> None:
+        """Abort every in-flight generation (drain timeout): their responses end with "abort"."""
+        for request_id in list(self.in_flight):
+            self.engine.abort(request_id)
 
     @property
     def ready(self) -> bool:
@@ -148,7 +154,7 @@ class Generation:
         self._events = state.engine.generate(GenerationRequest(request_id, prompt_ids, params))
         self._first: TokenEvent | None = None
         self._closed = False
-        state.in_flight += 1
+        state.in_flight.add(request_id)
 
     async def start(self) -> None:
         """Wait for admission and the first token, so overload errors become HTTP statuses."""
@@ -209,7 +215,7 @@ class Generation:
         if self._closed:
             return
         self._closed = True
-        self.state.in_flight -= 1
+        self.state.in_flight.discard(self.request_id)
         if self.finish_reason is None:
             # Client gone or server error before the end: the engine must free the batch slot.
             self.finish_reason = "abort"
@@ -521,6 +527,9 @@ def _endpoint(state: ServerState, handler: Handler) -> Handler:
             return await handler(request)
         except errors.APIError as exc:
             state.metrics.request_rejected(exc.code)
+            # The code, never the message: messages may quote the request (e.g. a model name).
+            log.info("request rejected", extra={"fields": {
+                "path": request.url.path, "status": exc.status, "code": exc.code}})
             return exc.to_response()
         except ClientGone:
             # Nobody to answer; 499 is nginx's "client closed request", for the access log only.
