@@ -1,0 +1,186 @@
+"""Units of the engine that need no model: scheduler, sampling, step wire format, launch environment."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inference.distributed import LaunchEnv, WireStep
+from inference.engine_api import SamplingParams
+from inference.sampling import sample_tokens
+from inference.scheduler import Scheduler, Sequence
+
+
+def seq(request_id: str, prompt_len: int, max_tokens: int = 8) -> Sequence:
+    return Sequence(request_id, list(range(1, prompt_len + 1)), SamplingParams(max_tokens=max_tokens))
+
+
+def run_step(scheduler: Scheduler) -> None:
+    """Pretend the forward ran: account tokens the way the engine does, sampling token 7."""
+    plan = scheduler.schedule()
+    assert plan is not None
+    for s in plan.decode:
+        s.num_computed += 1
+        s.output.append(7)
+    for work in plan.prefill:
+        work.seq.num_computed += work.length
+        if work.completes_prompt:
+            work.seq.output.append(7)
+
+
+def test_a_step_never_exceeds_the_token_budget_and_long_prompts_are_chunked() -> None:
+    scheduler = Scheduler(max_batch_size=4, max_waiting=8, max_num_batched_tokens=16)
+    for i in range(3):
+        scheduler.add(seq(f"r{i}", 10))
+
+    first = scheduler.schedule()
+    assert first is not None
+    assert [(w.seq.request_id, w.start, w.length) for w in first.prefill] == [("r0", 0, 10), ("r1", 0, 6)]
+    assert first.num_tokens == 16
+
+
+def test_decoding_sequences_keep_their_slots_contiguous_after_others_finish() -> None:
+    scheduler = Scheduler(max_batch_size=4, max_waiting=8, max_num_batched_tokens=64)
+    seqs = [seq(f"r{i}", 3) for i in range(4)]
+    for s in seqs:
+        scheduler.add(s)
+    run_step(scheduler)  # all four prefilled into slots 0..3
+    seqs[0].finish_reason = "length"
+    seqs[2].finish_reason = "stop"
+
+    plan = scheduler.schedule()
+
+    assert plan is not None
+    assert [s.slot for s in plan.decode] == [0, 1]
+    assert {s.request_id for s in plan.decode} == {"r1", "r3"}
+    # r3 fills the hole at slot 0, copying its 3 cached positions (its sampled token is not cached yet).
+    assert plan.moves == [(3, 0, 3)]
+    assert set(plan.freed) == {seqs[0], seqs[2]}
+
+
+def test_a_sequence_finishing_its_prompt_moves_below_a_still_prefilling_one() -> None:
+    scheduler = Scheduler(max_batch_size=3, max_waiting=8, max_num_batched_tokens=8)
+    long, short = seq("long", 20), seq("short", 2)
+    scheduler.add(long)
+    scheduler.add(short)
+    run_step(scheduler)  # long takes 8 tokens of the budget; short waits
+    run_step(scheduler)  # long continues; short still waits (budget spent)
+    assert short.slot == -1
+    run_step(scheduler)  # long's last 4 tokens, short joins in slot 1 and completes its prompt
+    assert (long.slot, short.slot) == (0, 1)
+
+    plan = scheduler.schedule()
+    assert plan is not None
+    assert [s.request_id for s in plan.decode] == ["long", "short"]
+
+
+def test_slot_cycles_are_broken_through_the_scratch_slot() -> None:
+    scheduler = Scheduler(max_batch_size=2, max_waiting=8, max_num_batched_tokens=8)
+    a, b = seq("a", 5), seq("b", 1)
+    scheduler.add(a)
+    scheduler.add(b)
+    run_step(scheduler)
+    # Force the awkward layout: a prefilling sequence in slot 0, a decoder in slot 1.
+    a.num_computed, a.output = 2, []
+    a.slot, b.slot = 0, 1
+    scheduler._slots = [a, b]
+
+    plan = scheduler.schedule()
+
+    assert plan is not None
+    assert plan.moves == [(0, 2, 2), (1, 0, 1), (2, 1, 2)]  # a -> scratch, b -> 0, a -> 1
+    assert (b.slot, a.slot) == (0, 1)
+
+
+def test_scheduler_rejects_a_budget_smaller_than_the_batch() -> None:
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        Scheduler(max_batch_size=8, max_waiting=1, max_num_batched_tokens=4)
+
+
+def test_greedy_rows_take_the_argmax() -> None:
+    logits = torch.tensor([[0.0, 3.0, 1.0], [5.0, 0.0, 4.9]])
+
+    tokens = sample_tokens(logits, [0.0, 0.0], [1.0, 1.0], [None, None], torch.Generator())
+
+    assert tokens == [1, 0]
+
+
+def test_a_tiny_top_p_keeps_only_the_most_likely_token() -> None:
+    logits = torch.tensor([[0.0, 2.0, 1.9, 1.8]])
+
+    draws = {sample_tokens(logits, [1.0], [1e-3], [None], torch.Generator().manual_seed(i))[0] for i in range(20)}
+
+    assert draws == {1}
+
+
+def test_sampling_follows_the_softmax_distribution() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().repeat(4000, 1)
+
+    tokens = torch.tensor(sample_tokens(logits, [1.0] * 4000, [1.0] * 4000, [None] * 4000,
+                                        torch.Generator().manual_seed(0)))
+
+    frequencies = torch.bincount(tokens, minlength=4).float() / 4000
+    # Standard error of each frequency is <= sqrt(0.25 / 4000) = 0.008; 4 sigma.
+    assert torch.allclose(frequencies, probs, atol=0.032)
+
+
+def test_top_p_renormalises_over_the_nucleus() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().repeat(4000, 1)
+
+    tokens = torch.tensor(sample_tokens(logits, [1.0] * 4000, [0.75] * 4000, [None] * 4000,
+                                        torch.Generator().manual_seed(0)))
+
+    frequencies = torch.bincount(tokens, minlength=4).float() / 4000
+    assert frequencies[2:].sum() == 0  # 0.5 + 0.3 already covers 0.75
+    assert torch.allclose(frequencies[:2], torch.tensor([0.625, 0.375]), atol=0.032)
+
+
+def test_a_seeded_row_draws_the_same_token_whatever_its_neighbours() -> None:
+    row = torch.randn(1, 50, generator=torch.Generator().manual_seed(1))
+    crowd = torch.cat([torch.randn(3, 50), row, torch.randn(2, 50)])
+
+    alone = sample_tokens(row, [1.0], [1.0], [torch.Generator().manual_seed(42)], torch.Generator())
+    batched = sample_tokens(crowd, [1.0] * 6, [1.0] * 6,
+                            [None, None, None, torch.Generator().manual_seed(42), None, None], torch.Generator())
+
+    assert batched[3] == alone[0]
+
+
+def test_wire_step_round_trips() -> None:
+    step = WireStep(
+        moves=[(3, 0, 17)], num_decode=2, prefills=[(5, 0, 3, True), (6, 8, 2, False)],
+        token_ids=torch.tensor([11, 12, 1, 2, 3, 9, 10]), positions=torch.tensor([17, 4, 0, 1, 2, 8, 9]),
+    )
+
+    header, payload = step.encode(step_id=41)
+    decoded = WireStep.decode(header.tolist(), payload)
+
+    assert decoded.moves == step.moves and decoded.num_decode == 2 and decoded.prefills == step.prefills
+    assert torch.equal(decoded.token_ids, step.token_ids) and torch.equal(decoded.positions, step.positions)
+
+
+def test_launch_env_defaults_to_a_single_rank() -> None:
+    assert LaunchEnv.from_environ({}) == LaunchEnv(rank=0, world_size=1, local_rank=0, local_size=1)
+
+
+def test_launch_env_reads_the_deepspeed_launcher_variables() -> None:
+    env = LaunchEnv.from_environ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_SIZE": "2"})
+
+    assert env == LaunchEnv(rank=1, world_size=2, local_rank=1, local_size=2)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "LOCAL_SIZE is not set"),
+        ({"WORLD_SIZE": "2", "LOCAL_SIZE": "2"}, "RANK is not set"),
+        ({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_SIZE": "2"}, "RANK=2 must be < WORLD_SIZE=2"),
+        ({"RANK": "0", "WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
+        ({"RANK": "0", "WORLD_SIZE": "4", "LOCAL_SIZE": "2"}, "one tensor-parallel group must live on one node"),
+    ],
+)
+def test_launch_env_errors_name_the_variable(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LaunchEnv.from_environ(environ)
