@@ -16,6 +16,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +63,17 @@ def throughput_ratios(
     return ratios
 
 
+def server_argv(command: str) -> list[str]:
+    """Split the command; a bare `python`/`python3` becomes this interpreter, so the server runs in
+    the same environment (venv) as the harness whichever `python` is first on PATH."""
+    argv = shlex.split(command)
+    if not argv:
+        raise BenchmarkError("--launch-server is empty; give the full command, e.g. 'python -m inference serve ...'")
+    if argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    return argv
+
+
 @contextmanager
 def launched_server(command: str | None, log_path: Path, threads: int | None) -> Iterator[Any]:
     """Start the server command in its own process group, yield a liveness check, stop it after.
@@ -71,9 +83,7 @@ def launched_server(command: str | None, log_path: Path, threads: int | None) ->
     if command is None:
         yield None
         return
-    argv = shlex.split(command)
-    if not argv:
-        raise BenchmarkError("--launch-server is empty; give the full command, e.g. 'python -m inference serve ...'")
+    argv = server_argv(command)
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)

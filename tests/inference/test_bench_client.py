@@ -23,7 +23,7 @@ from transformers import AutoTokenizer
 
 from inference.bench.cli import main
 from inference.bench.client import CompletionSettings
-from inference.bench.compare import launched_server, throughput_ratios
+from inference.bench.compare import launched_server, server_argv, throughput_ratios
 from inference.bench.errors import BenchmarkError
 from inference.bench.loadgen import LoadConfig, run_load
 from inference.bench.workload import Prompt
@@ -335,3 +335,17 @@ def test_throughput_ratios_divide_ours_by_each_baseline_and_tolerate_zero():
 def _children_of(pid: int) -> set[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return {int(c) for c in children}
+
+
+def test_a_bare_python_in_the_server_command_runs_under_the_harness_interpreter():
+    assert server_argv("python -m inference serve --port 8000") == [
+        sys.executable,
+        "-m",
+        "inference",
+        "serve",
+        "--port",
+        "8000",
+    ]
+    assert server_argv("/opt/other/bin/python -m x")[0] == "/opt/other/bin/python"
+    with pytest.raises(BenchmarkError, match="empty"):
+        server_argv("  ")
