@@ -98,6 +98,28 @@ def lookup(obj: Any, path: str, default: Any = None) -> Any:
     return current
 
 
+def require_value(path: str, expected: str, why: str = "") -> Callable[[ResourceValidationArgs, ReportViolation], None]:
+    """A resource check: the input at dotted ``path`` must equal ``expected`` (Azure enums, any case)."""
+
+    def check(args: ResourceValidationArgs, report: ReportViolation) -> None:
+        value = lookup(args.props, path)
+        if not same(value, expected):
+            report(f"{path} is {value!r}; it must be {expected!r}{f' ({why})' if why else ''}.")
+
+    return check
+
+
+def require_true(path: str, why: str = "") -> Callable[[ResourceValidationArgs, ReportViolation], None]:
+    """A resource check: the input at dotted ``path`` must be the boolean true (missing is not true)."""
+
+    def check(args: ResourceValidationArgs, report: ReportViolation) -> None:
+        value = lookup(args.props, path)
+        if not is_true(value):
+            report(f"{path} is {value!r}; it must be true{f' ({why})' if why else ''}.")
+
+    return check
+
+
 def has(obj: Any, path: str) -> bool:
     """Whether a dotted path is present (even when its value is falsy)."""
     return lookup(obj, path, _MISSING) is not _MISSING

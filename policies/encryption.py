@@ -18,6 +18,7 @@ from .common import (
     links,
     lookup,
     references,
+    require_value,
     resource_policy,
     resources_of,
     same,
@@ -63,11 +64,6 @@ def _minimum_tls(args: ResourceValidationArgs, report: ReportViolation) -> None:
         if minor is None or minor < required_minor:
             report(f"{where} is {value!r}; TLS {minimum} or newer is required.")
 
-
-def _redis_tls_only(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    protocol = args.props.get("clientProtocol")
-    if not same(protocol, "Encrypted"):
-        report(f"clientProtocol is {protocol!r}; it must be 'Encrypted' (TLS only, no plaintext port).")
 
 
 def _route_https_only(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -147,7 +143,7 @@ redis_tls_only = resource_policy(
     severity=Severity.HIGH,
     remediation="Set clientProtocol='Encrypted' on the redisenterprise database (TLS on port 10000).",
     resource_types=[REDIS_DATABASE],
-    check=_redis_tls_only,
+    check=require_value("clientProtocol", "Encrypted", "TLS only, no plaintext port"),
 )
 
 frontdoor_route_https_only = resource_policy(

@@ -20,6 +20,7 @@ from .common import (
     is_true,
     lookup,
     references,
+    require_value,
     resource_policy,
     resources_of,
     same,
@@ -51,11 +52,6 @@ def _keyvault_public_network(args: ResourceValidationArgs, report: ReportViolati
         report(f"properties.networkAcls.defaultAction is {default_action!r}; it must be 'Deny'.")
 
 
-def _postgres_public_network(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    access = lookup(args.props, "network.publicNetworkAccess")
-    if not same(access, "Disabled"):
-        report(f"network.publicNetworkAccess is {access!r}; it must be 'Disabled'.")
-
 
 def _postgres_private_access(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if not lookup(args.props, "network.delegatedSubnetResourceId"):
@@ -69,11 +65,6 @@ def _postgres_private_access(args: ResourceValidationArgs, report: ReportViolati
             "server's private address."
         )
 
-
-def _redis_public_network(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    access = args.props.get("publicNetworkAccess")
-    if not same(access, "Disabled"):
-        report(f"publicNetworkAccess is {access!r}; it must be 'Disabled'.")
 
 
 def _private_endpoint_check(target_type: str, service: str) -> Any:
@@ -199,7 +190,7 @@ postgres_public_network_disabled = resource_policy(
     severity=Severity.CRITICAL,
     remediation="Set network.publicNetworkAccess='Disabled' on the flexible server.",
     resource_types=[POSTGRES],
-    check=_postgres_public_network,
+    check=require_value("network.publicNetworkAccess", "Disabled"),
 )
 
 postgres_private_access = resource_policy(
@@ -221,7 +212,7 @@ redis_public_network_disabled = resource_policy(
     remediation="Set publicNetworkAccess='Disabled' on the redisenterprise cluster; clients connect "
     "through its private endpoint.",
     resource_types=[REDIS],
-    check=_redis_public_network,
+    check=require_value("publicNetworkAccess", "Disabled"),
 )
 
 redis_private_endpoint = stack_policy(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs, Severity
 
-from .common import is_true, lookup, resource_policy, same
+from .common import is_true, lookup, require_true, require_value, resource_policy, same
 
 VAULT = "azure-native:keyvault:Vault"
 AKS = "azure-native:containerservice:ManagedCluster"
@@ -30,11 +30,6 @@ def _keyvault_purge_protection(args: ResourceValidationArgs, report: ReportViola
         report("properties.enableSoftDelete is false; purge protection needs soft delete on.")
 
 
-def _aks_local_accounts(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    value = args.props.get("disableLocalAccounts")
-    if not is_true(value):
-        report(f"disableLocalAccounts is {value!r}; it must be true (no static admin kubeconfig).")
-
 
 def _aks_entra_rbac(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if not is_true(lookup(args.props, "aadProfile.managed")):
@@ -50,16 +45,6 @@ def _aks_workload_identity(args: ResourceValidationArgs, report: ReportViolation
         report("oidcIssuerProfile.enabled is not true (workload identity federation needs the issuer).")
 
 
-def _redis_access_keys(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    value = args.props.get("accessKeysAuthentication")
-    if not same(value, "Disabled"):
-        report(f"accessKeysAuthentication is {value!r}; it must be 'Disabled' (Entra ID only).")
-
-
-def _postgres_entra_auth(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    value = lookup(args.props, "authConfig.activeDirectoryAuth")
-    if not same(value, "Enabled"):
-        report(f"authConfig.activeDirectoryAuth is {value!r}; it must be 'Enabled'.")
 
 
 def _postgres_password_auth(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -97,7 +82,7 @@ aks_local_accounts_disabled = resource_policy(
     severity=Severity.HIGH,
     remediation="Set disableLocalAccounts=true on the managed cluster.",
     resource_types=[AKS],
-    check=_aks_local_accounts,
+    check=require_true("disableLocalAccounts", "no static admin kubeconfig"),
 )
 
 aks_entra_rbac = resource_policy(
@@ -127,7 +112,7 @@ redis_access_keys_disabled = resource_policy(
     remediation="Set accessKeysAuthentication='Disabled' on the redisenterprise database and grant "
     "identities an access policy assignment.",
     resource_types=[REDIS_DATABASE],
-    check=_redis_access_keys,
+    check=require_value("accessKeysAuthentication", "Disabled", "Entra ID only"),
 )
 
 postgres_entra_auth = resource_policy(
@@ -137,7 +122,7 @@ postgres_entra_auth = resource_policy(
     remediation="Set authConfig.activeDirectoryAuth='Enabled' (with tenantId) and add an Entra "
     "administrator.",
     resource_types=[POSTGRES],
-    check=_postgres_entra_auth,
+    check=require_value("authConfig.activeDirectoryAuth", "Enabled"),
 )
 
 postgres_password_auth_disabled = resource_policy(

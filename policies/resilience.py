@@ -14,8 +14,8 @@ from .common import (
     as_list,
     config_int,
     config_list,
-    lookup,
     references,
+    require_value,
     resource_policy,
     resources_of,
     same,
@@ -42,22 +42,7 @@ DEFAULT_DIAGNOSTIC_TYPES = [
 ]
 
 
-def _postgres_ha(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    mode = lookup(args.props, "highAvailability.mode")
-    if not same(mode, "ZoneRedundant"):
-        report(f"highAvailability.mode is {mode!r}; it must be 'ZoneRedundant' (standby in another zone).")
 
-
-def _postgres_geo_backup(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    value = lookup(args.props, "backup.geoRedundantBackup")
-    if not same(value, "Enabled"):
-        report(f"backup.geoRedundantBackup is {value!r}; it must be 'Enabled'.")
-
-
-def _redis_ha(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    value = args.props.get("highAvailability")
-    if not same(value, "Enabled"):
-        report(f"highAvailability is {value!r}; it must be 'Enabled' (replicated shards).")
 
 
 def _system_pool_zones(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -97,7 +82,7 @@ postgres_zone_redundant_ha = resource_policy(
     severity=Severity.HIGH,
     remediation="Set highAvailability.mode='ZoneRedundant' (General Purpose or Memory Optimized tier).",
     resource_types=[POSTGRES],
-    check=_postgres_ha,
+    check=require_value("highAvailability.mode", "ZoneRedundant", "standby in another zone"),
 )
 
 postgres_geo_redundant_backup = resource_policy(
@@ -106,7 +91,7 @@ postgres_geo_redundant_backup = resource_policy(
     severity=Severity.MEDIUM,
     remediation="Set backup.geoRedundantBackup='Enabled' (only settable when the server is created).",
     resource_types=[POSTGRES],
-    check=_postgres_geo_backup,
+    check=require_value("backup.geoRedundantBackup", "Enabled"),
 )
 
 redis_high_availability = resource_policy(
@@ -115,7 +100,7 @@ redis_high_availability = resource_policy(
     severity=Severity.HIGH,
     remediation="Set highAvailability='Enabled' on the redisenterprise cluster.",
     resource_types=[REDIS],
-    check=_redis_ha,
+    check=require_value("highAvailability", "Enabled", "replicated shards"),
 )
 
 aks_system_pool_zones = resource_policy(
