@@ -60,6 +60,9 @@ log = logging.getLogger("inference.server")
 # Prompt tokens fed to the stream decoder before the output, so the first output token decodes with
 # the spacing it has in context (SentencePiece-style decoders strip a leading space otherwise).
 DECODE_CONTEXT_TOKENS = 4
+# Largest accepted request body: a prompt at any realistic context length as JSON text or token ids
+# fits many times over.
+MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 class ClientGone(Exception):
@@ -282,10 +285,19 @@ class OpenAIServer:
     # ---- request parsing and validation -----------------------------------------------------------
 
     async def _parse(self, request: Request, model: type[Any]) -> Any:
+        chunks: list[bytes] = []
+        size = 0
         try:
-            body = await request.body()
+            # Read with a bound: a request never needs more, and an unbounded body is a memory DoS.
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise errors.APIError(413, f"Request body exceeds {MAX_BODY_BYTES} bytes.",
+                                          "invalid_request_error", "request_too_large")
+                chunks.append(chunk)
         except ClientDisconnect as exc:
             raise ClientGone() from exc
+        body = b"".join(chunks)
         try:
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

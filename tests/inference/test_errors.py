@@ -118,6 +118,13 @@ def test_malformed_json_body_is_a_400(client: httpx.Client, raw: bytes) -> None:
     assert_openai_error(response, 400, "invalid_json")
 
 
+def test_oversized_body_is_a_413(client: httpx.Client) -> None:
+    from inference.server import MAX_BODY_BYTES
+
+    body = b'{"prompt": "' + b"a" * MAX_BODY_BYTES + b'"}'
+    assert_openai_error(client.post("/v1/completions", content=body), 413, "request_too_large")
+
+
 def test_unknown_route_and_wrong_method_keep_the_error_shape(client: httpx.Client) -> None:
     assert_openai_error(client.get("/v1/nothing"), 404, "not_found")
     assert_openai_error(client.get("/v1/completions"), 405, "method_not_allowed")
