@@ -294,9 +294,12 @@ class _Server:
         self._loop = asyncio.get_running_loop()
         watchdog = asyncio.ensure_future(self._watch_engine())
         try:
-            await self.uvicorn.serve()
+            try:
+                await self.uvicorn.serve()
+            except SystemExit:
+                pass  # uvicorn exits this way when it cannot listen (e.g. the port is taken)
             if not self.uvicorn.started and self.exit_code == EXIT_OK:
-                # e.g. the port is taken: uvicorn logged why.
+                log.error("the HTTP listener did not start; see the previous error")
                 self.exit_code = EXIT_ENGINE_FAILED
         finally:
             watchdog.cancel()

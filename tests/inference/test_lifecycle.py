@@ -186,3 +186,18 @@ def test_logs_carry_ids_counts_and_timings_but_never_text(tiny_model_dir: Path, 
     for entry in finished:
         assert entry["prompt_tokens"] > 0 and entry["completion_tokens"] > 0
         assert entry["e2e_s"] >= entry["ttft_s"] > 0
+
+
+def test_a_port_in_use_exits_1_with_the_reason_logged(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "tests.inference.fakes", "--model-dir", str(tiny_model_dir),
+             "--port", str(port)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
