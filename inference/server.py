@@ -223,10 +223,6 @@ class Generation:
             # Client gone or server error before the end: the engine must free the batch slot.
             self.finish_reason = "abort"
             self._engine.abort(self.request_id)
-        aclose = getattr(self._events, "aclose", None)
-        if aclose is not None:
-            with suppress(Exception):
-                await aclose()
         e2e = self.timer.finish(record=record)
         if record:
             metrics = self.state.metrics
@@ -247,6 +243,12 @@ class Generation:
                 "e2e_s": round(e2e, 6),
             }},
         )
+        # Last, because it awaits: in a stream cancelled by a client disconnect, an await can be
+        # interrupted again, and the bookkeeping above must not be lost with it.
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            with suppress(Exception):
+                await aclose()
 
 
 async def _wait_for_disconnect(request: Request) -> None:

@@ -216,6 +216,7 @@ def test_client_disconnect_mid_stream_frees_the_batch_slot(client: httpx.Client,
                                                            fake: RunningFake) -> None:
     engine = fake.engine
     engine.hold = True  # the request stays in the batch until released or aborted
+    aborts_before = _abort_count(client)
     with client.stream("POST", "/v1/completions",
                        json={"prompt": "hi", "max_tokens": 50, "stream": True}) as response:
         lines = response.iter_lines()  # kept: a discarded iterator would close the stream early
@@ -227,6 +228,7 @@ def test_client_disconnect_mid_stream_frees_the_batch_slot(client: httpx.Client,
     assert request_id in engine.closed_early
     assert request_id in engine.aborted
     _wait_until(lambda: 'vllm:num_requests_running{model_name="fake-model"} 0.0' in client.get("/metrics").text)
+    assert _abort_count(client) == aborts_before + 1  # counted as a finished (aborted) request
 
 
 def test_client_disconnect_while_waiting_for_a_whole_response_frees_the_slot(
@@ -239,6 +241,13 @@ def test_client_disconnect_while_waiting_for_a_whole_response_frees_the_slot(
     request_id = engine.requests[-1].request_id
     _wait_until(lambda: request_id not in engine.active)
     assert request_id in engine.aborted
+
+
+def _abort_count(client: httpx.Client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('vllm:request_success_total{finished_reason="abort"'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def _wait_until(condition: Any, timeout: float = 10.0) -> None:
