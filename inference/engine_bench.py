@@ -74,7 +74,10 @@ async def bench(engine: InferenceEngine, args: argparse.Namespace) -> list[dict[
     results = []
     for batch in args.batch:
         figures = await run_batch(engine, batch, args.prompt_len, args.output_len, args.temperature, f"b{batch}")
-        figures.update(dtype=args.dtype, threads=torch.get_num_threads(), temperature=args.temperature)
+        figures.update(
+            dtype=str(engine.dtype).removeprefix("torch."), device=args.device, threads=torch.get_num_threads(),
+            temperature=args.temperature,
+        )
         print(json.dumps(figures), flush=True)
         results.append(figures)
     await engine.shutdown()
@@ -84,11 +87,12 @@ async def bench(engine: InferenceEngine, args: argparse.Namespace) -> list[dict[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.engine_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, type=Path, help="model directory")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="concurrent requests per round")
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: cores/ranks)")
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the DeepSpeed launcher
@@ -103,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         max_model_len=args.prompt_len + args.output_len + 8,
         max_num_batched_tokens=max(args.max_num_batched_tokens, max(args.batch)),
         num_threads=args.threads,
+        device=args.device,
     )
     engine = start_engine(cfg)
     if engine is None:

@@ -84,7 +84,7 @@ async def serve_until_dead(engine: InferenceEngine) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.engine_probe", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, type=Path, help="model directory")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--out", type=Path, help="JSON written by rank 0 (tp-check mode)")
     parser.add_argument("--mode", default="tp-check", choices=["tp-check", "serve-until-dead"])
     parser.add_argument("--steps", default=8, type=int, help="greedy tokens per prompt")

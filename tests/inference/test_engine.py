@@ -244,7 +244,7 @@ def test_engine_reports_its_model_and_tokenizer(engine: InferenceEngine, tiny_mo
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("dtype", "int8", "dtype 'int8' is not one of float32, bfloat16, float16"),
+        ("dtype", "int8", "dtype 'int8' is not one of auto, float32, bfloat16, float16"),
         ("max_batch_size", 0, "max_batch_size must be >= 1"),
         ("max_num_batched_tokens", 4, "must be >= max_batch_size"),
         ("device", "tpu", "device 'tpu' is not one of auto, cpu, cuda"),
