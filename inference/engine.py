@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -121,6 +122,10 @@ class EngineConfig:
     """Seed of the shared generator used by sampled requests that carry no seed of their own."""
     retry_after_s: float = 1.0
     """Retry-After hint carried by QueueFullError."""
+    gil_switch_interval_s: float | None = 0.0005
+    """sys.setswitchinterval on rank 0 (None keeps Python's 5 ms): the step thread re-takes the GIL
+    between torch ops while the event loop thread streams tokens; a shorter interval keeps it from
+    waiting out the event loop's bursts."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field and what is allowed."""
@@ -142,6 +147,8 @@ class EngineConfig:
             )
         if self.collective_timeout_s <= 0:
             raise ValueError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s}")
+        if self.gil_switch_interval_s is not None and self.gil_switch_interval_s <= 0:
+            raise ValueError(f"gil_switch_interval_s must be > 0 or None, got {self.gil_switch_interval_s}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
 
@@ -407,6 +414,8 @@ class InferenceEngine:
     # ----- step loop (engine thread) -----------------------------------------------------------
     def start(self) -> None:
         """Start the step loop thread (the model is loaded on every rank by now)."""
+        if self.cfg.gil_switch_interval_s is not None:
+            sys.setswitchinterval(self.cfg.gil_switch_interval_s)
         self._ready = True
         self._thread.start()
 
@@ -587,6 +596,7 @@ class RankContext:
     env: LaunchEnv
     runner: ModelRunner
     channel: StepChannel
+    tokenizer: object | None = None  # rank 0 only
 
 
 def load_rank(cfg: EngineConfig, environ: dict[str, str] | None = None) -> RankContext:
@@ -599,12 +609,19 @@ def load_rank(cfg: EngineConfig, environ: dict[str, str] | None = None) -> RankC
         torch.set_num_threads(cfg.num_threads or default_num_threads(env))
     group = init_process_groups(env, device.type, cfg.collective_timeout_s)
     channel = StepChannel(group, env.rank, env.world_size)
+    tokenizer = None
+    if env.rank == 0:
+        from transformers import AutoTokenizer
+
+        # Before the model, so rank 0's first step follows its model load as closely as the
+        # followers' first wait follows theirs (that wait is bounded by collective_timeout_s).
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model_dir)
     runner = ModelRunner(cfg, env, device)
     log.info(
         "rank %d/%d loaded %s (%s, %d threads)",
         env.rank, env.world_size, cfg.model_dir, runner.dtype, torch.get_num_threads(),
     )
-    return RankContext(cfg, env, runner, channel)
+    return RankContext(cfg, env, runner, channel, tokenizer)
 
 
 def run_rank(ctx: RankContext) -> InferenceEngine | None:
@@ -618,14 +635,11 @@ def run_rank(ctx: RankContext) -> InferenceEngine | None:
             raise SystemExit(FOLLOWER_FAILURE_EXIT_CODE) from exc
         return None
 
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(ctx.cfg.model_dir)
     # Same warm-up forward on every rank: allocates the KV cache and proves all ranks are up.
     warm = ctx.runner.warm_up_step()
     ctx.channel.send(CMD_STEP, warm, 0)
     ctx.runner.execute(warm)
-    engine = InferenceEngine(ctx.cfg, ctx.runner, ctx.channel, tokenizer)
+    engine = InferenceEngine(ctx.cfg, ctx.runner, ctx.channel, ctx.tokenizer)
     engine.start()
     return engine
 

@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="tp-check", choices=["tp-check", "serve-until-dead"])
     parser.add_argument("--steps", default=8, type=int, help="greedy tokens per prompt")
     parser.add_argument("--collective-timeout", default=60.0, type=float, help="seconds")
+    parser.add_argument("--idle-s", default=0.0, type=float,
+                        help="tp-check: stay idle this long after starting the engine (heartbeats must keep ranks up)")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the DeepSpeed launcher
     args = parser.parse_args(argv)
     if args.mode == "tp-check" and args.out is None:
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = [raw_greedy(ctx, p, args.steps) for p in prompts]
     engine = run_rank(ctx)
     assert engine is not None
+    time.sleep(args.idle_s)
     batched = asyncio.run(engine_greedy(engine, prompts, args.steps))
     result = {
         "world_size": ctx.env.world_size,

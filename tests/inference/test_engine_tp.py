@@ -99,8 +99,11 @@ def run_probe(model_dir: Path, world_size: int, tmp_path: Path) -> dict:
     out = tmp_path / f"tp{world_size}.json"
     log_dir = tmp_path / f"logs{world_size}"
     log_dir.mkdir()
-    with ranks(["--model", str(model_dir), "--dtype", "float32", "--steps", "8", "--out", str(out)],
-               world_size, log_dir) as procs:
+    # A 3 s collective timeout with 7 s of idling after start: only rank 0's heartbeats keep the
+    # follower waiting instead of timing out.
+    args = ["--model", str(model_dir), "--dtype", "float32", "--steps", "8", "--out", str(out),
+            "--collective-timeout", "3", "--idle-s", "7"]
+    with ranks(args, world_size, log_dir) as procs:
         wait_all(procs, 240, log_dir)
     return json.loads(out.read_text())
 
