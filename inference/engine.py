@@ -377,6 +377,13 @@ class InferenceEngine:
         self._live[request.request_id] = seq
         self._inbox.append(seq)
         self._wakeup.set()
+        # Re-check after enqueueing: a death or shutdown that snapshotted the inbox just before the
+        # append would otherwise leave this request waiting for events that never come.
+        if self._dead is not None or self._stop_requested:
+            self._live.pop(request.request_id, None)
+            if self._dead is not None:
+                raise EngineDeadError(f"engine is dead: {self._dead}")
+            raise EngineShuttingDownError("the engine is shutting down")
         finished = False
         try:
             while True:
@@ -407,9 +414,10 @@ class InferenceEngine:
         self._admitting = False
         self._stop_requested = True
         self._wakeup.set()
-        if self._thread.is_alive():
-            await asyncio.to_thread(self._thread.join)
         self._watchdog.stop()
+        # A dead engine's thread may be stuck inside a collective for good: do not wait for it.
+        if self._thread.is_alive() and self._dead is None:
+            await asyncio.to_thread(self._thread.join)
 
     # ----- step loop (engine thread) -----------------------------------------------------------
     def start(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from inference.engine import EngineConfig, InferenceEngine, start_engine
 from inference.engine_api import (
+    EngineDeadError,
     EngineShuttingDownError,
     GenerationRequest,
     QueueFullError,
@@ -267,11 +270,51 @@ def test_missing_model_dir_is_rejected(tmp_path: Path) -> None:
 
 def wait_until(predicate, timeout_s: float = 10.0) -> bool:
     """Poll a condition the engine thread makes true at its next step."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return True
         time.sleep(0.01)
     return predicate()
+
+
+def test_a_failing_step_marks_the_engine_dead_and_fails_pending_requests(tiny_model_dir: Path) -> None:
+    broken = make_engine(tiny_model_dir)
+    deaths: list[BaseException] = []
+    broken.add_death_callback(deaths.append)
+
+    def lost_rank(step):
+        raise RuntimeError("Connection closed by peer")  # what gloo raises when a rank dies
+
+    broken._runner.execute = lost_rank
+
+    with pytest.raises(EngineDeadError, match="Connection closed by peer"):
+        asyncio.run(collect(broken, "doomed", [1, 2, 3], greedy(5)))
+    with pytest.raises(EngineDeadError):
+        asyncio.run(collect(broken, "after-death", [1, 2, 3], greedy(5)))
+
+    assert broken.is_dead and not broken.is_ready
+    assert len(deaths) == 1
+    asyncio.run(broken.shutdown())
+
+
+def test_a_step_stuck_past_the_timeout_is_declared_dead_instead_of_hanging(tiny_model_dir: Path) -> None:
+    stuck = make_engine(tiny_model_dir, collective_timeout_s=0.5)  # watchdog fires after 0.75 s
+    release = threading.Event()
+
+    def hung_all_reduce(step):
+        release.wait(30)  # like DeepSpeed's shm all-reduce spinning on a dead peer
+        raise RuntimeError("released")
+
+    stuck._runner.execute = hung_all_reduce
+    started = time.monotonic()
+    try:
+        with pytest.raises(EngineDeadError, match="has not completed"):
+            asyncio.run(collect(stuck, "stuck", [1, 2, 3], greedy(5)))
+        elapsed = time.monotonic() - started
+        assert stuck.is_dead
+        asyncio.run(asyncio.wait_for(stuck.shutdown(), 5))  # returns although the step thread is stuck
+    finally:
+        release.set()
+
+    assert elapsed < 5
