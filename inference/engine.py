@@ -232,15 +232,20 @@ class ModelRunner:
         slots = [torch.arange(n, dtype=torch.int64)]
         keep = list(range(n))
         chunks: list[kv_cache.PrefillChunk] = []
+        groups: list[kv_cache.FreshPromptGroup] = []
         offset = n
         for slot, start, length, wants_logits in step.prefills:
             slots.append(torch.full((length,), slot, dtype=torch.int64))
-            mask = None
             if start > 0:
                 # Chunk rows sit at positions start..start+length-1 and see every earlier position.
                 rows = torch.arange(start, start + length).unsqueeze(1)
                 mask = (torch.arange(start + length).unsqueeze(0) <= rows).to(self.device)
-            chunks.append(kv_cache.PrefillChunk(slot, start, length, offset, mask))
+                chunks.append(kv_cache.PrefillChunk(slot, start, length, offset, mask))
+            elif groups and groups[-1].length == length and groups[-1].offset + groups[-1].count * length == offset:
+                last = groups[-1]
+                groups[-1] = kv_cache.FreshPromptGroup(last.offset, last.count + 1, length)
+            else:
+                groups.append(kv_cache.FreshPromptGroup(offset, 1, length))
             if wants_logits:
                 keep.append(offset + length - 1)
             offset += length
@@ -251,6 +256,7 @@ class ModelRunner:
             token_positions=positions.to(self.device),
             num_decode=n,
             prefills=chunks,
+            fresh_groups=groups,
         )
         if n:
             decode_positions = positions[:n]

@@ -11,7 +11,9 @@ attention is computed as:
 * decode tokens: one batched `scaled_dot_product_attention` over the contiguous slot range
   `cache[:num_decode, :, :kv_len]` (a view, no copy), with a padding mask only when the sequences
   have different lengths;
-* each prefill chunk: one causal SDPA against its own slot (chunks are few per step).
+* prompt chunks that start at position 0: batched causal SDPA over this step's own K/V, one call
+  per run of equal-length chunks (`FreshPromptGroup`);
+* chunks that continue a cached prefix (chunked prefill): one SDPA each against its slot.
 
 New K/V are written in place with one `index_put_` per layer per tensor, so no cache tensor is
 ever concatenated or copied per step. The function is registered in transformers'
@@ -41,7 +43,21 @@ class PrefillChunk:
     start: int  # position of the first token of the chunk
     length: int
     offset: int  # index of the first token in the packed batch
-    mask: torch.Tensor | None = None  # [length, start + length] bool; None when start == 0 (plain causal)
+    mask: torch.Tensor | None = None  # [length, start + length] bool; None = plain causal
+
+
+@dataclass(frozen=True)
+class FreshPromptGroup:
+    """`count` back-to-back prompt chunks of equal `length`, each starting at position 0.
+
+    Such chunks attend only to their own tokens, so their K/V come straight from this step's
+    projections and one batched causal SDPA call covers the whole group (a burst of equal-length
+    prompts is one call per layer instead of one per prompt).
+    """
+
+    offset: int
+    count: int
+    length: int
 
 
 @dataclass
@@ -54,7 +70,8 @@ class StepAttention:
     num_decode: int
     decode_kv_len: int = 0
     decode_mask: torch.Tensor | None = None  # [num_decode, 1, 1, decode_kv_len] bool, None if all equal
-    prefills: list[PrefillChunk] = field(default_factory=list)
+    prefills: list[PrefillChunk] = field(default_factory=list)  # chunks that continue a cached prefix
+    fresh_groups: list[FreshPromptGroup] = field(default_factory=list)
 
 
 class SlotKVCache:
@@ -136,6 +153,14 @@ def slot_attention(
         v = values[:n, :, : step.decode_kv_len]
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=step.decode_mask, scale=scaling, enable_gqa=gqa)
         out[0, :n] = attn[:, :, 0]
+    for group in step.fresh_groups:
+        end = group.offset + group.count * group.length
+        # [1, heads, count*length, D] -> [count, heads, length, D]
+        q = query[0, :, group.offset : end].unflatten(1, (group.count, group.length)).transpose(0, 1)
+        k = key[0, :, group.offset : end].unflatten(1, (group.count, group.length)).transpose(0, 1)
+        v = value[0, :, group.offset : end].unflatten(1, (group.count, group.length)).transpose(0, 1)
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
+        out[0, group.offset : end] = attn.transpose(1, 2).flatten(0, 1)
     for chunk in step.prefills:
         end = chunk.start + chunk.length
         q = query[:, :, chunk.offset : chunk.offset + chunk.length]

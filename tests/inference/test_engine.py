@@ -83,6 +83,21 @@ def test_16_concurrent_greedy_requests_equal_their_unbatched_runs(engine: Infere
         assert [e.finish_reason for e in events] == [None] * (n - 1) + ["length"]
 
 
+def test_a_burst_of_equal_length_prompts_equals_their_unbatched_runs(engine: InferenceEngine) -> None:
+    # Equal-length prompts admitted in one step share one batched prompt-attention call.
+    generator = torch.Generator().manual_seed(11)
+    prompts = [torch.randint(3, 512, (6,), generator=generator).tolist() for _ in range(8)]
+
+    async def burst() -> list[list[TokenEvent]]:
+        return await asyncio.gather(*(collect(engine, f"burst-{i}", p, greedy(6)) for i, p in enumerate(prompts)))
+
+    together = asyncio.run(burst())
+    separately = [asyncio.run(collect(engine, f"single-{i}", p, greedy(6))) for i, p in enumerate(prompts)]
+
+    assert [tokens_of(e) for e in together] == [tokens_of(e) for e in separately]
+    assert len({tuple(tokens_of(e)) for e in together}) > 1  # different prompts, different outputs
+
+
 def test_greedy_output_equals_transformers_generate(engine: InferenceEngine, tiny_model_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     prompt = mixed_prompts(3)[2]
