@@ -23,6 +23,12 @@ if _under_pulumi_engine():
 
     main()
 else:
+    import os
+
     from stacks.cli import main as cli_main
 
-    sys.exit(cli_main(sys.argv[1:]))
+    try:
+        sys.exit(cli_main(sys.argv[1:]))
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

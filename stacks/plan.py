@@ -76,7 +76,7 @@ def _json_document(stack: str, resources: Sequence[RenderedResource], violations
     return {
         "stack": stack,
         "summary": {"create": sum(r.custom for r in resources), "components": sum(not r.custom for r in resources),
-                    "byType": dict(Counter(r.type for r in resources if r.custom))},
+                    "byType": dict(sorted(Counter(r.type for r in resources if r.custom).items()))},
         "resources": [{"urn": r.urn, "type": r.type, "name": r.name, "parent": r.parent_urn, "custom": r.custom,
                        "id": r.id, "inputs": redact(r.inputs)} for r in resources],
         "violations": None if violations is None else [v.to_dict() for v in violations],

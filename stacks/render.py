@@ -96,10 +96,14 @@ def validate_stack(stack: str, overrides: Mapping[str, Any] | None = None, root:
 
 def render_stack(stack: str, config_overrides: Mapping[str, Any] | None = None, root: Path = REPO_ROOT
                  ) -> list[RenderedResource]:
-    """Run the program for `stack` under mocks and return every resource it registered, in order.
+    """Run the program for `stack` under mocks and return every resource it registered, sorted by URN.
 
     Bad config raises ConfigError before any resource is registered.
     """
+    from stacks import sdk_loading
+
+    sdk_loading.install()  # before the program imports the SDK packages it uses
+
     import pulumi
     from pulumi.runtime import mocks as pulumi_mocks
     from pulumi.runtime.stack import run_pulumi_func
@@ -123,9 +127,10 @@ def render_stack(stack: str, config_overrides: Mapping[str, Any] | None = None, 
         _sync_await(run_pulumi_func(run))
     finally:
         pulumi.runtime.set_all_config({})
+    # Sorted by URN: registration order depends on async timing, and plans are diffed in PRs.
     return [RenderedResource(type=r.type, name=r.name, urn=r.urn, parent_urn=r.parent_urn,
                              inputs=_plain(r.inputs), custom=r.custom, id=r.id)
-            for r in monitor.registrations]
+            for r in sorted(monitor.registrations, key=lambda r: r.urn)]
 
 
 _SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc's special signature key
@@ -136,12 +141,22 @@ class SecretValue(str):
     """A secret input: policies see its value (as CrossGuard does); plan output redacts it."""
 
 
+def _mark_secret(value: Any) -> Any:
+    if isinstance(value, str):
+        return SecretValue(value)
+    if isinstance(value, dict):
+        return {k: _mark_secret(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mark_secret(v) for v in value]
+    return value
+
+
 def _plain(value: Any) -> Any:
     """Inputs as policies see them: secrets unwrapped (marked SecretValue), everything JSON-able."""
     if isinstance(value, dict):
         if value.get(_SECRET_SIG_KEY) == _SECRET_SIG:
-            inner = _plain(value.get("value"))
-            return SecretValue(inner) if isinstance(inner, str) else inner
+            # Pulumi pushes a nested secret's secretness up to the top-level property: all of it is secret.
+            return _mark_secret(_plain(value.get("value")))
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from policies.offline import config_path_for, evaluate, format_text, has_mandatory
@@ -19,12 +17,6 @@ def test_shipped_dev_stack_has_no_mandatory_violation(dev_resources) -> None:
     violations = evaluate(dev_resources, config_path_for("dev"), "dev")
 
     assert not has_mandatory(violations), format_text(violations, "dev")
-
-
-def test_evaluating_a_whole_stack_takes_well_under_a_second(prod_resources) -> None:
-    started = time.perf_counter()
-    evaluate(prod_resources, config_path_for("prod"), "prod")
-    assert time.perf_counter() - started < 1.0
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,86 @@
+"""`python -m stacks plan` as users and CI run it: a whole process, real program, mock cloud."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stacks.render import REPO_ROOT
+
+COMPONENT_TYPES = ["inferforge:network:Network", "inferforge:security:KeyVault", "inferforge:data:PostgresPgvector",
+                   "inferforge:data:ManagedRedis", "inferforge:edge:FrontDoor", "inferforge:compute:AksCluster",
+                   "inferforge:observability:Observability", "inferforge:identity:WorkloadIdentity",
+                   "inferforge:inference:InferenceService", "inferforge:data:PgvectorExtension"]
+
+
+def plan(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stacks", "plan", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def dev_json_and_markdown(tmp_path_factory) -> tuple[dict, str]:
+    summary = tmp_path_factory.mktemp("plan") / "summary.md"
+    result = plan("--stack", "dev", "--json", "--markdown", str(summary))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), summary.read_text()
+
+
+def test_plan_prints_a_preview_tree_with_counts():
+    result = plan("--stack", "dev")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "pulumi:pulumi:Stack" in out
+    for component in COMPONENT_TYPES:
+        assert component in out
+    assert "├─ azure-native:keyvault:Vault" in out
+    assert "to create (" in out and "azure-native" in out and "kubernetes" in out
+    assert "Policy pack 'inferforge' on stack 'dev'" in out
+
+
+def test_plan_json_lists_every_resource_with_inputs_and_parent(dev_json_and_markdown):
+    document, _ = dev_json_and_markdown
+    resources = document["resources"]
+    assert document["summary"]["create"] == sum(r["custom"] for r in resources)
+    urns = {r["urn"] for r in resources}
+    vault = next(r for r in resources if r["type"] == "azure-native:keyvault:Vault")
+    assert vault["inputs"]["properties"]["enableRbacAuthorization"] is True
+    assert vault["parent"] in urns and vault["id"].startswith("/subscriptions/")
+    assert isinstance(document["violations"], list)
+
+
+def test_plan_json_never_prints_secret_values(dev_json_and_markdown):
+    document, _ = dev_json_and_markdown
+    secret = next(r for r in document["resources"] if r["type"] == "azure-native:keyvault:Secret")
+    assert secret["inputs"]["properties"]["value"] == "[secret]"
+    server = next(r for r in document["resources"] if r["type"] == "azure-native:dbforpostgresql:Server")
+    assert server["inputs"]["administratorLoginPassword"] == "[secret]"
+
+
+def test_plan_markdown_summary_is_written(dev_json_and_markdown):
+    _, markdown = dev_json_and_markdown
+    assert markdown.startswith("#") or "inferforge" in markdown
+    assert "advisory" in markdown.lower()
+    assert "to create" in markdown
+
+
+def test_weakened_prod_config_makes_plan_fail_naming_the_policy(tmp_path: Path):
+    stack_yaml = (REPO_ROOT / "Pulumi.prod.yaml").read_text()
+    stack_yaml += "  inferforge:keyVault:\n    publicNetworkAccess: Enabled\n"
+    (tmp_path / "Pulumi.prod.yaml").write_text(stack_yaml)
+    result = plan("--stack", "prod", "--cwd", str(tmp_path))
+    assert result.returncode == 1
+    assert "MANDATORY" in result.stdout and "keyvault-public-network-disabled" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_on_demand_sdk_loading_renders_exactly_the_same_plan():
+    fast = plan("--stack", "prod", "--json")
+    full = plan("--stack", "prod", "--json", env={"INFERFORGE_FULL_SDK_IMPORT": "1"})
+    assert fast.returncode == full.returncode == 0, fast.stderr + full.stderr
+    assert fast.stdout == full.stdout
