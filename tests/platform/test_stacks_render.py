@@ -86,3 +86,20 @@ def test_stack_config_overrides_change_the_rendered_stack():
     pools = {p.inputs["agentPoolName"]: p.inputs for p in of_type(resources, "azure-native:containerservice:AgentPool")}
     assert set(pools) == {"gpua", "gpuh"}
     assert pools["gpuh"]["vmSize"] == "Standard_NC40ads_H100_v5"
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_inference_deployment_command_parses_with_the_server_cli(stack, request):
+    """The Deployment's command line is accepted by the server's own argument parser."""
+    from inference.serve import build_parser
+
+    deployment = one(request.getfixturevalue(stack), "kubernetes:apps/v1:Deployment")
+    container = deployment.inputs["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"] + container.get("args", [])
+    assert command[:4] == ["python", "-m", "inference", "serve"]
+    parsed = build_parser().parse_args(command[3:])
+    tp_size = {"dev": 1, "prod": 2}[stack]
+    assert parsed.tp_size == tp_size
+    assert container["resources"]["limits"]["nvidia.com/gpu"] in (tp_size, str(tp_size))
+    assert parsed.api_keys_keyvault_url.startswith("https://kv-inferforge-")
+    assert parsed.api_keys_secret == "inference-api-keys"
