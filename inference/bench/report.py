@@ -23,6 +23,8 @@ def machine_info() -> dict[str, Any]:
         "processor": _cpu_model() or platform.processor(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
+        # Other work on a shared machine skews every figure; the 1/5/15-minute load says how much.
+        "loadavg_1_5_15m": list(os.getloadavg()),
     }
     try:
         import torch

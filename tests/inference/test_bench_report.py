@@ -28,6 +28,7 @@ def test_result_document_records_kind_date_machine_and_config_next_to_the_sectio
     assert doc["config"] == {"input_len": 32}
     assert doc["metrics"] == {"completed": 1}
     assert doc["machine"]["cpu_count"] >= 1
+    assert len(doc["machine"]["loadavg_1_5_15m"]) == 3
 
 
 def test_nan_is_refused_rather_than_written_as_invalid_json(tmp_path: Path):
