@@ -20,6 +20,10 @@ transformers 5.23)? Findings from reading its source and trying it:
   all-reduces), and `PagedAttentionCache` sizes its pages for the full `num_key_value_heads` while
   AutoTP's sharded `k_proj`/`v_proj` produce only `heads / tp_size` per rank. It does not compose
   with AutoTP without faking a device mesh and TP plan that DeepSpeed does not honour.
+  Tried on the tiny model (2 CPU ranks, gloo, `model.generate_batch` after `init_inference`):
+  TP=1 works (same greedy tokens as this engine), TP=2 fails on every rank in the cache write with
+  "index_copy_(): ... Destination slice shape: 2 16 ... source slice shape: 1 16" (pages sized for
+  2 KV heads, 1 per rank produced), and `generate_batch` then returns empty outputs without raising.
 * Sampling is per batch, not per request: `do_sample` is fixed by the manager's generation config
   and the RNG is one global seed (`set_tp_seed`), so a request's sampled output depends on what
   else is in the batch and per-request seeds are impossible; per-request temperature/top_p only
