@@ -8,6 +8,11 @@ launcher, which sets `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_SIZE`, `MASTER_A
     # CPU (tests, benchmarks here): 2 ranks, each pinned to its own cores
     deepspeed --num_accelerators 2 --bind_cores_to_rank --module inference serve --tp-size 2 ...
 
+`--bind_cores_to_rank` needs `numactl` on the PATH (Debian package `numactl`); without it drop the
+flag and the engine divides the visible cores between the ranks itself (`torch.set_num_threads`).
+On CPU also export `OMP_WAIT_POLICY=PASSIVE` before Python starts: OpenMP workers otherwise spin
+after every op and steal the core that rank 0's HTTP event loop needs (it must be set before torch
+is imported, so it belongs in the launch environment, not in this code).
 Any launcher that sets the same variables works (torchrun does not set `LOCAL_SIZE`: add it).
 Without `WORLD_SIZE` the process runs alone (TP=1). On CPU `LOCAL_SIZE` is required for TP>1:
 DeepSpeed's shared-memory all-reduce uses it and crashes without it.
