@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from inference import engine as engine_module
 from inference.distributed import LaunchEnv, WireStep
 from inference.engine_api import SamplingParams
 from inference.sampling import sample_tokens
@@ -184,3 +185,13 @@ def test_launch_env_reads_the_deepspeed_launcher_variables() -> None:
 def test_launch_env_errors_name_the_variable(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LaunchEnv.from_environ(environ)
+
+
+@pytest.mark.parametrize(("native_bf16", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_dtype_uses_bf16_on_cpu_only_where_the_hardware_has_it(
+    monkeypatch: pytest.MonkeyPatch, native_bf16: bool, expected: torch.dtype
+) -> None:
+    monkeypatch.setattr(engine_module, "cpu_has_native_bf16", lambda: native_bf16)
+
+    assert engine_module.resolve_dtype("auto", "cpu") == expected
+    assert engine_module.resolve_dtype("bfloat16", "cpu") == torch.bfloat16  # an explicit choice is kept
