@@ -175,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch threads for HF and OMP_NUM_THREADS for a launched server (default: all cores)",
     )
+    compare.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=1,
+        help="alternate HF baselines and server runs this many times; medians and paired ratios (default 1)",
+    )
     compare.add_argument("--skip-hf-serial", action="store_true", help="skip HF one-at-a-time (the slowest baseline)")
     compare.add_argument("--out", type=Path, default=None, help="write the JSON result here")
 

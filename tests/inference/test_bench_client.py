@@ -23,7 +23,13 @@ from transformers import AutoTokenizer
 
 from inference.bench.cli import main
 from inference.bench.client import CompletionSettings
-from inference.bench.compare import launched_server, server_argv, throughput_ratios
+from inference.bench.compare import (
+    launched_server,
+    median_across_rounds,
+    median_ratios,
+    server_argv,
+    throughput_ratios,
+)
 from inference.bench.errors import BenchmarkError
 from inference.bench.loadgen import LoadConfig, run_load
 from inference.bench.workload import Prompt
@@ -283,30 +289,60 @@ def test_compare_runs_hf_baselines_and_the_server_on_the_same_prompts_and_report
             "1",
             "--warmup",
             "0",
+            "--rounds",
+            "2",
             "--out",
             str(out),
         ]
     )
     assert code == 0
     doc = json.loads(out.read_text())
-    assert set(doc["baselines"]) == {"hf_one_at_a_time", "hf_padded_batch"}
-    assert set(doc["ours"]) == {"ours_c4", "ours_c1"}
-    for baseline in doc["baselines"].values():
-        # ignore-eos semantics in HF too: exactly output_len tokens for every prompt.
-        assert baseline["completed"] == 4
-        assert baseline["total_output_tokens"] == 4 * 3
-        assert baseline["output_len_mismatches"] == 0
-    # The server got the very prompts HF generated from.
+    assert doc["config"]["rounds"] == 2 and len(doc["rounds"]) == 2
+    for one in doc["rounds"]:
+        assert set(one["baselines"]) == {"hf_one_at_a_time", "hf_padded_batch"}
+        assert set(one["ours"]) == {"ours_c4", "ours_c1"}
+        for baseline in one["baselines"].values():
+            # ignore-eos semantics in HF too: exactly output_len tokens for every prompt.
+            assert baseline["completed"] == 4
+            assert baseline["total_output_tokens"] == 4 * 3
+            assert baseline["output_len_mismatches"] == 0
+        expected = (
+            one["ours"]["ours_c4"]["metrics"]["output_throughput"]
+            / one["baselines"]["hf_padded_batch"]["output_throughput"]
+        )
+        assert one["ratios"]["ours_c4"]["hf_padded_batch"] == pytest.approx(expected)
+    # Every server run got the very prompts HF generated from.
     sent = [b["prompt"] for b in stand_in.bodies]
-    assert len(sent) == 8
-    assert sorted(sent[:4]) == sorted(sent[4:])  # concurrent requests arrive in any order
-    ratio = doc["ratios"]["output_throughput"]["ours_c4"]["hf_padded_batch"]
-    expected = (
-        doc["ours"]["ours_c4"]["metrics"]["output_throughput"]
-        / doc["baselines"]["hf_padded_batch"]["output_throughput"]
-    )
-    assert ratio == pytest.approx(expected)
-    assert "ours_c4 / hf_one_at_a_time:" in capsys.readouterr().out
+    assert len(sent) == 4 * 4
+    assert all(sorted(sent[i : i + 4]) == sorted(sent[:4]) for i in range(0, 16, 4))
+    per_round = [one["ratios"]["ours_c1"]["hf_one_at_a_time"] for one in doc["rounds"]]
+    median = doc["summary"]["median_ratios"]["output_throughput"]["ours_c1"]["hf_one_at_a_time"]
+    assert median == pytest.approx(sum(per_round) / 2)
+    assert "median of paired per-round ratios" in capsys.readouterr().out
+
+
+def test_medians_across_rounds_are_taken_per_system_and_metric_skipping_missing_values():
+    rounds = [
+        {"ours": {"output_throughput": 100.0, "p99_ttft_ms": None, "errors": []}},
+        {"ours": {"output_throughput": 300.0, "p99_ttft_ms": 5.0, "errors": []}},
+        {"ours": {"output_throughput": 200.0, "p99_ttft_ms": 7.0, "errors": []}, "hf": {"output_throughput": 1.0}},
+    ]
+    medians = median_across_rounds(rounds)
+    assert medians["ours"]["output_throughput"] == 200.0
+    assert medians["ours"]["p99_ttft_ms"] == 6.0
+    assert "errors" not in medians["ours"]
+    assert medians["hf"] == {"output_throughput": 1.0}
+
+
+def test_the_summary_ratio_is_the_median_of_paired_round_ratios_not_a_ratio_of_medians():
+    # Round 1 both sides slow (machine busy), round 2 both fast, round 3 mixed.
+    per_round = [
+        {"ours_c64": {"hf_padded_batch": 1.2}},
+        {"ours_c64": {"hf_padded_batch": 1.1}},
+        {"ours_c64": {"hf_padded_batch": None}},
+        {"ours_c64": {"hf_padded_batch": 3.0}},
+    ]
+    assert median_ratios(per_round) == {"ours_c64": {"hf_padded_batch": pytest.approx(1.2)}}
 
 
 def test_launched_server_runs_in_its_own_process_group_and_is_stopped_afterwards(tmp_path: Path):
