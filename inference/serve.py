@@ -45,7 +45,7 @@ log = logging.getLogger("inference.serve")
 EXIT_OK = 0
 EXIT_ENGINE_FAILED = 1
 EXIT_USAGE = 2
-DTYPES = ("bfloat16", "float16", "float32")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 # How often the HTTP rank checks the engine's health and the drain's progress.
 WATCH_INTERVAL_S = 0.2
 # Bound on engine.shutdown(): the followers are released by it; a hung one must not hang the pod.
@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="name clients use in `model` (default: the model directory's name)")
     serve.add_argument("--tp-size", type=_positive_int, default=1,
                        help="tensor-parallel ranks (GPUs) for one model replica (default 1)")
-    serve.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="compute dtype")
+    serve.add_argument("--dtype", choices=DTYPES, default="auto",
+                       help="compute dtype; auto = bfloat16 on GPUs and CPUs with native bf16, else float32")
     serve.add_argument("--host", default="127.0.0.1",
                        help="bind address (default 127.0.0.1; 0.0.0.0 in a container)")
     serve.add_argument("--port", type=_port, default=8000)
