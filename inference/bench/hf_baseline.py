@@ -61,6 +61,9 @@ def load_hf_model(model_dir: Path, dtype: str) -> tuple[Any, Any]:
         raise BenchmarkError(f"cannot load a Hugging Face model from {model_dir}: {exc}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # batching needs some pad id; masked out anyway
+    # On a GPU node the baseline runs where the server runs; generate() syncs when it streams tokens.
+    if torch.cuda.is_available():
+        model = model.to("cuda")
     return model, tokenizer
 
 
@@ -85,8 +88,8 @@ def _generate_timed(model: Any, tokenizer: Any, batch: Sequence[Prompt], output_
     timer = StepTimer()
     start = time.perf_counter()
     output = model.generate(
-        input_ids=encoded["input_ids"],
-        attention_mask=encoded["attention_mask"],
+        input_ids=encoded["input_ids"].to(model.device),
+        attention_mask=encoded["attention_mask"].to(model.device),
         max_new_tokens=output_len,
         min_new_tokens=output_len,
         do_sample=False,
