@@ -510,6 +510,18 @@ CACHE_MOUNT = "/cache"
 SHM_MOUNT = "/dev/shm"
 
 
+def dns_egress_rule() -> k8s.networking.v1.NetworkPolicyEgressRuleArgs:
+    """Egress to the cluster DNS (kube-dns in kube-system) on port 53, UDP and TCP."""
+    np = k8s.networking.v1
+    return np.NetworkPolicyEgressRuleArgs(
+        to=[np.NetworkPolicyPeerArgs(
+            namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                match_labels={"kubernetes.io/metadata.name": "kube-system"}),
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}))],
+        ports=[np.NetworkPolicyPortArgs(protocol="UDP", port=53), np.NetworkPolicyPortArgs(protocol="TCP", port=53)],
+    )
+
+
 def public_ip_block(cidr: str) -> k8s.networking.v1.IPBlockArgs:
     """An ipBlock for ``cidr`` minus every private/link-local range inside it (never IMDS)."""
     network = ipaddress.ip_network(cidr)
@@ -929,13 +941,7 @@ class InferenceService(pulumi.ComponentResource):
                     ports=serving_port),
             ],
             egress=[
-                np.NetworkPolicyEgressRuleArgs(
-                    to=[np.NetworkPolicyPeerArgs(
-                        namespace_selector=k8s.meta.v1.LabelSelectorArgs(
-                            match_labels={"kubernetes.io/metadata.name": "kube-system"}),
-                        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}))],
-                    ports=[np.NetworkPolicyPortArgs(protocol="UDP", port=53),
-                           np.NetworkPolicyPortArgs(protocol="TCP", port=53)]),
+                dns_egress_rule(),
                 # Key Vault (443) and Managed Redis (TLS port) through their private endpoints only.
                 np.NetworkPolicyEgressRuleArgs(
                     to=[np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=args.private_endpoint_subnet_cidr))],

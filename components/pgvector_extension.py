@@ -66,6 +66,7 @@ from components.inference_service import (
     _fail,
     _kubernetes_provider,
     _restricted_container_security,
+    dns_egress_rule,
     name_of,
     public_ip_block,
 )
@@ -306,13 +307,7 @@ class PgvectorExtension(pulumi.ComponentResource):
             # Ingress listed with no rules: nothing may connect to the Job's pod.
             policy_types=["Ingress", "Egress"],
             egress=[
-                np.NetworkPolicyEgressRuleArgs(
-                    to=[np.NetworkPolicyPeerArgs(
-                        namespace_selector=k8s.meta.v1.LabelSelectorArgs(
-                            match_labels={"kubernetes.io/metadata.name": "kube-system"}),
-                        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}))],
-                    ports=[np.NetworkPolicyPortArgs(protocol="UDP", port=53),
-                           np.NetworkPolicyPortArgs(protocol="TCP", port=53)]),
+                dns_egress_rule(),
                 np.NetworkPolicyEgressRuleArgs(
                     to=[np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=args.postgres_subnet_cidr))],
                     ports=[np.NetworkPolicyPortArgs(protocol="TCP", port=POSTGRES_PORT)]),
