@@ -6,6 +6,7 @@ the cloud answers from stacks/mocks.py. `plan`, the tests and the offline policy
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,6 +95,21 @@ def validate_stack(stack: str, overrides: Mapping[str, Any] | None = None, root:
     return parse_stack_config(engine_config(stack_config(stack, overrides, root)))
 
 
+def ensure_main_thread_event_loop() -> None:
+    """Give this thread a usable current event loop if it has none.
+
+    Pulumi's mock runtime drives its futures with the thread's current event loop; after an
+    `asyncio.run()` elsewhere in the process there is none ("no current event loop in thread").
+    """
+    policy = asyncio.get_event_loop_policy()
+    try:
+        closed = policy.get_event_loop().is_closed()
+    except RuntimeError:
+        closed = True
+    if closed:
+        policy.set_event_loop(policy.new_event_loop())
+
+
 def render_stack(stack: str, config_overrides: Mapping[str, Any] | None = None, root: Path = REPO_ROOT
                  ) -> list[RenderedResource]:
     """Run the program for `stack` under mocks and return every resource it registered, sorted by URN.
@@ -115,6 +131,7 @@ def render_stack(stack: str, config_overrides: Mapping[str, Any] | None = None, 
     config = engine_config(stack_config(stack, config_overrides, root))
     cfg = parse_stack_config(config)  # validated before the runtime exists: nothing is half-registered
 
+    ensure_main_thread_event_loop()
     mocks = AzureMocks(location=cfg.location)
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_all_config(config)

@@ -10,7 +10,7 @@ import pulumi
 import pytest
 
 from stacks.config import ConfigError
-from stacks.render import REPO_ROOT, validate_stack
+from stacks.render import REPO_ROOT, ensure_main_thread_event_loop, validate_stack
 
 
 def problems(overrides: dict, stack: str = "dev") -> str:
@@ -137,6 +137,7 @@ def test_pulumi_program_fails_with_run_error_before_registering_anything():
     config = engine_config(stack_config("dev", {"aks": {"gpuPools": []}}))
     monitor = RecordingMonitor(AzureMocks())
     pulumi.runtime.set_all_config(config)
+    ensure_main_thread_event_loop()
     pulumi_mocks.set_mocks(monitor.mocks, project="inferforge", stack="dev", preview=True, monitor=monitor)
     try:
         with pytest.raises(pulumi.RunError) as caught:

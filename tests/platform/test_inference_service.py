@@ -26,6 +26,7 @@ from components.inference_service import (
     PvcModelSource,
 )
 from policies.offline import config_path_for, evaluate
+from stacks.render import ensure_main_thread_event_loop
 
 CLUSTER_VERSION = "1.33"
 PROD_DIGEST = "sha256:" + "0123456789abcdef" * 4
@@ -75,6 +76,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
 def render(build: Callable[[k8s.Provider], object]) -> list[RecordedResource]:
     """Run ``build(provider)`` under mocks, with a Kubernetes provider, and return what it registered."""
     mocks = RecordingMocks()
+    ensure_main_thread_event_loop()
     pulumi.runtime.set_mocks(mocks, project="inferforge", stack="test", preview=False)
 
     @pulumi.runtime.test

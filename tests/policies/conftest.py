@@ -19,6 +19,7 @@ import pytest
 
 from policies.offline import Violation, evaluate
 from policies.pack import ALL_POLICIES
+from stacks.render import ensure_main_thread_event_loop
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "policies" / "config"
@@ -120,6 +121,7 @@ class _CaptureMocks(pulumi.runtime.Mocks):
 def render_component(build: Callable[[], Any], stack: str = "test") -> list[Resource]:
     """Run ``build`` (which creates one component) under mocks; return the custom resources it made."""
     mocks = _CaptureMocks("inferforge", stack)
+    ensure_main_thread_event_loop()
     pulumi.runtime.set_mocks(mocks, project="inferforge", stack=stack, preview=False)
     pulumi.runtime.test(build)()
     return list(mocks.captured)
