@@ -75,6 +75,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -115,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="queued requests before new ones get 429")
     serve.add_argument("--max-model-len", type=_positive_int, default=None,
                        help="context length: prompt + max_tokens (default: the model's)")
+    serve.add_argument("--cpu-widen-min-rows", type=_nonnegative_int, default=None,
+                       help="CPUs without native bf16/fp16 GEMM: compute 16-bit linear products of at least "
+                            "this many token rows in fp32 (default 8; 0 disables)")
     keys = serve.add_argument_group("API keys (one source is required unless --allow-unauthenticated)")
     keys.add_argument("--api-keys-file", type=Path, default=None,
                       help="file of keys, one per line or comma-separated (development)")
@@ -343,6 +356,7 @@ def _engine_config(args: argparse.Namespace) -> Any:
         max_model_len=args.max_model_len,
         # The step token budget must hold one decode token per batch slot.
         max_num_batched_tokens=max(2048, args.max_batch_size),
+        **({} if args.cpu_widen_min_rows is None else {"cpu_widen_min_rows": args.cpu_widen_min_rows}),
     )
 
 
