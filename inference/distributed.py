@@ -10,9 +10,9 @@ launcher, which sets `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_SIZE`, `MASTER_A
 
 `--bind_cores_to_rank` needs `numactl` on the PATH (Debian package `numactl`); without it drop the
 flag and the engine divides the visible cores between the ranks itself (`torch.set_num_threads`).
-On CPU also export `OMP_WAIT_POLICY=PASSIVE` before Python starts: OpenMP workers otherwise spin
-after every op and steal the core that rank 0's HTTP event loop needs (it must be set before torch
-is imported, so it belongs in the launch environment, not in this code).
+On CPU, `python -m inference` sets `GOMP_SPINCOUNT=3000` before torch loads (unless `OMP_WAIT_POLICY` or
+`GOMP_SPINCOUNT` is already set): OpenMP workers spin only briefly between the ops of a step instead of
+stealing the core that rank 0's HTTP event loop needs (see inference/__main__.py for the figures).
 Any launcher that sets the same variables works (torchrun does not set `LOCAL_SIZE`: add it).
 Without `WORLD_SIZE` the process runs alone (TP=1). On CPU `LOCAL_SIZE` is required for TP>1:
 DeepSpeed's shared-memory all-reduce uses it and crashes without it.

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from inference import cpu_gemm, kv_cache
+from inference import cpu_gemm, fused, kv_cache
 from inference.distributed import (
     CMD_BARRIER,
     CMD_HEARTBEAT,
@@ -127,6 +127,9 @@ class EngineConfig:
     """On a CPU without a native bf16/fp16 GEMM, a bf16/fp16 linear product of at least this many
     token rows is computed in fp32 (`inference.cpu_gemm`: same fp32 accumulation, ~3x faster at 64
     rows); 0 disables. Ignored on GPUs, in fp32, and on CPUs with AVX512-BF16/AMX."""
+    fuse_projections: bool = True
+    """One GEMM for q/k/v and one for gate/up in Llama-architecture layers (`inference.fused`; same
+    results, ~8% faster decode at batch 1 on the CPU); other architectures are left as they are."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field and what is allowed."""
@@ -217,6 +220,8 @@ class ModelRunner:
             model = ds_engine.module
         else:
             model.to(device)
+        if cfg.fuse_projections:
+            fused.fuse_projections(model)  # after sharding: each rank fuses its own shards
         self.model = model
         self.vocab_size = config.vocab_size
         # Steps with fewer token rows keep the 16-bit kernel (bandwidth-bound matrix-vector products).

@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         "raw_tokens": [tokens for tokens, _ in raw],
         "raw_logits": [logits for _, logits in raw],
         "engine_tokens": batched,
+        # Which projection classes rank 0 runs and how many layers run the fused forward (inference.fused).
+        "q_proj_class": type(ctx.runner.model.model.layers[0].self_attn.q_proj).__name__,
+        "fused_attention_layers": sum(hasattr(m, "inferforge_qkv_weight") for m in ctx.runner.model.modules()),
+        "fused_mlp_layers": sum(hasattr(m, "inferforge_gate_up_weight") for m in ctx.runner.model.modules()),
     }
     args.out.write_text(json.dumps(result))
     return 0

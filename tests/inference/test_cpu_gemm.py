@@ -111,16 +111,17 @@ class _CountingGemm(cpu_gemm.WidenedGemm):
         _CountingGemm.instances.append(self)
 
 
+@pytest.mark.parametrize(("fuse", "products_per_layer"), [(False, 7), (True, 4)])  # fused: qkv, o, gate_up, down
 def test_runner_widens_large_steps_only_and_matches_the_plain_bf16_forward(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, fuse: bool, products_per_layer: int
 ) -> None:
     monkeypatch.setattr(cpu_gemm, "cpu_flags", lambda: {"avx2", "fma"})  # as on an AVX2-only CPU
     monkeypatch.setattr(cpu_gemm, "WidenedGemm", _CountingGemm)
     env = LaunchEnv.from_environ({}, "cpu")
-    plain = ModelRunner(EngineConfig(model_dir=tiny_model_dir, dtype="bfloat16", cpu_widen_min_rows=0), env,
-                        torch.device("cpu"))
-    widened = ModelRunner(EngineConfig(model_dir=tiny_model_dir, dtype="bfloat16", cpu_widen_min_rows=8), env,
-                          torch.device("cpu"))
+    plain = ModelRunner(EngineConfig(model_dir=tiny_model_dir, dtype="bfloat16", cpu_widen_min_rows=0,
+                                     fuse_projections=fuse), env, torch.device("cpu"))
+    widened = ModelRunner(EngineConfig(model_dir=tiny_model_dir, dtype="bfloat16", cpu_widen_min_rows=8,
+                                       fuse_projections=fuse), env, torch.device("cpu"))
     assert (plain.widen_min_rows, widened.widen_min_rows) == (0, 8)
 
     prompt = torch.randint(3, 500, (24,), generator=torch.Generator().manual_seed(0))
@@ -132,7 +133,7 @@ def test_runner_widens_large_steps_only_and_matches_the_plain_bf16_forward(
     assert len(_CountingGemm.instances) == 1
     # Every projection of the 24-row step; the LM head sees one row and keeps the bf16 kernel.
     layers = plain.hf_config.num_hidden_layers
-    assert _CountingGemm.instances[0].widened == 7 * layers
+    assert _CountingGemm.instances[0].widened == products_per_layer * layers
     assert logits.argmax(-1).tolist() == reference.argmax(-1).tolist()
     torch.testing.assert_close(logits, reference, atol=0.1, rtol=0.02)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoConfig
 
 from inference.distributed import FOLLOWER_FAILURE_EXIT_CODE
 from inference.engine_probe import DEAD_EXIT_CODE
@@ -113,6 +114,11 @@ def test_tp2_gives_the_same_greedy_tokens_and_close_logits_as_tp1(tiny_model_dir
     tp2 = run_probe(tiny_model_dir, 2, tmp_path)
 
     assert tp2["world_size"] == 2
+    # AutoTP sharded the projections, and each rank fused its own q/k/v and gate/up shards.
+    assert (tp1["q_proj_class"], tp2["q_proj_class"]) == ("Linear", "LinearLayer")
+    layers = AutoConfig.from_pretrained(tiny_model_dir).num_hidden_layers
+    for result in (tp1, tp2):
+        assert (result["fused_attention_layers"], result["fused_mlp_layers"]) == (layers, layers)
     assert tp2["raw_tokens"] == tp1["raw_tokens"]
     assert tp2["engine_tokens"] == tp1["engine_tokens"]  # continuous batching under TP=2
     assert tp1["engine_tokens"] == tp1["raw_tokens"]  # the batched engine matches single-slot steps
