@@ -26,6 +26,13 @@ import types
 
 import torch
 import torch.nn.functional as F
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaMLP,
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+)
 
 log = logging.getLogger("inferforge.fused")
 
@@ -54,13 +61,18 @@ def _projection_weights(projections: list[torch.nn.Module]) -> tuple[list[torch.
 
 
 @torch.no_grad()
-def _fuse(projections: list[torch.nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None, list[int]] | None:
-    """Concatenate the projections' weights (and biases) and re-point each one at its slice."""
+def _fuse(
+    projections: list[torch.nn.Module], size_multiple: int = 1
+) -> tuple[torch.Tensor, torch.Tensor | None, list[int]] | None:
+    """Concatenate the projections' weights (and biases) and re-point each one at its slice; None
+    (nothing changed) when they cannot be fused or an output size is not a multiple of `size_multiple`."""
     found = _projection_weights(projections)
     if found is None:
         return None
     weights, biases = found
     sizes = [w.shape[0] for w in weights]
+    if any(size % size_multiple for size in sizes):
+        return None
     fused_weight = torch.cat([w.detach() for w in weights])
     fused_bias = torch.cat([b.detach() for b in biases]) if biases else None
     start = 0
@@ -86,9 +98,6 @@ def _fused_attention_forward(
     **kwargs,
 ):
     """transformers' LlamaAttention.forward with one q/k/v GEMM and one rotary pass over q and k."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
-
     input_shape = hidden_states.shape[:-1]
     head_dim = self.head_dim
     q_size, k_size, _ = self.inferforge_qkv_sizes
@@ -126,17 +135,14 @@ def _fused_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 def fuse_projections(model: torch.nn.Module) -> tuple[int, int]:
     """Fuse q/k/v and gate/up in every Llama attention/MLP module; returns (attention, mlp) counts fused."""
-    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP
-
     attention = mlp = 0
     for module in model.modules():
         if type(module).forward is LlamaAttention.forward:
-            fused = _fuse([module.q_proj, module.k_proj, module.v_proj])
+            # Whole heads only (a rank holding part of a head keeps transformers' forward).
+            fused = _fuse([module.q_proj, module.k_proj, module.v_proj], size_multiple=module.head_dim)
             if fused is None:
                 continue
             weight, bias, sizes = fused
-            if any(size % module.head_dim for size in sizes):
-                continue  # not whole heads on this rank: leave the layer alone (views above are harmless)
             module.inferforge_qkv_weight, module.inferforge_qkv_bias, module.inferforge_qkv_sizes = weight, bias, sizes
             module.forward = types.MethodType(_fused_attention_forward, module)
             attention += 1
