@@ -19,13 +19,63 @@ ROLE_AKS_RBAC_CLUSTER_ADMIN = "b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b"
 ROLE_NETWORK_CONTRIBUTOR = "4d97b98b-1d4f-4787-a291-c67834d212e7"
 
 
+STANDARD_TAG_NAMES = ("environment", "owner", "cost-center", "managed-by", "workload")
+
+# Azure's tag limits, for the strictest resource this toolkit tags
+# (https://learn.microsoft.com/azure/azure-resource-manager/management/tag-resources#limitations):
+# names are case-insensitive, at most 512 characters and free of < > % & \ ? /; values at most 256 characters;
+# Front Door rejects # and : in names; Azure DNS and Private DNS zones reject spaces and parentheses in names,
+# names starting with a digit, and more than 15 tags; the prefixes microsoft, azure and windows are reserved.
+MAX_TAGS_PER_RESOURCE = 15
+MAX_TAG_NAME_LENGTH = 512
+MAX_TAG_VALUE_LENGTH = 256
+_FORBIDDEN_TAG_NAME_CHARS = set('<>%&\\?/#:() ')
+_RESERVED_TAG_PREFIXES = ("microsoft", "azure", "windows")
+
+
+def tag_problems(extra: Mapping[str, str]) -> dict[str, str]:
+    """Why each extra tag (by name, "" for the whole set) would be rejected by Azure or weaken the standard tags."""
+    problems: dict[str, str] = {}
+    standard = {n.lower() for n in STANDARD_TAG_NAMES}
+    for name, value in extra.items():
+        bad_chars = sorted(set(name) & _FORBIDDEN_TAG_NAME_CHARS)
+        if name.lower() in standard:
+            problems[name] = (f"overrides the standard tag '{name.lower()}' (tag names are case-insensitive); "
+                              f"allowed: a tag name other than {', '.join(STANDARD_TAG_NAMES)}")
+        elif not 1 <= len(name) <= MAX_TAG_NAME_LENGTH:
+            problems[name] = f"tag name is {len(name)} characters; allowed: 1-{MAX_TAG_NAME_LENGTH}"
+        elif bad_chars:
+            shown = " ".join(repr(c) for c in bad_chars)
+            problems[name] = (f"tag name contains {shown}; allowed: letters, digits, '-', '_', '.' "
+                              "(Azure rejects < > % & \\ ? / everywhere, # : in Front Door, spaces and "
+                              "parentheses in DNS zones)")
+        elif name[0].isdigit():
+            problems[name] = "tag name starts with a digit (Azure DNS zones reject it); allowed: a letter first"
+        elif name.lower().startswith(_RESERVED_TAG_PREFIXES):
+            problems[name] = ("tag name starts with a prefix Azure reserves; allowed: a name not starting with "
+                              f"{', '.join(_RESERVED_TAG_PREFIXES)}")
+        elif len(value) > MAX_TAG_VALUE_LENGTH:
+            problems[name] = f"value is {len(value)} characters; allowed: at most {MAX_TAG_VALUE_LENGTH}"
+    allowed_extra = MAX_TAGS_PER_RESOURCE - len(STANDARD_TAG_NAMES)
+    if len(extra) > allowed_extra:
+        problems[""] = (f"{len(extra)} tags plus {len(STANDARD_TAG_NAMES)} standard tags make "
+                        f"{len(extra) + len(STANDARD_TAG_NAMES)}; allowed: at most {allowed_extra} extra tags "
+                        f"(private DNS zones take {MAX_TAGS_PER_RESOURCE} tags)")
+    return problems
+
+
 def standard_tags(*, environment: str, owner: str, cost_center: str, extra: Mapping[str, str] | None = None
                   ) -> dict[str, str]:
-    """The tags every taggable resource carries (the tagging policy checks the same keys)."""
-    tags = {"environment": environment, "owner": owner, "cost-center": cost_center, "managed-by": "pulumi",
-            "workload": "inferforge"}
-    tags.update(extra or {})
-    return tags
+    """The tags every taggable resource carries (the tagging policy checks the same keys).
+
+    Extra tags add to the standard ones and can never replace them: a stack's `environment` tag is what
+    cost reports and policies key on, so an override would mislabel every resource silently.
+    """
+    problems = tag_problems(extra or {})
+    if problems:
+        raise ValueError("; ".join(f"extra tag {name!r}: {why}" if name else why for name, why in problems.items()))
+    return {"environment": environment, "owner": owner, "cost-center": cost_center, "managed-by": "pulumi",
+            "workload": "inferforge", **(extra or {})}
 
 
 def role_definition_id(subscription_id: pulumi.Input[str], role_guid: str) -> pulumi.Output[str]:

@@ -26,10 +26,22 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from components.common import tag_problems
 from components.gpu_sizes import GPU_VM_SIZES, allowed_tp_sizes
 from components.naming import RULES, PlatformNames
 
 NAMESPACE = "inferforge"
+# Longest piece of a user's value echoed back in an error: a 100 kB value must not flood a PR check.
+MAX_SHOWN_CHARS = 60
+
+
+def shown(value: Any, *, quoted: bool = True) -> str:
+    """User input for an error message (`repr` unless not quoted), cut to MAX_SHOWN_CHARS with its length said."""
+    text = repr(value) if quoted else str(value)
+    if len(text) <= MAX_SHOWN_CHARS:
+        return text
+    length = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as text"
+    return f"{text[:MAX_SHOWN_CHARS]}... ({length})"
 
 
 class ConfigError(Exception):
@@ -53,7 +65,8 @@ def _network(value: str) -> ipaddress.IPv4Network:
     try:
         return ipaddress.IPv4Network(value, strict=True)
     except ValueError as exc:
-        raise ValueError(f"'{value}' is not an IPv4 CIDR with host bits zero ({exc}); "
+        reason = str(exc) if len(str(exc)) <= MAX_SHOWN_CHARS else "not an IPv4 network"
+        raise ValueError(f"{shown(value)} is not an IPv4 CIDR with host bits zero ({reason}); "
                          "allowed: a network such as 10.20.0.0/22") from None
 
 
@@ -152,7 +165,7 @@ class GpuPoolConfig(_Section):
     @classmethod
     def _known_gpu_size(cls, value: str) -> str:
         if value not in GPU_VM_SIZES:
-            raise ValueError(f"'{value}' is not a known GPU VM size; allowed: {', '.join(GPU_VM_SIZES)}")
+            raise ValueError(f"{shown(value)} is not a known GPU VM size; allowed: {', '.join(GPU_VM_SIZES)}")
         return value
 
     @model_validator(mode="after")
@@ -189,7 +202,7 @@ class AksConfig(_Section):
     def _guids(cls, value: list[str]) -> list[str]:
         for item in value:
             if not re.fullmatch(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}", item):
-                raise ValueError(f"'{item}' is not an Entra object id; allowed: a GUID")
+                raise ValueError(f"{shown(item)} is not an Entra object id; allowed: a GUID")
         return value
 
     @model_validator(mode="after")
@@ -332,6 +345,16 @@ class PlatformConfig(_Section):
             return data
         return _deep_merge(BASELINES[data["environment"]], data)
 
+    @field_validator("extra_tags")
+    @classmethod
+    def _tags_azure_accepts(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = tag_problems(value)
+        if problems:
+            # One line per tag, each starting with the key it is about (see _describe).
+            raise ValueError("\n".join(f"{shown(name, quoted=False)}\t{why}"
+                                        for name, why in problems.items()))
+        return value
+
     @property
     def names(self) -> PlatformNames:
         return PlatformNames(workload=self.workload, environment=self.environment, location=self.location)
@@ -414,8 +437,9 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
 
 
 def _yaml_key(loc: tuple[int | str, ...]) -> str:
-    key = f"{NAMESPACE}:{loc[0]}" if loc else NAMESPACE
-    for part in loc[1:]:
+    parts = [part if isinstance(part, int) else shown(part, quoted=False) for part in loc]
+    key = f"{NAMESPACE}:{parts[0]}" if parts else NAMESPACE
+    for part in parts[1:]:
         key += f"[{part}]" if isinstance(part, int) else f".{part}"
     return key
 
@@ -458,6 +482,13 @@ def _describe(error: Mapping[str, Any]) -> str:
     if error["type"] == "missing":
         return f"{key}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error" and "\t" in message:
+        # A check over a mapping: each line is "<entry>\t<why>", "" for the mapping as a whole.
+        lines = []
+        for line in message.splitlines():
+            entry, _, text = line.partition("\t")
+            lines.append(f"{key}{'.' + entry if entry else ''}: {text}")
+        return "\n".join(lines)
     if error["type"] == "value_error" and _section_model(loc) is not None:
         # A section's own cross-field check: each line starts with the key it is about.
         lines = []
@@ -466,8 +497,8 @@ def _describe(error: Mapping[str, Any]) -> str:
             lines.append(f"{key + '.' if loc else NAMESPACE + ':'}{relative}: {text}")
         return "\n".join(lines)
     value = error.get("input")
-    shown = "" if isinstance(value, dict) or error["type"] == "value_error" else f" (got {value!r})"
-    return f"{key}: {message}{shown}"
+    echo = "" if isinstance(value, dict) or error["type"] == "value_error" else f" (got {shown(value)})"
+    return f"{key}: {message}{echo}"
 
 
 def parse_stack_config(raw: Mapping[str, Any]) -> PlatformConfig:

@@ -51,10 +51,20 @@ def load_stack_yaml(stack: str, root: Path = REPO_ROOT) -> dict[str, Any]:
     path = stack_file(stack, root)
     if not path.is_file():
         raise StackFileError(f"no stack file {path.name}; allowed stacks: {', '.join(available_stacks(root))}")
+    data = path.read_bytes()
     try:
-        document = yaml.safe_load(path.read_text()) or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise StackFileError(f"{path.name} is not UTF-8: byte 0x{data[exc.start]:02x} on line {line}; allowed: "
+                             "a UTF-8 text file (re-save it as UTF-8)") from None
+    try:
+        document = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise StackFileError(f"{path.name} is not valid YAML: {exc}") from None
+    if not isinstance(document, dict):
+        raise StackFileError(f"{path.name}: the document is a {type(document).__name__}; allowed: a mapping with "
+                             "a 'config' key, as `pulumi config set` writes it")
     config = document.get("config") or {}
     if not isinstance(config, dict):
         raise StackFileError(f"{path.name}: 'config' must be a mapping of keys to values")
