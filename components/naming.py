@@ -18,11 +18,12 @@ class NameRule:
 
     def violation(self, name: str) -> str | None:
         """A message naming what is wrong with `name`, or None when it is valid."""
+        shown = name if len(name) <= 60 else f"{name[:60]}..."  # never echo a huge value whole
         if not self.min_len <= len(name) <= self.max_len:
-            return (f"{self.service} name '{name}' is {len(name)} characters; allowed: "
+            return (f"{self.service} name '{shown}' is {len(name)} characters; allowed: "
                     f"{self.min_len}-{self.max_len} characters")
         if not re.fullmatch(self.pattern, name):
-            return f"{self.service} name '{name}' is invalid; allowed: {self.allowed}"
+            return f"{self.service} name '{shown}' is invalid; allowed: {self.allowed}"
         return None
 
 
@@ -147,3 +148,33 @@ class PlatformNames:
             "identity": self.identity,
             "private_link_service": self.private_link_service,
         }
+
+
+# Kubernetes label syntax (https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#syntax-and-character-set):
+# an optional DNS-subdomain prefix of at most 253 characters and "/", then a name of at most 63 alphanumerics,
+# '-', '_', '.' starting and ending alphanumeric; values likewise (may be empty). AKS owns some prefixes on
+# its nodes (https://learn.microsoft.com/azure/aks/use-labels#reserved-system-labels).
+_LABEL_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
+_DNS_SUBDOMAIN = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*"
+RESERVED_NODE_LABEL_PREFIXES = ("kubernetes.azure.com", "kubernetes.io", "k8s.io")
+DNS_1123_SUBDOMAIN = NameRule("Kubernetes object", 1, 253, _DNS_SUBDOMAIN,
+                              "lowercase letters, digits, '-' and '.', starting and ending alphanumeric")
+
+
+def node_label_problems(labels: dict[str, str]) -> dict[str, str]:
+    """Why each node label (by key) would be rejected by Kubernetes or AKS; empty when all are valid."""
+    problems: dict[str, str] = {}
+    for key, value in labels.items():
+        prefix, _, name = key.rpartition("/")
+        if "/" in prefix or not re.fullmatch(_LABEL_NAME, name) or (
+                prefix and (len(prefix) > 253 or not re.fullmatch(_DNS_SUBDOMAIN, prefix))):
+            problems[key] = (f"label key {key[:80]!r} is invalid; allowed: [prefix/]name, the prefix a DNS "
+                             "subdomain, the name 1-63 letters, digits, '-', '_', '.' starting and ending "
+                             "alphanumeric")
+        elif prefix and any(prefix == p or prefix.endswith("." + p) for p in RESERVED_NODE_LABEL_PREFIXES):
+            problems[key] = (f"label key {key!r} uses a prefix reserved for AKS and Kubernetes; allowed: a prefix "
+                             f"other than {', '.join(RESERVED_NODE_LABEL_PREFIXES)} (or none)")
+        elif value and not re.fullmatch(_LABEL_NAME, value):
+            problems[key] = (f"label value {value[:80]!r} is invalid; allowed: empty or 1-63 letters, digits, '-', "
+                             "'_', '.' starting and ending alphanumeric")
+    return problems

@@ -28,7 +28,7 @@ from pydantic.alias_generators import to_camel
 
 from components.common import tag_problems
 from components.gpu_sizes import GPU_VM_SIZES, allowed_tp_sizes
-from components.naming import RULES, PlatformNames
+from components.naming import DNS_1123_SUBDOMAIN, RULES, PlatformNames, node_label_problems
 
 NAMESPACE = "inferforge"
 # Longest piece of a user's value echoed back in an error: a 100 kB value must not flood a PR check.
@@ -161,6 +161,14 @@ class GpuPoolConfig(_Section):
             raise ValueError("'system' is the system pool's name; allowed: any other pool name")
         return value
 
+    @field_validator("labels")
+    @classmethod
+    def _labels_kubernetes_accepts(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = node_label_problems(value)
+        if problems:
+            raise ValueError("\n".join(f"{shown(key, quoted=False)}\t{why}" for key, why in problems.items()))
+        return value
+
     @field_validator("vm_size")
     @classmethod
     def _known_gpu_size(cls, value: str) -> str:
@@ -250,6 +258,21 @@ class ModelSourceConfig(_Section):
     sub_path: str = ""
     repo_id: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$")
     revision: str | None = Field(None, pattern=r"^[0-9a-f]{40}$")
+
+    @field_validator("storage_class", "existing_claim")
+    @classmethod
+    def _kubernetes_name(cls, value: str | None) -> str | None:
+        problem = DNS_1123_SUBDOMAIN.violation(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("sub_path")
+    @classmethod
+    def _relative_path_inside_the_volume(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError(f"{shown(value)} leaves the volume; allowed: a relative path inside it, without '..'")
+        return value
 
     @model_validator(mode="after")
     def _download_is_pinned(self) -> ModelSourceConfig:

@@ -92,3 +92,40 @@ def test_the_component_library_refuses_an_override_of_a_standard_tag_too():
     with pytest.raises(ValueError, match="overrides the standard tag 'environment'"):
         standard_tags(environment="prod", owner="o", cost_center="c", extra={"Environment": "dev"})
     assert standard_tags(environment="prod", owner="o", cost_center="c", extra={"team": "ml"})["environment"] == "prod"
+
+
+POOL = {"name": "gpua100", "vmSize": "Standard_NC24ads_A100_v4", "minCount": 0, "maxCount": 2}
+
+
+@pytest.mark.parametrize(("labels", "fragment"), [
+    ({"team/owner/x": "a"}, "label key 'team/owner/x'"),
+    ({"-bad": "a"}, "label key '-bad'"),
+    ({"k" * 64: "a"}, "label key"),
+    ({"example.com/ok": "v" * 64}, "label value"),
+    ({"tier": "has space"}, "label value 'has space'"),
+    ({"kubernetes.azure.com/mode": "user"}, "reserved"),
+])
+def test_gpu_pool_labels_kubernetes_rejects_are_named(labels: dict, fragment: str):
+    text = problems({"aks": {"gpuPools": [{**POOL, "labels": labels}]}})
+    assert "inferforge:aks.gpuPools[0].labels" in text and fragment in text and "allowed:" in text
+
+
+def test_valid_gpu_pool_labels_pass():
+    cfg = validate_stack("dev", {"aks": {"gpuPools": [{**POOL, "labels": {"example.com/tier": "a100", "team": "ml"}}]}})
+    assert cfg.aks.gpu_pools[0].labels["team"] == "ml"
+
+
+@pytest.mark.parametrize(("source", "fragment"), [
+    ({"subPath": "../secrets"}, "inferforge:inference.modelSource.subPath"),
+    ({"subPath": "/etc"}, "inferforge:inference.modelSource.subPath"),
+    ({"storageClass": "Premium_LRS"}, "inferforge:inference.modelSource.storageClass"),
+    ({"existingClaim": "my_claim"}, "inferforge:inference.modelSource.existingClaim"),
+])
+def test_model_source_names_kubernetes_rejects_are_named(source: dict, fragment: str):
+    text = problems({"inference": {"modelSource": source}})
+    assert fragment in text and "allowed:" in text
+
+
+def test_a_huge_kubernetes_name_is_not_echoed_whole():
+    text = problems({"inference": {"modelSource": {"storageClass": "a" * 100_000}}})
+    assert "is 100000 characters; allowed: 1-253 characters" in text and len(text) < 400
