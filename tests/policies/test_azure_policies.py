@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from policies.pack import ALL_POLICIES
 
-from .conftest import break_property, of_type, run_policy, set_path, stack_entry
+from .conftest import CONFIG_DIR, break_property, of_type, run_policy, set_path, stack_entry
 
 VAULT = "azure-native:keyvault:Vault"
 POSTGRES = "azure-native:dbforpostgresql:Server"
@@ -135,6 +136,10 @@ BROKEN: list[tuple[str, str, Mutation]] = [
     ),
     ("redis-tls-only", "plaintext redis", set_on(REDIS_DB, "clientProtocol", "Plaintext")),
     ("frontdoor-route-https-only", "no redirect", set_on(ROUTE, "httpsRedirect", "Disabled")),
+    ("frontdoor-route-api-only", "catch-all route", set_on(ROUTE, "patternsToMatch", ["/*"])),
+    ("frontdoor-route-api-only", "metrics routed", set_on(ROUTE, "patternsToMatch", ["/v1/*", "/metrics"])),
+    ("frontdoor-route-api-only", "prefix covers metrics", set_on(ROUTE, "patternsToMatch", ["/v1/*", "/m*"])),
+    ("frontdoor-route-api-only", "no patterns", set_on(ROUTE, "patternsToMatch", [])),
     (
         "frontdoor-origin-tls-or-private-link",
         "HTTP to a public origin",
@@ -273,3 +278,14 @@ def test_prod_has_many_taggable_resources_and_all_carry_the_required_tags(prod_r
     taggable = [r for r in prod_resources if accepts_tags(r.type)]
     assert len(taggable) > 20
     assert all(set(r.inputs.get("tags", {})) >= {"owner", "cost-center", "environment"} for r in taggable)
+
+
+def test_dev_front_door_routes_only_the_api_and_blocks_otherwise(dev_resources, tmp_path) -> None:
+    # Mandatory in dev too: a public /metrics is an information leak in any environment.
+    assert json.loads((CONFIG_DIR / "dev.json").read_text())["frontdoor-route-api-only"] == "mandatory"
+    assert run_policy("frontdoor-route-api-only", dev_resources, tmp_path) == []
+    broken = set_on(ROUTE, "patternsToMatch", ["/*"])(dev_resources)
+    violations = run_policy("frontdoor-route-api-only", broken, tmp_path)
+    assert [v.message for v in violations] == [
+        "patternsToMatch has '/*': every path of the origin is public, including the unauthenticated "
+        "/metrics, /health, /ready."]
