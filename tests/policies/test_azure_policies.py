@@ -84,6 +84,19 @@ def drop_owner_tag(inputs: dict[str, Any]) -> None:
     inputs["tags"].pop("owner")
 
 
+ENTRA_ADMIN = "azure-native:dbforpostgresql:AdministratorsMicrosoftEntra"
+FEDERATED_CREDENTIAL = "azure-native:managedidentity:FederatedIdentityCredential"
+
+
+def admin_is_serving_identity(inputs: dict[str, Any]) -> None:
+    inputs["principalName"] = "id-inferforge-prod-inference"
+
+
+def schema_identity_federated_to_server(inputs: dict[str, Any]) -> None:
+    if inputs["resourceName"] == "id-inferforge-prod-pgschema":
+        inputs["subject"] = "system:serviceaccount:inference:inference"
+
+
 # policy -> (case, mutation of the prod stack's resources); every Azure policy has at least one.
 BROKEN: list[tuple[str, str, Mutation]] = [
     (
@@ -173,6 +186,13 @@ BROKEN: list[tuple[str, str, Mutation]] = [
     ("aks-entra-rbac", "no Azure RBAC", set_on(AKS, "aadProfile.enableAzureRBAC", False)),
     ("aks-workload-identity", "no OIDC issuer", set_on(AKS, "oidcIssuerProfile.enabled", False)),
     ("redis-access-keys-disabled", "access keys on", set_on(REDIS_DB, "accessKeysAuthentication", "Enabled")),
+    ("postgres-admin-not-serving-identity", "server identity is admin", mutate_on(ENTRA_ADMIN,
+                                                                                  admin_is_serving_identity)),
+    (
+        "postgres-admin-not-serving-identity",
+        "admin identity federated to the server",
+        mutate_on(FEDERATED_CREDENTIAL, schema_identity_federated_to_server),
+    ),
     ("postgres-entra-auth", "no Entra auth", set_on(POSTGRES, "authConfig.activeDirectoryAuth", "Disabled")),
     (
         "postgres-password-auth-disabled",
@@ -289,3 +309,14 @@ def test_dev_front_door_routes_only_the_api_and_blocks_otherwise(dev_resources, 
     assert [v.message for v in violations] == [
         "patternsToMatch has '/*': every path of the origin is public, including the unauthenticated "
         "/metrics, /health, /ready."]
+
+
+def test_dev_serving_identity_is_not_a_postgres_admin_and_the_check_blocks(dev_resources, tmp_path) -> None:
+    assert json.loads((CONFIG_DIR / "dev.json").read_text())["postgres-admin-not-serving-identity"] == "mandatory"
+    assert run_policy("postgres-admin-not-serving-identity", dev_resources, tmp_path) == []
+    broken = break_property(dev_resources, of_type(ENTRA_ADMIN),
+                            set_path("principalName", "id-inferforge-dev-inference"))
+    (violation,) = run_policy("postgres-admin-not-serving-identity", broken, tmp_path)
+    assert violation.resource_type == ENTRA_ADMIN
+    assert "identity 'id-inferforge-dev-inference', which serving pods use (federated to " \
+        "system:serviceaccount:inference:inference)" in violation.message
