@@ -8,7 +8,7 @@ load balancer; Front Door's private endpoint connection to it must be approved o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,7 +47,11 @@ class FrontDoorArgs:
     origin_port: int = 80
     """Port of the internal load balancer (HTTP inside the private link; TLS terminates at Front Door)."""
     health_probe_path: str = "/ready"
-    """Unauthenticated readiness path of the inference server."""
+    """Unauthenticated readiness path of the inference server. Front Door probes each origin directly,
+    not through a route (https://learn.microsoft.com/azure/frontdoor/health-probes), so it needs no route."""
+    route_patterns: Sequence[str] = ("/v1/*",)
+    """Paths Front Door forwards: the OpenAI API only. Never `/*`: the server's unauthenticated
+    `/metrics`, `/health` and `/ready` must stay private (the `frontdoor-route-api-only` policy)."""
     origin_response_timeout_seconds: int = 240
     """Generous: a long completion streams for minutes."""
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -166,7 +170,7 @@ class FrontDoor(pulumi.ComponentResource):
             # Front Door -> origin stays inside Microsoft's network over Private Link (no public hop).
             forwarding_protocol="HttpOnly",
             link_to_default_domain="Enabled",
-            patterns_to_match=["/*"],
+            patterns_to_match=list(args.route_patterns),
             enabled_state="Enabled",
             opts=pulumi.ResourceOptions(parent=self.endpoint, depends_on=[origin]),
         )

@@ -1,4 +1,4 @@
-"""Workload identity: the inference pods' Entra identity, federated with their Kubernetes service account."""
+"""Workload identity: an Entra identity for pods, federated with their Kubernetes service account."""
 
 from __future__ import annotations
 
@@ -20,16 +20,17 @@ class WorkloadIdentityArgs:
     location: pulumi.Input[str]
     """Azure region."""
     identity_name: str
-    """CAF name (`id-<workload>-<env>-inference`)."""
+    """CAF name (`id-<workload>-<env>-inference`, `id-<workload>-<env>-pgschema`)."""
     oidc_issuer_url: pulumi.Input[str]
     """The AKS cluster's OIDC issuer; only tokens it signs can be exchanged."""
     federated_subjects: Sequence[str]
     """`system:serviceaccount:<namespace>:<name>` of each service account that may use the identity
-    (the inference pods, the pgvector Job); each subject pins exactly one service account."""
-    key_vault_id: pulumi.Input[str]
-    """Vault whose secrets (API keys) the pods read: Key Vault Secrets User on this vault only."""
+    (the inference pods for one, the pgvector schema Job for the other); each subject pins exactly one."""
     subscription_id: pulumi.Input[str]
     """Subscription, to build the built-in role definition id."""
+    key_vault_id: pulumi.Input[str] | None = None
+    """Vault whose secrets (API keys) the pods read: Key Vault Secrets User on this vault only. None
+    (the default) grants nothing: an identity gets only the data-plane access it is given."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags required by the tagging policy."""
 
@@ -70,15 +71,16 @@ class WorkloadIdentity(pulumi.ComponentResource):
                 # Entra rejects concurrent federated-credential writes on one identity.
                 opts=pulumi.ResourceOptions(parent=self.identity, depends_on=[previous] if previous else None),
             )
-        role_assignment(
-            f"{name}-kv-secrets-user",
-            scope=args.key_vault_id,
-            principal_id=self.identity.principal_id,
-            subscription_id=args.subscription_id,
-            role_guid=ROLE_KEY_VAULT_SECRETS_USER,
-            parent=self,
-            description="inferforge inference pods read their API keys",
-        )
+        if args.key_vault_id is not None:
+            role_assignment(
+                f"{name}-kv-secrets-user",
+                scope=args.key_vault_id,
+                principal_id=self.identity.principal_id,
+                subscription_id=args.subscription_id,
+                role_guid=ROLE_KEY_VAULT_SECRETS_USER,
+                parent=self,
+                description="inferforge inference pods read their API keys",
+            )
         self.client_id = self.identity.client_id
         self.principal_id = self.identity.principal_id
         self.tenant_id = self.identity.tenant_id

@@ -127,6 +127,11 @@ class PlatformNames:
         return f"id-{self.base}-inference"
 
     @property
+    def schema_identity(self) -> str:
+        # Same charset as `identity` and shorter, so the `identity` check in checks() covers it.
+        return f"id-{self.base}-pgschema"
+
+    @property
     def private_link_service(self) -> str:
         return f"pls-{self.base}-inference"
 

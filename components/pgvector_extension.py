@@ -1,4 +1,5 @@
-"""PgvectorExtension: run ``CREATE EXTENSION IF NOT EXISTS vector`` in the application database, in-cluster.
+"""PgvectorExtension: run ``CREATE EXTENSION IF NOT EXISTS vector`` in the application database, in-cluster,
+and give the serving identity a least-privilege database role.
 
 Why a Kubernetes Job
 --------------------
@@ -22,6 +23,18 @@ Mechanism (no password anywhere)
    ``CREATE EXTENSION IF NOT EXISTS vector`` with ``ON_ERROR_STOP``: idempotent, safe to re-run. The
    webhook is told to skip this container (``azure.workload.identity/skip-containers``): it needs the
    database token, not the federated one.
+
+Serving role (least privilege)
+------------------------------
+With ``app_role_name`` / ``app_principal_object_id`` set, the Job (as the Entra admin) first
+creates a database role for the *serving* identity in the ``postgres`` database with
+``pgaadauth_create_principal_with_oid(role, object id, 'service', isAdmin => false, isMfa => false)``
+(https://learn.microsoft.com/azure/postgresql/flexible-server/how-to-manage-azure-ad-users), only if
+it does not exist yet, then in the application database: schema ``app_schema`` (owned by the admin),
+USAGE on it, SELECT/INSERT/UPDATE/DELETE on its tables and USAGE/SELECT on its sequences (now and,
+through default privileges, for tables the admin creates later), CONNECT on the database. No CREATE,
+no admin membership, no superuser: the Job fails if the role has any of them. The Job's own identity
+must be dedicated (not the serving one); the ``postgres-admin-not-serving-identity`` policy checks it.
 
 Prerequisites the stack wires (this component creates none of them): the identity is a PostgreSQL
 Entra administrator of the server (``entra_principal_name`` is its principal name there); it has a
@@ -94,6 +107,59 @@ CREATE_EXTENSION_SCRIPT = (
 )
 
 
+# With a serving role: create the Entra principal's role in `postgres` (where the pgaadauth functions
+# live) unless it exists, then the extension, schema and grants in the application database. psql
+# variables are not expanded inside dollar-quoted bodies, so they travel as session settings.
+SERVER_ROLE_SQL = """\
+SELECT pgaadauth_create_principal_with_oid(:'app_role', :'app_oid', 'service', false, false)
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'app_role');
+"""
+SERVER_GRANTS_SQL = """\
+CREATE EXTENSION IF NOT EXISTS vector;
+SELECT set_config('inferforge.app_role', :'app_role', false), set_config('inferforge.app_schema', :'app_schema', false);
+DO $$
+DECLARE
+  app_role text := current_setting('inferforge.app_role');
+  app_schema text := current_setting('inferforge.app_schema');
+BEGIN
+  IF to_regnamespace(app_schema) IS NULL AND NOT has_database_privilege(current_database(), 'CREATE') THEN
+    RAISE EXCEPTION 'role % may not create schema % in database % (owner %): run the Job as an Entra admin of '
+      'a database owned by azure_pg_admin, or create the schema first', current_user, app_schema, current_database(),
+      (SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database());
+  END IF;
+  EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I', app_schema);
+  IF has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION') THEN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), app_role);
+  END IF;
+  EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', app_schema, app_role);
+  EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO %I', app_schema, app_role);
+  EXECUTE format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA %I TO %I', app_schema, app_role);
+  EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO %I',
+                 app_schema, app_role);
+  EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT USAGE, SELECT ON SEQUENCES TO %I', app_schema, app_role);
+  IF NOT has_database_privilege(app_role, current_database(), 'CONNECT') THEN
+    RAISE EXCEPTION 'role % cannot connect to database %', app_role, current_database();
+  END IF;
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = app_role
+             AND (rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls OR rolreplication))
+     OR has_schema_privilege(app_role, app_schema, 'CREATE')
+     OR has_database_privilege(app_role, current_database(), 'CREATE')
+     OR EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+                JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = app_role AND g.rolname = 'azure_pg_admin') THEN
+    RAISE EXCEPTION 'role % has more than data access (admin, superuser or CREATE)', app_role;
+  END IF;
+END
+$$;
+"""
+SERVER_ROLE_SCRIPT = (
+    f'export PGPASSWORD="$(cat {TOKEN_DIR}/token)"\n'
+    'psql -X -v ON_ERROR_STOP=1 -d postgres -v app_role="$APP_ROLE" -v app_oid="$APP_OBJECT_ID" <<\'SQL\'\n'
+    f"{SERVER_ROLE_SQL}SQL\n"
+    'exec psql -X -v ON_ERROR_STOP=1 -v app_role="$APP_ROLE" -v app_schema="$APP_SCHEMA" <<\'SQL\'\n'
+    f"{SERVER_GRANTS_SQL}SQL\n"
+)
+
+
 class PgvectorExtensionConfigError(InferenceServiceConfigError):
     """Invalid PgvectorExtension arguments; the message names the field, the value and what is allowed."""
 
@@ -122,6 +188,12 @@ class PgvectorExtensionArgs:
     """Delegated PostgreSQL subnet: the only in-VNet egress the Job gets (TCP 5432)."""
     allow_image_tags: bool = False
     """Off by default: a tag can change what runs with database-admin rights; dev may allow it."""
+    app_role_name: pulumi.Input[str] | None = None
+    """Database role for the serving identity (its Entra principal name); None: only the extension."""
+    app_principal_object_id: pulumi.Input[str] | None = None
+    """Entra object (principal) id of the serving identity; the role maps to it (``pgaadauth``)."""
+    app_schema: str = "rag"
+    """Schema of the RAG tables: the serving role gets data access there, never CREATE."""
     service_account_name: str = "pgvector-init"
     """ServiceAccount of the Job; part of the federated credential subject."""
     ssl_mode: Literal["require", "verify-full"] = "require"
@@ -161,6 +233,12 @@ class PgvectorExtensionArgs:
                                              "only accepted when allow_image_tags is true (dev)")
                 if not _TAGGED_IMAGE.match(image or ""):
                     raise _fail(name, image, "must be an image reference such as registry/repository:tag")
+            if (self.app_role_name is None) != (self.app_principal_object_id is None):
+                raise _fail("app_role_name", self.app_role_name, "and app_principal_object_id must be set together "
+                                                                 "(the role maps to that Entra object id)")
+            if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.app_schema or ""):
+                raise _fail("app_schema", self.app_schema, "must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, "
+                                                           "at most 63 characters)")
             if self.ssl_mode not in ("require", "verify-full"):
                 raise _fail("ssl_mode", self.ssl_mode, "must be 'require' or 'verify-full' (TLS is mandatory)")
             _check_cidr("postgres_subnet_cidr", self.postgres_subnet_cidr)
@@ -222,7 +300,9 @@ class PgvectorExtension(pulumi.ComponentResource):
 
         self.job_name = name_of(job)
         self.service_account_name = name_of(service_account)
+        self.app_role_name = args.app_role_name
         self.register_outputs({
+            "app_role_name": args.app_role_name,
             "job_name": self.job_name,
             "service_account_name": self.service_account_name,
             "federated_subject": args.federated_subject,
@@ -252,8 +332,10 @@ class PgvectorExtension(pulumi.ComponentResource):
             name="psql",
             image=args.postgres_client_image,
             image_pull_policy="IfNotPresent",
-            command=["/bin/sh", "-ec", CREATE_EXTENSION_SCRIPT],
-            env=[core.EnvVarArgs(name="PGHOST", value=args.host),
+            command=["/bin/sh", "-ec",
+                     SERVER_ROLE_SCRIPT if args.app_role_name is not None else CREATE_EXTENSION_SCRIPT],
+            env=[*PgvectorExtension._app_role_env(args),
+                 core.EnvVarArgs(name="PGHOST", value=args.host),
                  core.EnvVarArgs(name="PGPORT", value=str(POSTGRES_PORT)),
                  core.EnvVarArgs(name="PGDATABASE", value=args.database),
                  core.EnvVarArgs(name="PGUSER", value=args.entra_principal_name),
@@ -297,6 +379,14 @@ class PgvectorExtension(pulumi.ComponentResource):
                 ),
             ),
         )
+
+    @staticmethod
+    def _app_role_env(args: PgvectorExtensionArgs) -> list[k8s.core.v1.EnvVarArgs]:
+        if args.app_role_name is None:
+            return []
+        return [k8s.core.v1.EnvVarArgs(name="APP_ROLE", value=args.app_role_name),
+                k8s.core.v1.EnvVarArgs(name="APP_OBJECT_ID", value=args.app_principal_object_id),
+                k8s.core.v1.EnvVarArgs(name="APP_SCHEMA", value=args.app_schema)]
 
     @staticmethod
     def _network_policy_spec(args: PgvectorExtensionArgs, selector: Mapping[str, str]

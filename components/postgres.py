@@ -3,7 +3,7 @@
 pgvector is two steps (CONVENTIONS §3): the server parameter `azure.extensions` must allow VECTOR
 (done here, as a `Configuration`), then each database still needs `CREATE EXTENSION vector`. The
 server has no public endpoint, so the second step runs in-cluster as a Kubernetes Job
-(components/pgvector_extension.py) authenticated as the workload identity, which this component
+(components/pgvector_extension.py) authenticated as its own workload identity, which this component
 makes a PostgreSQL Entra administrator.
 """
 
@@ -50,7 +50,7 @@ class PostgresPgvectorArgs:
     log_analytics_workspace_id: pulumi.Input[str]
     """Workspace for PostgreSQL logs and metrics."""
     entra_admins: Sequence[EntraAdmin]
-    """Entra administrators (the inference workload identity, so the in-cluster pgvector Job can run)."""
+    """Entra administrators (the schema Job's identity, never the serving one: it gets a data-only role)."""
     database_name: str = "app"
     """The application database."""
     version: str = "16"

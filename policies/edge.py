@@ -25,6 +25,7 @@ PROFILE = "azure-native:cdn:Profile"
 ENDPOINT = "azure-native:cdn:AFDEndpoint"
 SECURITY_POLICY = "azure-native:cdn:SecurityPolicy"
 WAF_POLICY = "azure-native:frontdoor:Policy"
+ROUTE = "azure-native:cdn:Route"
 FRONT_DOOR_SKUS = {"standard_azurefrontdoor", "premium_azurefrontdoor"}
 
 
@@ -86,6 +87,30 @@ def _waf_managed_rules(args: ResourceValidationArgs, report: ReportViolation) ->
         report(f"sku.name is {sku!r}; managed rule sets are only enforced with 'Premium_AzureFrontDoor'.")
 
 
+def _pattern_matches(pattern: str, path: str) -> bool:
+    """Front Door route matching: exact path, or a trailing `*` matching any rest of the path."""
+    pattern = pattern.lower()
+    if pattern.endswith("*"):
+        return path.lower().startswith(pattern[:-1])
+    return path.lower() == pattern
+
+
+def _route_api_only(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    private = [p for p in config_list(args.get_config(), "privatePaths") if isinstance(p, str)]
+    patterns = [p for p in as_list(args.props.get("patternsToMatch")) if isinstance(p, str)]
+    if not patterns:
+        report("patternsToMatch is empty; Front Door then matches every path ('/*'). List the API paths, "
+               "e.g. ['/v1/*'].")
+    for pattern in patterns:
+        if pattern in ("/*", "*"):
+            report(f"patternsToMatch has {pattern!r}: every path of the origin is public, including the "
+                   f"unauthenticated {', '.join(private)}.")
+            continue
+        exposed = [path for path in private if _pattern_matches(pattern, path)]
+        if exposed:
+            report(f"patternsToMatch has {pattern!r}, which publishes {', '.join(exposed)}.")
+
+
 frontdoor_waf_attached = stack_policy(
     name="frontdoor-waf-attached",
     description="Every Front Door (Standard/Premium) profile has a WAF security policy that references "
@@ -128,4 +153,27 @@ frontdoor_waf_managed_rules = resource_policy(
     ),
 )
 
-POLICIES = [frontdoor_waf_attached, frontdoor_waf_prevention_mode, frontdoor_waf_managed_rules]
+frontdoor_route_api_only = resource_policy(
+    name="frontdoor-route-api-only",
+    description="Front Door routes forward only the API paths, never '/*': the inference server's "
+    "unauthenticated /metrics (and probe paths) stay off the public endpoint. Health probes reach the "
+    "origin directly, without a route.",
+    severity=Severity.HIGH,
+    remediation="Set the cdn.Route's patternsToMatch to the API paths only (FrontDoorArgs.route_patterns, "
+    "default ['/v1/*']); scrape /metrics in-cluster.",
+    resource_types=[ROUTE],
+    check=_route_api_only,
+    config_schema=PolicyConfigSchema(
+        properties={
+            "privatePaths": {
+                "type": "array",
+                "items": {"type": "string", "pattern": "^/"},
+                "default": ["/metrics", "/health", "/ready"],
+                "description": "Origin paths no route may publish (unauthenticated on the inference server).",
+            }
+        }
+    ),
+)
+
+POLICIES = [frontdoor_waf_attached, frontdoor_waf_prevention_mode, frontdoor_waf_managed_rules,
+            frontdoor_route_api_only]

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
-from pulumi_policy import ReportViolation, ResourceValidationArgs, Severity
+from pulumi_policy import ReportViolation, ResourceValidationArgs, Severity, StackValidationArgs
+from pulumi_policy.proxy import UnknownValueError
 
-from .common import is_true, lookup, require_true, require_value, resource_policy, same
+from .common import (
+    is_true,
+    links,
+    lookup,
+    references,
+    require_true,
+    require_value,
+    resource_policy,
+    resources_of,
+    same,
+    stack_policy,
+)
 
 VAULT = "azure-native:keyvault:Vault"
 AKS = "azure-native:containerservice:ManagedCluster"
 REDIS_DATABASE = "azure-native:redisenterprise:Database"
 POSTGRES = "azure-native:dbforpostgresql:Server"
+POSTGRES_ENTRA_ADMIN = "azure-native:dbforpostgresql:AdministratorsMicrosoftEntra"
+IDENTITY = "azure-native:managedidentity:UserAssignedIdentity"
+FEDERATED_CREDENTIAL = "azure-native:managedidentity:FederatedIdentityCredential"
+# Long-running pods: what serves traffic. A Job (the schema Job) is a one-shot and may be an admin.
+SERVING_WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet",
+                     "kubernetes:apps/v1:DaemonSet")
 
 
 def _keyvault_rbac(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -54,6 +72,44 @@ def _postgres_password_auth(args: ResourceValidationArgs, report: ReportViolatio
             f"authConfig.passwordAuth is {value!r}; it must be 'Disabled' (the service enables "
             "password auth when it is left out)."
         )
+
+
+def _serving_subject_matchers(args: StackValidationArgs) -> list[tuple[str | None, str]]:
+    """(namespace or None when not known yet, service account) of every serving workload's pods."""
+    matchers = []
+    for workload in resources_of(args.resources, *SERVING_WORKLOADS):
+        spec = lookup(workload.props, "spec.template.spec") or {}
+        account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+        try:
+            namespace = lookup(workload.props, "metadata.namespace") or "default"
+        except UnknownValueError:  # a namespace created in the same update is unknown during preview
+            namespace = None
+        matchers.append((namespace, str(account)))
+    return matchers
+
+
+def _postgres_admin_not_serving(args: StackValidationArgs, report: ReportViolation) -> None:
+    matchers = _serving_subject_matchers(args)
+
+    def serves(subject: object) -> bool:
+        parts = str(subject).split(":")
+        if len(parts) != 4 or parts[:2] != ["system", "serviceaccount"]:
+            return False
+        return any(account == parts[3] and namespace in (None, parts[2]) for namespace, account in matchers)
+
+    identities = resources_of(args.resources, IDENTITY)
+    serving = {}
+    for credential in resources_of(args.resources, FEDERATED_CREDENTIAL):
+        if serves(credential.props.get("subject")):
+            for identity in identities:
+                if links(credential, "resourceName", identity, "resourceName"):
+                    serving[identity.urn] = (identity, credential.props.get("subject"))
+    for admin in resources_of(args.resources, POSTGRES_ENTRA_ADMIN):
+        for identity, subject in serving.values():
+            if references(admin, "objectId", identity) or links(admin, "principalName", identity, "resourceName"):
+                report(f"PostgreSQL Entra administrator '{admin.name}' is identity "
+                       f"'{identity.props.get('resourceName', identity.name)}', which serving pods use "
+                       f"(federated to {subject}): a compromised server would own the database.", admin.urn)
 
 
 keyvault_rbac_authorization = resource_policy(
@@ -135,6 +191,18 @@ postgres_password_auth_disabled = resource_policy(
     check=_postgres_password_auth,
 )
 
+postgres_admin_not_serving_identity = stack_policy(
+    name="postgres-admin-not-serving-identity",
+    description="No identity that serving pods (Deployments, StatefulSets, DaemonSets) run as, through a "
+    "federated credential for their service account, is a PostgreSQL Entra administrator: the server gets "
+    "a data-only database role, and only a dedicated schema Job holds the admin identity.",
+    severity=Severity.HIGH,
+    remediation="Make a separate user-assigned identity, federated only to the schema Job's service account, "
+    "the AdministratorsMicrosoftEntra; give the serving identity a role with "
+    "pgaadauth_create_principal_with_oid and only the grants it needs (components/pgvector_extension.py).",
+    check=_postgres_admin_not_serving,
+)
+
 POLICIES = [
     keyvault_rbac_authorization,
     keyvault_purge_protection,
@@ -144,4 +212,5 @@ POLICIES = [
     redis_access_keys_disabled,
     postgres_entra_auth,
     postgres_password_auth_disabled,
+    postgres_admin_not_serving_identity,
 ]

@@ -29,6 +29,7 @@ from pydantic.alias_generators import to_camel
 from components.common import tag_problems
 from components.gpu_sizes import GPU_VM_SIZES, allowed_tp_sizes
 from components.naming import DNS_1123_SUBDOMAIN, RULES, PlatformNames, node_label_problems
+from stacks.gpu_memory import KNOWN_MODELS, ModelShape, gib, known_model, plan_gpu_memory
 
 NAMESPACE = "inferforge"
 # Longest piece of a user's value echoed back in an error: a 100 kB value must not flood a PR check.
@@ -306,12 +307,22 @@ class PgvectorJobConfig(_Section):
     postgres_client_image: str = Field(pattern=r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(@sha256:[0-9a-f]{64}|:[\w.-]+)$")
 
 
+class ModelShapeConfig(_Section):
+    """A model's architecture facts (its config.json), for models not in stacks/gpu_memory.py's table."""
+
+    num_layers: int = Field(ge=1, le=1024)
+    num_kv_heads: int = Field(ge=1, le=1024)
+    head_dim: int = Field(ge=1, le=4096)
+    num_params: int = Field(ge=1_000_000, le=10**13)
+
+
 class InferenceConfig(_Section):
     namespace: str = Field("inference", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     service_account: str = Field("inference", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     gpu_pool: str
     model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
     model_source: ModelSourceConfig = Field(default_factory=ModelSourceConfig)
+    model_shape: ModelShapeConfig | None = None
     image: ImageConfig
     tp_size: int = Field(1, ge=1, le=8)
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
@@ -401,6 +412,8 @@ class PlatformConfig(_Section):
                     f"inference.tpSize {self.inference.tp_size} does not fit {pool.vm_size} "
                     f"({GPU_VM_SIZES[pool.vm_size].gpus} GPUs per node, pool '{pool.name}'); "
                     f"allowed: {', '.join(map(str, allowed))}")
+            else:
+                problems.extend(self._gpu_memory_problems(pool))
         try:
             ip = ipaddress.IPv4Address(self.inference.internal_load_balancer_ip)
         except ValueError:
@@ -418,6 +431,39 @@ class PlatformConfig(_Section):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+    def _gpu_memory_problems(self, pool: GpuPoolConfig) -> list[str]:
+        """Weights / tp + preallocated KV cache + runtime margin must fit one GPU of the pool (stacks/gpu_memory.py)."""
+        inference = self.inference
+        if inference.model_shape is not None:
+            shape = ModelShape(**inference.model_shape.model_dump())
+        else:
+            known = known_model(inference.model_name)
+            if known is None:
+                return [f"inference.modelName '{inference.model_name}' is not a known model, so whether it fits "
+                        f"the GPU cannot be checked; allowed: one of {', '.join(KNOWN_MODELS)}, or set "
+                        "inference.modelShape {numLayers, numKvHeads, headDim, numParams} from its config.json"]
+            shape = known
+        gpu = GPU_VM_SIZES[pool.vm_size]
+        plan = plan_gpu_memory(shape, tp_size=inference.tp_size, dtype=inference.dtype,
+                               max_batch_size=inference.max_batch_size, max_model_len=inference.max_model_len,
+                               gpu_bytes=gpu.memory_bytes)
+        if plan.fits:
+            return []
+        needs = (f"'{inference.model_name}' at tpSize {inference.tp_size} in {inference.dtype} needs per GPU "
+                 f"{gib(plan.weight_bytes)} weights + {gib(plan.kv_bytes)} KV cache ({plan.kv_slots} slots x "
+                 f"{plan.max_model_len} tokens x {plan.kv_bytes_per_token // 1024} KiB) + "
+                 f"{gib(plan.margin_bytes)} runtime margin = {gib(plan.needed_bytes)}, but {pool.vm_size} "
+                 f"(pool '{pool.name}') has {gib(plan.gpu_bytes)} per {gpu.gpu_model} GPU")
+        if plan.max_batch_size() >= 1:
+            allowed = (f"maxBatchSize <= {plan.max_batch_size()} at maxModelLen {plan.max_model_len}, or "
+                       f"maxModelLen <= {plan.max_model_len_at(inference.max_batch_size)} at maxBatchSize "
+                       f"{inference.max_batch_size}, or a larger tpSize / a GPU with more memory")
+        else:
+            allowed = "a larger tpSize or a GPU with more memory (the weights alone leave no room for the KV cache)"
+        return [f"inference.maxBatchSize {inference.max_batch_size} with maxModelLen {inference.max_model_len} does "
+                f"not fit the GPU: {needs}; allowed: {allowed}"]
 
 
 # Environment baselines: defaults per environment, overridden key by key by the stack YAML.

@@ -1,7 +1,8 @@
 """The Pulumi program: validate the stack's config, then compose the platform in dependency order.
 
-resource group -> Log Analytics -> network -> Key Vault -> AKS (+ GPU pools) -> workload identity
--> PostgreSQL (identity as Entra admin) -> Managed Redis (identity's access policy) -> Front Door
+resource group -> Log Analytics -> network -> Key Vault -> AKS (+ GPU pools) -> workload identities
+(serving; schema Job) -> PostgreSQL (schema identity as Entra admin) -> Managed Redis (serving identity's
+access policy) -> Front Door
 (origin: the inference Service's Private Link Service) -> Kubernetes workloads (pgvector Job,
 inference service) through a provider built from the cluster's Entra credentials.
 """
@@ -25,7 +26,7 @@ from components.observability import Observability, ObservabilityArgs
 from components.postgres import EntraAdmin, PostgresPgvector, PostgresPgvectorArgs
 from components.redis import ManagedRedis, ManagedRedisArgs
 from stacks.config import NAMESPACE, ConfigError, PlatformConfig, parse_stack_config
-from stacks.workloads import deploy_workloads, federated_subjects
+from stacks.workloads import deploy_workloads, federated_subjects, schema_job_subjects
 
 SERVING_PORT = 8000
 
@@ -95,12 +96,18 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         resource_group_name=rg, location=cfg.location, identity_name=names.identity,
         oidc_issuer_url=aks.oidc_issuer_url, federated_subjects=federated_subjects(cfg), key_vault_id=vault.vault_id,
         subscription_id=client.subscription_id, tags=tags))
+    # The PostgreSQL Entra admin is its own identity, federated only to the pgvector schema Job: the
+    # serving pods never hold database-admin rights (policy postgres-admin-not-serving-identity).
+    schema_identity = WorkloadIdentity("schema-identity", WorkloadIdentityArgs(
+        resource_group_name=rg, location=cfg.location, identity_name=names.schema_identity,
+        oidc_issuer_url=aks.oidc_issuer_url, federated_subjects=schema_job_subjects(cfg),
+        subscription_id=client.subscription_id, tags=tags))
 
     postgres = PostgresPgvector("postgres", PostgresPgvectorArgs(
         resource_group_name=rg, location=cfg.location, name_prefix=names.postgres_prefix,
         tenant_id=client.tenant_id, delegated_subnet_id=net.subnet_ids["postgres"],
         private_dns_zone_id=net.dns_zone_ids["postgres"], log_analytics_workspace_id=workspace_id,
-        entra_admins=[EntraAdmin(object_id=identity.principal_id, principal_name=names.identity)],
+        entra_admins=[EntraAdmin(object_id=schema_identity.principal_id, principal_name=names.schema_identity)],
         database_name=cfg.postgres.database_name, version=cfg.postgres.version, sku_name=cfg.postgres.sku_name,
         sku_tier=cfg.postgres.tier, storage_size_gb=cfg.postgres.storage_size_gb,
         backup_retention_days=cfg.postgres.backup_retention_days,
@@ -129,8 +136,8 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
     provider = k8s.Provider("aks-provider", kubeconfig=kubeconfig, enable_server_side_apply=True,
                             opts=pulumi.ResourceOptions(depends_on=list(aks.gpu_pools.values())))
 
-    workloads = deploy_workloads(cfg, provider=provider, identity=identity, vault=vault, postgres=postgres,
-                                 redis=redis, serving_port=SERVING_PORT)
+    workloads = deploy_workloads(cfg, provider=provider, identity=identity, schema_identity=schema_identity,
+                                 vault=vault, postgres=postgres, redis=redis, serving_port=SERVING_PORT)
 
     return {
         "resourceGroupName": rg,

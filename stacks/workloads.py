@@ -25,10 +25,13 @@ PGVECTOR_SERVICE_ACCOUNT = "pgvector-init"
 
 
 def federated_subjects(cfg: PlatformConfig) -> list[str]:
-    """Service accounts that run as the inference workload identity."""
-    namespace = cfg.inference.namespace
-    return [f"system:serviceaccount:{namespace}:{cfg.inference.service_account}",
-            f"system:serviceaccount:{namespace}:{PGVECTOR_SERVICE_ACCOUNT}"]
+    """Service accounts that run as the inference (serving) identity: the server's only."""
+    return [f"system:serviceaccount:{cfg.inference.namespace}:{cfg.inference.service_account}"]
+
+
+def schema_job_subjects(cfg: PlatformConfig) -> list[str]:
+    """Service accounts that run as the schema identity (the PostgreSQL Entra admin): the pgvector Job's only."""
+    return [f"system:serviceaccount:{cfg.inference.namespace}:{PGVECTOR_SERVICE_ACCOUNT}"]
 
 
 def _model_source(cfg: PlatformConfig) -> PvcModelSource | DownloadModelSource:
@@ -97,8 +100,9 @@ def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.In
     )
 
 
-def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: WorkloadIdentity, vault: KeyVault,
-                     postgres: PostgresPgvector, redis: ManagedRedis, serving_port: int) -> dict[str, Any]:
+def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: WorkloadIdentity,
+                     schema_identity: WorkloadIdentity, vault: KeyVault, postgres: PostgresPgvector,
+                     redis: ManagedRedis, serving_port: int) -> dict[str, Any]:
     """Register the in-cluster workloads; returns their stack outputs."""
     inference = InferenceService("inference", inference_service_args(
         cfg, identity_client_id=identity.client_id, key_vault_uri=vault.vault_uri, redis_host=redis.host_name,
@@ -107,13 +111,17 @@ def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: W
         namespace=cfg.inference.namespace,
         host=postgres.fqdn,
         database=postgres.database_name,
-        entra_principal_name=cfg.names.identity,
-        client_id=identity.client_id,
-        tenant_id=identity.tenant_id,
+        # The Job runs as the schema identity (the Entra admin) and gives the serving identity a data-only role.
+        entra_principal_name=cfg.names.schema_identity,
+        client_id=schema_identity.client_id,
+        tenant_id=schema_identity.tenant_id,
+        app_role_name=cfg.names.identity,
+        app_principal_object_id=identity.principal_id,
         azure_cli_image=cfg.inference.pgvector_job.azure_cli_image,
         postgres_client_image=cfg.inference.pgvector_job.postgres_client_image,
         postgres_subnet_cidr=cfg.network.postgres_subnet,
         allow_image_tags=cfg.environment == "dev",
         service_account_name=PGVECTOR_SERVICE_ACCOUNT,
-    ), opts=pulumi.ResourceOptions(provider=provider, depends_on=[inference, postgres]))
-    return {"inferenceNamespace": inference.namespace, "inferenceService": inference.service_name}
+    ), opts=pulumi.ResourceOptions(provider=provider, depends_on=[inference, postgres, schema_identity]))
+    return {"inferenceNamespace": inference.namespace, "inferenceService": inference.service_name,
+            "postgresServerRole": cfg.names.identity}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import kubernetes_validate
@@ -151,6 +152,9 @@ def test_every_child_uses_the_provider_passed_in_opts() -> None:
     ({"namespace": "Inference_NS"}, r"namespace='Inference_NS' is invalid"),
     ({"backoff_limit": -1}, r"backoff_limit=-1 is invalid"),
     ({"tolerations": ("CriticalAddonsOnly",)}, r"tolerations='CriticalAddonsOnly' is invalid"),
+    ({"app_role_name": "id-inferforge-prod-inference"},
+     r"app_role_name='id-inferforge-prod-inference' is invalid: and app_principal_object_id must be set together"),
+    ({"app_schema": "Rag-Tables"}, r"app_schema='Rag-Tables' is invalid: must be a lower-case SQL identifier"),
 ])
 def test_bad_args_are_rejected_with_a_message_naming_field_and_rule(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(PgvectorExtensionConfigError, match=message):
@@ -173,3 +177,47 @@ def test_policy_pack_rejects_upstream_registries_in_prod() -> None:
     upstream = job_args(azure_cli_image="mcr.microsoft.com/azure-cli@sha256:" + "1" * 64)
     violations = evaluate(render_resources(upstream), config_path_for("prod"), "prod")
     assert [v.policy_name for v in violations] == ["k8s-allowed-registry"]
+
+
+SERVER_ROLE = "id-inferforge-prod-inference"
+SERVER_OID = "00000000-0000-0000-0000-0000000000bb"
+
+
+@pytest.fixture(scope="module")
+def role_objects() -> dict[str, dict[str, Any]]:
+    return render_job(job_args(app_role_name=SERVER_ROLE, app_principal_object_id=SERVER_OID))
+
+
+def test_job_creates_the_serving_role_once_as_a_non_admin_entra_principal(role_objects) -> None:
+    (psql,) = pod_of(role_objects)["spec"]["containers"]
+    script = psql["command"][-1]
+    env = {e["name"]: e["value"] for e in psql["env"]}
+    assert (env["APP_ROLE"], env["APP_OBJECT_ID"], env["APP_SCHEMA"]) == (SERVER_ROLE, SERVER_OID, "rag")
+    assert env["PGUSER"] == "id-inferforge-prod-pgadmin"  # the Job runs as the admin, not as the server
+    # In `postgres` (where pgaadauth lives), only when absent: isAdmin false, isMfa false, type service.
+    role_step, grants_step = script.split("exec psql", 1)
+    assert "-d postgres" in role_step and "ON_ERROR_STOP=1" in role_step
+    assert ("pgaadauth_create_principal_with_oid(:'app_role', :'app_oid', 'service', false, false)\n"
+            " WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'app_role');") in role_step
+    assert "-d " not in grants_step and "ON_ERROR_STOP=1" in grants_step  # PGDATABASE: the application database
+    assert "CREATE EXTENSION IF NOT EXISTS vector;" in grants_step
+
+
+def test_serving_role_gets_data_access_only_and_the_job_fails_otherwise(role_objects) -> None:
+    (psql,) = pod_of(role_objects)["spec"]["containers"]
+    script = psql["command"][-1]
+    granted = set(re.findall(r"GRANT ((?:[A-Z]+(?:, )?)+) ON ", script))
+    assert granted == {"CONNECT", "USAGE", "SELECT, INSERT, UPDATE, DELETE", "USAGE, SELECT"}
+    for forbidden in ("GRANT CREATE", "ALL PRIVILEGES", "SUPERUSER", "GRANT azure_pg_admin", "TRUNCATE"):
+        assert forbidden not in script
+    for check in ("rolsuper OR rolcreaterole OR rolcreatedb", "has_schema_privilege(app_role, app_schema, 'CREATE')",
+                  "g.rolname = 'azure_pg_admin'", "RAISE EXCEPTION 'role % has more than data access"):
+        assert check in script
+
+
+def test_role_objects_validate_and_pass_the_prod_pack(role_objects) -> None:
+    for manifest in role_objects.values():
+        kubernetes_validate.validate(manifest, CLUSTER_VERSION, strict=True)
+    violations = evaluate(render_resources(job_args(app_role_name=SERVER_ROLE, app_principal_object_id=SERVER_OID)),
+                          config_path_for("prod"), "prod")
+    assert violations == []

@@ -78,11 +78,42 @@ def test_dev_postgres_password_is_generated_and_stored_only_in_key_vault(dev):
     assert secret.inputs["properties"]["value"] == server["administratorLoginPassword"]
 
 
-def test_postgres_entra_admin_is_the_inference_workload_identity(prod):
-    admin = one(prod, "azure-native:dbforpostgresql:AdministratorsMicrosoftEntra").inputs
-    identity = one(prod, "azure-native:managedidentity:UserAssignedIdentity")
-    assert admin["principalName"] == identity.inputs["resourceName"] == "id-inferforge-prod-inference"
+IDENTITY = "azure-native:managedidentity:UserAssignedIdentity"
+SERVING_IDENTITY, SCHEMA_IDENTITY = "inference-identity-identity", "schema-identity-identity"
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_postgres_entra_admin_is_the_schema_job_identity_not_the_serving_one(stack, request):
+    resources = request.getfixturevalue(stack)
+    admin = one(resources, "azure-native:dbforpostgresql:AdministratorsMicrosoftEntra").inputs
+    schema = one(resources, IDENTITY, SCHEMA_IDENTITY)
+    assert admin["principalName"] == schema.inputs["resourceName"] == f"id-inferforge-{stack}-pgschema"
     assert admin["principalType"] == "ServicePrincipal"
+    assert admin["principalName"] != one(resources, IDENTITY, SERVING_IDENTITY).inputs["resourceName"]
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_each_identity_is_federated_to_exactly_its_own_service_account(stack, request):
+    resources = request.getfixturevalue(stack)
+    by_identity: dict[str, set[str]] = {}
+    for credential in of_type(resources, "azure-native:managedidentity:FederatedIdentityCredential"):
+        by_identity.setdefault(credential.inputs["resourceName"], set()).add(credential.inputs["subject"])
+    assert by_identity == {f"id-inferforge-{stack}-inference": {"system:serviceaccount:inference:inference"},
+                           f"id-inferforge-{stack}-pgschema": {"system:serviceaccount:inference:pgvector-init"}}
+
+
+def test_schema_job_runs_as_the_admin_and_creates_the_servers_role(prod):
+    job = one(prod, "kubernetes:batch/v1:Job").inputs
+    (psql,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in psql["env"]}
+    assert env["PGUSER"] == "id-inferforge-prod-pgschema"
+    assert env["APP_ROLE"] == "id-inferforge-prod-inference"
+    serving_principal = next(r for r in of_type(prod, "azure-native:redisenterprise:AccessPolicyAssignment"))
+    assert env["APP_OBJECT_ID"] == serving_principal.inputs["user"]["objectId"]  # the serving identity's object id
+    assert "pgaadauth_create_principal_with_oid" in psql["command"][-1]
+    accounts = {s.inputs["metadata"]["name"]: s.inputs["metadata"]["annotations"]["azure.workload.identity/client-id"]
+                for s in of_type(prod, "kubernetes:core/v1:ServiceAccount")}
+    assert accounts["pgvector-init"] != accounts["inference"]  # the server pods never get the admin identity
 
 
 def test_pgvector_extension_is_created_in_cluster_by_a_job(prod):
@@ -110,7 +141,7 @@ def test_managed_redis_is_tls_only_entra_only_and_private(stack, request):
 
 def test_redis_grants_data_access_to_the_inference_identity(prod):
     assignment = one(prod, "azure-native:redisenterprise:AccessPolicyAssignment").inputs
-    identity = one(prod, "azure-native:managedidentity:UserAssignedIdentity")
+    identity = one(prod, IDENTITY, SERVING_IDENTITY)
     assert assignment["accessPolicyName"] == "default"
     assert assignment["user"]["objectId"] == identity.inputs.get("principalId", assignment["user"]["objectId"])
     assert assignment["user"]["objectId"]

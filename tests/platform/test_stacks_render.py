@@ -103,3 +103,13 @@ def test_inference_deployment_command_parses_with_the_server_cli(stack, request)
     assert container["resources"]["limits"]["nvidia.com/gpu"] in (tp_size, str(tp_size))
     assert parsed.api_keys_keyvault_url.startswith("https://kv-inferforge-")
     assert parsed.api_keys_secret == "inference-api-keys"
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_front_door_routes_only_the_api_and_probes_readiness_on_the_origin(stack, request):
+    resources = request.getfixturevalue(stack)
+    route = one(resources, "azure-native:cdn:Route")
+    assert route.inputs["patternsToMatch"] == ["/v1/*"]  # /metrics, /health, /ready stay private
+    # The probe goes to the origin directly (no route needed), on the server's unauthenticated /ready.
+    probe = one(resources, "azure-native:cdn:AFDOriginGroup").inputs["healthProbeSettings"]
+    assert probe["probePath"] == "/ready"

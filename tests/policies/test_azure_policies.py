@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from policies.pack import ALL_POLICIES
 
-from .conftest import break_property, of_type, run_policy, set_path, stack_entry
+from .conftest import CONFIG_DIR, break_property, of_type, run_policy, set_path, stack_entry
 
 VAULT = "azure-native:keyvault:Vault"
 POSTGRES = "azure-native:dbforpostgresql:Server"
@@ -83,6 +84,19 @@ def drop_owner_tag(inputs: dict[str, Any]) -> None:
     inputs["tags"].pop("owner")
 
 
+ENTRA_ADMIN = "azure-native:dbforpostgresql:AdministratorsMicrosoftEntra"
+FEDERATED_CREDENTIAL = "azure-native:managedidentity:FederatedIdentityCredential"
+
+
+def admin_is_serving_identity(inputs: dict[str, Any]) -> None:
+    inputs["principalName"] = "id-inferforge-prod-inference"
+
+
+def schema_identity_federated_to_server(inputs: dict[str, Any]) -> None:
+    if inputs["resourceName"] == "id-inferforge-prod-pgschema":
+        inputs["subject"] = "system:serviceaccount:inference:inference"
+
+
 # policy -> (case, mutation of the prod stack's resources); every Azure policy has at least one.
 BROKEN: list[tuple[str, str, Mutation]] = [
     (
@@ -135,6 +149,10 @@ BROKEN: list[tuple[str, str, Mutation]] = [
     ),
     ("redis-tls-only", "plaintext redis", set_on(REDIS_DB, "clientProtocol", "Plaintext")),
     ("frontdoor-route-https-only", "no redirect", set_on(ROUTE, "httpsRedirect", "Disabled")),
+    ("frontdoor-route-api-only", "catch-all route", set_on(ROUTE, "patternsToMatch", ["/*"])),
+    ("frontdoor-route-api-only", "metrics routed", set_on(ROUTE, "patternsToMatch", ["/v1/*", "/metrics"])),
+    ("frontdoor-route-api-only", "prefix covers metrics", set_on(ROUTE, "patternsToMatch", ["/v1/*", "/m*"])),
+    ("frontdoor-route-api-only", "no patterns", set_on(ROUTE, "patternsToMatch", [])),
     (
         "frontdoor-origin-tls-or-private-link",
         "HTTP to a public origin",
@@ -168,6 +186,13 @@ BROKEN: list[tuple[str, str, Mutation]] = [
     ("aks-entra-rbac", "no Azure RBAC", set_on(AKS, "aadProfile.enableAzureRBAC", False)),
     ("aks-workload-identity", "no OIDC issuer", set_on(AKS, "oidcIssuerProfile.enabled", False)),
     ("redis-access-keys-disabled", "access keys on", set_on(REDIS_DB, "accessKeysAuthentication", "Enabled")),
+    ("postgres-admin-not-serving-identity", "server identity is admin", mutate_on(ENTRA_ADMIN,
+                                                                                  admin_is_serving_identity)),
+    (
+        "postgres-admin-not-serving-identity",
+        "admin identity federated to the server",
+        mutate_on(FEDERATED_CREDENTIAL, schema_identity_federated_to_server),
+    ),
     ("postgres-entra-auth", "no Entra auth", set_on(POSTGRES, "authConfig.activeDirectoryAuth", "Disabled")),
     (
         "postgres-password-auth-disabled",
@@ -273,3 +298,25 @@ def test_prod_has_many_taggable_resources_and_all_carry_the_required_tags(prod_r
     taggable = [r for r in prod_resources if accepts_tags(r.type)]
     assert len(taggable) > 20
     assert all(set(r.inputs.get("tags", {})) >= {"owner", "cost-center", "environment"} for r in taggable)
+
+
+def test_dev_front_door_routes_only_the_api_and_blocks_otherwise(dev_resources, tmp_path) -> None:
+    # Mandatory in dev too: a public /metrics is an information leak in any environment.
+    assert json.loads((CONFIG_DIR / "dev.json").read_text())["frontdoor-route-api-only"] == "mandatory"
+    assert run_policy("frontdoor-route-api-only", dev_resources, tmp_path) == []
+    broken = set_on(ROUTE, "patternsToMatch", ["/*"])(dev_resources)
+    violations = run_policy("frontdoor-route-api-only", broken, tmp_path)
+    assert [v.message for v in violations] == [
+        "patternsToMatch has '/*': every path of the origin is public, including the unauthenticated "
+        "/metrics, /health, /ready."]
+
+
+def test_dev_serving_identity_is_not_a_postgres_admin_and_the_check_blocks(dev_resources, tmp_path) -> None:
+    assert json.loads((CONFIG_DIR / "dev.json").read_text())["postgres-admin-not-serving-identity"] == "mandatory"
+    assert run_policy("postgres-admin-not-serving-identity", dev_resources, tmp_path) == []
+    broken = break_property(dev_resources, of_type(ENTRA_ADMIN),
+                            set_path("principalName", "id-inferforge-dev-inference"))
+    (violation,) = run_policy("postgres-admin-not-serving-identity", broken, tmp_path)
+    assert violation.resource_type == ENTRA_ADMIN
+    assert "identity 'id-inferforge-dev-inference', which serving pods use (federated to " \
+        "system:serviceaccount:inference:inference)" in violation.message
