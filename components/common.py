@@ -17,6 +17,7 @@ ROLE_KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 ROLE_KEY_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
 ROLE_AKS_RBAC_CLUSTER_ADMIN = "b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b"
 ROLE_NETWORK_CONTRIBUTOR = "4d97b98b-1d4f-4787-a291-c67834d212e7"
+ROLE_ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 
 
 def standard_tags(*, environment: str, owner: str, cost_center: str, extra: Mapping[str, str] | None = None
