@@ -71,7 +71,8 @@ NAME_INPUTS = (
     "privateDnsZoneGroupName", "privateZoneName", "virtualNetworkLinkName", "vaultName", "secretName",
     "serverName", "configurationName", "databaseName", "clusterName", "accessPolicyAssignmentName",
     "profileName", "endpointName", "originGroupName", "originName", "routeName", "securityPolicyName",
-    "policyName", "registryName", "resourceName", "agentPoolName", "workspaceName", "federatedIdentityCredentialResourceName",
+    "policyName", "registryName", "resourceName", "agentPoolName", "workspaceName",
+    "federatedIdentityCredentialResourceName",
 )
 
 # For a child resource, the input naming the child (the parent's name input appears in the path).

@@ -495,7 +495,8 @@ def test_prod_shaped_output_passes_the_policy_pack_with_the_prod_config() -> Non
 
 def test_policy_pack_rejects_a_scaled_object_that_queries_azure_monitor_unauthenticated() -> None:
     unauthenticated = prod_args(autoscaling=KedaAutoscaling(
-        prometheus_server_address="https://amw-inferforge.prometheus.monitor.azure.com", min_replicas=2, max_replicas=4))
+        prometheus_server_address="https://amw-inferforge.prometheus.monitor.azure.com", min_replicas=2,
+        max_replicas=4))
     violations = evaluate(render_service(unauthenticated), config_path_for("prod"), "prod")
     assert {v.policy_name for v in violations} == {"keda-addon-and-authentication"}
 
