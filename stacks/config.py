@@ -185,7 +185,7 @@ class ImageConfig(_Section):
                 f"digest {self.digest[:15]}... is a placeholder, not an image; allowed: the digest of "
                 f"{self.repository}:{self.tag or '<tag>'} in the platform registry, printed by "
                 f"`az acr repository show -n <registry.name> --image {self.repository}:{self.tag or '<tag>'} "
-                "--query digest -o tsv` after you pushed or imported it (README: Images)")
+                "--query digest -o tsv` after you pushed or imported it (README: First deployment)")
         return self
 
     def reference(self, login_server: str) -> str:
@@ -389,8 +389,8 @@ class PlatformConfig(_Section):
             return []
         return [f"{key}.digest is not set; allowed in prod: only images pinned by digest (sha256:<64 hex>), tags "
                 f"are mutable; push or import {image.repository}:{image.tag or '<tag>'} into registry "
-                f"'{self.registry_name}' and set its digest (README: Images), or set deployWorkloads: false "
-                "until then"
+                f"'{self.registry_name}' and set its digest (README: First deployment), or set "
+                "deployWorkloads: false until then"
                 for key, image in self.images().items() if not image.digest]
 
     @model_validator(mode="after")
