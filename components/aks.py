@@ -14,7 +14,7 @@ from typing import Literal
 import pulumi
 from pulumi_azure_native import containerservice
 
-from components.common import DiagnosticCategories, diagnostic_settings
+from components.common import ROLE_NETWORK_CONTRIBUTOR, DiagnosticCategories, diagnostic_settings, role_assignment
 from components.gpu_sizes import GPU_VM_SIZES
 
 GPU_TAINT = "sku=gpu:NoSchedule"
@@ -96,6 +96,13 @@ class AksClusterArgs:
     """Kubernetes service CIDR."""
     dns_service_ip: str = "172.16.0.10"
     """kube-dns service IP inside service_cidr."""
+    blob_csi_driver: bool = False
+    """Enable the Azure Blob CSI driver (and its `azureblob-*` storage classes); needed for Blob-backed PVCs."""
+    network_contributor_subnet_ids: Sequence[pulumi.Input[str]] = ()
+    """Subnets where AKS itself creates network objects (internal LB frontend, Private Link Service NAT
+    IPs): the cluster identity gets Network Contributor on each, which ARM deployments do not grant."""
+    subscription_id: pulumi.Input[str] | None = None
+    """Subscription of the role definitions (needed with `network_contributor_subnet_ids`)."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags required by the tagging policy."""
 
@@ -107,6 +114,8 @@ class AksCluster(pulumi.ComponentResource):
     gpu_pools: dict[str, containerservice.AgentPool]
     oidc_issuer_url: pulumi.Output[str]
     kubelet_identity_object_id: pulumi.Output[str]
+    identity_principal_id: pulumi.Output[str]
+    network_role_assignments: list[pulumi.Resource]
 
     def __init__(self, name: str, args: AksClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("inferforge:compute:AksCluster", name, None, opts)
@@ -156,6 +165,11 @@ class AksCluster(pulumi.ComponentResource):
                     enabled=True, config={"logAnalyticsWorkspaceResourceID": args.log_analytics_workspace_id,
                                           "useAADAuth": "true"}),
             },
+            # The built-in azureblob-* storage classes exist only with the driver enabled:
+            # https://learn.microsoft.com/azure/aks/azure-blob-csi#enable-csi-driver-on-a-new-or-existing-aks-cluster
+            storage_profile=containerservice.ManagedClusterStorageProfileArgs(
+                blob_csi_driver=containerservice.ManagedClusterStorageProfileBlobCSIDriverArgs(
+                    enabled=args.blob_csi_driver)),
             auto_upgrade_profile=containerservice.ManagedClusterAutoUpgradeProfileArgs(
                 upgrade_channel=args.upgrade_channel, node_os_upgrade_channel=args.node_os_upgrade_channel),
             agent_pool_profiles=[containerservice.ManagedClusterAgentPoolProfileArgs(
@@ -218,6 +232,21 @@ class AksCluster(pulumi.ComponentResource):
         diagnostic_settings(f"{name}-cluster", resource_id=self.cluster.id,
                             workspace_id=args.log_analytics_workspace_id, parent=self, categories=AKS_LOG_CATEGORIES)
 
+        self.identity_principal_id = self.cluster.identity.apply(lambda i: i.principal_id if i else "")
+        # AKS creates the internal LB frontend and the Private Link Service (NAT IPs in its subnet) with the
+        # cluster identity; in subnets it did not create, that identity needs Network Contributor, which
+        # `az aks create` grants for the node subnet but an ARM/Pulumi deployment does not.
+        # https://learn.microsoft.com/azure/aks/internal-lb#before-you-begin
+        # https://learn.microsoft.com/azure/aks/configure-azure-cni#prerequisites
+        if args.network_contributor_subnet_ids and args.subscription_id is None:
+            raise ValueError("AksClusterArgs.network_contributor_subnet_ids needs subscription_id")
+        self.network_role_assignments = [
+            role_assignment(f"{name}-network-contributor-{index}", scope=subnet_id,
+                            principal_id=self.identity_principal_id, subscription_id=args.subscription_id or "",
+                            role_guid=ROLE_NETWORK_CONTRIBUTOR, parent=self,
+                            description="AKS cluster identity manages its internal LB and Private Link Service here")
+            for index, subnet_id in enumerate(args.network_contributor_subnet_ids)
+        ]
         self.oidc_issuer_url = self.cluster.oidc_issuer_profile.apply(lambda p: p.issuer_url if p else "")
         self.kubelet_identity_object_id = self.cluster.identity_profile.apply(
             lambda p: (p or {}).get("kubeletidentity").object_id if (p or {}).get("kubeletidentity") else "")

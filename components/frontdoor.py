@@ -54,6 +54,9 @@ class FrontDoorArgs:
     `/metrics`, `/health` and `/ready` must stay private (the `frontdoor-route-api-only` policy)."""
     origin_response_timeout_seconds: int = 240
     """Generous: a long completion streams for minutes."""
+    origin_depends_on: Sequence[pulumi.Resource] = ()
+    """What must exist before the origin: the Kubernetes Service whose annotations make AKS create the
+    Private Link Service (the origin's private link target); Azure rejects an origin to a missing PLS."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags required by the tagging policy."""
 
@@ -155,7 +158,7 @@ class FrontDoor(pulumi.ComponentResource):
                 private_link_location=args.private_link_location,
                 request_message="inferforge Front Door origin: approve to publish the inference service",
             ),
-            opts=pulumi.ResourceOptions(parent=origin_group),
+            opts=pulumi.ResourceOptions(parent=origin_group, depends_on=list(args.origin_depends_on)),
         )
         cdn.Route(
             f"{name}-route",

@@ -91,6 +91,9 @@ MAX_TP_SIZE = 8
 """Largest tensor-parallel group one pod can hold (8 GPUs per Azure ND node)."""
 
 WORKLOAD_IDENTITY_USE_LABEL = "azure.workload.identity/use"
+# Await timeout the pulumi-kubernetes provider reads when no custom timeout is given; CustomTimeouts in
+# resource options take precedence (https://github.com/pulumi/pulumi-kubernetes/issues/672). Both are set.
+PULUMI_TIMEOUT_ANNOTATION = "pulumi.com/timeoutSeconds"
 WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION = "azure.workload.identity/client-id"
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -368,6 +371,10 @@ class InferenceServiceArgs:
     """Extra pods during a rollout (needs spare GPU capacity; 0 trades availability for GPUs)."""
     autoscaling: KedaAutoscaling | None = None
     """KEDA autoscaling on a serving metric; None keeps a fixed replica count."""
+    node_provision_budget_s: int = 900
+    """Time for a GPU node to join (scale-up from zero, NVIDIA driver install) before a pod can start."""
+    image_pull_budget_s: int = 600
+    """Time to pull the server image (CUDA + PyTorch + DeepSpeed: many GB) onto a fresh node."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """Extra labels on every object (e.g. environment)."""
 
@@ -391,6 +398,19 @@ class InferenceServiceArgs:
     def startup_budget_s(self) -> int:
         """Seconds the startup probe waits for the model to load on every rank."""
         return self.startup_period_s * self.startup_failure_threshold
+
+    @property
+    def await_timeouts_s(self) -> tuple[int, int]:
+        """(create, update) seconds Pulumi waits for the Deployment to become available.
+
+        Create: a node may have to join, then the image pulls and the model loads (startup budget).
+        Update: the rolling update replaces pods `rollout_max_surge` at a time, each pulling and loading.
+        Pulumi's default for a Deployment is 10 minutes, shorter than one model load.
+        """
+        per_pod = self.image_pull_budget_s + self.startup_budget_s
+        pods = self.autoscaling.max_replicas if self.autoscaling is not None else self.replicas
+        rounds = -(-pods // max(1, self.rollout_max_surge))
+        return self.node_provision_budget_s + per_pod, self.node_provision_budget_s + rounds * per_pod
 
     @property
     def model_dir(self) -> str:
@@ -428,6 +448,8 @@ class InferenceServiceArgs:
         for taint in self.gpu_taints:
             NodeTaint.parse(taint)
         self.model_source.validate()
+        _check_range("node_provision_budget_s", self.node_provision_budget_s, 0)
+        _check_range("image_pull_budget_s", self.image_pull_budget_s, 0)
         _check_range("pdb_max_unavailable", self.pdb_max_unavailable, 1)
         _check_range("rollout_max_surge", self.rollout_max_surge, 0)
         if self.autoscaling is not None:
@@ -577,6 +599,7 @@ class InferenceService(pulumi.ComponentResource):
     """The inference Deployment on the GPU pool behind an internal LB + Private Link Service."""
 
     namespace: pulumi.Output[str]
+    service: k8s.core.v1.Service
     service_name: pulumi.Output[str]
     deployment_name: pulumi.Output[str]
     service_account_name: pulumi.Output[str]
@@ -619,11 +642,14 @@ class InferenceService(pulumi.ComponentResource):
         )
 
         claim = self._model_claim(name, child)
+        create_s, update_s = args.await_timeouts_s
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata=self._meta(args.name),
+            metadata=self._meta(args.name, annotations={PULUMI_TIMEOUT_ANNOTATION: str(create_s)}),
             spec=self._deployment_spec(claim),
-            opts=pulumi.ResourceOptions.merge(replace_named, pulumi.ResourceOptions(depends_on=[service_account])),
+            opts=pulumi.ResourceOptions.merge(replace_named, pulumi.ResourceOptions(
+                depends_on=[service_account],
+                custom_timeouts=pulumi.CustomTimeouts(create=f"{create_s}s", update=f"{update_s}s"))),
         )
 
         service = k8s.core.v1.Service(
@@ -663,6 +689,7 @@ class InferenceService(pulumi.ComponentResource):
             self._scaled_object(name, child)
 
         self.namespace = ns_name
+        self.service = service
         self.service_name = name_of(service)
         self.deployment_name = name_of(deployment)
         self.service_account_name = name_of(service_account)
@@ -877,8 +904,9 @@ class InferenceService(pulumi.ComponentResource):
             # With KEDA the HPA owns the replica count; setting it here would fight the autoscaler.
             replicas=None if args.autoscaling is not None else args.replicas,
             revision_history_limit=5,
-            # A rollout is not "stuck" while the new pod is still loading its model.
-            progress_deadline_seconds=args.startup_budget_s + 600,
+            # A rollout is not "stuck" while a GPU node joins, the image pulls and the model loads: the
+            # same budget as Pulumi's create wait, or the controller would fail the rollout first.
+            progress_deadline_seconds=args.await_timeouts_s[0],
             selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self._selector),
             strategy=k8s.apps.v1.DeploymentStrategyArgs(
                 type="RollingUpdate",

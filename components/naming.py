@@ -57,6 +57,10 @@ RULES: dict[str, NameRule] = {
                               "letters, digits and hyphens; start and end alphanumeric"),
     "identity": NameRule("managed identity", 3, 128, r"[A-Za-z0-9][A-Za-z0-9_-]*",
                          "letters, digits, '_' and '-', starting alphanumeric"),
+    # https://learn.microsoft.com/azure/azure-resource-manager/management/resource-name-rules#microsoftcontainerregistry
+    "container_registry": NameRule("container registry", 5, 50, r"[a-zA-Z0-9]+",
+                                   "letters and digits only (globally unique; the login server is "
+                                   "<name>.azurecr.io)"),
     "private_link_service": NameRule("Private Link Service", 1, 80, r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?",
                                      "letters, digits, '.', '_' and '-'; start alphanumeric"),
 }
@@ -132,6 +136,11 @@ class PlatformNames:
         return f"id-{self.base}-pgschema"
 
     @property
+    def container_registry(self) -> str:
+        """Default registry name (`cr` + workload + environment, alphanumerics only); config may override it."""
+        return "cr" + re.sub(r"[^a-z0-9]", "", f"{self.workload}{self.environment}".lower())
+
+    @property
     def private_link_service(self) -> str:
         return f"pls-{self.base}-inference"
 
@@ -152,6 +161,7 @@ class PlatformNames:
             "log_analytics": self.log_analytics,
             "identity": self.identity,
             "private_link_service": self.private_link_service,
+            "container_registry": self.container_registry,
         }
 
 

@@ -13,6 +13,8 @@ from components.common import METRICS_ONLY, DiagnosticCategories, diagnostic_set
 # Private DNS zones for the private endpoints this platform creates (Azure public cloud).
 KEY_VAULT_DNS_ZONE = "privatelink.vaultcore.azure.net"
 MANAGED_REDIS_DNS_ZONE = "privatelink.redis.azure.net"
+# https://learn.microsoft.com/azure/private-link/private-endpoint-dns#containers
+CONTAINER_REGISTRY_DNS_ZONE = "privatelink.azurecr.io"
 
 NSG_LOG_CATEGORIES = DiagnosticCategories(log_category_groups=("allLogs",), metrics=False)
 
@@ -32,7 +34,7 @@ class NetworkArgs:
     aks_subnet_prefix: str
     """Subnet for AKS nodes (Azure CNI overlay: pods get overlay IPs, so a /22-/20 is plenty)."""
     private_endpoint_subnet_prefix: str
-    """Subnet for private endpoints of Key Vault and Managed Redis."""
+    """Subnet for private endpoints of Key Vault, Managed Redis and the container registry."""
     postgres_subnet_prefix: str
     """Subnet delegated to Microsoft.DBforPostgreSQL/flexibleServers (private access, no public IP)."""
     private_link_subnet_prefix: str
@@ -139,6 +141,7 @@ class Network(pulumi.ComponentResource):
         for key, zone_name in {
             "key_vault": KEY_VAULT_DNS_ZONE,
             "redis": MANAGED_REDIS_DNS_ZONE,
+            "container_registry": CONTAINER_REGISTRY_DNS_ZONE,
             "postgres": args.postgres_dns_zone_name,
         }.items():
             zone = privatedns.PrivateZone(

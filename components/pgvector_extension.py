@@ -295,7 +295,12 @@ class PgvectorExtension(pulumi.ComponentResource):
             metadata=k8s.meta.v1.ObjectMetaArgs(namespace=args.namespace, labels=labels),
             spec=self._job_spec(args, labels),
             # The policy must exist first, or the pod would start under whatever the namespace allows.
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[service_account, policy])),
+            # Pulumi waits for completion: give it the Job's own deadline plus room to pull and schedule,
+            # so the Job (not Pulumi's default 10 min) decides failure.
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                depends_on=[service_account, policy],
+                custom_timeouts=pulumi.CustomTimeouts(create=f"{args.active_deadline_s + 300}s",
+                                                      update=f"{args.active_deadline_s + 300}s"))),
         )
 
         self.job_name = name_of(job)

@@ -12,15 +12,18 @@
    unknown-checking proxies), and call each ``ResourceValidationPolicy`` per resource with a real
    ``ResourceValidationArgs`` and each ``StackValidationPolicy`` once with ``StackValidationArgs``
    over ``PolicyResource`` objects.
-3. Stack policies link resources through ``property_dependencies`` (the engine records which
-   resources each input was computed from). Rendered resources carry no dependency lists, so they are
-   rebuilt from the mocked outputs: an input whose value contains another resource's id, or the Azure
-   name at the end of that id, depends on that resource.
+3. Stack policies link resources through ``dependencies`` and ``property_dependencies`` (the engine
+   records which resources each input was computed from, plus explicit ``depends_on``). Resources
+   rendered by ``stacks.render`` carry the lists the SDK sent at registration; for resources that do
+   not (test fixtures), and in addition, links are rebuilt from the mocked outputs: an input whose
+   value contains another resource's id, or the Azure name at the end of that id, depends on it.
+   Custom timeouts reach ``opts.custom_timeouts`` as the engine passes them (seconds).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from inspect import isawaitable
@@ -212,13 +215,29 @@ def _props(resource: RenderedResourceLike) -> Any:
     return unknown_checking_proxy(deserialize_properties(_through_struct(resource.inputs)))
 
 
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def duration_seconds(text: str | None) -> float:
+    """A Go duration string ('45m', '1h30m0s', '90s') in seconds; 0 when absent, as the engine sends it."""
+    if not text:
+        return 0.0
+    parts = _GO_DURATION_PART.findall(text)
+    if "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a Go duration: {text!r}")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
 def _options(resource: RenderedResourceLike) -> PolicyResourceOptions:
+    timeouts = getattr(resource, "custom_timeouts", None) or {}
     return PolicyResourceOptions(
         protect=False,
         ignore_changes=[],
         delete_before_replace=None,
         aliases=[],
-        custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
+        custom_timeouts=PolicyCustomTimeouts(*(duration_seconds(timeouts.get(op))
+                                               for op in ("create", "update", "delete"))),
         additional_secret_outputs=[],
         parent=resource.parent_urn,
     )
@@ -273,10 +292,15 @@ def _policy_resources(
         obj = objects[r.urn]
         if r.parent_urn in objects:
             obj.parent = objects[r.parent_urn]
-        for prop, urns in deps[r.urn].items():
-            targets = [objects[u] for u in urns]
+        recorded = getattr(r, "property_dependencies", None) or {}
+        for prop in set(deps[r.urn]) | set(recorded):
+            urns = list(dict.fromkeys([*recorded.get(prop, []), *deps[r.urn].get(prop, [])]))
+            targets = [objects[u] for u in urns if u in objects]
             obj.property_dependencies[prop] = targets
             obj.dependencies.extend(t for t in targets if t not in obj.dependencies)
+        for urn in getattr(r, "dependencies", None) or []:
+            if urn in objects and objects[urn] not in obj.dependencies:
+                obj.dependencies.append(objects[urn])
     return list(objects.values())
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pulumi_policy import EnforcementLevel, Policy
 
-from . import edge, encryption, exposure, identity, quotas, resilience, tagging, workloads
+from . import edge, encryption, exposure, identity, prerequisites, quotas, registry, resilience, tagging, workloads
 
 PACK_NAME = "inferforge"
 # Without a config file every policy blocks: an unconfigured run fails safe. The per-stack files in
@@ -16,7 +16,8 @@ PACK_NAME = "inferforge"
 PACK_ENFORCEMENT_LEVEL = EnforcementLevel.MANDATORY
 PACK_DESCRIPTION = (
     "inferforge platform guardrails: private data services, TLS everywhere, Entra ID identity, GPU "
-    "quotas, prod resilience, tagging, WAF at the edge and hardened Kubernetes workloads."
+    "quotas, prod resilience, tagging, WAF at the edge, hardened Kubernetes workloads, a private registry "
+    "and the apply-time prerequisites AKS needs (AcrPull, GPU device plugin, Blob CSI, LB/PLS permissions)."
 )
 
 ALL_POLICIES: list[Policy] = [
@@ -28,6 +29,8 @@ ALL_POLICIES: list[Policy] = [
     *tagging.POLICIES,
     *edge.POLICIES,
     *workloads.POLICIES,
+    *registry.POLICIES,
+    *prerequisites.POLICIES,
 ]
 
 _names = [policy.name for policy in ALL_POLICIES]

@@ -39,6 +39,7 @@ DEFAULT_DIAGNOSTIC_TYPES = [
     "azure-native:network:NetworkSecurityGroup",
     "azure-native:network:VirtualNetwork",
     "azure-native:redisenterprise:Database",
+    "azure-native:containerregistry:Registry",
 ]
 
 

@@ -106,6 +106,23 @@ def _workload(args: ResourceValidationArgs) -> Mapping[str, Any] | None:
     return pod_spec(args.resource_type, args.props)
 
 
+def exempt(args: ResourceValidationArgs) -> bool:
+    """Whether the workload is in the policy's `exemptWorkloads` list ("<namespace>/<name>")."""
+    namespace = lookup(args.props, "metadata.namespace")
+    name = lookup(args.props, "metadata.name")
+    wanted = {str(w) for w in config_list(args.get_config(), "exemptWorkloads")}
+    return f"{namespace}/{name}" in wanted
+
+
+EXEMPT_WORKLOADS_SCHEMA = {
+    "type": "array",
+    "items": {"type": "string", "pattern": "^[a-z0-9-]+/[a-z0-9.-]+$"},
+    "default": [],
+    "description": "Workloads ('<namespace>/<name>') that cannot meet this rule, each justified where it is "
+    "listed (e.g. the NVIDIA device plugin writes its socket into a root-owned kubelet directory).",
+}
+
+
 def _no_privileged(args: ResourceValidationArgs, report: ReportViolation) -> None:
     spec = _workload(args)
     if spec is None:
@@ -128,7 +145,7 @@ def _no_host_namespaces(args: ResourceValidationArgs, report: ReportViolation) -
 
 def _run_as_non_root(args: ResourceValidationArgs, report: ReportViolation) -> None:
     spec = _workload(args)
-    if spec is None:
+    if spec is None or exempt(args):
         return
     pod_non_root = lookup(spec, "securityContext.runAsNonRoot")
     pod_user = as_number(lookup(spec, "securityContext.runAsUser"))
@@ -164,7 +181,7 @@ def _readiness(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if args.resource_type not in LONG_RUNNING:
         return
     spec = _workload(args)
-    if spec is None:
+    if spec is None or exempt(args):
         return
     for label, container in containers(spec, include_init=False):
         if not isinstance(container.get("readinessProbe"), Mapping):
@@ -257,6 +274,7 @@ k8s_run_as_non_root = resource_policy(
     "container), and build the image with a non-root USER.",
     resource_types=WORKLOAD_TYPES,
     check=_run_as_non_root,
+    config_schema=PolicyConfigSchema(properties={"exemptWorkloads": EXEMPT_WORKLOADS_SCHEMA}),
 )
 
 k8s_resources_required = resource_policy(
@@ -293,6 +311,7 @@ k8s_readiness_probe = resource_policy(
     remediation="Add a readinessProbe (the inference server answers on /ready once the model is loaded).",
     resource_types=sorted(LONG_RUNNING),
     check=_readiness,
+    config_schema=PolicyConfigSchema(properties={"exemptWorkloads": EXEMPT_WORKLOADS_SCHEMA}),
 )
 
 k8s_allowed_registry = resource_policy(

@@ -185,6 +185,49 @@ class GpuPoolConfig(_Section):
         return self
 
 
+_DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+# One hex digit repeated 64 times (all zeros, all f's, ...): a value someone typed to fill the slot.
+_PLACEHOLDER_DIGEST = re.compile(r"^sha256:([0-9a-f])\1{63}$")
+
+
+class ImageConfig(_Section):
+    """An image in the platform's container registry (`registry.name`): repository plus digest or tag."""
+
+    repository: str = Field(pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
+    digest: str | None = Field(None, pattern=_DIGEST_PATTERN)
+    tag: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+    @model_validator(mode="after")
+    def _reference(self) -> ImageConfig:
+        if not self.digest and not self.tag:
+            raise ValueError("digest is not set and neither is tag; allowed: digest sha256:<64 hex> (required in prod) "
+                             "or tag (dev only)")
+        if self.digest and _PLACEHOLDER_DIGEST.match(self.digest):
+            raise ValueError(
+                f"digest {self.digest[:15]}... is a placeholder, not an image; allowed: the digest of "
+                f"{self.repository}:{self.tag or '<tag>'} in the platform registry, printed by "
+                f"`az acr repository show -n <registry.name> --image {self.repository}:{self.tag or '<tag>'} "
+                "--query digest -o tsv` after you pushed or imported it (README: First deployment)")
+        return self
+
+    def reference(self, login_server: str) -> str:
+        """`<login server>/<repository>@<digest>` (or `:<tag>` when no digest is set)."""
+        base = f"{login_server}/{self.repository}"
+        return f"{base}@{self.digest}" if self.digest else f"{base}:{self.tag}"
+
+
+class DevicePluginImageConfig(ImageConfig):
+    """NVIDIA's device plugin, mirrored into the platform registry (`az acr import` from nvcr.io)."""
+
+    repository: str = Field("mirror/nvidia/k8s-device-plugin", pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
+    tag: str | None = Field("v0.17.1", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+class RegistryConfig(_Section):
+    name: str | None = Field(None, pattern=r"^[a-zA-Z0-9]{5,50}$")
+    public_network_access: Literal["Disabled", "Enabled"] = "Disabled"
+
+
 class AksConfig(_Section):
     kubernetes_version: str = Field("1.33", pattern=r"^1\.\d{2}(\.\d+)?$")
     sku_tier: Literal["Free", "Standard", "Premium"] = "Standard"
@@ -198,6 +241,7 @@ class AksConfig(_Section):
     node_os_upgrade_channel: Literal["NodeImage", "SecurityPatch", "Unmanaged", "None"] = "NodeImage"
     admin_group_object_ids: list[str] = Field(default_factory=list)
     gpu_pools: list[GpuPoolConfig] = Field(min_length=1)
+    nvidia_device_plugin_image: DevicePluginImageConfig = Field(default_factory=DevicePluginImageConfig)
 
     @field_validator("authorized_ip_ranges")
     @classmethod
@@ -230,25 +274,6 @@ class AksConfig(_Section):
         if problems:
             raise ValueError("\n".join(problems))
         return self
-
-
-class ImageConfig(_Section):
-    registry: str = Field(pattern=r"^[a-z0-9.-]+(:[0-9]+)?$")
-    repository: str = Field(pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
-    digest: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
-    tag: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-
-    @model_validator(mode="after")
-    def _reference(self) -> ImageConfig:
-        if not self.digest and not self.tag:
-            raise ValueError("digest is not set and neither is tag; allowed: digest sha256:<64 hex> (required in prod) "
-                             "or tag (dev only)")
-        return self
-
-    @property
-    def reference(self) -> str:
-        base = f"{self.registry}/{self.repository}"
-        return f"{base}@{self.digest}" if self.digest else f"{base}:{self.tag}"
 
 
 class ModelSourceConfig(_Section):
@@ -293,9 +318,16 @@ class AutoscalingConfig(_Section):
 
     @model_validator(mode="after")
     def _complete(self) -> AutoscalingConfig:
-        if self.enabled and not self.prometheus_server_address:
-            raise ValueError("prometheusServerAddress is not set while enabled is true; allowed: the Prometheus "
-                             "query URL KEDA reads (http(s)://...)")
+        if self.enabled:
+            # A ScaledObject without the KEDA add-on is never acted on, and without a Prometheus source KEDA
+            # can read with a credential the platform provisions, the trigger errors: refuse rather than
+            # deploy a scaler that silently does nothing.
+            raise ValueError(
+                "enabled is true, but autoscaling needs what this platform does not provision yet: the AKS "
+                "KEDA add-on (workloadAutoScalerProfile.keda), a Prometheus source scraping the server "
+                "(Azure Monitor managed Prometheus workspace + data collection rule) and a KEDA "
+                "TriggerAuthentication with workload identity allowed to query it; allowed: false (the "
+                "Deployment runs inference.replicas pods)")
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"maxReplicas {self.max_replicas} is less than minReplicas {self.min_replicas}; "
                              "allowed: maxReplicas >= minReplicas")
@@ -303,8 +335,8 @@ class AutoscalingConfig(_Section):
 
 
 class PgvectorJobConfig(_Section):
-    azure_cli_image: str = Field(pattern=r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(@sha256:[0-9a-f]{64}|:[\w.-]+)$")
-    postgres_client_image: str = Field(pattern=r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(@sha256:[0-9a-f]{64}|:[\w.-]+)$")
+    azure_cli_image: ImageConfig
+    postgres_client_image: ImageConfig
 
 
 class ModelShapeConfig(_Section):
@@ -370,6 +402,8 @@ class PlatformConfig(_Section):
     front_door: FrontDoorConfig = Field(default_factory=FrontDoorConfig)
     aks: AksConfig
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    deploy_workloads: bool = True
     inference: InferenceConfig
 
     @model_validator(mode="before")
@@ -392,6 +426,29 @@ class PlatformConfig(_Section):
     @property
     def names(self) -> PlatformNames:
         return PlatformNames(workload=self.workload, environment=self.environment, location=self.location)
+
+    @property
+    def registry_name(self) -> str:
+        """The container registry's name: `registry.name`, or the CAF default `cr<workload><env>`."""
+        return self.registry.name or self.names.container_registry
+
+    def images(self) -> dict[str, ImageConfig]:
+        """Every image the workloads run, by the YAML key that sets it."""
+        return {"inference.image": self.inference.image,
+                "inference.pgvectorJob.azureCliImage": self.inference.pgvector_job.azure_cli_image,
+                "inference.pgvectorJob.postgresClientImage": self.inference.pgvector_job.postgres_client_image,
+                "aks.nvidiaDevicePluginImage": self.aks.nvidia_device_plugin_image}
+
+    def _image_problems(self) -> list[str]:
+        # Only images that will run need a digest: the first `up` (deployWorkloads false) creates the
+        # registry they are pushed to, and only then do the digests exist.
+        if self.environment != "prod" or not self.deploy_workloads:
+            return []
+        return [f"{key}.digest is not set; allowed in prod: only images pinned by digest (sha256:<64 hex>), tags "
+                f"are mutable; push or import {image.repository}:{image.tag or '<tag>'} into registry "
+                f"'{self.registry_name}' and set its digest (README: First deployment), or set "
+                "deployWorkloads: false until then"
+                for key, image in self.images().items() if not image.digest]
 
     @model_validator(mode="after")
     def _cross_checks(self) -> PlatformConfig:
@@ -425,9 +482,7 @@ class PlatformConfig(_Section):
             if ip not in usable:
                 problems.append(f"inference.internalLoadBalancerIp {ip} is not a usable address of network.aksSubnet "
                                 f"{aks_subnet}; allowed: {usable[0]}-{usable[-1]}")
-        if self.environment == "prod" and not self.inference.image.digest:
-            problems.append("inference.image.digest is not set; allowed in prod: only images pinned by digest "
-                            "(sha256:<64 hex>), tags are mutable")
+        problems += self._image_problems()
         if problems:
             raise ValueError("\n".join(problems))
         return self

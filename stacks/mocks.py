@@ -56,6 +56,7 @@ ARM_PATHS: dict[str, str] = {
     "azure-native:cdn:SecurityPolicy": "Microsoft.Cdn/profiles/{profileName}/securityPolicies/{_name}",
     "azure-native:frontdoor:Policy": "Microsoft.Network/frontDoorWebApplicationFirewallPolicies/{_name}",
     "azure-native:containerservice:ManagedCluster": "Microsoft.ContainerService/managedClusters/{_name}",
+    "azure-native:containerregistry:Registry": "Microsoft.ContainerRegistry/registries/{_name}",
     "azure-native:containerservice:AgentPool":
         "Microsoft.ContainerService/managedClusters/{resourceName}/agentPools/{_name}",
     "azure-native:operationalinsights:Workspace": "Microsoft.OperationalInsights/workspaces/{_name}",
@@ -70,7 +71,8 @@ NAME_INPUTS = (
     "privateDnsZoneGroupName", "privateZoneName", "virtualNetworkLinkName", "vaultName", "secretName",
     "serverName", "configurationName", "databaseName", "clusterName", "accessPolicyAssignmentName",
     "profileName", "endpointName", "originGroupName", "originName", "routeName", "securityPolicyName",
-    "policyName", "resourceName", "agentPoolName", "workspaceName", "federatedIdentityCredentialResourceName",
+    "policyName", "registryName", "resourceName", "agentPoolName", "workspaceName",
+    "federatedIdentityCredentialResourceName",
 )
 
 # For a child resource, the input naming the child (the parent's name input appears in the path).
@@ -112,6 +114,9 @@ class Registration:
     custom: bool
     inputs: dict[str, Any]
     id: str | None = None
+    dependencies: list[str] = field(default_factory=list)
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
 
 
 class RecordingMonitor(MockMonitor):
@@ -128,6 +133,14 @@ class RecordingMonitor(MockMonitor):
         recorded = self.mocks.registration_of_this_thread()  # type: ignore[attr-defined]
         recorded.urn = response.urn
         recorded.parent_urn = request.parent or None
+        # What the engine records and CrossGuard hands to stack policies: explicit depends_on plus the
+        # resources each input was computed from, and the per-resource custom timeouts.
+        recorded.dependencies = list(request.dependencies)
+        recorded.property_dependencies = {key: list(deps.urns)
+                                          for key, deps in request.propertyDependencies.items()}
+        timeouts = request.customTimeouts
+        recorded.custom_timeouts = {op: getattr(timeouts, op) for op in ("create", "update", "delete")
+                                    if getattr(timeouts, op)}
         self.registrations.append(recorded)
         return response
 
@@ -202,6 +215,10 @@ class AzureMocks(pulumi.runtime.Mocks):
                                                        f"{TENANT_ID}/{_guid(resource_id, 'oidc')}/"}
             extra["identityProfile"] = {"kubeletidentity": {"objectId": _guid(resource_id, "kubelet"),
                                                             "clientId": _guid(resource_id, "kubelet-client")}}
+            extra["identity"] = {**dict(inputs.get("identity") or {}),
+                                 "principalId": _guid(resource_id, "cluster-identity"), "tenantId": TENANT_ID}
+        elif typ == "azure-native:containerregistry:Registry":
+            extra["loginServer"] = f"{name.lower()}.azurecr.io"
             extra["fqdn"] = f"{name}-{_short_hash(resource_id, 8)}.hcp.{self.location}.azmk8s.io"
         elif typ.startswith("kubernetes:"):
             metadata = dict(inputs.get("metadata") or {})

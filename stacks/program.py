@@ -1,10 +1,14 @@
 """The Pulumi program: validate the stack's config, then compose the platform in dependency order.
 
-resource group -> Log Analytics -> network -> Key Vault -> AKS (+ GPU pools) -> workload identities
-(serving; schema Job) -> PostgreSQL (schema identity as Entra admin) -> Managed Redis (serving identity's
-access policy) -> Front Door
-(origin: the inference Service's Private Link Service) -> Kubernetes workloads (pgvector Job,
-inference service) through a provider built from the cluster's Entra credentials.
+resource group -> Log Analytics -> network -> Key Vault -> AKS (+ GPU pools, Network Contributor on
+the subnets it creates LB/PLS objects in) -> container registry (AcrPull for the kubelet identity) ->
+workload identities (serving; schema Job) -> PostgreSQL (schema identity as Entra admin) -> Managed Redis
+(serving identity's access policy) -> [deployWorkloads] Kubernetes workloads (NVIDIA device plugin,
+inference service, pgvector Job) through a provider built from the cluster's Entra credentials -> Front
+Door (origin: the Private Link Service that the inference Service makes AKS create, so it waits for it).
+
+`deployWorkloads: false` stops after the platform: the first `pulumi up` of a new environment creates
+the registry that the images are then pushed to (README, Deploying to Azure).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from components.network import Network, NetworkArgs
 from components.observability import Observability, ObservabilityArgs
 from components.postgres import EntraAdmin, PostgresPgvector, PostgresPgvectorArgs
 from components.redis import ManagedRedis, ManagedRedisArgs
+from components.registry import ContainerRegistry, ContainerRegistryArgs
 from stacks.config import NAMESPACE, ConfigError, PlatformConfig, parse_stack_config
 from stacks.workloads import deploy_workloads, federated_subjects, schema_job_subjects
 
@@ -44,6 +49,19 @@ def private_link_service_id(subscription_id: pulumi.Input[str], node_resource_gr
     """ARM id of the PLS that AKS creates (from the Service annotations) in the node resource group."""
     return pulumi.Output.concat("/subscriptions/", subscription_id, "/resourceGroups/", node_resource_group,
                                 "/providers/Microsoft.Network/privateLinkServices/", pls_name)
+
+
+def private_endpoint_approval(node_resource_group: str, pls_name: str) -> str:
+    """The manual step after the first `up` with workloads: approve Front Door's pending connection.
+
+    Not automatable from the program: the connection is filed by Front Door's managed private endpoint
+    (in a Microsoft subscription, so the PLS auto-approval list cannot name it) under a name Azure
+    generates only then; providers have the same gap (hashicorp/terraform-provider-azurerm#32035).
+    """
+    query = "privateEndpointConnections[?privateLinkServiceConnectionState.status=='Pending'].id"
+    return (f'for id in $(az network private-link-service show -g {node_resource_group} -n {pls_name} '
+            f'--query "{query}" -o tsv); do az network private-endpoint-connection approve --id "$id" '
+            '--description "inferforge Front Door origin"; done')
 
 
 def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
@@ -90,7 +108,18 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         system_max_count=cfg.aks.system_max_count, system_zones=cfg.aks.system_zones,
         private_cluster=cfg.aks.private_cluster, authorized_ip_ranges=cfg.aks.authorized_ip_ranges,
         sku_tier=cfg.aks.sku_tier, upgrade_channel=cfg.aks.upgrade_channel,
-        node_os_upgrade_channel=cfg.aks.node_os_upgrade_channel, tags=tags))
+        node_os_upgrade_channel=cfg.aks.node_os_upgrade_channel,
+        blob_csi_driver=cfg.inference.model_source.kind == "pvc",
+        # The inference Service's internal LB frontend (snet-aks) and its Private Link Service NAT IPs.
+        network_contributor_subnet_ids=[net.subnet_ids["aks"], net.subnet_ids["private-link"]],
+        subscription_id=client.subscription_id, tags=tags))
+
+    registry = ContainerRegistry("registry", ContainerRegistryArgs(
+        resource_group_name=rg, location=cfg.location, registry_name=cfg.registry_name,
+        subscription_id=client.subscription_id, private_endpoint_subnet_id=net.subnet_ids["private-endpoints"],
+        private_dns_zone_id=net.dns_zone_ids["container_registry"], log_analytics_workspace_id=workspace_id,
+        pull_principal_ids=[aks.kubelet_identity_object_id],
+        public_network_access=cfg.registry.public_network_access, lock=cfg.resource_locks, tags=tags))
 
     identity = WorkloadIdentity("inference-identity", WorkloadIdentityArgs(
         resource_group_name=rg, location=cfg.location, identity_name=names.identity,
@@ -122,24 +151,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         sku_name=cfg.redis.sku_name, high_availability=cfg.redis.high_availability,
         public_network_access=cfg.redis.public_network_access, tags=tags))
 
-    pls_id = private_link_service_id(client.subscription_id, names.node_resource_group, names.private_link_service)
-    front_door = FrontDoor("frontdoor", FrontDoorArgs(
-        resource_group_name=rg, profile_name=names.front_door, endpoint_name=names.front_door_endpoint,
-        waf_policy_name=names.waf_policy, private_link_service_id=pls_id, private_link_location=cfg.location,
-        origin_host_name=cfg.inference.internal_load_balancer_ip, log_analytics_workspace_id=workspace_id,
-        waf_mode=cfg.front_door.waf_mode, rate_limit_per_minute=cfg.front_door.rate_limit_per_minute,
-        origin_port=80, tags=tags))
-
-    credentials = containerservice.list_managed_cluster_user_credentials_output(
-        resource_group_name=rg, resource_name=aks.cluster.name, format="exec")
-    kubeconfig = credentials.kubeconfigs.apply(lambda kcs: base64.b64decode(kcs[0].value).decode())
-    provider = k8s.Provider("aks-provider", kubeconfig=kubeconfig, enable_server_side_apply=True,
-                            opts=pulumi.ResourceOptions(depends_on=list(aks.gpu_pools.values())))
-
-    workloads = deploy_workloads(cfg, provider=provider, identity=identity, schema_identity=schema_identity,
-                                 vault=vault, postgres=postgres, redis=redis, serving_port=SERVING_PORT)
-
-    return {
+    outputs: dict[str, Any] = {
         "resourceGroupName": rg,
         "vnetId": net.vnet.id,
         "keyVaultUri": vault.vault_uri,
@@ -151,11 +163,40 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         "aksClusterName": aks.cluster.name,
         "aksOidcIssuerUrl": aks.oidc_issuer_url,
         "inferenceIdentityClientId": identity.client_id,
+        "registryName": cfg.registry_name,
+        "registryLoginServer": registry.login_server,
+        "nodeResourceGroup": names.node_resource_group,
+    }
+    if not cfg.deploy_workloads:
+        return outputs
+
+    credentials = containerservice.list_managed_cluster_user_credentials_output(
+        resource_group_name=rg, resource_name=aks.cluster.name, format="exec")
+    kubeconfig = credentials.kubeconfigs.apply(lambda kcs: base64.b64decode(kcs[0].value).decode())
+    provider = k8s.Provider("aks-provider", kubeconfig=kubeconfig, enable_server_side_apply=True,
+                            opts=pulumi.ResourceOptions(depends_on=list(aks.gpu_pools.values())))
+
+    workloads = deploy_workloads(cfg, provider=provider, identity=identity, schema_identity=schema_identity,
+                                 vault=vault, postgres=postgres,
+                                 redis=redis, serving_port=SERVING_PORT, login_server=registry.login_server,
+                                 depends_on=[*registry.pull_role_assignments, *aks.network_role_assignments])
+
+    pls_id = private_link_service_id(client.subscription_id, names.node_resource_group, names.private_link_service)
+    front_door = FrontDoor("frontdoor", FrontDoorArgs(
+        resource_group_name=rg, profile_name=names.front_door, endpoint_name=names.front_door_endpoint,
+        waf_policy_name=names.waf_policy, private_link_service_id=pls_id, private_link_location=cfg.location,
+        origin_host_name=cfg.inference.internal_load_balancer_ip, log_analytics_workspace_id=workspace_id,
+        waf_mode=cfg.front_door.waf_mode, rate_limit_per_minute=cfg.front_door.rate_limit_per_minute,
+        origin_port=80, origin_depends_on=[workloads.inference.service], tags=tags))
+
+    return {
+        **outputs,
         "frontDoorEndpoint": pulumi.Output.concat("https://", front_door.endpoint_host_name),
         "privateLinkServiceId": pls_id,
         "privateLinkServiceName": names.private_link_service,
-        "nodeResourceGroup": names.node_resource_group,
-        **workloads,
+        "privateEndpointApproval": private_endpoint_approval(names.node_resource_group,
+                                                           names.private_link_service),
+        **workloads.outputs,
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,12 @@ class RenderedResource:
     inputs: dict[str, Any]
     custom: bool
     id: str | None = None
+    dependencies: list[str] = field(default_factory=list)
+    """URNs this resource waits for (explicit depends_on and the resources its inputs come from)."""
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+    """Per input: the URNs it was computed from, as the engine records them."""
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
+    """create/update/delete timeouts as registered (Go durations such as '45m0s')."""
 
 
 class StackFileError(Exception):
@@ -156,7 +162,8 @@ def render_stack(stack: str, config_overrides: Mapping[str, Any] | None = None, 
         pulumi.runtime.set_all_config({})
     # Sorted by URN: registration order depends on async timing, and plans are diffed in PRs.
     return [RenderedResource(type=r.type, name=r.name, urn=r.urn, parent_urn=r.parent_urn,
-                             inputs=_plain(r.inputs), custom=r.custom, id=r.id)
+                             inputs=_plain(r.inputs), custom=r.custom, id=r.id, dependencies=r.dependencies,
+                             property_dependencies=r.property_dependencies, custom_timeouts=r.custom_timeouts)
             for r in sorted(monitor.registrations, key=lambda r: r.urn)]
 
 

@@ -21,8 +21,9 @@ import sys
 import types
 from typing import Any
 
-AZURE_PACKAGES = ("network", "containerservice", "cdn", "monitor", "authorization", "keyvault", "dbforpostgresql",
-                  "frontdoor", "redisenterprise", "managedidentity", "operationalinsights", "privatedns", "resources")
+AZURE_PACKAGES = ("network", "containerservice", "containerregistry", "cdn", "monitor", "authorization", "keyvault",
+                  "dbforpostgresql", "frontdoor", "redisenterprise", "managedidentity", "operationalinsights",
+                  "privatedns", "resources")
 KUBERNETES_PACKAGES = ("core.v1", "apps.v1", "batch.v1", "networking.v1", "policy.v1", "meta.v1")
 SHARED_MODULES = ("_inputs", "_enums", "outputs")
 

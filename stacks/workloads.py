@@ -1,12 +1,20 @@
-"""The Kubernetes side of the stack: the pgvector Job and the inference service, mapped from config."""
+"""The Kubernetes side of the stack: the NVIDIA device plugin, the inference service and the pgvector Job.
+
+Every image comes from the platform registry (its login server + the configured repository + digest);
+the workloads wait for the kubelet identity's AcrPull grant, so no pod starts before it may pull.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.aks import GPU_TAINT
+from components.gpu_device_plugin import NvidiaDevicePlugin, NvidiaDevicePluginArgs
 from components.identity import WorkloadIdentity
 from components.inference_service import (
     DownloadModelSource,
@@ -45,7 +53,7 @@ def _model_source(cfg: PlatformConfig) -> PvcModelSource | DownloadModelSource:
 
 def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.Input[str],
                            key_vault_uri: pulumi.Input[str], redis_host: pulumi.Input[str] | None,
-                           redis_port: int, serving_port: int) -> InferenceServiceArgs:
+                           redis_port: int, serving_port: int, login_server: str) -> InferenceServiceArgs:
     """Map the validated `inference` config section onto the component's typed args."""
     inference = cfg.inference
     autoscaling = None
@@ -57,7 +65,7 @@ def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.In
     period = 10
     return InferenceServiceArgs(
         model_name=inference.model_name,
-        image_registry=inference.image.registry,
+        image_registry=login_server,
         image_repository=inference.image.repository,
         image_digest=inference.image.digest,
         image_tag=inference.image.tag,
@@ -100,13 +108,32 @@ def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.In
     )
 
 
+@dataclass(frozen=True)
+class Workloads:
+    """What the program needs from the in-cluster side: stack outputs and the Service behind the PLS."""
+
+    outputs: dict[str, Any]
+    inference: InferenceService
+
+
 def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: WorkloadIdentity,
                      schema_identity: WorkloadIdentity, vault: KeyVault, postgres: PostgresPgvector,
-                     redis: ManagedRedis, serving_port: int) -> dict[str, Any]:
-    """Register the in-cluster workloads; returns their stack outputs."""
+                     redis: ManagedRedis, serving_port: int, login_server: str,
+                     depends_on: Sequence[pulumi.Resource] = ()) -> Workloads:
+    """Register the in-cluster workloads; `depends_on` holds what must exist before any pod pulls (AcrPull)."""
+    can_pull = pulumi.ResourceOptions(provider=provider, depends_on=list(depends_on))
+    device_plugin = NvidiaDevicePlugin("gpu-device-plugin", NvidiaDevicePluginArgs(
+        image=cfg.aks.nvidia_device_plugin_image.reference(login_server),
+        gpu_pools=[p.name for p in cfg.aks.gpu_pools],
+        gpu_taints=[GPU_TAINT],
+        kubernetes_version=cfg.aks.kubernetes_version,
+    ), opts=can_pull)
     inference = InferenceService("inference", inference_service_args(
         cfg, identity_client_id=identity.client_id, key_vault_uri=vault.vault_uri, redis_host=redis.host_name,
-        redis_port=redis.port, serving_port=serving_port), opts=pulumi.ResourceOptions(provider=provider))
+        redis_port=redis.port, serving_port=serving_port, login_server=login_server),
+        # nvidia.com/gpu exists only once the device plugin runs on the GPU nodes.
+        opts=pulumi.ResourceOptions.merge(can_pull, pulumi.ResourceOptions(depends_on=[device_plugin])))
+    pgvector_job = cfg.inference.pgvector_job
     PgvectorExtension("pgvector", PgvectorExtensionArgs(
         namespace=cfg.inference.namespace,
         host=postgres.fqdn,
@@ -117,11 +144,13 @@ def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: W
         tenant_id=schema_identity.tenant_id,
         app_role_name=cfg.names.identity,
         app_principal_object_id=identity.principal_id,
-        azure_cli_image=cfg.inference.pgvector_job.azure_cli_image,
-        postgres_client_image=cfg.inference.pgvector_job.postgres_client_image,
+        azure_cli_image=pgvector_job.azure_cli_image.reference(login_server),
+        postgres_client_image=pgvector_job.postgres_client_image.reference(login_server),
         postgres_subnet_cidr=cfg.network.postgres_subnet,
         allow_image_tags=cfg.environment == "dev",
         service_account_name=PGVECTOR_SERVICE_ACCOUNT,
-    ), opts=pulumi.ResourceOptions(provider=provider, depends_on=[inference, postgres, schema_identity]))
-    return {"inferenceNamespace": inference.namespace, "inferenceService": inference.service_name,
-            "postgresServerRole": cfg.names.identity}
+    ), opts=pulumi.ResourceOptions.merge(can_pull, pulumi.ResourceOptions(
+        depends_on=[inference, postgres, schema_identity])))
+    return Workloads(outputs={"inferenceNamespace": inference.namespace, "inferenceService": inference.service_name,
+                              "postgresServerRole": cfg.names.identity},
+                     inference=inference)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 from stacks.render import RenderedResource, render_stack
+from tests.stack_overrides import PROD_WITH_WORKLOADS
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +17,13 @@ def dev() -> list[RenderedResource]:
 
 @pytest.fixture(scope="session")
 def prod() -> list[RenderedResource]:
+    """Prod with its images in the registry (the second phase of a new environment)."""
+    return render_stack("prod", PROD_WITH_WORKLOADS)
+
+
+@pytest.fixture(scope="session")
+def prod_platform() -> list[RenderedResource]:
+    """Pulumi.prod.yaml as shipped: the first phase (deployWorkloads false)."""
     return render_stack("prod")
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from stacks.config import ConfigError
 from stacks.render import REPO_ROOT, ensure_main_thread_event_loop, validate_stack
+from tests.stack_overrides import PROD_WITH_WORKLOADS
 
 
 def problems(overrides: dict, stack: str = "dev") -> str:
@@ -104,9 +105,64 @@ def test_inference_pool_must_exist():
     assert "inferforge:inference.gpuPool: 'gpuh100' is not a pool in aks.gpuPools; allowed: gpua100" in text
 
 
-def test_prod_requires_image_digests():
-    text = problems({"inference": {"image": {"digest": None, "tag": "latest"}}}, stack="prod")
+def test_prod_requires_image_digests_once_workloads_are_deployed():
+    text = problems({**PROD_WITH_WORKLOADS, "inference": {**PROD_WITH_WORKLOADS["inference"],
+                                                          "image": {"digest": None, "tag": "latest"}}}, stack="prod")
     assert "inferforge:inference.image.digest: is not set; allowed in prod: only images pinned by digest" in text
+    assert "push or import inferforge/inference:latest into registry 'crinferforgeprod'" in text
+    assert "pgvectorJob" not in text  # the others are pinned
+
+
+def test_prod_first_phase_needs_no_digests_and_deploys_no_workloads():
+    cfg = validate_stack("prod")
+    assert cfg.deploy_workloads is False and cfg.inference.image.digest is None
+
+
+def test_prod_with_workloads_names_every_unpinned_image():
+    text = problems({"deployWorkloads": True}, stack="prod")
+    for key in ("inference.image", "inference.pgvectorJob.azureCliImage", "inference.pgvectorJob.postgresClientImage",
+                "aks.nvidiaDevicePluginImage"):
+        assert f"inferforge:{key}.digest: is not set; allowed in prod" in text
+
+
+@pytest.mark.parametrize("digest", ["sha256:" + "0" * 64, "sha256:" + "f" * 64])
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_placeholder_digest_fails_naming_the_key_and_what_to_put_there(digest, stack):
+    overrides = {**PROD_WITH_WORKLOADS} if stack == "prod" else {}
+    overrides["inference"] = {**overrides.get("inference", {}),
+                              "image": {"repository": "inferforge/inference", "tag": "0.1.0", "digest": digest}}
+    text = problems(overrides, stack=stack)
+    assert f"inferforge:inference.image.digest: {digest[:15]}... is a placeholder, not an image" in text
+    assert "az acr repository show -n <registry.name> --image inferforge/inference:0.1.0 --query digest -o tsv" in text
+
+
+def test_placeholder_digest_of_a_mirrored_image_is_named_too():
+    text = problems({"inference": {"pgvectorJob": {"postgresClientImage": {
+        "repository": "mirror/postgres", "tag": "16-alpine", "digest": "sha256:" + "0" * 64}}}})
+    assert "inferforge:inference.pgvectorJob.postgresClientImage.digest: sha256:00000000... is a placeholder" in text
+
+
+def test_a_real_looking_digest_is_accepted():
+    digest = PROD_WITH_WORKLOADS["inference"]["image"]["digest"]
+    assert validate_stack("prod", PROD_WITH_WORKLOADS).inference.image.digest == digest
+
+
+def test_image_registry_key_is_gone_images_come_from_the_platform_registry():
+    text = problems({"inference": {"image": {"registry": "docker.io"}}})
+    assert "inferforge:inference.image.registry: unknown key; allowed keys here: repository, digest, tag" in text
+
+
+def test_registry_name_must_be_a_valid_acr_name():
+    text = problems({"registry": {"name": "cr-inferforge"}})
+    assert "inferforge:registry.name: String should match pattern '^[a-zA-Z0-9]{5,50}$'" in text
+
+
+def test_autoscaling_is_refused_until_the_platform_provides_keda_and_prometheus():
+    text = problems({"inference": {"autoscaling": {"enabled": True,
+                                                   "prometheusServerAddress": "https://amw.prometheus.monitor.azure.com"}}})
+    assert "inferforge:inference.autoscaling.enabled: is true, but autoscaling needs what this platform does not " \
+        "provision yet: the AKS KEDA add-on" in text
+    assert "allowed: false" in text
 
 
 def test_public_aks_api_needs_authorized_ranges():

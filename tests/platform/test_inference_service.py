@@ -178,7 +178,7 @@ def prod_args(**overrides: Any) -> InferenceServiceArgs:
         shm_size_gib=16,
         replicas=2,
         autoscaling=KedaAutoscaling(prometheus_server_address="https://amw-inferforge.prometheus.monitor.azure.com",
-                                    min_replicas=2, max_replicas=4),
+                                    min_replicas=2, max_replicas=4, authentication_ref="keda-azure-monitor"),
     )
     values.update(overrides)
     return InferenceServiceArgs(**values)
@@ -491,6 +491,24 @@ def test_args_mutated_after_construction_are_checked_again_before_deploying() ->
 def test_prod_shaped_output_passes_the_policy_pack_with_the_prod_config() -> None:
     violations = evaluate(render_service(prod_args()), config_path_for("prod"), "prod")
     assert [(v.policy_name, v.message) for v in violations] == []
+
+
+def test_policy_pack_rejects_a_scaled_object_that_queries_azure_monitor_unauthenticated() -> None:
+    unauthenticated = prod_args(autoscaling=KedaAutoscaling(
+        prometheus_server_address="https://amw-inferforge.prometheus.monitor.azure.com", min_replicas=2,
+        max_replicas=4))
+    violations = evaluate(render_service(unauthenticated), config_path_for("prod"), "prod")
+    assert {v.policy_name for v in violations} == {"keda-addon-and-authentication"}
+
+
+def test_deployment_waits_as_long_as_node_join_image_pull_and_model_load() -> None:
+    args = prod_args()  # startup 10 s x 180, 2..4 replicas, surge 1
+    create, update = args.await_timeouts_s
+    assert create == 900 + 600 + 1800
+    assert update == 900 + 4 * (600 + 1800)
+    deployment = next(r for r in render_service(args) if r.type == "kubernetes:apps/v1:Deployment")
+    assert deployment.inputs["metadata"]["annotations"]["pulumi.com/timeoutSeconds"] == str(create)
+    assert deployment.inputs["spec"]["progressDeadlineSeconds"] == create
 
 
 def test_policy_pack_rejects_a_tag_pinned_image_under_the_prod_config() -> None:

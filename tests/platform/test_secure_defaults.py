@@ -265,10 +265,10 @@ def test_no_nsg_rule_allows_inbound_from_the_internet(prod):
 def test_private_dns_zones_are_linked_to_the_vnet(prod):
     vnet = one(prod, "azure-native:network:VirtualNetwork")
     zones = {z.inputs["privateZoneName"] for z in of_type(prod, "azure-native:privatedns:PrivateZone")}
-    assert zones == {"privatelink.vaultcore.azure.net", "privatelink.redis.azure.net",
+    assert zones == {"privatelink.vaultcore.azure.net", "privatelink.redis.azure.net", "privatelink.azurecr.io",
                      "inferforge-prod.private.postgres.database.azure.com"}
     links = of_type(prod, "azure-native:privatedns:VirtualNetworkLink")
-    assert len(links) == 3 and all(link.inputs["virtualNetwork"]["id"] == vnet.id for link in links)
+    assert len(links) == 4 and all(link.inputs["virtualNetwork"]["id"] == vnet.id for link in links)
     assert all(link.inputs["registrationEnabled"] is False for link in links)
 
 
@@ -314,7 +314,7 @@ def test_workload_identity_is_federated_with_the_inference_service_account(prod)
 
 def test_workload_identity_reads_only_key_vault_secrets_on_its_vault(prod):
     vault = one(prod, "azure-native:keyvault:Vault")
-    assignment = one(prod, "azure-native:authorization:RoleAssignment").inputs
+    assignment = one(prod, "azure-native:authorization:RoleAssignment", "inference-identity-kv-secrets-user").inputs
     assert assignment["scope"] == vault.id
     assert assignment["roleDefinitionId"].endswith("/roleDefinitions/4633458b-17de-408a-b874-0445c86b69e6")
     assert assignment["principalType"] == "ServicePrincipal"

@@ -10,7 +10,8 @@ COMPONENTS = [
     "inferforge:observability:Observability", "inferforge:network:Network", "inferforge:security:KeyVault",
     "inferforge:compute:AksCluster", "inferforge:identity:WorkloadIdentity", "inferforge:data:PostgresPgvector",
     "inferforge:data:ManagedRedis", "inferforge:edge:FrontDoor", "inferforge:inference:InferenceService",
-    "inferforge:data:PgvectorExtension",
+    "inferforge:data:PgvectorExtension", "inferforge:containers:ContainerRegistry",
+    "inferforge:compute:NvidiaDevicePlugin",
 ]
 
 AZURE_TYPES = [
@@ -27,6 +28,7 @@ AZURE_TYPES = [
     "azure-native:containerservice:AgentPool", "azure-native:operationalinsights:Workspace",
     "azure-native:monitor:DiagnosticSetting", "azure-native:managedidentity:UserAssignedIdentity",
     "azure-native:managedidentity:FederatedIdentityCredential", "azure-native:authorization:RoleAssignment",
+    "azure-native:containerregistry:Registry",
 ]
 
 

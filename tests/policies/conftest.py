@@ -166,7 +166,16 @@ def inference_service_resources() -> list[Resource]:
 
 @pytest.fixture(scope="session")
 def prod_resources() -> list[Any]:
-    """The shipped prod stack rendered by the real program under mocks (once per session)."""
+    """The prod stack with its images in the registry, rendered by the real program under mocks (once)."""
+    from stacks.render import render_stack
+    from tests.stack_overrides import PROD_WITH_WORKLOADS
+
+    return render_stack("prod", PROD_WITH_WORKLOADS)
+
+
+@pytest.fixture(scope="session")
+def prod_platform_resources() -> list[Any]:
+    """Pulumi.prod.yaml as shipped: the first phase of a new environment (no workloads yet)."""
     from stacks.render import render_stack
 
     return render_stack("prod")

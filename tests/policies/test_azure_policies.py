@@ -25,6 +25,10 @@ WAF = "azure-native:frontdoor:Policy"
 SECURITY_POLICY = "azure-native:cdn:SecurityPolicy"
 PRIVATE_ENDPOINT = "azure-native:network:PrivateEndpoint"
 DIAGNOSTIC = "azure-native:monitor:DiagnosticSetting"
+REGISTRY = "azure-native:containerregistry:Registry"
+ROLE_ASSIGNMENT = "azure-native:authorization:RoleAssignment"
+DAEMON_SET = "kubernetes:apps/v1:DaemonSet"
+AFD_ORIGIN = "azure-native:cdn:AFDOrigin"
 
 AZURE_POLICIES = [p.name for p in ALL_POLICIES if not p.name.startswith("k8s-")]
 
@@ -95,6 +99,33 @@ def admin_is_serving_identity(inputs: dict[str, Any]) -> None:
 def schema_identity_federated_to_server(inputs: dict[str, Any]) -> None:
     if inputs["resourceName"] == "id-inferforge-prod-pgschema":
         inputs["subject"] = "system:serviceaccount:inference:inference"
+
+
+def named(prefix: str) -> Callable[[Any], bool]:
+    return lambda r: r.name.startswith(prefix)
+
+
+def origin_without_service_dependency(resources: list[Any]) -> list[Any]:
+    from dataclasses import replace
+
+    out = []
+    for r in resources:
+        if r.type == AFD_ORIGIN:
+            r = replace(r, dependencies=[d for d in r.dependencies if "kubernetes:core/v1:Service" not in d])
+        out.append(r)
+    return out
+
+
+def with_azure_monitor_scaled_object(resources: list[Any]) -> list[Any]:
+    """prod plus the ScaledObject InferenceService renders for an Azure Monitor Prometheus trigger."""
+    from components.inference_service import KedaAutoscaling
+
+    from .conftest import render_inference_service
+
+    scaled = [r for r in render_inference_service(autoscaling=KedaAutoscaling(
+        prometheus_server_address="https://amw-x.westeurope.prometheus.monitor.azure.com",
+        authentication_ref="keda-azure-monitor")) if r.type.endswith(":ScaledObject")]
+    return [*resources, *scaled]
 
 
 # policy -> (case, mutation of the prod stack's resources); every Azure policy has at least one.
@@ -219,6 +250,42 @@ BROKEN: list[tuple[str, str, Mutation]] = [
     ("frontdoor-waf-attached", "no security policy", drop(lambda r: r.type == SECURITY_POLICY)),
     ("frontdoor-waf-prevention-mode", "detection", set_on(WAF, "policySettings.mode", "Detection")),
     ("frontdoor-waf-managed-rules", "no bot rules", mutate_on(WAF, drop_bot_rules)),
+    ("acr-public-network-disabled", "registry public", set_on(REGISTRY, "publicNetworkAccess", "Enabled")),
+    ("acr-public-network-disabled", "firewall allows", set_on(REGISTRY, "networkRuleSet.defaultAction", "Allow")),
+    ("acr-admin-user-disabled", "admin user on", set_on(REGISTRY, "adminUserEnabled", True)),
+    ("acr-anonymous-pull-disabled", "anonymous pull", set_on(REGISTRY, "anonymousPullEnabled", True)),
+    ("acr-premium-sku", "standard SKU", set_on(REGISTRY, "sku.name", "Standard")),
+    (
+        "acr-private-endpoint",
+        "no registry PE",
+        drop(targets(PRIVATE_ENDPOINT, "privateLinkServiceConnections", "Microsoft.ContainerRegistry/registries")),
+    ),
+    ("aks-acr-pull-for-images", "no AcrPull", drop(named("registry-acrpull"))),
+    (
+        "aks-acr-pull-for-images",
+        "another registry",
+        mutate_on("kubernetes:apps/v1:Deployment", lambda i: i["spec"]["template"]["spec"]["containers"][0]
+                  .__setitem__("image", "crsomeoneelse.azurecr.io/inferforge/inference@sha256:" + "1" * 64)),
+    ),
+    ("aks-gpu-device-plugin", "no device plugin", drop(lambda r: r.type == DAEMON_SET)),
+    (
+        "aks-gpu-device-plugin",
+        "plugin does not tolerate sku=gpu",
+        mutate_on(DAEMON_SET, lambda i: i["spec"]["template"]["spec"].__setitem__(
+            "tolerations", [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])),
+    ),
+    (
+        "aks-gpu-device-plugin",
+        "plugin pinned to another pool",
+        mutate_on(DAEMON_SET, lambda i: i["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+            .__setitem__("values", ["gpua100"])),
+    ),
+    ("aks-blob-csi-driver", "driver off", set_on(AKS, "storageProfile.blobCSIDriver.enabled", False)),
+    ("aks-lb-subnet-network-contributor", "no role on the LB subnet", drop(named("aks-network-contributor-0"))),
+    ("aks-lb-subnet-network-contributor", "no role on the PLS subnet", drop(named("aks-network-contributor-1"))),
+    ("frontdoor-origin-after-pls-service", "origin races the Service", origin_without_service_dependency),
+    ("keda-addon-and-authentication", "ScaledObject without add-on", with_azure_monitor_scaled_object),
 ]
 
 

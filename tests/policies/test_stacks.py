@@ -13,6 +13,13 @@ def test_shipped_prod_stack_has_no_mandatory_violation(prod_resources) -> None:
     assert not has_mandatory(violations), format_text(violations, "prod")
 
 
+def test_shipped_prod_first_phase_has_no_mandatory_violation(prod_platform_resources) -> None:
+    violations = evaluate(prod_platform_resources, config_path_for("prod"), "prod")
+
+    assert not has_mandatory(violations), format_text(violations, "prod")
+    assert not any(r.type.startswith("kubernetes:") for r in prod_platform_resources if r.custom)
+
+
 def test_shipped_dev_stack_has_no_mandatory_violation(dev_resources) -> None:
     violations = evaluate(dev_resources, config_path_for("dev"), "dev")
 
@@ -30,8 +37,9 @@ def test_shipped_dev_stack_has_no_mandatory_violation(dev_resources) -> None:
 )
 def test_weakened_prod_config_is_blocked_naming_the_policy(overrides, policy) -> None:
     from stacks.render import render_stack
+    from tests.stack_overrides import PROD_WITH_WORKLOADS
 
-    violations = evaluate(render_stack("prod", overrides), config_path_for("prod"), "prod")
+    violations = evaluate(render_stack("prod", {**PROD_WITH_WORKLOADS, **overrides}), config_path_for("prod"), "prod")
 
     mandatory = {v.policy_name for v in violations if v.enforcement_level == "mandatory"}
     assert policy in mandatory

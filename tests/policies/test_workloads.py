@@ -24,6 +24,7 @@ WORKLOAD_POLICIES = [
     "k8s-image-digest-pinned",
     "k8s-gpu-limit-matches-tp",
     "k8s-inference-max-replicas",
+    "k8s-await-covers-model-startup",
 ]
 
 
@@ -92,6 +93,18 @@ BROKEN = {
         lambda i: server(i)["resources"]["limits"].pop("nvidia.com/gpu"),
     ),
     "replicas above the cap": ("k8s-inference-max-replicas", lambda i: i["spec"].__setitem__("replicas", 9)),
+    "await shorter than the model load": (
+        "k8s-await-covers-model-startup",
+        lambda i: i["metadata"]["annotations"].__setitem__("pulumi.com/timeoutSeconds", "600"),
+    ),
+    "no await setting at all (10 min default)": (
+        "k8s-await-covers-model-startup",
+        lambda i: i["metadata"].pop("annotations"),
+    ),
+    "progress deadline shorter than the model load": (
+        "k8s-await-covers-model-startup",
+        lambda i: i["spec"].__setitem__("progressDeadlineSeconds", 600),
+    ),
 }
 
 

@@ -1,0 +1,123 @@
+"""Container registry: the one place AKS pulls images from (ours and mirrored third-party ones).
+
+Premium, because private endpoints (and trusted-services access, zone redundancy) are Premium
+features. Private by default: public network access disabled, a private endpoint registered in
+`privatelink.azurecr.io`, the admin user (a shared static credential) and anonymous pull off. AKS
+pulls with its kubelet identity, which gets AcrPull on this registry only.
+
+Getting images in without a public endpoint (README, "Images"): `az acr import` copies from public
+registries and from other Azure registries through Azure's control plane, so mirroring third-party
+images needs no network path to this registry; the trusted-services bypass is what lets an import from
+another Azure registry (e.g. a build registry used by `az acr build`) reach a network-restricted one.
+https://learn.microsoft.com/azure/container-registry/container-registry-import-images
+https://learn.microsoft.com/azure/container-registry/allow-access-trusted-services
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pulumi
+from pulumi_azure_native import containerregistry
+
+from components.common import (
+    ROLE_ACR_PULL,
+    diagnostic_settings,
+    private_endpoint,
+    resource_lock,
+    role_assignment,
+)
+
+SKU = "Premium"
+
+
+def login_server(registry_name: str) -> str:
+    """The registry's login server in Azure public cloud: the lowercase name under azurecr.io.
+
+    Known before the registry exists, so image references (and the policies that check them) are
+    plain strings at plan time.
+    https://learn.microsoft.com/azure/container-registry/container-registry-get-started-portal
+    """
+    return f"{registry_name.lower()}.azurecr.io"
+
+
+@dataclass
+class ContainerRegistryArgs:
+    """Arguments of `ContainerRegistry`; defaults are the secure choice."""
+
+    resource_group_name: pulumi.Input[str]
+    """Resource group of the registry."""
+    location: pulumi.Input[str]
+    """Azure region."""
+    registry_name: str
+    """Globally unique name (5-50 alphanumerics); the login server is `<name>.azurecr.io`."""
+    subscription_id: pulumi.Input[str]
+    """Subscription of the AcrPull role definition."""
+    private_endpoint_subnet_id: pulumi.Input[str]
+    """Subnet of the registry's private endpoint."""
+    private_dns_zone_id: pulumi.Input[str]
+    """`privatelink.azurecr.io` zone the endpoint registers its records in (registry + data endpoints)."""
+    log_analytics_workspace_id: pulumi.Input[str]
+    """Workspace for repository and login audit logs."""
+    pull_principal_ids: Sequence[pulumi.Input[str]] = ()
+    """Principals that get AcrPull (the AKS kubelet identity): pull only, nothing else."""
+    public_network_access: Literal["Disabled", "Enabled"] = "Disabled"
+    """Disabled: only the private endpoint (and `az acr import`, a control-plane copy) reaches it."""
+    lock: bool = False
+    """CanNotDelete lock (prod): the images the cluster runs live here."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Tags required by the tagging policy."""
+
+
+class ContainerRegistry(pulumi.ComponentResource):
+    """A Premium, private Azure Container Registry that the AKS kubelet identity may pull from."""
+
+    registry: containerregistry.Registry
+    login_server: str
+    pull_role_assignments: list[pulumi.Resource]
+
+    def __init__(self, name: str, args: ContainerRegistryArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("inferforge:containers:ContainerRegistry", name, None, opts)
+        self.registry = containerregistry.Registry(
+            f"{name}-registry",
+            registry_name=args.registry_name,
+            resource_group_name=args.resource_group_name,
+            location=args.location,
+            sku=containerregistry.SkuArgs(name=SKU),
+            admin_user_enabled=False,
+            anonymous_pull_enabled=False,
+            public_network_access=args.public_network_access,
+            network_rule_set=containerregistry.NetworkRuleSetArgs(default_action="Deny", ip_rules=[]),
+            # Trusted Azure services (ACR import from another registry, ACR Tasks) may still reach it.
+            network_rule_bypass_options="AzureServices",
+            data_endpoint_enabled=False,
+            tags=dict(args.tags),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        private_endpoint(
+            f"{name}-pe",
+            resource_group_name=args.resource_group_name,
+            location=args.location,
+            subnet_id=args.private_endpoint_subnet_id,
+            target_resource_id=self.registry.id,
+            group_id="registry",
+            private_dns_zone_id=args.private_dns_zone_id,
+            tags=args.tags,
+            parent=self,
+        )
+        diagnostic_settings(f"{name}-registry", resource_id=self.registry.id,
+                            workspace_id=args.log_analytics_workspace_id, parent=self)
+        self.pull_role_assignments = [
+            role_assignment(
+                f"{name}-acrpull-{index}", scope=self.registry.id, principal_id=principal,
+                subscription_id=args.subscription_id, role_guid=ROLE_ACR_PULL, parent=self,
+                description="AKS kubelet identity pulls the platform's images")
+            for index, principal in enumerate(args.pull_principal_ids)
+        ]
+        if args.lock:
+            resource_lock(f"{name}-registry", scope_resource=self.registry, parent=self)
+
+        self.login_server = login_server(args.registry_name)
+        self.register_outputs({"registry_id": self.registry.id, "login_server": self.login_server})

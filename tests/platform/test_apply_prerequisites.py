@@ -1,0 +1,132 @@
+"""What `pulumi up` needs beyond what mocks check: registry + AcrPull, device plugin, Blob CSI, LB/PLS
+permissions, Front Door ordering, await timeouts, and the two-phase first deployment."""
+
+from __future__ import annotations
+
+from tests.platform.conftest import of_type, one
+
+ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+NETWORK_CONTRIBUTOR = "4d97b98b-1d4f-4787-a291-c67834d212e7"
+
+
+def _containers(resource) -> list[dict]:
+    spec = resource.inputs["spec"]["template"]["spec"]
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def test_registry_is_premium_private_and_without_shared_or_anonymous_access(prod):
+    registry = one(prod, "azure-native:containerregistry:Registry").inputs
+    assert registry["registryName"] == "crinferforgeprod"
+    assert registry["sku"] == {"name": "Premium"}
+    assert registry["adminUserEnabled"] is False and registry["anonymousPullEnabled"] is False
+    assert registry["publicNetworkAccess"] == "Disabled"
+    assert registry["networkRuleSet"]["defaultAction"] == "Deny"
+
+
+def test_registry_private_endpoint_registers_in_the_azurecr_zone(prod):
+    registry = one(prod, "azure-native:containerregistry:Registry")
+    endpoint = one(prod, "azure-native:network:PrivateEndpoint", "registry-pe")
+    connection = endpoint.inputs["privateLinkServiceConnections"][0]
+    assert connection["privateLinkServiceId"] == registry.id and connection["groupIds"] == ["registry"]
+    zone = next(z for z in of_type(prod, "azure-native:privatedns:PrivateZone")
+                if z.inputs["privateZoneName"] == "privatelink.azurecr.io")
+    group = one(prod, "azure-native:network:PrivateDnsZoneGroup", "registry-pe-dns")
+    assert group.inputs["privateDnsZoneConfigs"][0]["privateDnsZoneId"] == zone.id
+
+
+def test_kubelet_identity_and_only_it_gets_acr_pull_on_the_registry(prod):
+    registry = one(prod, "azure-native:containerregistry:Registry")
+    cluster = one(prod, "azure-native:containerservice:ManagedCluster")
+    pulls = [r for r in of_type(prod, "azure-native:authorization:RoleAssignment")
+             if r.inputs["roleDefinitionId"].endswith(ACR_PULL)]
+    assert len(pulls) == 1
+    assert pulls[0].inputs["scope"] == registry.id
+    assert pulls[0].property_dependencies["principalId"] == [cluster.urn]  # the kubelet identity's objectId
+
+
+def test_every_workload_image_is_login_server_repository_and_digest(prod):
+    workloads = [r for r in prod if r.type in ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:DaemonSet",
+                                               "kubernetes:batch/v1:Job")]
+    images = {c["image"] for w in workloads for c in _containers(w)}
+    assert len(images) == 4
+    for image in images:
+        assert image.startswith("crinferforgeprod.azurecr.io/") and "@sha256:" in image, image
+
+
+def test_device_plugin_runs_on_every_gpu_pool_and_tolerates_its_taint(dev):
+    plugin = one(dev, "kubernetes:apps/v1:DaemonSet")
+    spec = plugin.inputs["spec"]["template"]["spec"]
+    assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in spec["tolerations"]
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "inferforge.io/pool", "operator": "In", "values": ["gpua100"]}]}]
+    container = spec["containers"][0]
+    assert container["image"] == "crinferforgedev.azurecr.io/mirror/nvidia/k8s-device-plugin:v0.17.1"
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert spec["priorityClassName"] == "system-node-critical"
+
+
+def test_the_inference_deployment_waits_for_the_device_plugin_and_acr_pull(prod):
+    # depends_on a component waits for its children: the SDK records the DaemonSet itself. The
+    # component's children are registered only after it, so they wait too.
+    component = one(prod, "inferforge:inference:InferenceService")
+    daemon_set = one(prod, "kubernetes:apps/v1:DaemonSet")
+    acr_pull = one(prod, "azure-native:authorization:RoleAssignment", "registry-acrpull-0")
+    assert daemon_set.urn in component.dependencies
+    assert acr_pull.urn in component.dependencies
+
+
+def test_blob_csi_driver_is_on_for_the_blob_model_volume(prod):
+    cluster = one(prod, "azure-native:containerservice:ManagedCluster")
+    claim = one(prod, "kubernetes:core/v1:PersistentVolumeClaim")
+    assert claim.inputs["spec"]["storageClassName"] == "azureblob-fuse-premium"
+    assert cluster.inputs["storageProfile"]["blobCSIDriver"]["enabled"] is True
+
+
+def test_cluster_identity_is_network_contributor_on_the_lb_and_pls_subnets(prod):
+    cluster = one(prod, "azure-native:containerservice:ManagedCluster")
+    subnets = {s.inputs["subnetName"]: s.id for s in of_type(prod, "azure-native:network:Subnet")}
+    grants = [r for r in of_type(prod, "azure-native:authorization:RoleAssignment")
+              if r.inputs["roleDefinitionId"].endswith(NETWORK_CONTRIBUTOR)]
+    assert {g.inputs["scope"] for g in grants} == {subnets["snet-aks"], subnets["snet-private-link"]}
+    assert all(g.property_dependencies["principalId"] == [cluster.urn] for g in grants)
+    service = one(prod, "kubernetes:core/v1:Service").inputs["metadata"]["annotations"]
+    prefix = "service.beta.kubernetes.io/"
+    assert service[f"{prefix}azure-load-balancer-internal-subnet"] == "snet-aks"
+    assert service[f"{prefix}azure-pls-ip-configuration-subnet"] == "snet-private-link"
+
+
+def test_front_door_origin_waits_for_the_service_that_makes_the_pls(prod):
+    origin = one(prod, "azure-native:cdn:AFDOrigin")
+    service = one(prod, "kubernetes:core/v1:Service")
+    assert service.urn in origin.dependencies
+    pls = service.inputs["metadata"]["annotations"]["service.beta.kubernetes.io/azure-pls-name"]
+    assert origin.inputs["sharedPrivateLinkResource"]["privateLink"]["id"].endswith(f"/privateLinkServices/{pls}")
+
+
+def test_deployment_await_timeouts_come_from_the_startup_budget(prod):
+    deployment = one(prod, "kubernetes:apps/v1:Deployment")
+    probe = deployment.inputs["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    budget = int(probe["periodSeconds"] * probe["failureThreshold"])
+    assert budget == 1800  # inference.startupTimeoutSeconds default
+    assert deployment.custom_timeouts == {"create": f"{900 + 600 + budget}s", "update": f"{900 + 2 * (600 + budget)}s"}
+    assert deployment.inputs["metadata"]["annotations"]["pulumi.com/timeoutSeconds"] == str(900 + 600 + budget)
+    job = one(prod, "kubernetes:batch/v1:Job")
+    assert job.custom_timeouts["create"] == f"{int(job.inputs['spec']['activeDeadlineSeconds']) + 300}s"
+
+
+def test_first_phase_creates_the_platform_and_registry_but_no_workloads_or_front_door(prod_platform):
+    types = {r.type for r in prod_platform}
+    assert "azure-native:containerregistry:Registry" in types
+    assert not any(t.startswith(("kubernetes:", "pulumi:providers:kubernetes")) for t in types)
+    assert not any(t.startswith("azure-native:cdn:") for t in types)
+
+
+def test_approval_command_names_the_node_resource_group_and_the_pls():
+    from stacks.program import private_endpoint_approval
+
+    command = private_endpoint_approval("rg-inferforge-prod-westeurope-aks-nodes", "pls-inferforge-prod-inference")
+    assert "az network private-link-service show -g rg-inferforge-prod-westeurope-aks-nodes " \
+        "-n pls-inferforge-prod-inference" in command
+    assert "privateLinkServiceConnectionState.status=='Pending'" in command
+    assert "az network private-endpoint-connection approve --id" in command
