@@ -39,11 +39,24 @@ SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, *ROLE_TOKENS)
 
 # Jinja chat template: role marker, content, eos after every turn; the generation prompt opens an
 # assistant turn. bos comes from the template because apply_chat_template tokenizes without
-# special tokens.
+# special tokens. Tools, tool calls and tool results render the way Hermes/Qwen-style templates do
+# (a tool list in a system turn, calls as `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`),
+# so the server's tool handling is exercised through a real template.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}"
+    "{{ '<|system|>\n# Tools\n<tools>\n' }}"
+    "{% for tool in tools %}{{ tool | tojson }}{{ '\n' }}{% endfor %}"
+    "{{ '</tools>\nTo call a function, reply with <tool_call>{\"name\": <name>, \"arguments\": <JSON object>}"
+    "</tool_call>' + eos_token + '\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+    "{{ '<|' + message['role'] + '|>\n' + (message['content'] or '') }}"
+    "{% if message.tool_calls %}{% for call in message.tool_calls %}"
+    "{{ '<tool_call>' }}{{ {'name': call.function.name, 'arguments': call.function.arguments} | tojson }}"
+    "{{ '</tool_call>' }}"
+    "{% endfor %}{% endif %}"
+    "{{ eos_token + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )

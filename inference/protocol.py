@@ -1,14 +1,18 @@
 """Request and response models of the OpenAI-compatible API (the subset this server implements).
 
 Field names, defaults and ranges follow the OpenAI API and vLLM's OpenAI server
-(vllm/entrypoints/openai/protocol.py). Requests are validated strictly: wrong JSON types are
-errors rather than coerced ("16" is not an integer), unknown fields are rejected so a typo never
-silently changes behaviour, and OpenAI parameters this server does not implement are accepted only
-at their no-op value (e.g. `n` must be 1) so common clients keep working.
+(vllm/entrypoints/openai/protocol.py). Like vLLM, requests are parsed tolerantly and validated
+strictly: fields this server does not know are accepted and ignored (the server counts and logs
+their names, never their values; `ignored_fields` lists them), so stock clients and agent
+frameworks that send newer or vendor-specific parameters keep working; fields it knows are
+validated strictly (wrong JSON types are errors rather than coerced, "16" is not an integer), and
+OpenAI parameters it knows but does not implement are accepted only at their no-op value (e.g.
+`presence_penalty` must be 0), so a request never silently gets behaviour it did not ask for.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,7 +23,27 @@ MAX_STOP_SEQUENCES = 16
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+    # extra="allow" keeps unknown fields in `model_extra`, so `ignored_fields` can name them.
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+def ignored_fields(model: BaseModel) -> list[str]:
+    """Names of the unknown fields in a parsed request, nested ones as `messages[].name`; no values."""
+    names: list[str] = []
+
+    def visit(node: BaseModel, prefix: str) -> None:
+        names.extend(prefix + key for key in (node.model_extra or {}))
+        for field in type(node).model_fields:
+            value = getattr(node, field)
+            if isinstance(value, BaseModel):
+                visit(value, f"{prefix}{field}.")
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, BaseModel):
+                        visit(item, f"{prefix}{field}[].")
+
+    visit(model, "")
+    return list(dict.fromkeys(names))
 
 
 class StreamOptions(_Strict):
@@ -130,19 +154,77 @@ class TextContentPart(_Strict):
     text: str
 
 
+class ToolCallFunction(_Strict):
+    """The function an assistant turn called: its name and its arguments as a JSON string."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(_Strict):
+    """One tool call of an earlier assistant turn, sent back so the model sees its own call."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+# `developer` is OpenAI's newer name for `system` (o1 and later); chat templates only know `system`.
+ROLE_ALIASES = {"developer": "system"}
+
+
 class ChatMessage(_Strict):
     """One message of a conversation."""
 
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextContentPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextContentPart] | None = None
     name: str | None = None
+    # assistant turns: the tool calls it made; tool turns: which call this result answers.
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_the_role(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"content is required for a {self.role} message"
+                             + (" (or tool_calls)" if self.role == "assistant" else ""))
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"tool_calls is only allowed in assistant messages, not {self.role}")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("tool_call_id is required for a tool message (the id of the call it answers)")
+        return self
 
     @property
-    def text(self) -> str:
-        """The message content as one string (text parts concatenated)."""
-        if isinstance(self.content, str):
+    def text(self) -> str | None:
+        """The message content as one string (text parts concatenated); None when absent."""
+        if self.content is None or isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def to_template(self) -> dict[str, Any]:
+        """The message as chat templates expect it (Hugging Face's convention, as vLLM renders it)."""
+        out: dict[str, Any] = {"role": ROLE_ALIASES.get(self.role, self.role), "content": self.text or ""}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            # Templates index arguments as a mapping (`tool_call.arguments | tojson`); OpenAI sends a
+            # JSON string. Parsed like vLLM does; a string that is not a JSON object is kept as is.
+            out["tool_calls"] = [
+                {"id": call.id, "type": call.type,
+                 "function": {"name": call.function.name, "arguments": _json_object_or_text(call.function.arguments)}}
+                for call in self.tool_calls
+            ]
+        return out
+
+
+def _json_object_or_text(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    return value if isinstance(value, dict) else text
 
 
 class ChatCompletionRequest(_SamplingFields):

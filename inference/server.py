@@ -53,6 +53,7 @@ from inference.protocol import (
     ModelCard,
     ModelList,
     UsageInfo,
+    ignored_fields,
 )
 
 log = logging.getLogger("inference.server")
@@ -66,6 +67,8 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 # Bodies up to this size are decoded on the event loop (well under a millisecond); larger ones in a
 # worker thread.
 PARSE_INLINE_MAX_BYTES = 64 * 1024
+# The "request fields ignored" log line names at most this many fields.
+MAX_LOGGED_FIELD_NAMES = 32
 
 
 class ClientGone(Exception):
@@ -309,9 +312,22 @@ class OpenAIServer:
         else:
             data = json_body.decode_object(body)
         try:
-            return model.model_validate(data)
+            parsed = model.model_validate(data)
         except ValidationError as exc:
             raise errors.from_validation_error(exc) from None
+        self._note_ignored_fields(request, parsed)
+        return parsed
+
+    def _note_ignored_fields(self, request: Request, parsed: Any) -> None:
+        """Count and log the unknown fields a request carried, by name only (values may be private)."""
+        names = ignored_fields(parsed)
+        if not names:
+            return
+        for name in names:
+            self.state.metrics.field_ignored(name)
+        shown = [name if len(name) <= 64 else name[:64] + "..." for name in names[:MAX_LOGGED_FIELD_NAMES]]
+        log.info("request fields ignored", extra={"fields": {
+            "path": request.url.path, "ignored_fields": shown, "ignored_count": len(names)}})
 
     def _check_admission(self, requested_model: str | None) -> None:
         state = self.state
@@ -367,7 +383,7 @@ class OpenAIServer:
         if not getattr(tokenizer, "chat_template", None):
             raise errors.bad_request("This model has no chat template; use /v1/completions.",
                                      code="chat_template_missing")
-        messages = [{"role": m.role, "content": m.text} for m in req.messages]
+        messages = [m.to_template() for m in req.messages]
         try:
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except TemplateError as exc:
