@@ -185,6 +185,26 @@ def default_num_threads(env: LaunchEnv) -> int:
     return cores
 
 
+def model_eos_token_ids(model_dir: str | Path, hf_config: object) -> tuple[int, ...]:
+    """End-of-sequence ids: config.json's `eos_token_id` united with generation_config.json's.
+
+    Chat models often end a turn with another id than the one config.json names (Llama 3's
+    `<|eot_id|>`, listed only in generation_config.json), as transformers' `generate` and vLLM know.
+    """
+    from transformers import GenerationConfig
+
+    ids: set[int] = set()
+    sources = [getattr(hf_config, "eos_token_id", None)]
+    if (Path(model_dir) / "generation_config.json").is_file():
+        sources.append(GenerationConfig.from_pretrained(model_dir).eos_token_id)
+    for value in sources:
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(v for v in value if isinstance(v, int))
+    return tuple(sorted(ids))
+
+
 class ModelRunner:
     """Loads (and shards) the model on this rank and runs one packed forward per step."""
 
@@ -310,8 +330,7 @@ class InferenceEngine:
         self._scheduler = Scheduler(cfg.max_batch_size, cfg.max_waiting, cfg.max_num_batched_tokens)
         eos = cfg.eos_token_ids
         if eos is None:
-            model_eos = runner.hf_config.eos_token_id
-            eos = tuple(model_eos) if isinstance(model_eos, list) else (() if model_eos is None else (model_eos,))
+            eos = model_eos_token_ids(cfg.model_dir, runner.hf_config)
         self.eos_token_ids: frozenset[int] = frozenset(eos)
         self._shared_generator = torch.Generator().manual_seed(cfg.seed)
         self._inbox: deque[Sequence] = deque()

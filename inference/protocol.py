@@ -13,7 +13,7 @@ OpenAI parameters it knows but does not implement are accepted only at their no-
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -227,10 +227,28 @@ def _json_object_or_text(text: str) -> Any:
     return value if isinstance(value, dict) else text
 
 
-class ChatCompletionRequest(_SamplingFields):
-    """POST /v1/chat/completions."""
+class _ChatRendering(_Strict):
+    """vLLM's chat-template extensions, shared by chat completions and /tokenize."""
 
     messages: list[ChatMessage] = Field(min_length=1)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    # vLLM refuses a per-request template unless the operator trusts clients with it; so do we
+    # (a template is code the server runs). The server-wide one comes from --chat-template.
+    chat_template: str | None = None
+
+    @field_validator("chat_template")
+    @classmethod
+    def _no_request_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError("a per-request chat template is not accepted; the server's template is used "
+                             "(operators set it with --chat-template)")
+        return value
+
+
+class ChatCompletionRequest(_ChatRendering, _SamplingFields):
+    """POST /v1/chat/completions."""
+
     # None means "the rest of the context", as in OpenAI's chat API and vLLM.
     max_tokens: int | None = None
     # Newer name of max_tokens in the OpenAI API; takes precedence when both are set.
@@ -250,7 +268,44 @@ class ChatCompletionRequest(_SamplingFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
+class TokenizeCompletionRequest(_Strict):
+    """POST /tokenize with a prompt (vLLM's shape)."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(_ChatRendering):
+    """POST /tokenize with messages, rendered as /v1/chat/completions renders them (vLLM's shape)."""
+
+    model: str | None = None
+    # The chat template already holds the special tokens.
+    add_special_tokens: bool = False
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(_Strict):
+    """POST /detokenize."""
+
+    model: str | None = None
+    tokens: list[Annotated[int, Field(ge=0)]]
+
+
 # ---- responses -----------------------------------------------------------------------------------
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
 
 FinishReasonOut = Literal["stop", "length", "abort"]
 

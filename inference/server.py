@@ -21,7 +21,6 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from jinja2 import TemplateError
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -31,7 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from tokenizers.decoders import DecodeStream
 
-from inference import errors, json_body
+from inference import chat_template, errors, json_body, tokenization
 from inference.auth import APIKeyMiddleware, APIKeys
 from inference.engine_api import (
     AsyncEngine,
@@ -87,6 +86,8 @@ class ServerState:
     created: int = 0
     # Request ids of generations between admission and their response's end (the drain waits on it).
     in_flight: set[str] = field(default_factory=set)
+    # --chat-template: replaces the tokenizer's own template when set.
+    chat_template: str | None = None
 
     def abort_all(self) -> None:
         """Abort every in-flight generation (drain timeout): their responses end with "abort"."""
@@ -379,18 +380,10 @@ class OpenAIServer:
         )
 
     def _chat_prompt_ids(self, req: ChatCompletionRequest) -> list[int]:
-        tokenizer = self.state.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            raise errors.bad_request("This model has no chat template; use /v1/completions.",
-                                     code="chat_template_missing")
-        messages = [m.to_template() for m in req.messages]
-        try:
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except TemplateError as exc:
-            raise errors.bad_request(f"The messages do not fit the model's chat template: {exc}",
-                                     code="invalid_messages") from None
-        # The template already contains the special tokens (bos, role markers).
-        return tokenizer.encode(text, add_special_tokens=False)
+        return chat_template.render_prompt_ids(
+            self.state.tokenizer, req.messages, override=self.state.chat_template,
+            add_generation_prompt=req.add_generation_prompt, continue_final_message=req.continue_final_message,
+        )
 
     # ---- endpoints ------------------------------------------------------------------------------
 
@@ -594,18 +587,24 @@ def create_app(
     *,
     api_keys: APIKeys | None,
     model_name: str | None = None,
+    chat_template: str | None = None,
 ) -> Starlette:
-    """The ASGI app. `api_keys=None` means unauthenticated (the CLI only allows that explicitly)."""
+    """The ASGI app. `api_keys=None` means unauthenticated (the CLI only allows that explicitly);
+    `chat_template` (the text, see `chat_template.load_chat_template`) replaces the tokenizer's."""
     if not hasattr(tokenizer, "backend_tokenizer"):
         raise TypeError("the tokenizer must be a fast (Rust `tokenizers`) tokenizer")
     name = model_name or engine.model_name
     state = ServerState(engine=engine, tokenizer=tokenizer, model_name=name,
-                        metrics=ServerMetrics(engine, name), created=int(time.time()))
+                        metrics=ServerMetrics(engine, name), created=int(time.time()),
+                        chat_template=chat_template)
     server = OpenAIServer(state)
     routes = [
         Route("/v1/completions", _endpoint(state, server.completions), methods=["POST"]),
         Route("/v1/chat/completions", _endpoint(state, server.chat_completions), methods=["POST"]),
         Route("/v1/models", _endpoint(state, server.models), methods=["GET"]),
+        # vLLM's paths (no /v1 prefix).
+        Route("/tokenize", _endpoint(state, tokenization.tokenize_handler(server)), methods=["POST"]),
+        Route("/detokenize", _endpoint(state, tokenization.detokenize_handler(server)), methods=["POST"]),
         Route("/health", server.health, methods=["GET"]),
         Route("/ready", server.ready, methods=["GET"]),
         Route("/metrics", server.metrics, methods=["GET"]),
