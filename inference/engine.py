@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from inference import cpu_gemm, fused, kv_cache
+from inference import autotp_fixes, cpu_gemm, fused, kv_cache
 from inference.distributed import (
     CMD_BARRIER,
     CMD_HEARTBEAT,
@@ -239,6 +239,7 @@ class ModelRunner:
                 replace_with_kernel_inject=False,
             )
             model = ds_engine.module
+            autotp_fixes.localize_attention_configs(model)
         else:
             model.to(device)
         if cfg.fuse_projections:
