@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from tokenizers.decoders import DecodeStream
 
-from inference import chat_template, errors, json_body, tokenization
+from inference import chat_template, errors, json_body, tokenize_endpoints
 from inference.auth import APIKeyMiddleware, APIKeys
 from inference.engine_api import (
     AsyncEngine,
@@ -603,8 +603,8 @@ def create_app(
         Route("/v1/chat/completions", _endpoint(state, server.chat_completions), methods=["POST"]),
         Route("/v1/models", _endpoint(state, server.models), methods=["GET"]),
         # vLLM's paths (no /v1 prefix).
-        Route("/tokenize", _endpoint(state, tokenization.tokenize_handler(server)), methods=["POST"]),
-        Route("/detokenize", _endpoint(state, tokenization.detokenize_handler(server)), methods=["POST"]),
+        Route("/tokenize", _endpoint(state, tokenize_endpoints.tokenize_handler(server)), methods=["POST"]),
+        Route("/detokenize", _endpoint(state, tokenize_endpoints.detokenize_handler(server)), methods=["POST"]),
         Route("/health", server.health, methods=["GET"]),
         Route("/ready", server.ready, methods=["GET"]),
         Route("/metrics", server.metrics, methods=["GET"]),
