@@ -20,6 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # OpenAI allows up to 4 stop sequences; vLLM allows any number. A bound keeps the per-token stop
 # check cheap; 16 is generous for real clients.
 MAX_STOP_SEQUENCES = 16
+# Choices of one request (n x prompts): each is a sequence in the batch; more would let one request
+# take the whole waiting queue.
+MAX_CHOICES = 64
+# OpenAI: up to 20 top alternatives (vLLM's default max_logprobs is 20 too).
+MAX_TOP_LOGPROBS = 20
 
 
 class _Strict(BaseModel):
@@ -77,7 +82,7 @@ class _SamplingFields(_Strict):
     stop: list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES, description="Choices per prompt.")
     # vLLM extension used by benchmarks: keep generating past EOS until max_tokens.
     ignore_eos: bool = False
     # OpenAI parameters accepted only at their no-op value so standard clients work unchanged.
@@ -94,8 +99,6 @@ class _SamplingFields(_Strict):
 
     @model_validator(mode="after")
     def _unsupported_values(self) -> _SamplingFields:
-        if self.n != 1:
-            raise ValueError(f"n={self.n} is not supported; this server returns exactly one choice (n=1)")
         if self.presence_penalty != 0.0 or self.frequency_penalty != 0.0:
             raise ValueError("presence_penalty and frequency_penalty are not supported; they must be 0")
         if self.repetition_penalty not in (None, 1.0):
@@ -115,10 +118,11 @@ class _SamplingFields(_Strict):
 class CompletionRequest(_SamplingFields):
     """POST /v1/completions."""
 
-    prompt: str | list[int]
+    # One prompt (text or token ids) or a list of them (a batch: n choices for each, in order).
+    prompt: str | list[int] | list[str] | list[list[int]]
     # OpenAI's default for the legacy completions endpoint (vLLM keeps it).
     max_tokens: int | None = 16
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
@@ -128,23 +132,39 @@ class CompletionRequest(_SamplingFields):
     def _prompt(cls, value: Any) -> Any:
         if isinstance(value, str):
             return value
-        if isinstance(value, list) and value and all(type(t) is int and t >= 0 for t in value):
-            return value
-        if isinstance(value, list) and value and all(isinstance(p, str | list) for p in value):
-            raise ValueError("batched prompts are not supported; send one prompt per request")
-        raise ValueError("prompt must be a string or a non-empty list of token ids (integers >= 0)")
+        if isinstance(value, list) and value:
+            if all(_is_token_id(t) for t in value) or all(isinstance(p, str) for p in value):
+                return value
+            if all(isinstance(p, list) and p and all(_is_token_id(t) for t in p) for p in value):
+                return value
+        raise ValueError("prompt must be a string, a non-empty list of token ids (integers >= 0), or a "
+                         "non-empty list of strings or of token-id lists")
 
     @model_validator(mode="after")
     def _unsupported_completion_values(self) -> CompletionRequest:
-        if self.logprobs is not None:
-            raise ValueError("logprobs is not supported; omit it")
         if self.echo:
             raise ValueError("echo is not supported; it must be false")
-        if self.best_of not in (None, 1):
-            raise ValueError("best_of is not supported; it must be 1 or omitted")
+        if self.best_of not in (None, self.n):
+            raise ValueError("best_of is not supported; omit it or set it equal to n")
         if self.suffix is not None:
             raise ValueError("suffix is not supported; omit it")
+        if len(self.prompts) * self.n > MAX_CHOICES:
+            total = len(self.prompts) * self.n
+            raise ValueError(f"{len(self.prompts)} prompts x n={self.n} = {total} choices exceed the limit "
+                             f"of {MAX_CHOICES} choices per request")
         return self
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts of this request: one, or each of a batch."""
+        prompt = self.prompt
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+            return [prompt]  # type: ignore[list-item]
+        return list(prompt)  # type: ignore[arg-type]
+
+
+def _is_token_id(value: Any) -> bool:
+    return type(value) is int and value >= 0
 
 
 class TextContentPart(_Strict):
@@ -254,12 +274,12 @@ class ChatCompletionRequest(_ChatRendering, _SamplingFields):
     # Newer name of max_tokens in the OpenAI API; takes precedence when both are set.
     max_completion_tokens: int | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @model_validator(mode="after")
-    def _unsupported_chat_values(self) -> ChatCompletionRequest:
-        if self.logprobs or self.top_logprobs is not None:
-            raise ValueError("logprobs and top_logprobs are not supported; omit them")
+    def _logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs set to true")
         return self
 
     @property
@@ -321,7 +341,7 @@ class UsageInfo(BaseModel):
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: FinishReasonOut | None
 
 
@@ -342,7 +362,7 @@ class ChatResponseMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatResponseMessage
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: FinishReasonOut | None
 
 
@@ -363,7 +383,7 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: FinishReasonOut | None = None
 
 
