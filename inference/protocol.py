@@ -266,8 +266,79 @@ class _ChatRendering(_Strict):
         return value
 
 
+class FunctionDefinition(_Strict):
+    """A function the model may call: OpenAI's `tools[].function`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    # A JSON Schema object for the arguments; checked as one (Draft 2020-12, OpenAI's dialect).
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        try:
+            Draft202012Validator.check_schema(value)
+        except SchemaError as exc:
+            where = "/".join(str(p) for p in exc.path) or "(root)"
+            raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+        return value
+
+
+class Tool(_Strict):
+    """One entry of `tools`; only functions exist in the API."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    """`tool_choice` naming the function to call."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(_ChatRendering, _SamplingFields):
     """POST /v1/chat/completions."""
+
+    tools: list[Tool] | None = None
+    # "none": answer in text; "auto": the model decides and calls are parsed; a named function: the
+    # call is started for the model. "required" needs grammar-constrained decoding (not yet here).
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+
+    @model_validator(mode="after")
+    def _tools(self) -> ChatCompletionRequest:
+        names = [tool.function.name for tool in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: function names must be unique")
+        choice = self.tool_choice
+        if choice == "required":
+            raise ValueError("tool_choice 'required' is not supported (it needs grammar-constrained decoding); "
+                             "use 'auto' or name the function")
+        if choice not in (None, "none") and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names function {choice.function.name[:64]!r}, which is not in tools")
+        return self
+
+    @property
+    def tool_mode(self) -> str:
+        """none | auto | named (OpenAI's default: auto when tools are given, else none)."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "named"
+        return self.tool_choice or ("auto" if self.tools else "none")
 
     # None means "the rest of the context", as in OpenAI's chat API and vLLM.
     max_tokens: int | None = None
@@ -327,7 +398,7 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
-FinishReasonOut = Literal["stop", "length", "abort"]
+FinishReasonOut = Literal["stop", "length", "abort", "tool_calls"]
 
 
 class UsageInfo(BaseModel):
@@ -356,7 +427,8 @@ class CompletionResponse(BaseModel):
 
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class ChatChoice(BaseModel):
@@ -378,6 +450,7 @@ class ChatCompletionResponse(BaseModel):
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatChunkChoice(BaseModel):

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from tokenizers.decoders import DecodeStream
 
-from inference import chat_template, errors, json_body, tokenize_endpoints
+from inference import chat_template, errors, json_body, tokenize_endpoints, tool_calls
 from inference.auth import APIKeyMiddleware, APIKeys
 from inference.engine_api import (
     AsyncEngine,
@@ -53,6 +53,7 @@ from inference.protocol import (
     CompletionResponse,
     ModelCard,
     ModelList,
+    NamedToolChoice,
     UsageInfo,
     ignored_fields,
 )
@@ -309,6 +310,26 @@ def _sse(payload: str) -> str:
     return f"data: {payload}\n\n"
 
 
+def _named_tool(req: ChatCompletionRequest) -> str | None:
+    return req.tool_choice.function.name if isinstance(req.tool_choice, NamedToolChoice) else None
+
+
+def _chat_message(req: ChatCompletionRequest, text: str, finish_reason: str | None
+                  ) -> tuple[ChatResponseMessage, str | None]:
+    """The assistant message of a whole output, with its tool calls parsed per `tool_choice`."""
+    mode = req.tool_mode
+    if mode == "named":
+        call = tool_calls.parse_named(_named_tool(req) or "", text)
+        return ChatResponseMessage(content=None, tool_calls=[call.to_openai()]), finish_reason
+    if mode == "auto":
+        content, calls = tool_calls.parse(text)
+        if calls:
+            calls = calls if req.parallel_tool_calls else calls[:1]
+            return (ChatResponseMessage(content=content, tool_calls=[c.to_openai() for c in calls]),
+                    "tool_calls" if finish_reason != "abort" else finish_reason)
+    return ChatResponseMessage(content=text), finish_reason
+
+
 def _requested_logprobs(req: CompletionRequest | ChatCompletionRequest) -> int | None:
     """How many top alternatives the engine reports per token; None for no logprobs."""
     if isinstance(req, ChatCompletionRequest):
@@ -454,10 +475,16 @@ class OpenAIServer:
         )
 
     def _chat_prompt_ids(self, req: ChatCompletionRequest) -> list[int]:
-        return chat_template.render_prompt_ids(
+        ids = chat_template.render_prompt_ids(
             self.state.tokenizer, req.messages, override=self.state.chat_template,
+            tools=[tool.model_dump(exclude_none=True) for tool in req.tools] if req.tools else None,
             add_generation_prompt=req.add_generation_prompt, continue_final_message=req.continue_final_message,
         )
+        named = _named_tool(req)
+        if named is not None:
+            # No grammar here (yet): the call is opened for the model, which writes the arguments.
+            ids = ids + self.state.tokenizer.encode(tool_calls.named_call_prefix(named), add_special_tokens=False)
+        return ids
 
     # ---- endpoints ------------------------------------------------------------------------------
 
@@ -506,12 +533,16 @@ class OpenAIServer:
             return self._stream(request_id, gens, self._chat_chunks(request_id, gens, req, created, model))
         texts = await self._whole_texts(request, gens)
         backend = self.state.tokenizer.backend_tokenizer
+        choices = []
+        for gen, text in zip(gens, texts, strict=True):
+            message, finish_reason = _chat_message(req, text, gen.finish_reason)
+            choices.append(ChatChoice(
+                index=gen.index, message=message, finish_reason=finish_reason,
+                logprobs=LogprobFormatter(backend).chat(gen.take_logprobs()) if gen.wants_logprobs else None,
+            ).model_dump())
         body = {
             "id": request_id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [ChatChoice(
-                index=gen.index, message=ChatResponseMessage(content=text), finish_reason=gen.finish_reason,
-                logprobs=LogprobFormatter(backend).chat(gen.take_logprobs()) if gen.wants_logprobs else None,
-            ).model_dump() for gen, text in zip(gens, texts, strict=True)],
+            "choices": choices,
             "usage": _usage(gens).model_dump(),
         }
         return JSONResponse(body, headers={"X-Request-Id": request_id})
@@ -614,10 +645,11 @@ class OpenAIServer:
     async def _chat_chunks(self, request_id: str, gens: list[Generation], req: ChatCompletionRequest,
                            created: int, model: str) -> AsyncIterator[str]:
         def chunk(index: int, delta: ChatDelta, finish: str | None = None, usage: UsageInfo | None = None,
-                  choices: bool = True) -> str:
+                  choices: bool = True, logprobs: dict[str, Any] | None = None) -> str:
             return _sse(ChatCompletionChunk(
                 id=request_id, created=created, model=model,
-                choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish)] if choices else [],
+                choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)]
+                if choices else [],
                 usage=usage,
             ).model_dump_json(exclude_none=False))
 
@@ -628,16 +660,49 @@ class OpenAIServer:
         tail = ',"finish_reason":null}],"usage":null}\n\n'
         formatter = LogprobFormatter(self.state.tokenizer.backend_tokenizer)
         finished = 0
+        mode = req.tool_mode
+        parsers = {gen.index: tool_calls.StreamingParser() for gen in gens} if mode == "auto" else {}
+        named_text = {gen.index: "" for gen in gens} if mode == "named" else {}
         async for gen, delta in _interleaved(gens):
-            if delta is not None:
-                logprobs = json.dumps(formatter.chat(gen.take_logprobs())) if gen.wants_logprobs else "null"
+            logprobs = formatter.chat(gen.take_logprobs()) if gen.wants_logprobs and delta is not None else None
+            if mode == "none" and delta is not None:
                 yield (f'{head}{gen.index},"delta":{{"role":null,"content":{json.dumps(delta)}}},'
-                       f'"logprobs":{logprobs}{tail}')
-            else:
-                finished += 1
-                last = finished == len(gens)
-                yield chunk(gen.index, ChatDelta(), gen.finish_reason,
-                            _usage(gens) if last and not req.include_usage_chunk else None)
+                       f'"logprobs":{json.dumps(logprobs)}{tail}')
+                continue
+            if mode == "named":
+                # The whole call is sent once complete (its end is only known at the end).
+                if delta is not None:
+                    named_text[gen.index] += delta
+                    if logprobs is not None:
+                        yield chunk(gen.index, ChatDelta(content=""), logprobs=logprobs)
+                    continue
+                call = tool_calls.parse_named(_named_tool(req) or "", named_text[gen.index])
+                yield chunk(gen.index, ChatDelta(tool_calls=[call.to_openai(index=0)]))
+            elif mode == "auto":
+                parser = parsers[gen.index]
+                before = len(parser.calls)
+                items = parser.feed(delta) if delta is not None else parser.finish()
+                for item in items:
+                    if isinstance(item, str):
+                        yield chunk(gen.index, ChatDelta(content=item), logprobs=logprobs)
+                    elif before == 0 or req.parallel_tool_calls:  # else: calls past the first are dropped
+                        yield chunk(gen.index, ChatDelta(tool_calls=[item.to_openai(index=before)]),
+                                    logprobs=logprobs)
+                        before += 1
+                    else:
+                        continue
+                    logprobs = None
+                if logprobs is not None:
+                    yield chunk(gen.index, ChatDelta(content=""), logprobs=logprobs)
+                if delta is not None:
+                    continue
+            finished += 1
+            last = finished == len(gens)
+            finish_reason = gen.finish_reason
+            if mode == "auto" and parsers[gen.index].calls and finish_reason != "abort":
+                finish_reason = "tool_calls"
+            yield chunk(gen.index, ChatDelta(), finish_reason,
+                        _usage(gens) if last and not req.include_usage_chunk else None)
         if req.include_usage_chunk:
             yield chunk(0, ChatDelta(), usage=_usage(gens), choices=False)
         yield _sse("[DONE]")
