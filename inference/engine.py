@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from inference import cpu_gemm, fused, kv_cache
+from inference import autotp_fixes, cpu_gemm, fused, kv_cache
 from inference.distributed import (
     CMD_BARRIER,
     CMD_HEARTBEAT,
@@ -185,6 +185,26 @@ def default_num_threads(env: LaunchEnv) -> int:
     return cores
 
 
+def model_eos_token_ids(model_dir: str | Path, hf_config: object) -> tuple[int, ...]:
+    """End-of-sequence ids: config.json's `eos_token_id` united with generation_config.json's.
+
+    Chat models often end a turn with another id than the one config.json names (Llama 3's
+    `<|eot_id|>`, listed only in generation_config.json), as transformers' `generate` and vLLM know.
+    """
+    from transformers import GenerationConfig
+
+    ids: set[int] = set()
+    sources = [getattr(hf_config, "eos_token_id", None)]
+    if (Path(model_dir) / "generation_config.json").is_file():
+        sources.append(GenerationConfig.from_pretrained(model_dir).eos_token_id)
+    for value in sources:
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(v for v in value if isinstance(v, int))
+    return tuple(sorted(ids))
+
+
 class ModelRunner:
     """Loads (and shards) the model on this rank and runs one packed forward per step."""
 
@@ -219,6 +239,7 @@ class ModelRunner:
                 replace_with_kernel_inject=False,
             )
             model = ds_engine.module
+            autotp_fixes.localize_attention_configs(model)
         else:
             model.to(device)
         if cfg.fuse_projections:
@@ -310,8 +331,7 @@ class InferenceEngine:
         self._scheduler = Scheduler(cfg.max_batch_size, cfg.max_waiting, cfg.max_num_batched_tokens)
         eos = cfg.eos_token_ids
         if eos is None:
-            model_eos = runner.hf_config.eos_token_id
-            eos = tuple(model_eos) if isinstance(model_eos, list) else (() if model_eos is None else (model_eos,))
+            eos = model_eos_token_ids(cfg.model_dir, runner.hf_config)
         self.eos_token_ids: frozenset[int] = frozenset(eos)
         self._shared_generator = torch.Generator().manual_seed(cfg.seed)
         self._inbox: deque[Sequence] = deque()
@@ -370,6 +390,8 @@ class InferenceEngine:
             raise ValueError(f"temperature must be >= 0, got {params.temperature}")
         if not 0.0 < params.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {params.top_p}")
+        if params.logprobs is not None and not 0 <= params.logprobs <= self.vocab_size:
+            raise ValueError(f"logprobs must be in [0, {self.vocab_size}] or None, got {params.logprobs}")
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         """Stream one request's tokens (see AsyncEngine.generate)."""
@@ -534,8 +556,9 @@ class InferenceEngine:
             [s.generator for s in rows],
             self._shared_generator,
         )
+        logprobs = _token_logprobs(logits, rows, tokens)
         eos = self.eos_token_ids
-        for seq, token in zip(rows, tokens, strict=True):
+        for i, (seq, token) in enumerate(zip(rows, tokens, strict=True)):
             if seq.aborted:
                 continue  # freed (with an abort event) at the next schedule()
             seq.output.append(token)
@@ -545,7 +568,11 @@ class InferenceEngine:
             elif len(seq.output) >= seq.params.max_tokens or seq.total_len >= self.max_model_len:
                 reason = "length"
             seq.finish_reason = reason
-            events[seq] = TokenEvent(token, reason)
+            if i in logprobs:
+                logprob, top = logprobs[i]
+                events[seq] = TokenEvent(token, reason, logprob, top)
+            else:
+                events[seq] = TokenEvent(token, reason)
 
     def _emit(self, events: dict[Sequence, _Item]) -> None:
         """Hand events to their event loops: one thread-safe call per loop per step."""
@@ -585,6 +612,31 @@ class InferenceEngine:
                 callback(exc)
             except Exception:
                 log.exception("death callback failed")
+
+
+# JSON has no -inf; vLLM reports impossible tokens with this floor too.
+MIN_LOGPROB = -9999.0
+
+
+def _token_logprobs(logits: torch.Tensor, rows: list[Sequence], tokens: list[int]
+                    ) -> dict[int, tuple[float, tuple[tuple[int, float], ...]]]:
+    """Row index -> (sampled token's logprob, top-k (id, logprob)) for the rows that asked for them."""
+    wanted = [i for i, seq in enumerate(rows) if seq.params.logprobs is not None]
+    if not wanted:
+        return {}
+    index = torch.tensor(wanted, dtype=torch.long)
+    logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1).clamp_(min=MIN_LOGPROB)
+    chosen = logprobs.gather(1, torch.tensor([[tokens[i]] for i in wanted])).squeeze(1).tolist()
+    k = max(rows[i].params.logprobs or 0 for i in wanted)
+    top_values, top_ids = logprobs.topk(k, dim=-1) if k else (None, None)
+    out = {}
+    for j, i in enumerate(wanted):
+        want_k = rows[i].params.logprobs or 0
+        top: tuple[tuple[int, float], ...] = ()
+        if want_k:
+            top = tuple(zip(top_ids[j, :want_k].tolist(), top_values[j, :want_k].tolist(), strict=True))
+        out[i] = (chosen[j], top)
+    return out
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,10 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     ignore_eos: bool = False
+    logprobs: int | None = None
+    """None: no log-probabilities. k >= 0: each token event carries the sampled token's
+    log-probability and the k most likely alternatives (of the model's distribution, before
+    temperature and top-p, as vLLM's default reports them)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class TokenEvent:
 
     token_id: int | None
     finish_reason: FinishReason | None = None
+    logprob: float | None = None
+    """log-probability of `token_id` when the request asked for logprobs."""
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+    """(token id, log-probability) of the most likely tokens, most likely first (`params.logprobs` of them)."""
 
 
 class QueueFullError(Exception):

@@ -82,6 +82,11 @@ async def serve_until_dead(engine: InferenceEngine) -> None:
             pass
 
 
+def _query_projection(attention: torch.nn.Module) -> torch.nn.Module:
+    """The module computing queries: `q_proj`, or the fused `qkv_proj` (Phi-3)."""
+    return getattr(attention, "q_proj", None) or attention.qkv_proj
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.engine_probe", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, type=Path, help="model directory")
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "raw_logits": [logits for _, logits in raw],
         "engine_tokens": batched,
         # Which projection classes rank 0 runs and how many layers run the fused forward (inference.fused).
-        "q_proj_class": type(ctx.runner.model.model.layers[0].self_attn.q_proj).__name__,
+        "q_proj_class": type(_query_projection(ctx.runner.model.model.layers[0].self_attn)).__name__,
         "fused_attention_layers": sum(hasattr(m, "inferforge_qkv_weight") for m in ctx.runner.model.modules()),
         "fused_mlp_layers": sum(hasattr(m, "inferforge_gate_up_weight") for m in ctx.runner.model.modules()),
     }

@@ -20,6 +20,16 @@ from inference.engine_api import EngineDeadError, EngineShuttingDownError, Queue
 log = logging.getLogger("inference.errors")
 
 
+# Error messages quote client input only this far (a model name, a field path, a validator's
+# message), so a hostile value never comes back whole.
+MAX_QUOTED_CHARS = 64
+MAX_DETAIL_CHARS = 240
+
+
+def _clip(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class APIError(Exception):
     """An error with a known HTTP status, OpenAI error `type` and machine-readable `code`."""
 
@@ -62,7 +72,7 @@ def model_not_found(requested: str, served: str) -> APIError:
     """404: the request names a model this server does not serve."""
     return APIError(
         404,
-        f"The model `{requested}` does not exist. This server serves `{served}`.",
+        f"The model `{_clip(requested)}` does not exist. This server serves `{served}`.",
         "invalid_request_error",
         "model_not_found",
     )
@@ -129,7 +139,7 @@ def from_validation_error(exc: ValidationError) -> APIError:
     parts = []
     for err in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
+        parts.append(f"{_clip(where)}: {_clip(err['msg'], MAX_DETAIL_CHARS)}")
     return bad_request("Invalid request: " + "; ".join(parts), code="invalid_parameter")
 
 

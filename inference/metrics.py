@@ -8,12 +8,16 @@ Names (all labelled with `model_name`, as in vLLM):
   vllm:prompt_tokens_total / vllm:generation_tokens_total counters
   vllm:request_success_total{finished_reason}             counter (stop | length | abort)
   inferforge:requests_rejected_total{reason}              counter (queue_full | draining | invalid | ...)
+  inferforge:request_ignored_fields_total{field}          counter: unknown request fields accepted and
+                                                          ignored, by name (at most MAX_FIELD_LABELS
+                                                          distinct names, then "other")
 
 Each app gets its own registry (no global state), so several apps can live in one test process.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 from prometheus_client import (
@@ -37,6 +41,12 @@ E2E_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15
                50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+# Ignored-field names come from clients: the label set is bounded so a client cannot grow the
+# exposition without limit (each new label value is a new time series).
+MAX_FIELD_LABELS = 64
+_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
+_FIELD_LABEL = re.compile(rf"{_NAME}((\[\])?\.{_NAME}){{0,3}}")  # e.g. top_k, messages[].vendor_note
 
 # The `*_created` timestamp series double the exposition size and no vLLM dashboard reads them
 # (vLLM turns them off the same way).
@@ -70,6 +80,10 @@ class ServerMetrics:
                                 [*labels, "finished_reason"], registry=self.registry)
         self._rejected = Counter("inferforge:requests_rejected", "Requests refused before generation.",
                                  [*labels, "reason"], registry=self.registry)
+        self._ignored = Counter("inferforge:request_ignored_fields",
+                                "Unknown request fields accepted and ignored, by field name.",
+                                [*labels, "field"], registry=self.registry)
+        self._ignored_labels: set[str] = set()
         self._model_name = model_name
 
     def request_finished(self, finish_reason: str) -> None:
@@ -79,6 +93,15 @@ class ServerMetrics:
     def request_rejected(self, reason: str) -> None:
         """Count one request refused before it reached the engine (or at admission)."""
         self._rejected.labels(self._model_name, reason).inc()
+
+    def field_ignored(self, name: str) -> None:
+        """Count one unknown request field that was ignored (the label is "other" past the bound)."""
+        label = name if _FIELD_LABEL.fullmatch(name) else "other"
+        if label not in self._ignored_labels:
+            if len(self._ignored_labels) >= MAX_FIELD_LABELS:
+                label = "other"
+            self._ignored_labels.add(label)
+        self._ignored.labels(self._model_name, label).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -39,11 +39,24 @@ SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, *ROLE_TOKENS)
 
 # Jinja chat template: role marker, content, eos after every turn; the generation prompt opens an
 # assistant turn. bos comes from the template because apply_chat_template tokenizes without
-# special tokens.
+# special tokens. Tools, tool calls and tool results render the way Hermes/Qwen-style templates do
+# (a tool list in a system turn, calls as `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`),
+# so the server's tool handling is exercised through a real template.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}"
+    "{{ '<|system|>\n# Tools\n<tools>\n' }}"
+    "{% for tool in tools %}{{ tool | tojson }}{{ '\n' }}{% endfor %}"
+    "{{ '</tools>\nTo call a function, reply with <tool_call>{\"name\": <name>, \"arguments\": <JSON object>}"
+    "</tool_call>' + eos_token + '\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+    "{{ '<|' + message['role'] + '|>\n' + (message['content'] or '') }}"
+    "{% if message.tool_calls %}{% for call in message.tool_calls %}"
+    "{{ '<tool_call>' }}{{ {'name': call.function.name, 'arguments': call.function.arguments} | tojson }}"
+    "{{ '</tool_call>' }}"
+    "{% endfor %}{% endif %}"
+    "{{ eos_token + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
@@ -178,20 +191,68 @@ def build_model(preset: Preset, tokenizer, seed: int):
     return model.to(getattr(torch, preset.dtype))
 
 
-def write_model(out: Path, preset_name: str = "tiny", seed: int = 0) -> Path:
-    """Write model + tokenizer for `preset_name` into `out` (created if missing); returns `out`."""
+# Model families served in production, by transformers' model_type; each tiny test model is built
+# from the family's own config class, so it loads and runs through the family's real modeling code
+# (Qwen2's q/k/v biases, Qwen3's q/k norms, Mistral's sliding window, Gemma's tied and scaled
+# embeddings and GeGLU, Phi-3's fused qkv_proj and gate_up_proj).
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "phi3")
+
+
+def build_family_model(family: str, preset: Preset, tokenizer, seed: int):
+    """A seeded random model of `family` with `preset`'s shape (the preset's dtype)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    if family == "llama":
+        return build_model(preset, tokenizer, seed)
+    head_dim = preset.hidden_size // preset.num_attention_heads
+    config = AutoConfig.for_model(
+        family,
+        vocab_size=preset.vocab_size,
+        hidden_size=preset.hidden_size,
+        intermediate_size=preset.intermediate_size,
+        num_hidden_layers=preset.num_hidden_layers,
+        num_attention_heads=preset.num_attention_heads,
+        num_key_value_heads=preset.num_key_value_heads,
+        head_dim=head_dim,  # several families default to 128 or 256 regardless of hidden_size
+        max_position_embeddings=preset.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.05,
+        **({"original_max_position_embeddings": preset.max_position_embeddings} if family == "phi3" else {}),
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        # As build_model: logits with a clear greedy margin. A tied head (Gemma) is the embedding.
+        model.get_output_embeddings().weight.normal_(0.0, LOGIT_STD / preset.hidden_size**0.5)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    return model.to(getattr(torch, preset.dtype))
+
+
+def write_model(out: Path, preset_name: str = "tiny", seed: int = 0, family: str = "llama") -> Path:
+    """Write a `family` model + tokenizer of `preset_name`'s shape into `out` (created if missing)."""
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
     preset = PRESETS[preset_name]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(preset.vocab_size, preset.corpus_words, seed)
-    model = build_model(preset, tokenizer, seed)
+    model = build_family_model(family, preset, tokenizer, seed)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     num_params = sum(p.numel() for p in model.parameters())
     (out / "inferforge_model.json").write_text(
-        json.dumps({"preset": preset_name, "seed": seed, "num_parameters": num_params}, indent=2) + "\n"
+        json.dumps({"preset": preset_name, "family": family, "seed": seed, "num_parameters": num_params},
+                   indent=2) + "\n"
     )
     return out
 
@@ -204,12 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="directory to write (created if missing)")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size (default tiny)")
     parser.add_argument("--seed", default=0, type=int, help="seed for weights and tokenizer corpus")
+    parser.add_argument("--family", default="llama", choices=FAMILIES,
+                        help="model architecture, from transformers' config class (default llama)")
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} exists and is not a directory")
-    write_model(args.out, args.preset, args.seed)
+    write_model(args.out, args.preset, args.seed, args.family)
     info = json.loads((args.out / "inferforge_model.json").read_text())
-    print(f"wrote {args.preset} model ({info['num_parameters']:,} parameters) to {args.out}")
+    print(f"wrote {args.preset} {args.family} model ({info['num_parameters']:,} parameters) to {args.out}")
     return 0
 
 

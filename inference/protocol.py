@@ -1,25 +1,54 @@
 """Request and response models of the OpenAI-compatible API (the subset this server implements).
 
 Field names, defaults and ranges follow the OpenAI API and vLLM's OpenAI server
-(vllm/entrypoints/openai/protocol.py). Requests are validated strictly: wrong JSON types are
-errors rather than coerced ("16" is not an integer), unknown fields are rejected so a typo never
-silently changes behaviour, and OpenAI parameters this server does not implement are accepted only
-at their no-op value (e.g. `n` must be 1) so common clients keep working.
+(vllm/entrypoints/openai/protocol.py). Like vLLM, requests are parsed tolerantly and validated
+strictly: fields this server does not know are accepted and ignored (the server counts and logs
+their names, never their values; `ignored_fields` lists them), so stock clients and agent
+frameworks that send newer or vendor-specific parameters keep working; fields it knows are
+validated strictly (wrong JSON types are errors rather than coerced, "16" is not an integer), and
+OpenAI parameters it knows but does not implement are accepted only at their no-op value (e.g.
+`presence_penalty` must be 0), so a request never silently gets behaviour it did not ask for.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # OpenAI allows up to 4 stop sequences; vLLM allows any number. A bound keeps the per-token stop
 # check cheap; 16 is generous for real clients.
 MAX_STOP_SEQUENCES = 16
+# Choices of one request (n x prompts): each is a sequence in the batch; more would let one request
+# take the whole waiting queue.
+MAX_CHOICES = 64
+# OpenAI: up to 20 top alternatives (vLLM's default max_logprobs is 20 too).
+MAX_TOP_LOGPROBS = 20
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+    # extra="allow" keeps unknown fields in `model_extra`, so `ignored_fields` can name them.
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+def ignored_fields(model: BaseModel) -> list[str]:
+    """Names of the unknown fields in a parsed request, nested ones as `messages[].name`; no values."""
+    names: list[str] = []
+
+    def visit(node: BaseModel, prefix: str) -> None:
+        names.extend(prefix + key for key in (node.model_extra or {}))
+        for field in type(node).model_fields:
+            value = getattr(node, field)
+            if isinstance(value, BaseModel):
+                visit(value, f"{prefix}{field}.")
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, BaseModel):
+                        visit(item, f"{prefix}{field}[].")
+
+    visit(model, "")
+    return list(dict.fromkeys(names))
 
 
 class StreamOptions(_Strict):
@@ -53,7 +82,7 @@ class _SamplingFields(_Strict):
     stop: list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES, description="Choices per prompt.")
     # vLLM extension used by benchmarks: keep generating past EOS until max_tokens.
     ignore_eos: bool = False
     # OpenAI parameters accepted only at their no-op value so standard clients work unchanged.
@@ -70,8 +99,6 @@ class _SamplingFields(_Strict):
 
     @model_validator(mode="after")
     def _unsupported_values(self) -> _SamplingFields:
-        if self.n != 1:
-            raise ValueError(f"n={self.n} is not supported; this server returns exactly one choice (n=1)")
         if self.presence_penalty != 0.0 or self.frequency_penalty != 0.0:
             raise ValueError("presence_penalty and frequency_penalty are not supported; they must be 0")
         if self.repetition_penalty not in (None, 1.0):
@@ -91,10 +118,11 @@ class _SamplingFields(_Strict):
 class CompletionRequest(_SamplingFields):
     """POST /v1/completions."""
 
-    prompt: str | list[int]
+    # One prompt (text or token ids) or a list of them (a batch: n choices for each, in order).
+    prompt: str | list[int] | list[str] | list[list[int]]
     # OpenAI's default for the legacy completions endpoint (vLLM keeps it).
     max_tokens: int | None = 16
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
@@ -104,23 +132,39 @@ class CompletionRequest(_SamplingFields):
     def _prompt(cls, value: Any) -> Any:
         if isinstance(value, str):
             return value
-        if isinstance(value, list) and value and all(type(t) is int and t >= 0 for t in value):
-            return value
-        if isinstance(value, list) and value and all(isinstance(p, str | list) for p in value):
-            raise ValueError("batched prompts are not supported; send one prompt per request")
-        raise ValueError("prompt must be a string or a non-empty list of token ids (integers >= 0)")
+        if isinstance(value, list) and value:
+            if all(_is_token_id(t) for t in value) or all(isinstance(p, str) for p in value):
+                return value
+            if all(isinstance(p, list) and p and all(_is_token_id(t) for t in p) for p in value):
+                return value
+        raise ValueError("prompt must be a string, a non-empty list of token ids (integers >= 0), or a "
+                         "non-empty list of strings or of token-id lists")
 
     @model_validator(mode="after")
     def _unsupported_completion_values(self) -> CompletionRequest:
-        if self.logprobs is not None:
-            raise ValueError("logprobs is not supported; omit it")
         if self.echo:
             raise ValueError("echo is not supported; it must be false")
-        if self.best_of not in (None, 1):
-            raise ValueError("best_of is not supported; it must be 1 or omitted")
+        if self.best_of not in (None, self.n):
+            raise ValueError("best_of is not supported; omit it or set it equal to n")
         if self.suffix is not None:
             raise ValueError("suffix is not supported; omit it")
+        if len(self.prompts) * self.n > MAX_CHOICES:
+            total = len(self.prompts) * self.n
+            raise ValueError(f"{len(self.prompts)} prompts x n={self.n} = {total} choices exceed the limit "
+                             f"of {MAX_CHOICES} choices per request")
         return self
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts of this request: one, or each of a batch."""
+        prompt = self.prompt
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+            return [prompt]  # type: ignore[list-item]
+        return list(prompt)  # type: ignore[arg-type]
+
+
+def _is_token_id(value: Any) -> bool:
+    return type(value) is int and value >= 0
 
 
 class TextContentPart(_Strict):
@@ -130,36 +174,183 @@ class TextContentPart(_Strict):
     text: str
 
 
+class ToolCallFunction(_Strict):
+    """The function an assistant turn called: its name and its arguments as a JSON string."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(_Strict):
+    """One tool call of an earlier assistant turn, sent back so the model sees its own call."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+# `developer` is OpenAI's newer name for `system` (o1 and later); chat templates only know `system`.
+ROLE_ALIASES = {"developer": "system"}
+
+
 class ChatMessage(_Strict):
     """One message of a conversation."""
 
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextContentPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextContentPart] | None = None
     name: str | None = None
+    # assistant turns: the tool calls it made; tool turns: which call this result answers.
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_the_role(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"content is required for a {self.role} message"
+                             + (" (or tool_calls)" if self.role == "assistant" else ""))
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"tool_calls is only allowed in assistant messages, not {self.role}")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("tool_call_id is required for a tool message (the id of the call it answers)")
+        return self
 
     @property
-    def text(self) -> str:
-        """The message content as one string (text parts concatenated)."""
-        if isinstance(self.content, str):
+    def text(self) -> str | None:
+        """The message content as one string (text parts concatenated); None when absent."""
+        if self.content is None or isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def to_template(self) -> dict[str, Any]:
+        """The message as chat templates expect it (Hugging Face's convention, as vLLM renders it)."""
+        out: dict[str, Any] = {"role": ROLE_ALIASES.get(self.role, self.role), "content": self.text or ""}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            # Templates index arguments as a mapping (`tool_call.arguments | tojson`); OpenAI sends a
+            # JSON string. Parsed like vLLM does; a string that is not a JSON object is kept as is.
+            out["tool_calls"] = [
+                {"id": call.id, "type": call.type,
+                 "function": {"name": call.function.name, "arguments": _json_object_or_text(call.function.arguments)}}
+                for call in self.tool_calls
+            ]
+        return out
 
-class ChatCompletionRequest(_SamplingFields):
-    """POST /v1/chat/completions."""
+
+def _json_object_or_text(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    return value if isinstance(value, dict) else text
+
+
+class _ChatRendering(_Strict):
+    """vLLM's chat-template extensions, shared by chat completions and /tokenize."""
 
     messages: list[ChatMessage] = Field(min_length=1)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    # vLLM refuses a per-request template unless the operator trusts clients with it; so do we
+    # (a template is code the server runs). The server-wide one comes from --chat-template.
+    chat_template: str | None = None
+
+    @field_validator("chat_template")
+    @classmethod
+    def _no_request_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError("a per-request chat template is not accepted; the server's template is used "
+                             "(operators set it with --chat-template)")
+        return value
+
+
+class FunctionDefinition(_Strict):
+    """A function the model may call: OpenAI's `tools[].function`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    # A JSON Schema object for the arguments; checked as one (Draft 2020-12, OpenAI's dialect).
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        try:
+            Draft202012Validator.check_schema(value)
+        except SchemaError as exc:
+            where = "/".join(str(p) for p in exc.path) or "(root)"
+            raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+        return value
+
+
+class Tool(_Strict):
+    """One entry of `tools`; only functions exist in the API."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    """`tool_choice` naming the function to call."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class ChatCompletionRequest(_ChatRendering, _SamplingFields):
+    """POST /v1/chat/completions."""
+
+    tools: list[Tool] | None = None
+    # "none": answer in text; "auto": the model decides and calls are parsed; a named function: the
+    # call is started for the model. "required" needs grammar-constrained decoding (not yet here).
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+
+    @model_validator(mode="after")
+    def _tools(self) -> ChatCompletionRequest:
+        names = [tool.function.name for tool in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: function names must be unique")
+        choice = self.tool_choice
+        if choice == "required":
+            raise ValueError("tool_choice 'required' is not supported (it needs grammar-constrained decoding); "
+                             "use 'auto' or name the function")
+        if choice not in (None, "none") and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names function {choice.function.name[:64]!r}, which is not in tools")
+        return self
+
+    @property
+    def tool_mode(self) -> str:
+        """none | auto | named (OpenAI's default: auto when tools are given, else none)."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "named"
+        return self.tool_choice or ("auto" if self.tools else "none")
+
     # None means "the rest of the context", as in OpenAI's chat API and vLLM.
     max_tokens: int | None = None
     # Newer name of max_tokens in the OpenAI API; takes precedence when both are set.
     max_completion_tokens: int | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @model_validator(mode="after")
-    def _unsupported_chat_values(self) -> ChatCompletionRequest:
-        if self.logprobs or self.top_logprobs is not None:
-            raise ValueError("logprobs and top_logprobs are not supported; omit them")
+    def _logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs set to true")
         return self
 
     @property
@@ -168,9 +359,46 @@ class ChatCompletionRequest(_SamplingFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
+class TokenizeCompletionRequest(_Strict):
+    """POST /tokenize with a prompt (vLLM's shape)."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(_ChatRendering):
+    """POST /tokenize with messages, rendered as /v1/chat/completions renders them (vLLM's shape)."""
+
+    model: str | None = None
+    # The chat template already holds the special tokens.
+    add_special_tokens: bool = False
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(_Strict):
+    """POST /detokenize."""
+
+    model: str | None = None
+    tokens: list[Annotated[int, Field(ge=0)]]
+
+
 # ---- responses -----------------------------------------------------------------------------------
 
-FinishReasonOut = Literal["stop", "length", "abort"]
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+FinishReasonOut = Literal["stop", "length", "abort", "tool_calls"]
 
 
 class UsageInfo(BaseModel):
@@ -184,7 +412,7 @@ class UsageInfo(BaseModel):
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: FinishReasonOut | None
 
 
@@ -199,13 +427,14 @@ class CompletionResponse(BaseModel):
 
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatResponseMessage
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: FinishReasonOut | None
 
 
@@ -221,12 +450,13 @@ class ChatCompletionResponse(BaseModel):
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: FinishReasonOut | None = None
 
 

@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cpu-widen-min-rows", type=_nonnegative_int, default=None,
                        help="CPUs without native bf16/fp16 GEMM: compute 16-bit linear products of at least "
                             "this many token rows in fp32 (default 8; 0 disables)")
+    serve.add_argument("--chat-template", default=None,
+                       help="chat template replacing the tokenizer's: a file path or the Jinja text itself")
     keys = serve.add_argument_group("API keys (one source is required unless --allow-unauthenticated)")
     keys.add_argument("--api-keys-file", type=Path, default=None,
                       help="file of keys, one per line or comma-separated (development)")
@@ -153,6 +155,14 @@ def validate_serve_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--model-dir {model_dir} is not a directory")
     if not (model_dir / "config.json").is_file():
         raise UsageError(f"--model-dir {model_dir} has no config.json; expected a Hugging Face model directory")
+    args.chat_template_text = None
+    if args.chat_template is not None:
+        from inference.chat_template import load_chat_template
+
+        try:
+            args.chat_template_text = load_chat_template(args.chat_template)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     vault = args.api_keys_keyvault_url is not None or args.api_keys_secret is not None
     if args.api_keys_file is not None and vault:
         raise UsageError("give either --api-keys-file or --api-keys-keyvault-url/--api-keys-secret, not both")
@@ -362,7 +372,8 @@ def _engine_config(args: argparse.Namespace) -> Any:
 async def _serve_rank0(args: argparse.Namespace, engine: Any, api_keys: APIKeys | None) -> int:
     from inference.server import create_app
 
-    app = create_app(engine, engine.tokenizer, api_keys=api_keys, model_name=engine.model_name)
+    app = create_app(engine, engine.tokenizer, api_keys=api_keys, model_name=engine.model_name,
+                     chat_template=args.chat_template_text)
     log.info("serving", extra={"fields": {"host": args.host, "port": args.port, "model": engine.model_name,
                                            "tp_size": args.tp_size, "auth": api_keys is not None}})
     return await serve_app(app, engine, LifecycleConfig(args.host, args.port, args.drain_timeout))

@@ -12,6 +12,7 @@ counts and timings, never prompt or output text.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -21,7 +22,6 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from jinja2 import TemplateError
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from tokenizers.decoders import DecodeStream
 
-from inference import errors
+from inference import chat_template, errors, json_body, tokenize_endpoints, tool_calls
 from inference.auth import APIKeyMiddleware, APIKeys
 from inference.engine_api import (
     AsyncEngine,
@@ -39,6 +39,7 @@ from inference.engine_api import (
     SamplingParams,
     TokenEvent,
 )
+from inference.logprobs import LogprobFormatter, TokenLogprob
 from inference.metrics import CONTENT_TYPE, RequestTimer, ServerMetrics
 from inference.protocol import (
     ChatChoice,
@@ -52,7 +53,9 @@ from inference.protocol import (
     CompletionResponse,
     ModelCard,
     ModelList,
+    NamedToolChoice,
     UsageInfo,
+    ignored_fields,
 )
 
 log = logging.getLogger("inference.server")
@@ -63,6 +66,11 @@ DECODE_CONTEXT_TOKENS = 4
 # Largest accepted request body: a prompt at any realistic context length as JSON text or token ids
 # fits many times over.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# Bodies up to this size are decoded on the event loop (well under a millisecond); larger ones in a
+# worker thread.
+PARSE_INLINE_MAX_BYTES = 64 * 1024
+# The "request fields ignored" log line names at most this many fields.
+MAX_LOGGED_FIELD_NAMES = 32
 
 
 class ClientGone(Exception):
@@ -81,6 +89,8 @@ class ServerState:
     created: int = 0
     # Request ids of generations between admission and their response's end (the drain waits on it).
     in_flight: set[str] = field(default_factory=set)
+    # --chat-template: replaces the tokenizer's own template when set.
+    chat_template: str | None = None
 
     def abort_all(self) -> None:
         """Abort every in-flight generation (drain timeout): their responses end with "abort"."""
@@ -142,10 +152,18 @@ class Generation:
         prompt_ids: list[int],
         params: SamplingParams,
         stops: list[str] | None,
+        index: int = 0,
+        counts_prompt: bool = True,
     ) -> None:
         self.state = state
         self.request_id = request_id
         self.endpoint = endpoint
+        self.index = index  # the choice's index in the response
+        # The first of a prompt's n choices counts its prompt tokens (usage, metrics); the others share it.
+        self.counts_prompt = counts_prompt
+        self.wants_logprobs = params.logprobs is not None
+        # Log-probabilities of tokens whose text has not been handed out yet (see take_logprobs).
+        self._logprobs: list[TokenLogprob] = []
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
         self.finish_reason: str | None = None
@@ -171,6 +189,8 @@ class Generation:
         if event.token_id is not None:
             self.completion_tokens += 1
             self.timer.token()
+            if self.wants_logprobs and event.logprob is not None:
+                self._logprobs.append(TokenLogprob(event.token_id, event.logprob, event.top_logprobs))
             piece = self._decoder.step(self._backend, event.token_id)
             if piece and self._matcher.add(piece):
                 self.finish_reason = "stop"
@@ -188,7 +208,8 @@ class Generation:
         done = self._consume(self._first)
         while not done:
             out = self._matcher.take(final=False)
-            if out:
+            # With logprobs every token is reported, also one whose text is held back or incomplete.
+            if out or self._logprobs:
                 yield out
             try:
                 event = await anext(self._events)
@@ -198,12 +219,23 @@ class Generation:
                 break
             done = self._consume(event)
         out = self._matcher.take(final=True)
-        if out:
+        if out or self._logprobs:
             yield out
 
+    def take_logprobs(self) -> list[TokenLogprob]:
+        """Log-probabilities of the tokens generated since the last call (up to the last delta)."""
+        taken, self._logprobs = self._logprobs, []
+        return taken
+
     async def text(self) -> str:
-        """The whole output text (non-streaming)."""
-        return "".join([d async for d in self.deltas()])
+        """The whole output text (non-streaming); its logprobs stay for `take_logprobs`."""
+        pieces = []
+        kept: list[TokenLogprob] = []
+        async for delta in self.deltas():
+            pieces.append(delta)
+            kept.extend(self.take_logprobs())
+        self._logprobs = kept
+        return "".join(pieces)
 
     @property
     def usage(self) -> UsageInfo:
@@ -226,7 +258,7 @@ class Generation:
         e2e = self.timer.finish(record=record)
         if record:
             metrics = self.state.metrics
-            metrics.prompt_tokens.inc(self.prompt_tokens)
+            metrics.prompt_tokens.inc(self.prompt_tokens if self.counts_prompt else 0)
             metrics.generation_tokens.inc(self.completion_tokens)
             metrics.request_finished(self.finish_reason)
         ttft = self.timer.ttft_s
@@ -278,6 +310,75 @@ def _sse(payload: str) -> str:
     return f"data: {payload}\n\n"
 
 
+def _named_tool(req: ChatCompletionRequest) -> str | None:
+    return req.tool_choice.function.name if isinstance(req.tool_choice, NamedToolChoice) else None
+
+
+def _chat_message(req: ChatCompletionRequest, text: str, finish_reason: str | None
+                  ) -> tuple[ChatResponseMessage, str | None]:
+    """The assistant message of a whole output, with its tool calls parsed per `tool_choice`."""
+    mode = req.tool_mode
+    if mode == "named":
+        call = tool_calls.parse_named(_named_tool(req) or "", text)
+        return ChatResponseMessage(content=None, tool_calls=[call.to_openai()]), finish_reason
+    if mode == "auto":
+        content, calls = tool_calls.parse(text)
+        if calls:
+            calls = calls if req.parallel_tool_calls else calls[:1]
+            return (ChatResponseMessage(content=content, tool_calls=[c.to_openai() for c in calls]),
+                    "tool_calls" if finish_reason != "abort" else finish_reason)
+    return ChatResponseMessage(content=text), finish_reason
+
+
+def _requested_logprobs(req: CompletionRequest | ChatCompletionRequest) -> int | None:
+    """How many top alternatives the engine reports per token; None for no logprobs."""
+    if isinstance(req, ChatCompletionRequest):
+        return (req.top_logprobs or 0) if req.logprobs else None
+    return req.logprobs
+
+
+def _usage(gens: list[Generation]) -> UsageInfo:
+    """Usage of a whole request: each prompt once (its n choices share it), every choice's output."""
+    prompt_tokens = sum(gen.prompt_tokens for gen in gens if gen.counts_prompt)
+    completion_tokens = sum(gen.completion_tokens for gen in gens)
+    return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                     total_tokens=prompt_tokens + completion_tokens)
+
+
+async def _interleaved(gens: list[Generation]) -> AsyncIterator[tuple[Generation, str | None]]:
+    """(choice, text delta) pairs of every choice as they come, then (choice, None) once that
+    choice has finished (its finish_reason is set). One choice streams directly (the hot path)."""
+    if len(gens) == 1:
+        gen = gens[0]
+        async for delta in gen.deltas():
+            yield gen, delta
+        yield gen, None
+        return
+    queue: asyncio.Queue[tuple[Generation, str | None] | BaseException] = asyncio.Queue()
+
+    async def pump(gen: Generation) -> None:
+        try:
+            async for delta in gen.deltas():
+                queue.put_nowait((gen, delta))
+            queue.put_nowait((gen, None))
+        except Exception as exc:  # handed to the consumer, which raises it in the response
+            queue.put_nowait(exc)
+
+    tasks = [asyncio.ensure_future(pump(gen)) for gen in gens]
+    try:
+        remaining = len(gens)
+        while remaining:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item[1] is None:
+                remaining -= 1
+            yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 class OpenAIServer:
     """Route handlers bound to one `ServerState`."""
 
@@ -300,16 +401,28 @@ class OpenAIServer:
         except ClientDisconnect as exc:
             raise ClientGone() from exc
         body = b"".join(chunks)
+        if len(body) > PARSE_INLINE_MAX_BYTES:
+            # Decoding and checking megabytes takes tens of milliseconds: keep it off the event loop.
+            data = await asyncio.to_thread(json_body.decode_object, body)
+        else:
+            data = json_body.decode_object(body)
         try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise errors.bad_request(f"Request body is not valid JSON: {exc}", code="invalid_json") from None
-        if not isinstance(data, dict):
-            raise errors.bad_request("Request body must be a JSON object.", code="invalid_json")
-        try:
-            return model.model_validate(data)
+            parsed = model.model_validate(data)
         except ValidationError as exc:
             raise errors.from_validation_error(exc) from None
+        self._note_ignored_fields(request, parsed)
+        return parsed
+
+    def _note_ignored_fields(self, request: Request, parsed: Any) -> None:
+        """Count and log the unknown fields a request carried, by name only (values may be private)."""
+        names = ignored_fields(parsed)
+        if not names:
+            return
+        for name in names:
+            self.state.metrics.field_ignored(name)
+        shown = [name if len(name) <= 64 else name[:64] + "..." for name in names[:MAX_LOGGED_FIELD_NAMES]]
+        log.info("request fields ignored", extra={"fields": {
+            "path": request.url.path, "ignored_fields": shown, "ignored_count": len(names)}})
 
     def _check_admission(self, requested_model: str | None) -> None:
         state = self.state
@@ -325,7 +438,7 @@ class OpenAIServer:
         bad = next((t for t in prompt_ids if t >= vocab), None)
         if bad is not None:
             raise errors.bad_request(
-                f"prompt token id {bad} is out of range; token ids must be in [0, {vocab})",
+                f"prompt token id {json_body.quote(bad)} is out of range; token ids must be in [0, {vocab})",
                 code="invalid_prompt",
             )
 
@@ -343,12 +456,12 @@ class OpenAIServer:
         if max_tokens is None:
             max_tokens = max_len - prompt_len
         elif max_tokens < 1:
-            raise errors.bad_request(f"max_tokens must be at least 1, got {max_tokens}",
+            raise errors.bad_request(f"max_tokens must be at least 1, got {json_body.quote(max_tokens)}",
                                      code="invalid_max_tokens")
         elif prompt_len + max_tokens > max_len:
             raise errors.bad_request(
                 f"This model's maximum context length is {max_len} tokens, but {prompt_len} prompt "
-                f"tokens + max_tokens {max_tokens} = {prompt_len + max_tokens}; "
+                f"tokens + max_tokens {json_body.quote(max_tokens)} = {json_body.quote(prompt_len + max_tokens)}; "
                 f"max_tokens can be at most {max_len - prompt_len} for this prompt.",
                 code="context_length_exceeded",
             )
@@ -358,47 +471,50 @@ class OpenAIServer:
             top_p=req.top_p,
             seed=req.seed,
             ignore_eos=req.ignore_eos,
+            logprobs=_requested_logprobs(req),
         )
 
     def _chat_prompt_ids(self, req: ChatCompletionRequest) -> list[int]:
-        tokenizer = self.state.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            raise errors.bad_request("This model has no chat template; use /v1/completions.",
-                                     code="chat_template_missing")
-        messages = [{"role": m.role, "content": m.text} for m in req.messages]
-        try:
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except TemplateError as exc:
-            raise errors.bad_request(f"The messages do not fit the model's chat template: {exc}",
-                                     code="invalid_messages") from None
-        # The template already contains the special tokens (bos, role markers).
-        return tokenizer.encode(text, add_special_tokens=False)
+        ids = chat_template.render_prompt_ids(
+            self.state.tokenizer, req.messages, override=self.state.chat_template,
+            tools=[tool.model_dump(exclude_none=True) for tool in req.tools] if req.tools else None,
+            add_generation_prompt=req.add_generation_prompt, continue_final_message=req.continue_final_message,
+        )
+        named = _named_tool(req)
+        if named is not None:
+            # No grammar here (yet): the call is opened for the model, which writes the arguments.
+            ids = ids + self.state.tokenizer.encode(tool_calls.named_call_prefix(named), add_special_tokens=False)
+        return ids
 
     # ---- endpoints ------------------------------------------------------------------------------
 
     async def completions(self, request: Request) -> Response:
         req: CompletionRequest = await self._parse(request, CompletionRequest)
         self._check_admission(req.model)
-        if isinstance(req.prompt, str):
-            prompt_ids = self.state.tokenizer.encode(req.prompt)
-        else:
-            prompt_ids = req.prompt
-            self._check_token_ids(prompt_ids)
-        params = self._sampling(req, len(prompt_ids), req.max_tokens)
+        prompts: list[tuple[list[int], SamplingParams]] = []
+        for prompt in req.prompts:
+            if isinstance(prompt, str):
+                prompt_ids = self.state.tokenizer.encode(prompt)
+            else:
+                prompt_ids = prompt
+                self._check_token_ids(prompt_ids)
+            prompts.append((prompt_ids, self._sampling(req, len(prompt_ids), req.max_tokens)))
         request_id = f"cmpl-{uuid.uuid4().hex}"
-        gen = Generation(self.state, request_id, "completions", prompt_ids, params, req.stop)
-        await self._start(request, gen)
+        gens = self._generations(request_id, "completions", prompts, req)
+        await self._start(request, gens)
         created = int(time.time())
         model = self.state.model_name
         if req.stream:
-            return self._stream(gen, self._completion_chunks(gen, req, created, model))
-        try:
-            text = await _unless_disconnected(request, gen.text())
-        finally:
-            await gen.close()
+            return self._stream(request_id, gens, self._completion_chunks(request_id, gens, req, created, model))
+        texts = await self._whole_texts(request, gens)
+        backend = self.state.tokenizer.backend_tokenizer
         body = CompletionResponse(
             id=request_id, created=created, model=model,
-            choices=[CompletionChoice(text=text, finish_reason=gen.finish_reason)], usage=gen.usage,
+            choices=[CompletionChoice(
+                index=gen.index, text=text, finish_reason=gen.finish_reason,
+                logprobs=LogprobFormatter(backend).completion(gen.take_logprobs()) if gen.wants_logprobs else None,
+            ) for gen, text in zip(gens, texts, strict=True)],
+            usage=_usage(gens),
         )
         return Response(body.model_dump_json(), media_type="application/json",
                         headers={"X-Request-Id": request_id})
@@ -409,40 +525,70 @@ class OpenAIServer:
         prompt_ids = self._chat_prompt_ids(req)
         params = self._sampling(req, len(prompt_ids), req.requested_max_tokens)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        gen = Generation(self.state, request_id, "chat.completions", prompt_ids, params, req.stop)
-        await self._start(request, gen)
+        gens = self._generations(request_id, "chat.completions", [(prompt_ids, params)], req)
+        await self._start(request, gens)
         created = int(time.time())
         model = self.state.model_name
         if req.stream:
-            return self._stream(gen, self._chat_chunks(gen, req, created, model))
-        try:
-            text = await _unless_disconnected(request, gen.text())
-        finally:
-            await gen.close()
+            return self._stream(request_id, gens, self._chat_chunks(request_id, gens, req, created, model))
+        texts = await self._whole_texts(request, gens)
+        backend = self.state.tokenizer.backend_tokenizer
+        choices = []
+        for gen, text in zip(gens, texts, strict=True):
+            message, finish_reason = _chat_message(req, text, gen.finish_reason)
+            choices.append(ChatChoice(
+                index=gen.index, message=message, finish_reason=finish_reason,
+                logprobs=LogprobFormatter(backend).chat(gen.take_logprobs()) if gen.wants_logprobs else None,
+            ).model_dump())
         body = {
             "id": request_id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [ChatChoice(message=ChatResponseMessage(content=text),
-                                   finish_reason=gen.finish_reason).model_dump()],
-            "usage": gen.usage.model_dump(),
+            "choices": choices,
+            "usage": _usage(gens).model_dump(),
         }
         return JSONResponse(body, headers={"X-Request-Id": request_id})
 
-    async def _start(self, request: Request, gen: Generation) -> None:
-        """Admission + first token, abandoned if the client leaves; admission errors close `gen`."""
+    def _generations(self, request_id: str, endpoint: str, prompts: list[tuple[list[int], SamplingParams]],
+                     req: CompletionRequest | ChatCompletionRequest) -> list[Generation]:
+        """`n` choices per prompt, in order; each its own engine request (`<id>-<index>` when several)."""
+        total = len(prompts) * req.n
+        gens = []
+        for p, (prompt_ids, params) in enumerate(prompts):
+            for i in range(req.n):
+                index = p * req.n + i
+                choice_params = params
+                if params.seed is not None and i:
+                    # Seeded choices differ from each other and are each reproducible.
+                    choice_params = dataclasses.replace(params, seed=(params.seed + i + 2**63) % 2**64 - 2**63)
+                gens.append(Generation(self.state, request_id if total == 1 else f"{request_id}-{index}",
+                                       endpoint, prompt_ids, choice_params, req.stop, index=index,
+                                       counts_prompt=i == 0))
+        return gens
+
+    async def _whole_texts(self, request: Request, gens: list[Generation]) -> list[str]:
         try:
-            await _unless_disconnected(request, gen.start())
+            return await _unless_disconnected(request, asyncio.gather(*(gen.text() for gen in gens)))
+        finally:
+            for gen in gens:
+                await gen.close()
+
+    async def _start(self, request: Request, gens: list[Generation]) -> None:
+        """Admission + first token of every choice, abandoned if the client leaves; an admission
+        error closes every choice."""
+        try:
+            await _unless_disconnected(request, asyncio.gather(*(gen.start() for gen in gens)))
         except BaseException as exc:
             mapped = errors.from_engine_exception(exc)
             if mapped is None and isinstance(exc, ValueError):
                 # The engine contract: ValueError at admission means the request cannot be served.
                 mapped = errors.bad_request(str(exc), code="invalid_request")
             # A refused request never ran: log it, but keep it out of the finished-request metrics.
-            await gen.close(status=mapped.status if mapped else 499, record=mapped is None)
+            for gen in gens:
+                await gen.close(status=mapped.status if mapped else 499, record=mapped is None)
             if mapped is not None:
                 raise mapped from None
             raise
 
-    def _stream(self, gen: Generation, chunks: AsyncIterator[str]) -> StreamingResponse:
+    def _stream(self, request_id: str, gens: list[Generation], chunks: AsyncIterator[str]) -> StreamingResponse:
         async def body() -> AsyncIterator[str]:
             try:
                 async for chunk in chunks:
@@ -450,61 +596,115 @@ class OpenAIServer:
             except Exception as exc:  # headers are sent: report in-band, as vLLM does
                 mapped = errors.from_engine_exception(exc)
                 if mapped is None:
-                    log.exception("stream failed", extra={"fields": {"request_id": gen.request_id}})
+                    log.exception("stream failed", extra={"fields": {"request_id": request_id}})
                     mapped = errors.internal_error()
                 yield _sse(json.dumps(mapped.to_body()))
                 yield _sse("[DONE]")
             finally:
                 # Also runs when the client disconnects (Starlette cancels this generator).
-                await gen.close()
+                for gen in gens:
+                    await gen.close()
 
         return StreamingResponse(
             body(), media_type="text/event-stream",
-            headers={"X-Request-Id": gen.request_id, "Cache-Control": "no-cache"},
+            headers={"X-Request-Id": request_id, "Cache-Control": "no-cache"},
         )
 
-    async def _completion_chunks(self, gen: Generation, req: CompletionRequest, created: int,
-                                 model: str) -> AsyncIterator[str]:
+    async def _completion_chunks(self, request_id: str, gens: list[Generation], req: CompletionRequest,
+                                 created: int, model: str) -> AsyncIterator[str]:
         # Per-token hot path: a precomputed JSON frame around the json-encoded delta, instead of a
         # model per token. The frame is exactly what CompletionResponse serializes to.
-        head = (f'data: {{"id":"{gen.request_id}","object":"text_completion","created":{created},'
-                f'"model":{json.dumps(model)},"choices":[{{"index":0,"text":')
-        tail = ',"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
-        async for delta in gen.deltas():
-            yield head + json.dumps(delta) + tail
-        final = CompletionResponse(
-            id=gen.request_id, created=created, model=model,
-            choices=[CompletionChoice(text="", finish_reason=gen.finish_reason)],
-            # Without include_usage the finishing chunk carries the usage (an extension clients
-            # ignore); with it, OpenAI's separate usage-only chunk does.
-            usage=None if req.include_usage_chunk else gen.usage,
-        )
-        yield _sse(final.model_dump_json())
+        head = (f'data: {{"id":"{request_id}","object":"text_completion","created":{created},'
+                f'"model":{json.dumps(model)},"choices":[{{"index":')
+        tail = ',"finish_reason":null}],"usage":null}\n\n'
+        formatters = {gen.index: LogprobFormatter(self.state.tokenizer.backend_tokenizer) for gen in gens}
+        finished = 0
+        async for gen, delta in _interleaved(gens):
+            if delta is not None:
+                logprobs = (json.dumps(formatters[gen.index].completion(gen.take_logprobs()))
+                            if gen.wants_logprobs else "null")
+                yield f'{head}{gen.index},"text":{json.dumps(delta)},"logprobs":{logprobs}{tail}'
+            else:
+                # Without include_usage a finishing chunk carries the usage (an extension clients
+                # ignore; the whole request's, on the last choice to finish); with it, OpenAI's
+                # separate usage-only chunk does.
+                finished += 1
+                last = finished == len(gens)
+                final = CompletionResponse(
+                    id=request_id, created=created, model=model,
+                    choices=[CompletionChoice(index=gen.index, text="", finish_reason=gen.finish_reason)],
+                    usage=_usage(gens) if last and not req.include_usage_chunk else None,
+                )
+                yield _sse(final.model_dump_json())
         if req.include_usage_chunk:
-            usage_chunk = CompletionResponse(id=gen.request_id, created=created, model=model, choices=[],
-                                             usage=gen.usage)
+            usage_chunk = CompletionResponse(id=request_id, created=created, model=model, choices=[],
+                                             usage=_usage(gens))
             yield _sse(usage_chunk.model_dump_json())
         yield _sse("[DONE]")
 
-    async def _chat_chunks(self, gen: Generation, req: ChatCompletionRequest, created: int,
-                           model: str) -> AsyncIterator[str]:
-        def chunk(delta: ChatDelta, finish: str | None = None, usage: UsageInfo | None = None,
-                  choices: bool = True) -> str:
+    async def _chat_chunks(self, request_id: str, gens: list[Generation], req: ChatCompletionRequest,
+                           created: int, model: str) -> AsyncIterator[str]:
+        def chunk(index: int, delta: ChatDelta, finish: str | None = None, usage: UsageInfo | None = None,
+                  choices: bool = True, logprobs: dict[str, Any] | None = None) -> str:
             return _sse(ChatCompletionChunk(
-                id=gen.request_id, created=created, model=model,
-                choices=[ChatChunkChoice(delta=delta, finish_reason=finish)] if choices else [],
+                id=request_id, created=created, model=model,
+                choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)]
+                if choices else [],
                 usage=usage,
             ).model_dump_json(exclude_none=False))
 
-        yield chunk(ChatDelta(role="assistant", content=""))
-        head = (f'data: {{"id":"{gen.request_id}","object":"chat.completion.chunk","created":{created},'
-                f'"model":{json.dumps(model)},"choices":[{{"index":0,"delta":{{"role":null,"content":')
-        tail = '},"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
-        async for delta in gen.deltas():
-            yield head + json.dumps(delta) + tail
-        yield chunk(ChatDelta(), gen.finish_reason, None if req.include_usage_chunk else gen.usage)
+        for gen in gens:
+            yield chunk(gen.index, ChatDelta(role="assistant", content=""))
+        head = (f'data: {{"id":"{request_id}","object":"chat.completion.chunk","created":{created},'
+                f'"model":{json.dumps(model)},"choices":[{{"index":')
+        tail = ',"finish_reason":null}],"usage":null}\n\n'
+        formatter = LogprobFormatter(self.state.tokenizer.backend_tokenizer)
+        finished = 0
+        mode = req.tool_mode
+        parsers = {gen.index: tool_calls.StreamingParser() for gen in gens} if mode == "auto" else {}
+        named_text = {gen.index: "" for gen in gens} if mode == "named" else {}
+        async for gen, delta in _interleaved(gens):
+            logprobs = formatter.chat(gen.take_logprobs()) if gen.wants_logprobs and delta is not None else None
+            if mode == "none" and delta is not None:
+                yield (f'{head}{gen.index},"delta":{{"role":null,"content":{json.dumps(delta)}}},'
+                       f'"logprobs":{json.dumps(logprobs)}{tail}')
+                continue
+            if mode == "named":
+                # The whole call is sent once complete (its end is only known at the end).
+                if delta is not None:
+                    named_text[gen.index] += delta
+                    if logprobs is not None:
+                        yield chunk(gen.index, ChatDelta(content=""), logprobs=logprobs)
+                    continue
+                call = tool_calls.parse_named(_named_tool(req) or "", named_text[gen.index])
+                yield chunk(gen.index, ChatDelta(tool_calls=[call.to_openai(index=0)]))
+            elif mode == "auto":
+                parser = parsers[gen.index]
+                before = len(parser.calls)
+                items = parser.feed(delta) if delta is not None else parser.finish()
+                for item in items:
+                    if isinstance(item, str):
+                        yield chunk(gen.index, ChatDelta(content=item), logprobs=logprobs)
+                    elif before == 0 or req.parallel_tool_calls:  # else: calls past the first are dropped
+                        yield chunk(gen.index, ChatDelta(tool_calls=[item.to_openai(index=before)]),
+                                    logprobs=logprobs)
+                        before += 1
+                    else:
+                        continue
+                    logprobs = None
+                if logprobs is not None:
+                    yield chunk(gen.index, ChatDelta(content=""), logprobs=logprobs)
+                if delta is not None:
+                    continue
+            finished += 1
+            last = finished == len(gens)
+            finish_reason = gen.finish_reason
+            if mode == "auto" and parsers[gen.index].calls and finish_reason != "abort":
+                finish_reason = "tool_calls"
+            yield chunk(gen.index, ChatDelta(), finish_reason,
+                        _usage(gens) if last and not req.include_usage_chunk else None)
         if req.include_usage_chunk:
-            yield chunk(ChatDelta(), usage=gen.usage, choices=False)
+            yield chunk(0, ChatDelta(), usage=_usage(gens), choices=False)
         yield _sse("[DONE]")
 
     async def models(self, request: Request) -> Response:
@@ -576,18 +776,24 @@ def create_app(
     *,
     api_keys: APIKeys | None,
     model_name: str | None = None,
+    chat_template: str | None = None,
 ) -> Starlette:
-    """The ASGI app. `api_keys=None` means unauthenticated (the CLI only allows that explicitly)."""
+    """The ASGI app. `api_keys=None` means unauthenticated (the CLI only allows that explicitly);
+    `chat_template` (the text, see `chat_template.load_chat_template`) replaces the tokenizer's."""
     if not hasattr(tokenizer, "backend_tokenizer"):
         raise TypeError("the tokenizer must be a fast (Rust `tokenizers`) tokenizer")
     name = model_name or engine.model_name
     state = ServerState(engine=engine, tokenizer=tokenizer, model_name=name,
-                        metrics=ServerMetrics(engine, name), created=int(time.time()))
+                        metrics=ServerMetrics(engine, name), created=int(time.time()),
+                        chat_template=chat_template)
     server = OpenAIServer(state)
     routes = [
         Route("/v1/completions", _endpoint(state, server.completions), methods=["POST"]),
         Route("/v1/chat/completions", _endpoint(state, server.chat_completions), methods=["POST"]),
         Route("/v1/models", _endpoint(state, server.models), methods=["GET"]),
+        # vLLM's paths (no /v1 prefix).
+        Route("/tokenize", _endpoint(state, tokenize_endpoints.tokenize_handler(server)), methods=["POST"]),
+        Route("/detokenize", _endpoint(state, tokenize_endpoints.detokenize_handler(server)), methods=["POST"]),
         Route("/health", server.health, methods=["GET"]),
         Route("/ready", server.ready, methods=["GET"]),
         Route("/metrics", server.metrics, methods=["GET"]),
