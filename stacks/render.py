@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ class RenderedResource:
     inputs: dict[str, Any]
     custom: bool
     id: str | None = None
+    property_dependencies: Mapping[str, list[str]] = field(default_factory=dict)
+    """Per input, the URNs of resources it was computed from (as the engine records them)."""
 
 
 class StackFileError(Exception):
@@ -156,7 +158,8 @@ def render_stack(stack: str, config_overrides: Mapping[str, Any] | None = None, 
         pulumi.runtime.set_all_config({})
     # Sorted by URN: registration order depends on async timing, and plans are diffed in PRs.
     return [RenderedResource(type=r.type, name=r.name, urn=r.urn, parent_urn=r.parent_urn,
-                             inputs=_plain(r.inputs), custom=r.custom, id=r.id)
+                             inputs=_plain(r.inputs), custom=r.custom, id=r.id,
+                             property_dependencies=dict(r.property_dependencies))
             for r in sorted(monitor.registrations, key=lambda r: r.urn)]
 
 

@@ -10,7 +10,7 @@ COMPONENTS = [
     "inferforge:observability:Observability", "inferforge:network:Network", "inferforge:security:KeyVault",
     "inferforge:compute:AksCluster", "inferforge:identity:WorkloadIdentity", "inferforge:data:PostgresPgvector",
     "inferforge:data:ManagedRedis", "inferforge:edge:FrontDoor", "inferforge:inference:InferenceService",
-    "inferforge:data:PgvectorExtension",
+    "inferforge:data:PgvectorExtension", "inferforge:network:EgressRouteTable", "inferforge:network:EgressFirewall",
 ]
 
 AZURE_TYPES = [
