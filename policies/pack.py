@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pulumi_policy import EnforcementLevel, Policy
 
-from . import edge, encryption, exposure, identity, quotas, resilience, tagging, workloads
+from . import audit, edge, egress, encryption, exposure, identity, nodes, quotas, resilience, tagging, workloads
 
 PACK_NAME = "inferforge"
 # Without a config file every policy blocks: an unconfigured run fails safe. The per-stack files in
@@ -28,6 +28,9 @@ ALL_POLICIES: list[Policy] = [
     *tagging.POLICIES,
     *edge.POLICIES,
     *workloads.POLICIES,
+    *egress.POLICIES,
+    *nodes.POLICIES,
+    *audit.POLICIES,
 ]
 
 _names = [policy.name for policy in ALL_POLICIES]

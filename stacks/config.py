@@ -482,7 +482,7 @@ class HubConfig(_Section):
 
 class AlertsConfig(_Section):
     email_receivers: list[str] = Field(default_factory=list, max_length=20)
-    gpu_pool_at_max_minutes: int = Field(30, ge=5, le=1440)
+    gpu_pool_at_max_minutes: Literal[15, 30, 45, 60, 120, 180, 360, 720, 1440] = 30
     error_rate_percent: float = Field(5, gt=0, le=100)
     queue_depth_threshold: int = Field(16, ge=1, le=100000)
     prometheus_workspace_id: str | None = Field(None, pattern=_ARM_ID.pattern)
@@ -594,8 +594,8 @@ class PlatformConfig(_Section):
                                 "firewall's public IP (nodes reach a public API server from it, so it must be an "
                                 "authorized range), or a private cluster")
             if self.egress.allowed_fqdns:
-                problems.append("egress.allowedFqdns is set while hub is set; allowed: no allow-list here (the hub "
-                                "firewall's rules are owned by the hub), or no hub")
+                problems.append(f"egress.allowedFqdns lists {len(self.egress.allowed_fqdns)} FQDNs while hub is set "
+                                "(the hub firewall's rules are owned by the hub); allowed: an empty list, or no hub")
         elif firewall.subnet is None:
             problems.append("egress.firewall.subnet is not set; allowed: a /26 (or larger) inside network.addressSpace "
                             "for the AzureFirewallSubnet, or hub.firewallPrivateIp to use a central firewall")

@@ -16,6 +16,7 @@ import pulumi_kubernetes as k8s
 from pulumi_azure_native import authorization, containerservice, resources
 
 from components.aks import AksCluster, AksClusterArgs, GpuPoolArgs
+from components.audit import Audit, AuditArgs
 from components.common import standard_tags
 from components.egress import (
     EgressFirewall,
@@ -165,6 +166,16 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         origin_host_name=cfg.inference.internal_load_balancer_ip, log_analytics_workspace_id=workspace_id,
         waf_mode=cfg.front_door.waf_mode, rate_limit_per_minute=cfg.front_door.rate_limit_per_minute,
         origin_port=80, tags=tags))
+
+    alerts = cfg.observability.alerts
+    Audit("audit", AuditArgs(
+        resource_group_name=rg, location=cfg.location, name_base=names.base, workspace_id=workspace_id,
+        email_receivers=alerts.email_receivers, front_door_profile_id=front_door.profile.id, cluster_name=names.aks,
+        gpu_pool_max_counts={p.name: p.max_count for p in cfg.aks.gpu_pools},
+        error_rate_percent=alerts.error_rate_percent, gpu_pool_at_max_minutes=alerts.gpu_pool_at_max_minutes,
+        queue_depth_threshold=alerts.queue_depth_threshold, inference_namespace=cfg.inference.namespace,
+        prometheus_workspace_id=alerts.prometheus_workspace_id,
+        activity_log_export=cfg.observability.activity_log_export, tags=tags))
 
     credentials = containerservice.list_managed_cluster_user_credentials_output(
         resource_group_name=rg, resource_name=aks.cluster.name, format="exec")
