@@ -58,7 +58,8 @@ def _subnet_routes_to_appliance(args: StackValidationArgs, report: ReportViolati
             report("the cluster's node subnet is not a subnet of this stack, so its route table cannot be checked; "
                    "node pools must use a subnet whose default route goes to the egress firewall.", cluster.urn)
         for subnet in subnets:
-            tables = [t for t in resources_of(resources, ROUTE_TABLE) if references(subnet, "routeTable", t)]
+            tables = [t for t in resources_of(resources, ROUTE_TABLE)
+                      if lookup(subnet.props, "routeTable.id") and references(subnet, "routeTable", t)]
             if not tables:
                 report(f"node subnet '{subnet.props.get('subnetName')}' has no route table of this stack: its "
                        "default route is Azure's, straight to the Internet.", subnet.urn)

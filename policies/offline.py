@@ -270,6 +270,8 @@ def _policy_resources(
     known = {r.urn for r in resources}
     for r in resources:
         for prop, urns in (getattr(r, "property_dependencies", None) or {}).items():
+            if prop not in r.inputs:  # an input removed after rendering (a test's mutation) has no dependencies
+                continue
             found = deps[r.urn].setdefault(prop, [])
             found.extend(u for u in urns if u in known and u != r.urn and u not in found)
     objects = {
