@@ -230,6 +230,8 @@ class AksCluster(pulumi.ComponentResource):
                 os_disk_size_gb=pool.os_disk_size_gb,
                 os_disk_type=pool.os_disk_type,
                 enable_encryption_at_host=args.encryption_at_host,
+                # Pinned like the system pool's (left out, the default depends on the network plugin).
+                max_pods=50,
                 count=pool.min_count,
                 enable_auto_scaling=True,
                 min_count=pool.min_count,
