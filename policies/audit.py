@@ -7,11 +7,16 @@ from pulumi_policy import ReportViolation, Severity, StackValidationArgs
 from .common import as_list, is_true, resources_of, stack_policy
 
 SUBSCRIPTION_DIAGNOSTIC = "azure-native:monitor:SubscriptionDiagnosticSetting"
+WORKSPACE = "azure-native:operationalinsights:Workspace"
 # Who changed what, and what Azure Policy and Defender said about it: the categories an investigation needs.
 REQUIRED_CATEGORIES = ("Administrative", "Security", "Policy")
 
 
 def _activity_log_export(args: StackValidationArgs, report: ReportViolation) -> None:
+    # A stack that owns a Log Analytics workspace (the platform) must send the Activity Log there; a stack of
+    # only Kubernetes objects (or a component on its own) has nowhere to send it.
+    if not resources_of(args.resources, WORKSPACE):
+        return
     settings = resources_of(args.resources, SUBSCRIPTION_DIAGNOSTIC)
     exported: set[str] = set()
     for setting in settings:
@@ -28,8 +33,8 @@ def _activity_log_export(args: StackValidationArgs, report: ReportViolation) -> 
 
 monitor_activity_log_export = stack_policy(
     name="monitor-activity-log-export",
-    description="The subscription's Activity Log (Administrative, Security, Policy at least) is exported to the "
-    "stack's Log Analytics workspace.",
+    description="A stack with a Log Analytics workspace exports the subscription's Activity Log (Administrative, "
+    "Security, Policy at least) to a workspace.",
     severity=Severity.MEDIUM,
     remediation="Keep observability.activityLogExport true (components/audit.py creates a "
     "monitor.SubscriptionDiagnosticSetting); the deploying identity needs Monitoring Contributor on the "

@@ -11,6 +11,7 @@ COMPONENTS = [
     "inferforge:compute:AksCluster", "inferforge:identity:WorkloadIdentity", "inferforge:data:PostgresPgvector",
     "inferforge:data:ManagedRedis", "inferforge:edge:FrontDoor", "inferforge:inference:InferenceService",
     "inferforge:data:PgvectorExtension", "inferforge:network:EgressRouteTable", "inferforge:network:EgressFirewall",
+    "inferforge:observability:Audit",
 ]
 
 AZURE_TYPES = [
