@@ -41,7 +41,9 @@ class GpuPoolArgs:
     max_count: int
     """Autoscaler ceiling (the quota policy caps it)."""
     os_disk_size_gb: int = 256
-    """Room for container images and model caches."""
+    """Room for container images and model caches (an ephemeral disk must fit the VM's temp disk)."""
+    os_disk_type: Literal["Ephemeral", "Managed"] = "Ephemeral"
+    """Ephemeral: the OS disk lives on the VM's local disk (no managed disk to leak, faster reimage)."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """Extra node labels; `inferforge.io/pool` is always set so workloads can target the pool."""
     zones: Sequence[str] | None = None
@@ -80,6 +82,21 @@ class AksClusterArgs:
     """System pool autoscaler ceiling."""
     system_zones: Sequence[str] | None = None
     """Zones of the system pool (prod: all three)."""
+    system_os_disk_size_gb: int = 128
+    """System pool OS disk; an ephemeral disk must fit the VM's temp disk."""
+    system_os_disk_type: Literal["Ephemeral", "Managed"] = "Ephemeral"
+    """Ephemeral OS disk on the system pool too."""
+    encryption_at_host: bool = True
+    """Encrypt temp disks, caches and ephemeral OS disks on the host; needs the subscription feature
+    Microsoft.Compute/EncryptionAtHost registered once (README, first-time steps)."""
+    outbound_type: Literal["loadBalancer", "userDefinedRouting"] = "userDefinedRouting"
+    """userDefinedRouting: node egress follows the node subnet's route table (default route to the firewall);
+    AKS creates no outbound public IP."""
+    egress_public_ip: pulumi.Input[str] | None = None
+    """Public address egress leaves from (the firewall's); added to a public API server's authorized ranges,
+    because nodes reach it through the firewall."""
+    outbound_dependencies: Sequence[pulumi.Resource] = ()
+    """What must exist before the cluster: AKS checks the subnet's default route at creation."""
     private_cluster: bool = True
     """Private API server: reachable only from the VNet. A dev stack may instead use authorized ranges."""
     authorized_ip_ranges: Sequence[str] = ()
@@ -105,6 +122,18 @@ class AksClusterArgs:
     """Subscription of the role definitions (needed with `network_contributor_subnet_ids`)."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags required by the tagging policy."""
+
+
+def _authorized_ranges(args: AksClusterArgs) -> pulumi.Input[list[str]]:
+    """A public API server's authorized ranges, plus the egress address nodes reach it from.
+
+    https://learn.microsoft.com/azure/aks/limit-egress-traffic: with authorized ranges and a firewall,
+    the firewall's public IP must be in the ranges.
+    """
+    ranges = list(args.authorized_ip_ranges)
+    if args.egress_public_ip is None:
+        return ranges
+    return pulumi.Output.from_input(args.egress_public_ip).apply(lambda ip: [*ranges, f"{ip}/32"])
 
 
 class AksCluster(pulumi.ComponentResource):
@@ -145,7 +174,7 @@ class AksCluster(pulumi.ComponentResource):
             api_server_access_profile=containerservice.ManagedClusterAPIServerAccessProfileArgs(
                 enable_private_cluster=args.private_cluster,
                 enable_private_cluster_public_fqdn=False,
-                authorized_ip_ranges=None if args.private_cluster else list(args.authorized_ip_ranges),
+                authorized_ip_ranges=None if args.private_cluster else _authorized_ranges(args),
             ),
             network_profile=containerservice.ContainerServiceNetworkProfileArgs(
                 network_plugin="azure",
@@ -153,7 +182,7 @@ class AksCluster(pulumi.ComponentResource):
                 network_dataplane="cilium",
                 network_policy="cilium",
                 load_balancer_sku="standard",
-                outbound_type="loadBalancer",
+                outbound_type=args.outbound_type,
                 pod_cidr=args.pod_cidr,
                 service_cidr=args.service_cidr,
                 dns_service_ip=args.dns_service_ip,
@@ -187,12 +216,15 @@ class AksCluster(pulumi.ComponentResource):
                 node_taints=[SYSTEM_TAINT],
                 vnet_subnet_id=args.node_subnet_id,
                 enable_node_public_ip=False,
-                enable_encryption_at_host=False,
+                enable_encryption_at_host=args.encryption_at_host,
+                os_disk_type=args.system_os_disk_type,
+                os_disk_size_gb=args.system_os_disk_size_gb,
                 max_pods=50,
             )],
             tags=tags,
             # Inline system pool changes go through the cluster; GPU pools are separate resources.
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["agentPoolProfiles[0].count"]),
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["agentPoolProfiles[0].count"],
+                                        depends_on=list(args.outbound_dependencies) or None),
         )
 
         self.gpu_pools = {}
@@ -210,6 +242,10 @@ class AksCluster(pulumi.ComponentResource):
                 # Ubuntu: Azure Linux rejects A100/H100 sizes, so every GPU pool uses one OS image family.
                 os_sku="Ubuntu",
                 os_disk_size_gb=pool.os_disk_size_gb,
+                os_disk_type=pool.os_disk_type,
+                enable_encryption_at_host=args.encryption_at_host,
+                # Pinned like the system pool's (left out, the default depends on the network plugin).
+                max_pods=50,
                 count=pool.min_count,
                 enable_auto_scaling=True,
                 min_count=pool.min_count,

@@ -60,11 +60,13 @@ docs). ``externalTrafficPolicy: Local`` keeps the PLS NAT address as the source,
 admits the serving port from the PLS subnet and the node subnet (kube-proxy/LB path) only, plus the
 metrics scraper's namespace. Egress is DNS (kube-dns), the private-endpoint subnet (Key Vault 443,
 Managed Redis ``redis_port``) and HTTPS to Entra ID for the workload-identity token exchange.
-Entra ID (``login.microsoftonline.com``) sits on anycast public ranges a NetworkPolicy cannot name by
-FQDN, so that rule admits TCP 443 to ``entra_egress_cidrs`` (public IPv4 by default) *minus* private
-and link-local ranges. The link-local exclusion is deliberate: workload identity never needs IMDS
-(169.254.169.254), and blocking it stops the pod from borrowing the node's kubelet identity. Narrow the
-public rule with an egress firewall (Azure Firewall FQDN rules) where you have one.
+Entra ID (``login.microsoftonline.com``) cannot be named by FQDN in a NetworkPolicy, so that rule admits
+TCP 443 only to ``entra_egress_cidrs``, by default Entra ID's published IPv4 ranges
+(components/egress_endpoints.py); any private and link-local range inside a configured CIDR is excepted,
+so the pod never reaches IMDS (169.254.169.254) to borrow the node's kubelet identity. Beyond the pod, the
+node subnet's default route sends that traffic to the egress firewall, whose FQDN rule for
+``login.microsoftonline.com`` is the authoritative gate (components/egress.py). The image registry needs no
+pod rule: the kubelet pulls images, through the registry's private endpoint.
 
 Autoscaling (optional, :class:`KedaAutoscaling`) scales on a serving metric (queue depth or running
 requests from Prometheus), never on CPU: a GPU server's CPU usage says nothing about its load.
@@ -80,6 +82,8 @@ from typing import Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
+
+from components.egress_endpoints import ENTRA_ID_IPV4_RANGES
 
 SERVING_PORT = 8000
 """Port the inference server listens on (``--port``); also the metrics port."""
@@ -363,7 +367,7 @@ class InferenceServiceArgs:
     """Static private IP of the ILB frontend (Front Door's origin host name); None lets Azure pick one."""
     metrics_scraper_namespace: str = "kube-system"
     """Namespace of the Prometheus scraper (AKS managed Prometheus runs ama-metrics in kube-system)."""
-    entra_egress_cidrs: Sequence[str] = ("0.0.0.0/0",)
+    entra_egress_cidrs: Sequence[str] = ENTRA_ID_IPV4_RANGES
     """Public ranges for the Entra ID token exchange on 443; private and link-local (IMDS) always excluded."""
     pdb_max_unavailable: int = 1
     """PodDisruptionBudget maxUnavailable: node upgrades drain one GPU pod at a time and never deadlock."""

@@ -45,6 +45,12 @@ class NetworkArgs:
     """Port of the inference service; the only port the PLS subnet may reach on AKS nodes."""
     log_analytics_workspace_id: pulumi.Input[str] | None = None
     """Workspace for NSG and VNet diagnostics (None disables them, only for unit tests)."""
+    aks_route_table_id: pulumi.Input[str] | None = None
+    """Route table of the AKS subnet (default route to the egress firewall); None leaves Azure's system routes."""
+    existing_dns_zone_ids: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    dns_servers: Sequence[str] = ()
+    """Custom DNS servers (a hub's resolver for central zones); empty keeps Azure-provided DNS."""
+    """Central private DNS zones (hub and spoke) by key (`key_vault`, `redis`, `postgres`); not created here."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags required by the tagging policy."""
 
@@ -76,6 +82,7 @@ class Network(pulumi.ComponentResource):
             resource_group_name=args.resource_group_name,
             location=args.location,
             address_space=network.AddressSpaceArgs(address_prefixes=[args.address_space]),
+            dhcp_options=network.DhcpOptionsArgs(dns_servers=list(args.dns_servers)) if args.dns_servers else None,
             # Subnets are separate resources; leaving them out here keeps the VNet from fighting them.
             tags=tags,
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["subnets"]),
@@ -131,6 +138,8 @@ class Network(pulumi.ComponentResource):
                 # The PLS subnet must turn off PLS network policies so the PLS can take NAT IPs there.
                 private_link_service_network_policies="Disabled" if key == "private-link" else "Enabled",
                 private_endpoint_network_policies="Enabled",
+                route_table=network.RouteTableArgs(id=args.aks_route_table_id)
+                if key == "aks" and args.aks_route_table_id is not None else None,
                 # Azure rejects concurrent subnet writes on one VNet (AnotherOperationInProgress): chain them.
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[previous] if previous else None),
             )
@@ -144,6 +153,10 @@ class Network(pulumi.ComponentResource):
             "container_registry": CONTAINER_REGISTRY_DNS_ZONE,
             "postgres": args.postgres_dns_zone_name,
         }.items():
+            if key in args.existing_dns_zone_ids:
+                # A landing zone's central zone, already linked to the hub; records still come from the zone groups.
+                self.dns_zone_ids[key] = pulumi.Output.from_input(args.existing_dns_zone_ids[key])
+                continue
             zone = privatedns.PrivateZone(
                 f"{name}-dns-{key}",
                 private_zone_name=zone_name,

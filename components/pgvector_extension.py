@@ -67,6 +67,7 @@ from typing import Literal
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.egress_endpoints import ENTRA_ID_IPV4_RANGES
 from components.inference_service import (
     SERVER_UID,
     WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION,
@@ -206,7 +207,7 @@ class PgvectorExtensionArgs:
     """Finished Job garbage-collected after a day (logs kept long enough to read a failure)."""
     tolerations: Sequence[str] = ("CriticalAddonsOnly=true:NoSchedule",)
     """Taints (AKS ``key=value:Effect``) the pod tolerates; default lets it run on the system pool."""
-    entra_egress_cidrs: Sequence[str] = ("0.0.0.0/0",)
+    entra_egress_cidrs: Sequence[str] = ENTRA_ID_IPV4_RANGES
     """Public ranges for the Entra ID token exchange on 443; private and link-local (IMDS) excluded."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """Extra labels on every object."""

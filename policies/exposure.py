@@ -13,6 +13,7 @@ from pulumi_policy import (
     Severity,
     StackValidationArgs,
 )
+from pulumi_policy.proxy import UnknownValueError
 
 from .common import (
     as_list,
@@ -35,6 +36,8 @@ NSG_RULE = "azure-native:network:SecurityRule"
 AKS = "azure-native:containerservice:ManagedCluster"
 AGENT_POOL = "azure-native:containerservice:AgentPool"
 PRIVATE_ENDPOINT = "azure-native:network:PrivateEndpoint"
+FIREWALL = "azure-native:network:AzureFirewall"
+PUBLIC_IP = "azure-native:network:PublicIPAddress"
 
 # Source prefixes that mean "anyone on the Internet" in an NSG rule.
 _ANY_SOURCES = {"*", "any", "internet", "0.0.0.0", "0.0.0.0/0", "::/0", "::"}
@@ -127,30 +130,66 @@ def _within(cidr: str, allowed: list[str]) -> bool:
     return False
 
 
-def _aks_api_server(args: ResourceValidationArgs, report: ReportViolation) -> None:
+def _stack_egress_addresses(aks: Any, resources: Any) -> tuple[list[str], int]:
+    """Known public IPs of this stack's Azure Firewalls that the cluster's API access profile was computed from.
+
+    Nodes of a public cluster behind the egress firewall reach the API server from the firewall's public IP,
+    which must therefore be an authorized range (https://learn.microsoft.com/azure/aks/limit-egress-traffic).
+    That address exists only once Azure allocates it, so it is recognised by provenance: a public IP resource
+    attached to a firewall of this stack and feeding ``apiServerAccessProfile``. Returns its known addresses
+    (empty during a preview) and how many such public IPs there are.
+    """
+    firewall_ips = set()
+    for firewall in resources_of(resources, FIREWALL):
+        firewall_ips.update(dep.urn for dep in firewall.property_dependencies.get("ipConfigurations", []))
+    feeding = [dep for dep in aks.property_dependencies.get("apiServerAccessProfile", [])
+               if dep.resource_type == PUBLIC_IP and dep.urn in firewall_ips]
+    addresses = []
+    for pip in feeding:
+        try:
+            address = pip.props.get("ipAddress")
+        except UnknownValueError:
+            address = None
+        if isinstance(address, str):
+            addresses.append(f"{address}/32")
+    return addresses, len(feeding)
+
+
+def _aks_api_server(args: StackValidationArgs, report: ReportViolation) -> None:
     config = args.get_config()
-    profile = args.props.get("apiServerAccessProfile") or {}
-    if is_true(lookup(profile, "enablePrivateCluster")):
-        return
-    if config.get("requirePrivateCluster", True):
-        report(
-            "apiServerAccessProfile.enablePrivateCluster is not true: the Kubernetes API server has "
-            "a public endpoint, which this environment does not allow."
-        )
-        return
-    ranges = [r for r in as_list(lookup(profile, "authorizedIPRanges")) if isinstance(r, str)]
-    allowed = [r for r in config_list(config, "allowedAuthorizedIpRanges") if isinstance(r, str)]
-    if not ranges:
-        report(
-            "the API server is public and apiServerAccessProfile.authorizedIPRanges is empty, so any "
-            "address on the Internet can reach it."
-        )
-        return
-    for cidr in ranges:
-        if not _within(cidr, allowed):
+    for aks in resources_of(args.resources, AKS):
+        profile = aks.props.get("apiServerAccessProfile") or {}
+        if is_true(lookup(profile, "enablePrivateCluster")):
+            continue
+        if config.get("requirePrivateCluster", True):
+            report(
+                "apiServerAccessProfile.enablePrivateCluster is not true: the Kubernetes API server has "
+                "a public endpoint, which this environment does not allow.",
+                aks.urn,
+            )
+            continue
+        ranges = [r for r in as_list(lookup(profile, "authorizedIPRanges")) if isinstance(r, str)]
+        allowed = [r for r in config_list(config, "allowedAuthorizedIpRanges") if isinstance(r, str)]
+        if not ranges:
+            report(
+                "the API server is public and apiServerAccessProfile.authorizedIPRanges is empty, so any "
+                "address on the Internet can reach it.",
+                aks.urn,
+            )
+            continue
+        egress_addresses, egress_ips = _stack_egress_addresses(aks, args.resources)
+        # Without a known address (offline or preview), allow as many single-host ranges as firewall IPs.
+        spare = egress_ips - len(egress_addresses)
+        for cidr in ranges:
+            if _within(cidr, allowed) or cidr in egress_addresses:
+                continue
+            if spare > 0 and cidr.endswith("/32"):
+                spare -= 1
+                continue
             report(
                 f"authorized IP range {cidr!r} is not inside the ranges this environment allows "
-                f"({allowed or 'none configured'})."
+                f"({allowed or 'none configured'}) and is not this stack's egress firewall address.",
+                aks.urn,
             )
 
 
@@ -247,15 +286,14 @@ nsg_no_internet_inbound = resource_policy(
     ),
 )
 
-aks_api_server_restricted = resource_policy(
+aks_api_server_restricted = stack_policy(
     name="aks-api-server-restricted",
     description="The AKS API server is private (prod), or public only to configured authorized IP "
-    "ranges (dev).",
+    "ranges (dev) plus the stack's own egress firewall address.",
     severity=Severity.HIGH,
     remediation="Set apiServerAccessProfile.enablePrivateCluster=true; where a public API is allowed, "
     "set apiServerAccessProfile.authorizedIPRanges to ranges inside the policy's "
-    "allowedAuthorizedIpRanges.",
-    resource_types=[AKS],
+    "allowedAuthorizedIpRanges (the egress firewall's public IP is added by components/aks.py).",
     check=_aks_api_server,
     config_schema=PolicyConfigSchema(
         properties={

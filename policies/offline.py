@@ -284,6 +284,15 @@ def _policy_resources(
     resources: Sequence[RenderedResourceLike], props: dict[str, Any]
 ) -> list[PolicyResource]:
     deps = _property_dependencies(resources)
+    # Dependencies the mock monitor recorded from the program (an Output of another resource's output, such as
+    # a firewall's public IP in authorized ranges, holds no id to match by value).
+    known = {r.urn for r in resources}
+    for r in resources:
+        for prop, urns in (getattr(r, "property_dependencies", None) or {}).items():
+            if prop not in r.inputs:  # an input removed after rendering (a test's mutation) has no dependencies
+                continue
+            found = deps[r.urn].setdefault(prop, [])
+            found.extend(u for u in urns if u in known and u != r.urn and u not in found)
     objects = {
         r.urn: PolicyResource(r.type, props[r.urn], r.urn, r.name, _options(r), None, None, [], {})
         for r in resources

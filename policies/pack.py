@@ -8,7 +8,21 @@ from __future__ import annotations
 
 from pulumi_policy import EnforcementLevel, Policy
 
-from . import edge, encryption, exposure, identity, prerequisites, quotas, registry, resilience, tagging, workloads
+from . import (
+    audit,
+    edge,
+    egress,
+    encryption,
+    exposure,
+    identity,
+    nodes,
+    prerequisites,
+    quotas,
+    registry,
+    resilience,
+    tagging,
+    workloads,
+)
 
 PACK_NAME = "inferforge"
 # Without a config file every policy blocks: an unconfigured run fails safe. The per-stack files in
@@ -31,6 +45,9 @@ ALL_POLICIES: list[Policy] = [
     *workloads.POLICIES,
     *registry.POLICIES,
     *prerequisites.POLICIES,
+    *egress.POLICIES,
+    *nodes.POLICIES,
+    *audit.POLICIES,
 ]
 
 _names = [policy.name for policy in ALL_POLICIES]

@@ -29,6 +29,13 @@ from pydantic.alias_generators import to_camel
 from components.common import tag_problems
 from components.gpu_sizes import GPU_VM_SIZES, allowed_tp_sizes
 from components.naming import DNS_1123_SUBDOMAIN, RULES, PlatformNames, node_label_problems
+from components.vm_local_disks import (
+    GPU_OS_DISK_GB,
+    SYSTEM_OS_DISK_GB,
+    TEMP_DISK_GIB,
+    default_ephemeral_os_disk_gb,
+    ephemeral_os_disk_problem,
+)
 from stacks.gpu_memory import KNOWN_MODELS, ModelShape, gib, known_model, plan_gpu_memory
 
 NAMESPACE = "inferforge"
@@ -148,9 +155,19 @@ class GpuPoolConfig(_Section):
     vm_size: str
     min_count: int = Field(0, ge=0, le=100)
     max_count: int = Field(1, ge=1, le=100)
-    os_disk_size_gb: int = Field(256, ge=64, le=2048)
+    os_disk_size_gb: int | None = Field(None, ge=30, le=2048)
+    os_disk_type: Literal["Ephemeral", "Managed"] = "Ephemeral"
     labels: dict[str, str] = Field(default_factory=dict)
     zones: list[Literal["1", "2", "3"]] | None = None
+
+    @property
+    def effective_os_disk_size_gb(self) -> int:
+        """The configured OS disk size, else 256 GB shrunk to what an ephemeral disk on this size can hold."""
+        if self.os_disk_size_gb is not None:
+            return self.os_disk_size_gb
+        if self.os_disk_type == "Ephemeral" and self.vm_size in TEMP_DISK_GIB:
+            return default_ephemeral_os_disk_gb(self.vm_size, GPU_OS_DISK_GB)
+        return GPU_OS_DISK_GB
 
     @field_validator("name")
     @classmethod
@@ -182,6 +199,10 @@ class GpuPoolConfig(_Section):
         if self.max_count < self.min_count:
             raise ValueError(f"maxCount {self.max_count} is less than minCount {self.min_count}; "
                              "allowed: maxCount >= minCount")
+        if self.os_disk_type == "Ephemeral" and self.vm_size in GPU_VM_SIZES:
+            problem = ephemeral_os_disk_problem(self.vm_size, self.effective_os_disk_size_gb)
+            if problem:
+                raise ValueError(problem)
         return self
 
 
@@ -237,11 +258,23 @@ class AksConfig(_Section):
     system_min_count: int = Field(1, ge=1, le=100)
     system_max_count: int = Field(3, ge=1, le=100)
     system_zones: list[Literal["1", "2", "3"]] | None = None
+    system_os_disk_size_gb: int | None = Field(None, ge=30, le=2048)
+    system_os_disk_type: Literal["Ephemeral", "Managed"] = "Ephemeral"
+    encryption_at_host: bool = True
     upgrade_channel: Literal["patch", "stable", "rapid", "node-image", "none"] = "patch"
     node_os_upgrade_channel: Literal["NodeImage", "SecurityPatch", "Unmanaged", "None"] = "NodeImage"
     admin_group_object_ids: list[str] = Field(default_factory=list)
     gpu_pools: list[GpuPoolConfig] = Field(min_length=1)
     nvidia_device_plugin_image: DevicePluginImageConfig = Field(default_factory=DevicePluginImageConfig)
+
+    @property
+    def effective_system_os_disk_size_gb(self) -> int:
+        """The configured system OS disk size, else 128 GB shrunk to the system size's temp disk."""
+        if self.system_os_disk_size_gb is not None:
+            return self.system_os_disk_size_gb
+        if self.system_os_disk_type == "Ephemeral" and self.system_vm_size in TEMP_DISK_GIB:
+            return default_ephemeral_os_disk_gb(self.system_vm_size, SYSTEM_OS_DISK_GB)
+        return SYSTEM_OS_DISK_GB
 
     @field_validator("authorized_ip_ranges")
     @classmethod
@@ -267,6 +300,11 @@ class AksConfig(_Section):
         if not self.private_cluster and not self.authorized_ip_ranges:
             problems.append("privateCluster is false but authorizedIpRanges is empty; allowed: a private cluster, "
                             "or a public API server limited to at least one CIDR")
+        if self.system_os_disk_type == "Ephemeral":
+            problem = ephemeral_os_disk_problem(self.system_vm_size, self.effective_system_os_disk_size_gb,
+                                                size_key="systemOsDiskSizeGb", type_key="systemOsDiskType")
+            if problem:
+                problems.append(problem)
         names = [p.name for p in self.gpu_pools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -380,9 +418,132 @@ class InferenceConfig(_Section):
         return self
 
 
+# FQDNs an allow-list may name: DNS labels, optionally one leading "*." wildcard (as Azure Firewall application
+# rules accept them); no scheme, path, port or bare "*" (that would allow everything).
+_FQDN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_ARM_ID = re.compile(r"^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[\w.()-]{1,90}/providers/[\w./-]+$")
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
+                    r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
+
+
+class FirewallConfig(_Section):
+    sku_tier: Literal["Basic", "Standard", "Premium"] = "Standard"
+    threat_intel_mode: Literal["Alert", "Deny"] = "Deny"
+    subnet: Cidr | None = None
+    management_subnet: Cidr | None = None
+    zones: list[Literal["1", "2", "3"]] | None = None
+
+    @field_validator("subnet", "management_subnet")
+    @classmethod
+    def _firewall_subnet(cls, value: str | None) -> str | None:
+        if value is not None and _network(value).prefixlen > 26:
+            raise ValueError(f"{shown(value)} is smaller than /26; allowed: /26 or larger (Azure Firewall subnets)")
+        return value
+
+    @model_validator(mode="after")
+    def _tier_fits(self) -> FirewallConfig:
+        problems = []
+        if self.sku_tier == "Basic" and self.threat_intel_mode == "Deny":
+            problems.append("threatIntelMode Deny is not available on skuTier Basic (alert only); allowed: Alert, "
+                            "or skuTier Standard/Premium")
+        if self.sku_tier == "Basic" and self.management_subnet is None:
+            problems.append("managementSubnet is not set; skuTier Basic needs an AzureFirewallManagementSubnet "
+                            "(/26); allowed: a /26 inside network.addressSpace")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+class EgressConfig(_Section):
+    firewall: FirewallConfig = Field(default_factory=FirewallConfig)
+    allowed_fqdns: list[str] = Field(default_factory=list, max_length=100)
+
+    @field_validator("allowed_fqdns")
+    @classmethod
+    def _fqdns(cls, value: list[str]) -> list[str]:
+        for fqdn in value:
+            if not (isinstance(fqdn, str) and len(fqdn) <= 253 and _FQDN.match(fqdn)):
+                raise ValueError(f"{shown(fqdn)} is not a host name; allowed: a lowercase FQDN such as "
+                                 "'huggingface.co' or '*.example.com' (no scheme, path, port, IP or bare '*')")
+        duplicates = sorted({f for f in value if value.count(f) > 1})
+        if duplicates:
+            raise ValueError(f"entries repeat ({', '.join(duplicates)}); allowed: unique FQDNs")
+        return value
+
+
+class HubConfig(_Section):
+    firewall_private_ip: str
+    vnet_id: str = Field(pattern=_ARM_ID.pattern)
+    firewall_public_ip: str | None = None
+    dns_servers: list[str] = Field(default_factory=list)
+    private_dns_zone_ids: dict[Literal["keyVault", "redis", "postgres"], str] = Field(default_factory=dict)
+
+    @field_validator("firewall_private_ip", "firewall_public_ip")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError(f"{shown(value)} is not an IPv4 address; allowed: an address such as 10.0.1.4") from None
+        return value
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns_ips(cls, value: list[str]) -> list[str]:
+        for item in value:
+            cls._ip(item)
+        return value
+
+    @field_validator("private_dns_zone_ids")
+    @classmethod
+    def _zone_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        expected = {"keyVault": "privatelink.vaultcore.azure.net", "redis": "privatelink.redis.azure.net"}
+        problems = []
+        for key, zone_id in value.items():
+            zone = zone_id.rsplit("/", 1)[-1].lower()
+            if not _ARM_ID.match(zone_id) or "/providers/microsoft.network/privatednszones/" not in zone_id.lower():
+                problems.append(f"{key}\t{shown(zone_id)} is not a private DNS zone id; allowed: /subscriptions/<id>/"
+                                "resourceGroups/<rg>/providers/Microsoft.Network/privateDnsZones/<zone>")
+            elif key in expected and zone != expected[key]:
+                problems.append(f"{key}\tzone {shown(zone)} is not {expected[key]}; allowed: the {key} zone")
+            elif key == "postgres" and not zone.endswith(".postgres.database.azure.com"):
+                problems.append(f"{key}\tzone {shown(zone)} does not end in .postgres.database.azure.com; "
+                                "allowed: a PostgreSQL flexible server private zone")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return value
+
+    @model_validator(mode="after")
+    def _resolvable(self) -> HubConfig:
+        if self.private_dns_zone_ids and not self.dns_servers:
+            raise ValueError("dnsServers is empty while privateDnsZoneIds is set; allowed: the hub's DNS servers "
+                             "(a firewall DNS proxy or Private Resolver that resolves the central zones)")
+        return self
+
+
+class AlertsConfig(_Section):
+    email_receivers: list[str] = Field(default_factory=list, max_length=20)
+    gpu_pool_at_max_minutes: Literal[15, 30, 45, 60, 120, 180, 360, 720, 1440] = 30
+    error_rate_percent: float = Field(5, gt=0, le=100)
+    queue_depth_threshold: int = Field(16, ge=1, le=100000)
+    prometheus_workspace_id: str | None = Field(None, pattern=_ARM_ID.pattern)
+
+    @field_validator("email_receivers")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not (isinstance(address, str) and len(address) <= 254 and _EMAIL.match(address)):
+                raise ValueError(f"{shown(address)} is not an email address; allowed: name@example.com")
+        return value
+
+
 class ObservabilityConfig(_Section):
     retention_days: int = Field(30, ge=30, le=730)
     daily_quota_gb: float = Field(-1, ge=-1)
+    activity_log_export: bool = True
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
 
 class PlatformConfig(_Section):
@@ -404,6 +565,8 @@ class PlatformConfig(_Section):
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     deploy_workloads: bool = True
+    egress: EgressConfig = Field(default_factory=EgressConfig)
+    hub: HubConfig | None = None
     inference: InferenceConfig
 
     @model_validator(mode="before")
@@ -520,6 +683,43 @@ class PlatformConfig(_Section):
         return [f"inference.maxBatchSize {inference.max_batch_size} with maxModelLen {inference.max_model_len} does "
                 f"not fit the GPU: {needs}; allowed: {allowed}"]
 
+    @model_validator(mode="after")
+    def _egress_fits_the_network(self) -> PlatformConfig:
+        """The firewall subnets lie in the VNet beside the others; a hub replaces the stack's own firewall."""
+        problems = []
+        firewall = self.egress.firewall
+        if self.hub is not None:
+            if not self.aks.private_cluster and self.hub.firewall_public_ip is None:
+                problems.append("hub.firewallPublicIp is not set while aks.privateCluster is false; allowed: the hub "
+                                "firewall's public IP (nodes reach a public API server from it, so it must be an "
+                                "authorized range), or a private cluster")
+            if self.egress.allowed_fqdns:
+                problems.append(f"egress.allowedFqdns lists {len(self.egress.allowed_fqdns)} FQDNs while hub is set "
+                                "(the hub firewall's rules are owned by the hub); allowed: an empty list, or no hub")
+        elif firewall.subnet is None:
+            problems.append("egress.firewall.subnet is not set; allowed: a /26 (or larger) inside network.addressSpace "
+                            "for the AzureFirewallSubnet, or hub.firewallPrivateIp to use a central firewall")
+        else:
+            vnet = _network(self.network.address_space)
+            taken = {to_camel(k): _network(getattr(self.network, k)) for k in
+                     ("aks_subnet", "private_endpoint_subnet", "postgres_subnet", "private_link_subnet")}
+            ours = {"egress.firewall.subnet": firewall.subnet, "egress.firewall.managementSubnet":
+                    firewall.management_subnet if firewall.sku_tier == "Basic" else None}
+            for key, cidr in ours.items():
+                if cidr is None:
+                    continue
+                net = _network(cidr)
+                if not net.subnet_of(vnet):
+                    problems.append(f"{key} {net} lies outside network.addressSpace {vnet}; allowed: a subnet "
+                                    f"inside {vnet}")
+                for other, other_net in taken.items():
+                    if net.overlaps(other_net):
+                        problems.append(f"{key} {net} overlaps network.{other} {other_net}; allowed: disjoint subnets")
+                taken[key] = net
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
 
 # Environment baselines: defaults per environment, overridden key by key by the stack YAML.
 BASELINES: dict[str, dict[str, Any]] = {
@@ -534,6 +734,8 @@ BASELINES: dict[str, dict[str, Any]] = {
         "aks": {"skuTier": "Free", "privateCluster": False, "systemMinCount": 1, "systemMaxCount": 2,
                 "systemVmSize": "Standard_D4ds_v5", "upgradeChannel": "patch"},
         "observability": {"retentionDays": 30, "dailyQuotaGb": 5},
+        # Same allow-list as prod; Basic is the cheapest tier that runs it (alert-only threat intelligence).
+        "egress": {"firewall": {"skuTier": "Basic", "threatIntelMode": "Alert"}},
     },
     "prod": {
         "resourceLocks": True,
@@ -546,6 +748,7 @@ BASELINES: dict[str, dict[str, Any]] = {
         "aks": {"skuTier": "Standard", "privateCluster": True, "systemMinCount": 3, "systemMaxCount": 5,
                 "systemZones": ["1", "2", "3"], "systemVmSize": "Standard_D8ds_v5", "upgradeChannel": "stable"},
         "observability": {"retentionDays": 90, "dailyQuotaGb": -1},
+        "egress": {"firewall": {"skuTier": "Standard", "threatIntelMode": "Deny", "zones": ["1", "2", "3"]}},
     },
 }
 

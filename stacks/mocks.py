@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -63,6 +64,19 @@ ARM_PATHS: dict[str, str] = {
     "azure-native:managedidentity:UserAssignedIdentity": "Microsoft.ManagedIdentity/userAssignedIdentities/{_name}",
     "azure-native:managedidentity:FederatedIdentityCredential":
         "Microsoft.ManagedIdentity/userAssignedIdentities/{resourceName}/federatedIdentityCredentials/{_name}",
+    "azure-native:network:RouteTable": "Microsoft.Network/routeTables/{_name}",
+    "azure-native:network:Route": "Microsoft.Network/routeTables/{routeTableName}/routes/{_name}",
+    "azure-native:network:PublicIPAddress": "Microsoft.Network/publicIPAddresses/{_name}",
+    "azure-native:network:AzureFirewall": "Microsoft.Network/azureFirewalls/{_name}",
+    "azure-native:network:FirewallPolicy": "Microsoft.Network/firewallPolicies/{_name}",
+    "azure-native:network:FirewallPolicyRuleCollectionGroup":
+        "Microsoft.Network/firewallPolicies/{firewallPolicyName}/ruleCollectionGroups/{_name}",
+    "azure-native:network:VirtualNetworkPeering":
+        "Microsoft.Network/virtualNetworks/{virtualNetworkName}/virtualNetworkPeerings/{_name}",
+    "azure-native:monitor:ActionGroup": "Microsoft.Insights/actionGroups/{_name}",
+    "azure-native:monitor:MetricAlert": "Microsoft.Insights/metricAlerts/{_name}",
+    "azure-native:monitor:ScheduledQueryRule": "Microsoft.Insights/scheduledQueryRules/{_name}",
+    "azure-native:alertsmanagement:PrometheusRuleGroup": "Microsoft.AlertsManagement/prometheusRuleGroups/{_name}",
 }
 
 # The input that carries each resource's Azure name (when absent, the logical name is used).
@@ -73,6 +87,8 @@ NAME_INPUTS = (
     "profileName", "endpointName", "originGroupName", "originName", "routeName", "securityPolicyName",
     "policyName", "registryName", "resourceName", "agentPoolName", "workspaceName",
     "federatedIdentityCredentialResourceName",
+    "routeTableName", "routeName", "publicIpAddressName", "azureFirewallName", "firewallPolicyName",
+    "ruleCollectionGroupName", "virtualNetworkPeeringName", "actionGroupName", "ruleName", "ruleGroupName",
 )
 
 # For a child resource, the input naming the child (the parent's name input appears in the path).
@@ -92,6 +108,9 @@ OWN_NAME_INPUT: dict[str, str] = {
     "azure-native:cdn:SecurityPolicy": "securityPolicyName",
     "azure-native:containerservice:AgentPool": "agentPoolName",
     "azure-native:managedidentity:FederatedIdentityCredential": "federatedIdentityCredentialResourceName",
+    "azure-native:network:Route": "routeName",
+    "azure-native:network:FirewallPolicyRuleCollectionGroup": "ruleCollectionGroupName",
+    "azure-native:network:VirtualNetworkPeering": "virtualNetworkPeeringName",
 }
 
 
@@ -152,6 +171,7 @@ class AzureMocks(pulumi.runtime.Mocks):
     location: str = "westeurope"
     # new_resource and the monitor's RegisterResource run on the same thread, one call after the other.
     _local: threading.local = field(default_factory=threading.local, init=False, repr=False)
+    _subnet_prefixes: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def registration_of_this_thread(self) -> Registration:
         return self._local.registration
@@ -168,6 +188,9 @@ class AzureMocks(pulumi.runtime.Mocks):
             return f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/{inputs.get('resourceGroupName', args.name)}"
         if typ == "azure-native:monitor:DiagnosticSetting":
             return f"{inputs['resourceUri']}/providers/Microsoft.Insights/diagnosticSettings/{inputs.get('name')}"
+        if typ == "azure-native:monitor:SubscriptionDiagnosticSetting":
+            return (f"/subscriptions/{SUBSCRIPTION_ID}/providers/Microsoft.Insights/diagnosticSettings/"
+                    f"{inputs.get('name', args.name)}")
         if typ == "azure-native:authorization:RoleAssignment":
             return f"{inputs['scope']}/providers/Microsoft.Authorization/roleAssignments/{_guid(args.name)}"
         if typ == "azure-native:authorization:ManagementLockByScope":
@@ -198,6 +221,20 @@ class AzureMocks(pulumi.runtime.Mocks):
             props = dict(inputs.get("properties", {}))
             props["vaultUri"] = f"https://{name}.vault.azure.net/"
             extra["properties"] = props
+        elif typ == "azure-native:network:Subnet" and isinstance(inputs.get("addressPrefix"), str):
+            self._subnet_prefixes[resource_id.lower()] = inputs["addressPrefix"]
+        elif typ == "azure-native:network:PublicIPAddress":
+            # A documentation-free public-looking address, stable per resource (Azure assigns the real one).
+            digest = hashlib.sha256(resource_id.encode()).digest()
+            extra["ipAddress"] = f"20.{digest[0]}.{digest[1]}.{max(digest[2], 1)}"
+        elif typ == "azure-native:network:AzureFirewall":
+            # Azure gives the firewall the first usable address of AzureFirewallSubnet (x.x.x.4).
+            configs = [dict(c) for c in inputs.get("ipConfigurations") or []]
+            for config in configs:
+                prefix = self._subnet_prefixes.get(str((config.get("subnet") or {}).get("id", "")).lower())
+                if prefix:
+                    config["privateIPAddress"] = str(ipaddress.ip_network(prefix)[4])
+            extra["ipConfigurations"] = configs
         elif typ == "azure-native:dbforpostgresql:Server":
             extra["fullyQualifiedDomainName"] = f"{name}.postgres.database.azure.com"
         elif typ == "azure-native:redisenterprise:RedisEnterprise":

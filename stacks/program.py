@@ -21,7 +21,16 @@ import pulumi_kubernetes as k8s
 from pulumi_azure_native import authorization, containerservice, resources
 
 from components.aks import AksCluster, AksClusterArgs, GpuPoolArgs
+from components.audit import Audit, AuditArgs
 from components.common import standard_tags
+from components.egress import (
+    EgressFirewall,
+    EgressFirewallArgs,
+    EgressRouteTable,
+    EgressRouteTableArgs,
+    HubPeeringArgs,
+    hub_peering,
+)
 from components.frontdoor import FrontDoor, FrontDoorArgs
 from components.identity import WorkloadIdentity, WorkloadIdentityArgs
 from components.keyvault import KeyVault, KeyVaultArgs
@@ -64,6 +73,42 @@ def private_endpoint_approval(node_resource_group: str, pls_name: str) -> str:
             '--description "inferforge Front Door origin"; done')
 
 
+def _egress(cfg: PlatformConfig, rg: pulumi.Input[str], net: Network, workspace_id: pulumi.Input[str],
+            tags: dict[str, str]) -> tuple[pulumi.Input[str], pulumi.Input[str] | None, list[pulumi.Resource]]:
+    """The egress next hop (own firewall or the hub's), its public IP, and what the cluster must wait for."""
+    if cfg.hub is not None:
+        peering = hub_peering("network", HubPeeringArgs(resource_group_name=rg, virtual_network_name=net.vnet.name,
+                                                        hub_vnet_id=cfg.hub.vnet_id), parent=net)
+        return cfg.hub.firewall_private_ip, cfg.hub.firewall_public_ip, [peering]
+    firewall_cfg = cfg.egress.firewall
+    base = cfg.names.base
+    basic = firewall_cfg.sku_tier == "Basic"
+    firewall = EgressFirewall("egress-firewall", EgressFirewallArgs(
+        resource_group_name=rg, location=cfg.location, virtual_network_name=net.vnet.name,
+        firewall_name=f"afw-{base}", policy_name=f"afwp-{base}", public_ip_name=f"pip-{base}-afw",
+        subnet_prefix=firewall_cfg.subnet or "", source_prefixes=[cfg.network.aks_subnet],
+        sku_tier=firewall_cfg.sku_tier, threat_intel_mode=firewall_cfg.threat_intel_mode,
+        management_subnet_prefix=firewall_cfg.management_subnet if basic else None,
+        management_public_ip_name=f"pip-{base}-afw-mgmt" if basic else None, zones=firewall_cfg.zones,
+        public_api_server=not cfg.aks.private_cluster, allowed_fqdns=cfg.egress.allowed_fqdns,
+        log_analytics_workspace_id=workspace_id, subnet_dependencies=[net], tags=tags))
+    return firewall.private_ip, firewall.public_ip_address, [firewall.firewall]
+
+
+def _audit(cfg: PlatformConfig, rg: pulumi.Input[str], workspace_id: pulumi.Input[str], tags: dict[str, str],
+           front_door_profile_id: pulumi.Input[str] | None) -> Audit:
+    """Activity Log export and the alert rules; the 5xx alert only once Front Door exists (second phase)."""
+    alerts = cfg.observability.alerts
+    return Audit("audit", AuditArgs(
+        resource_group_name=rg, location=cfg.location, name_base=cfg.names.base, workspace_id=workspace_id,
+        email_receivers=alerts.email_receivers, front_door_profile_id=front_door_profile_id,
+        cluster_name=cfg.names.aks, gpu_pool_max_counts={p.name: p.max_count for p in cfg.aks.gpu_pools},
+        error_rate_percent=alerts.error_rate_percent, gpu_pool_at_max_minutes=alerts.gpu_pool_at_max_minutes,
+        queue_depth_threshold=alerts.queue_depth_threshold, inference_namespace=cfg.inference.namespace,
+        prometheus_workspace_id=alerts.prometheus_workspace_id,
+        activity_log_export=cfg.observability.activity_log_export, tags=tags))
+
+
 def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
     """Register every resource of the platform for a validated config; returns the stack outputs."""
     names = cfg.names
@@ -81,13 +126,20 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         tags=tags))
     workspace_id = observability.workspace_id
 
+    route_table = EgressRouteTable("egress-routes", EgressRouteTableArgs(
+        resource_group_name=rg, location=cfg.location, route_table_name=f"rt-{names.base}-aks", tags=tags))
+    hub_zone_keys = {"keyVault": "key_vault", "redis": "redis", "postgres": "postgres"}
     net = Network("network", NetworkArgs(
         resource_group_name=rg, location=cfg.location, vnet_name=names.vnet,
         address_space=cfg.network.address_space, aks_subnet_prefix=cfg.network.aks_subnet,
         private_endpoint_subnet_prefix=cfg.network.private_endpoint_subnet,
         postgres_subnet_prefix=cfg.network.postgres_subnet, private_link_subnet_prefix=cfg.network.private_link_subnet,
         postgres_dns_zone_name=f"{names.base}.private.postgres.database.azure.com", serving_port=SERVING_PORT,
-        log_analytics_workspace_id=workspace_id, tags=tags))
+        log_analytics_workspace_id=workspace_id, aks_route_table_id=route_table.route_table_id,
+        existing_dns_zone_ids={hub_zone_keys[k]: v for k, v in cfg.hub.private_dns_zone_ids.items()} if cfg.hub else {},
+        dns_servers=cfg.hub.dns_servers if cfg.hub else (), tags=tags))
+    egress_next_hop, egress_public_ip, egress_ready = _egress(cfg, rg, net, workspace_id, tags)
+    egress_ready.insert(0, route_table.route_default_to(egress_next_hop))
 
     vault = KeyVault("keyvault", KeyVaultArgs(
         resource_group_name=rg, location=cfg.location, name_prefix=names.key_vault_prefix,
@@ -101,7 +153,8 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         node_resource_group=names.node_resource_group, tenant_id=client.tenant_id,
         node_subnet_id=net.subnet_ids["aks"], log_analytics_workspace_id=workspace_id,
         gpu_pools=[GpuPoolArgs(name=p.name, vm_size=p.vm_size, min_count=p.min_count, max_count=p.max_count,
-                               os_disk_size_gb=p.os_disk_size_gb, labels=p.labels, zones=p.zones)
+                               os_disk_size_gb=p.effective_os_disk_size_gb, os_disk_type=p.os_disk_type,
+                               labels=p.labels, zones=p.zones)
                    for p in cfg.aks.gpu_pools],
         kubernetes_version=cfg.aks.kubernetes_version, admin_group_object_ids=cfg.aks.admin_group_object_ids,
         system_vm_size=cfg.aks.system_vm_size, system_min_count=cfg.aks.system_min_count,
@@ -109,6 +162,10 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         private_cluster=cfg.aks.private_cluster, authorized_ip_ranges=cfg.aks.authorized_ip_ranges,
         sku_tier=cfg.aks.sku_tier, upgrade_channel=cfg.aks.upgrade_channel,
         node_os_upgrade_channel=cfg.aks.node_os_upgrade_channel,
+        system_os_disk_size_gb=cfg.aks.effective_system_os_disk_size_gb,
+        system_os_disk_type=cfg.aks.system_os_disk_type,
+        encryption_at_host=cfg.aks.encryption_at_host, outbound_type="userDefinedRouting",
+        egress_public_ip=None if cfg.aks.private_cluster else egress_public_ip, outbound_dependencies=egress_ready,
         blob_csi_driver=cfg.inference.model_source.kind == "pvc",
         # The inference Service's internal LB frontend (snet-aks) and its Private Link Service NAT IPs.
         network_contributor_subnet_ids=[net.subnet_ids["aks"], net.subnet_ids["private-link"]],
@@ -168,6 +225,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         "nodeResourceGroup": names.node_resource_group,
     }
     if not cfg.deploy_workloads:
+        _audit(cfg, rg, workspace_id, tags, front_door_profile_id=None)
         return outputs
 
     credentials = containerservice.list_managed_cluster_user_credentials_output(
@@ -188,6 +246,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         origin_host_name=cfg.inference.internal_load_balancer_ip, log_analytics_workspace_id=workspace_id,
         waf_mode=cfg.front_door.waf_mode, rate_limit_per_minute=cfg.front_door.rate_limit_per_minute,
         origin_port=80, origin_depends_on=[workloads.inference.service], tags=tags))
+    _audit(cfg, rg, workspace_id, tags, front_door_profile_id=front_door.profile.id)
 
     return {
         **outputs,

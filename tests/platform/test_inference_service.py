@@ -384,9 +384,10 @@ def test_network_policy_egress_is_dns_private_endpoints_and_entra_never_imds(
     assert {p["port"] for p in dns["ports"]} == {53}
     assert private_endpoints["to"] == [{"ipBlock": {"cidr": "10.20.4.0/24"}}]
     assert {p["port"] for p in private_endpoints["ports"]} == {443, 10000}
-    (block,) = [peer["ipBlock"] for peer in entra["to"]]
-    assert block["cidr"] == "0.0.0.0/0"
-    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(block["except"])
+    # Issue 15: 443 only to Entra ID's published ranges (the firewall's FQDN rule is the gate), never 0.0.0.0/0.
+    blocks = [peer["ipBlock"] for peer in entra["to"]]
+    assert [b["cidr"] for b in blocks] == ["20.190.128.0/18", "40.126.0.0/18"]
+    assert all("except" not in b for b in blocks)
     assert entra["ports"] == [{"protocol": "TCP", "port": 443}]
 
 

@@ -124,7 +124,9 @@ def test_network_policy_allows_only_dns_postgres_and_entra(objects: dict[str, di
     dns, postgres, entra = spec["egress"]
     assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
     assert postgres == {"to": [{"ipBlock": {"cidr": "10.20.5.0/24"}}], "ports": [{"protocol": "TCP", "port": 5432}]}
-    assert "169.254.0.0/16" in entra["to"][0]["ipBlock"]["except"]
+    # Issue 15: 443 only to Entra ID's published ranges, never 0.0.0.0/0 (so never IMDS either).
+    assert [peer["ipBlock"]["cidr"] for peer in entra["to"]] == ["20.190.128.0/18", "40.126.0.0/18"]
+    assert entra["ports"] == [{"protocol": "TCP", "port": 443}]
 
 
 def test_job_tolerates_the_system_pool_taint_by_default(objects: dict[str, dict[str, Any]]) -> None:

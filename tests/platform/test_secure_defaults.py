@@ -219,7 +219,12 @@ def test_prod_aks_api_server_is_private_and_system_pool_spans_zones(prod):
 def test_dev_aks_api_server_is_limited_to_configured_ranges(dev):
     access = one(dev, "azure-native:containerservice:ManagedCluster").inputs["apiServerAccessProfile"]
     assert access["enablePrivateCluster"] is False
-    assert access["authorizedIPRanges"] == ["203.0.113.0/24"]
+    # The configured range plus the egress firewall's public IP: nodes reach a public API server from it.
+    firewall_ip = one(dev, "azure-native:network:PublicIPAddress", "egress-firewall-pip")
+    assert access["authorizedIPRanges"][0] == "203.0.113.0/24"
+    assert len(access["authorizedIPRanges"]) == 2 and access["authorizedIPRanges"][1].endswith("/32")
+    assert firewall_ip.urn in one(dev, "azure-native:containerservice:ManagedCluster").property_dependencies[
+        "apiServerAccessProfile"]
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
@@ -248,6 +253,9 @@ def test_every_subnet_has_an_nsg_and_postgres_is_delegated(stack, request):
     resources = request.getfixturevalue(stack)
     nsg_ids = {n.id for n in of_type(resources, "azure-native:network:NetworkSecurityGroup")}
     subnets = {s.inputs["subnetName"]: s.inputs for s in of_type(resources, "azure-native:network:Subnet")}
+    # Azure Firewall's own subnets take no NSG (the firewall is the filter there).
+    firewall_subnets = {"AzureFirewallSubnet", "AzureFirewallManagementSubnet"}
+    assert all("networkSecurityGroup" not in subnets.pop(name) for name in firewall_subnets & set(subnets))
     assert set(subnets) == {"snet-aks", "snet-private-endpoints", "snet-postgres", "snet-private-link"}
     for subnet in subnets.values():
         assert subnet["networkSecurityGroup"]["id"] in nsg_ids

@@ -12,6 +12,8 @@ COMPONENTS = [
     "inferforge:data:ManagedRedis", "inferforge:edge:FrontDoor", "inferforge:inference:InferenceService",
     "inferforge:data:PgvectorExtension", "inferforge:containers:ContainerRegistry",
     "inferforge:compute:NvidiaDevicePlugin",
+    "inferforge:data:PgvectorExtension", "inferforge:network:EgressRouteTable", "inferforge:network:EgressFirewall",
+    "inferforge:observability:Audit",
 ]
 
 AZURE_TYPES = [

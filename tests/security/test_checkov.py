@@ -1,0 +1,120 @@
+"""checkov (pinned, requirements-checkov.txt) on the rendered stacks: ARM and Kubernetes frameworks.
+
+`stacks/export.py` writes what the program registers as an ARM template and Kubernetes manifests; checkov
+scans them. The test fails on any failed check that is not in SUPPRESSIONS, and on any suppression that no
+longer fails (so the list cannot rot into blanket exceptions). Measured: one scan of both frameworks takes
+about 5 s per stack on this machine (checkov 3.3.30), so every check runs, unscoped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stacks.export import write_scan_inputs
+from stacks.render import REPO_ROOT, render_stack
+
+# check id -> (stacks where it fails, why that is accepted). The only place checkov findings are suppressed.
+SUPPRESSIONS: dict[str, tuple[frozenset[str], str]] = {
+    "CKV_AZURE_8": (frozenset({"dev", "prod"}),
+                    "kube-dashboard add-on: AKS removed it for Kubernetes >= 1.19 (we pin 1.33), so there is no add-on "
+                    "to disable (https://learn.microsoft.com/azure/aks/kubernetes-dashboard)."),
+    "CKV_AZURE_172": (frozenset({"dev", "prod"}),
+                      "Secret rotation IS on: AKS add-on config is a string map, so enableSecretRotation is the string "
+                      "'true'; checkov compares with the boolean True (asserted below in "
+                      "test_suppressed_aks_settings_are_what_checkov_cannot_read)."),
+    "CKV_AZURE_6": (frozenset({"prod"}),
+                    "prod's API server is private (no public endpoint); authorized IP ranges cannot be used with "
+                    "private clusters (https://learn.microsoft.com/azure/aks/api-server-authorized-ip-ranges)."),
+    "CKV_AZURE_216": (frozenset({"dev", "prod"}),
+                      "Threat intelligence is set on the attached Firewall Policy (Deny in prod, asserted below), "
+                      "which governs a firewall with a policy; checkov reads only the firewall's own "
+                      "threatIntelMode. dev runs Basic, which supports Alert only (components/egress.py)."),
+    # Issue 15 item 3 (dev posture: password auth with a never-expiring secret, mutable image tags) is not fixed on
+    # this branch; these fail until it is, and the stale-suppression check then forces their removal.
+    "CKV_AZURE_41": (frozenset({"dev"}), "KNOWN, issue 15.3: dev's PostgreSQL admin password secret has no expiry."),
+    "CKV_K8S_43": (frozenset({"dev"}), "KNOWN, issue 15.3: dev images are referenced by tag, not digest."),
+    "CKV_K8S_15": (frozenset({"dev"}),
+                   "KNOWN, issue 15.3: follows from tags (a tagged image should be pulled Always)."),
+}
+
+
+def checkov_executable() -> str:
+    """The pinned checkov: $CHECKOV, the repo's tool venv (.venv-checkov), or `checkov` on PATH."""
+    for candidate in (os.environ.get("CHECKOV"), str(REPO_ROOT / ".venv-checkov" / "bin" / "checkov"),
+                      shutil.which("checkov")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    pytest.fail("checkov is not installed: python -m venv .venv-checkov && "
+                ".venv-checkov/bin/pip install -r requirements-checkov.txt (or set CHECKOV)")
+
+
+def scan(resources: list[Any], directory: Path) -> dict[str, set[str]]:
+    """checkov on the exported stack: failed check id -> resources, for both frameworks."""
+    write_scan_inputs(resources, directory)
+    result = subprocess.run(
+        [checkov_executable(), "-d", str(directory), "--framework", "arm", "kubernetes", "--compact",
+         "--skip-download", "-o", "json"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"})
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    reports = json.loads(result.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    assert {r["check_type"] for r in reports} == {"arm", "kubernetes"}, "a framework found nothing to scan"
+    failed: dict[str, set[str]] = {}
+    for report in reports:
+        assert report["summary"]["parsing_errors"] == 0, report["check_type"]
+        assert report["summary"]["passed"] > 20, f"{report['check_type']}: suspiciously few checks ran"
+        for check in report["results"]["failed_checks"]:
+            failed.setdefault(check["check_id"], set()).add(check["resource"])
+    return failed
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Any]]:
+    return {stack: render_stack(stack) for stack in ("dev", "prod")}
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_checkov_finds_nothing_beyond_the_justified_suppressions(stack, rendered, tmp_path) -> None:
+    failed = scan(rendered[stack], tmp_path)
+
+    unexpected = {check: sorted(res) for check, res in failed.items()
+                  if stack not in SUPPRESSIONS.get(check, (frozenset(), ""))[0]}
+    stale = sorted(c for c, (stacks, _) in SUPPRESSIONS.items() if stack in stacks and c not in failed)
+    assert unexpected == {}, f"checkov failures in {stack}: {unexpected}"
+    assert stale == [], f"suppressions no longer needed in {stack}: {stale}"
+
+
+def test_checkov_catches_encryption_at_host_turned_off(rendered, tmp_path) -> None:
+    from dataclasses import replace
+
+    broken = []
+    for r in rendered["prod"]:
+        if r.type == "azure-native:containerservice:ManagedCluster":
+            pools = [dict(p, enableEncryptionAtHost=False) for p in r.inputs["agentPoolProfiles"]]
+            r = replace(r, inputs={**r.inputs, "agentPoolProfiles": pools})
+        broken.append(r)
+
+    failed = scan(broken, tmp_path)
+
+    assert "CKV_AZURE_227" in failed and "CKV_AZURE_227" not in SUPPRESSIONS
+
+
+def test_suppressed_aks_settings_are_what_checkov_cannot_read(rendered) -> None:
+    prod = rendered["prod"]
+    cluster = next(r for r in prod if r.type == "azure-native:containerservice:ManagedCluster").inputs
+    assert cluster["addonProfiles"]["azureKeyvaultSecretsProvider"]["config"]["enableSecretRotation"] == "true"
+    assert cluster["apiServerAccessProfile"]["enablePrivateCluster"] is True
+    assert cluster["kubernetesVersion"] >= "1.19"
+    policy = next(r for r in prod if r.type == "azure-native:network:FirewallPolicy").inputs
+    assert policy["threatIntelMode"] == "Deny"
+
+
+def test_every_suppression_says_why() -> None:
+    assert all(stacks and len(why) > 40 for stacks, why in SUPPRESSIONS.values())
