@@ -141,5 +141,16 @@ class NvidiaDevicePlugin(pulumi.ComponentResource):
             ),
             opts=child,
         )
+        # The plugin needs no network: it talks to the kubelet over a Unix socket in the hostPath and to the
+        # driver through /dev, and mounts no API token. Deny all traffic to and from its pods.
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-deny-all",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=f"{args.name}-deny-all", namespace=name_of(namespace),
+                                                labels=labels),
+            spec=k8s.networking.v1.NetworkPolicySpecArgs(
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+                policy_types=["Ingress", "Egress"]),
+            opts=child,
+        )
         self.daemon_set_name = name_of(self.daemon_set)
         self.register_outputs({"daemon_set_name": self.daemon_set_name, "namespace": args.namespace})

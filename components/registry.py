@@ -93,6 +93,9 @@ class ContainerRegistry(pulumi.ComponentResource):
             # Trusted Azure services (ACR import from another registry, ACR Tasks) may still reach it.
             network_rule_bypass_options="AzureServices",
             data_endpoint_enabled=False,
+            # Premium replicates across the region's availability zones at no extra charge; a zone outage
+            # must not stop node pools from pulling (https://learn.microsoft.com/azure/container-registry/zone-redundancy).
+            zone_redundancy="Enabled",
             tags=dict(args.tags),
             opts=pulumi.ResourceOptions(parent=self),
         )

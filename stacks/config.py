@@ -221,7 +221,7 @@ class ImageConfig(_Section):
     @model_validator(mode="after")
     def _reference(self) -> ImageConfig:
         if not self.digest and not self.tag:
-            raise ValueError("digest is not set and neither is tag; allowed: digest sha256:<64 hex> (required in prod) "
+            raise ValueError("digest is not set and neither is tag; allowed: digest sha256:<64 hex> (required to run) "
                              "or tag (dev only)")
         if self.digest and _PLACEHOLDER_DIGEST.match(self.digest):
             raise ValueError(
@@ -604,10 +604,11 @@ class PlatformConfig(_Section):
 
     def _image_problems(self) -> list[str]:
         # Only images that will run need a digest: the first `up` (deployWorkloads false) creates the
-        # registry they are pushed to, and only then do the digests exist.
-        if self.environment != "prod" or not self.deploy_workloads:
+        # registry they are pushed to, and only then do the digests exist. Every environment runs pinned
+        # images (dev differs from prod in size and redundancy, not in posture).
+        if not self.deploy_workloads:
             return []
-        return [f"{key}.digest is not set; allowed in prod: only images pinned by digest (sha256:<64 hex>), tags "
+        return [f"{key}.digest is not set; allowed: only images pinned by digest (sha256:<64 hex>), tags "
                 f"are mutable; push or import {image.repository}:{image.tag or '<tag>'} into registry "
                 f"'{self.registry_name}' and set its digest (README: First deployment), or set "
                 "deployWorkloads: false until then"
@@ -728,9 +729,9 @@ BASELINES: dict[str, dict[str, Any]] = {
         "keyVault": {"sku": "standard"},
         "postgres": {"skuName": "Standard_B1ms", "tier": "Burstable", "storageSizeGb": 32,
                      "backupRetentionDays": 7, "geoRedundantBackup": False, "zoneRedundantHa": False,
-                     "passwordAuth": True},
+                     "passwordAuth": False},
         "redis": {"skuName": "Balanced_B0", "highAvailability": False},
-        "frontDoor": {"wafMode": "Detection", "rateLimitPerMinute": 600},
+        "frontDoor": {"wafMode": "Prevention", "rateLimitPerMinute": 600},
         "aks": {"skuTier": "Free", "privateCluster": False, "systemMinCount": 1, "systemMaxCount": 2,
                 "systemVmSize": "Standard_D4ds_v5", "upgradeChannel": "patch"},
         "observability": {"retentionDays": 30, "dailyQuotaGb": 5},

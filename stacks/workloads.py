@@ -69,7 +69,6 @@ def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.In
         image_repository=inference.image.repository,
         image_digest=inference.image.digest,
         image_tag=inference.image.tag,
-        allow_image_tags=cfg.environment == "dev",
         workload_identity_client_id=identity_client_id,
         keyvault_url=key_vault_uri,
         api_keys_secret_name=inference.api_key_secret_name,
@@ -147,7 +146,6 @@ def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: W
         azure_cli_image=pgvector_job.azure_cli_image.reference(login_server),
         postgres_client_image=pgvector_job.postgres_client_image.reference(login_server),
         postgres_subnet_cidr=cfg.network.postgres_subnet,
-        allow_image_tags=cfg.environment == "dev",
         service_account_name=PGVECTOR_SERVICE_ACCOUNT,
     ), opts=pulumi.ResourceOptions.merge(can_pull, pulumi.ResourceOptions(
         depends_on=[inference, postgres, schema_identity])))

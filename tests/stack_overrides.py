@@ -1,8 +1,9 @@
-"""Stack config overrides that tests share: prod as it is once its images are in the registry.
+"""Stack config overrides that tests share: a stack as it is once its images are in the registry.
 
-The shipped Pulumi.prod.yaml is the first phase of a new environment (deployWorkloads: false; the
-digests only exist after the images are pushed). Tests of the full prod platform render it with
-these overrides: every image pinned by a digest (of a fixed string, not a real image).
+The shipped Pulumi.dev.yaml and Pulumi.prod.yaml are the first phase of a new environment
+(deployWorkloads: false; the digests only exist after the images are pushed). Tests of the full
+platform render them with these overrides: every image pinned by a digest (of a fixed string, not a
+real image).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ def _digest(repository: str) -> str:
     return "sha256:" + hashlib.sha256(repository.encode()).hexdigest()
 
 
-PROD_WITH_WORKLOADS: dict[str, Any] = {
+WITH_WORKLOADS: dict[str, Any] = {
     "deployWorkloads": True,
     "inference": {
         "image": {"digest": _digest("inferforge/inference")},

@@ -7,18 +7,25 @@ from collections.abc import Sequence
 import pytest
 
 from stacks.render import RenderedResource, render_stack
-from tests.stack_overrides import PROD_WITH_WORKLOADS
+from tests.stack_overrides import WITH_WORKLOADS
 
 
 @pytest.fixture(scope="session")
 def dev() -> list[RenderedResource]:
+    """Dev with its images in the registry (the second phase of a new environment)."""
+    return render_stack("dev", WITH_WORKLOADS)
+
+
+@pytest.fixture(scope="session")
+def dev_platform() -> list[RenderedResource]:
+    """Pulumi.dev.yaml as shipped: the first phase (deployWorkloads false)."""
     return render_stack("dev")
 
 
 @pytest.fixture(scope="session")
 def prod() -> list[RenderedResource]:
     """Prod with its images in the registry (the second phase of a new environment)."""
-    return render_stack("prod", PROD_WITH_WORKLOADS)
+    return render_stack("prod", WITH_WORKLOADS)
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,7 @@ def test_device_plugin_runs_on_every_gpu_pool_and_tolerates_its_taint(dev):
     terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchExpressions": [{"key": "inferforge.io/pool", "operator": "In", "values": ["gpua100"]}]}]
     container = spec["containers"][0]
-    assert container["image"] == "crinferforgedev.azurecr.io/mirror/nvidia/k8s-device-plugin:v0.17.1"
+    assert container["image"].startswith("crinferforgedev.azurecr.io/mirror/nvidia/k8s-device-plugin@sha256:")
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert spec["priorityClassName"] == "system-node-critical"
@@ -130,3 +130,18 @@ def test_approval_command_names_the_node_resource_group_and_the_pls():
         "-n pls-inferforge-prod-inference" in command
     assert "privateLinkServiceConnectionState.status=='Pending'" in command
     assert "az network private-endpoint-connection approve --id" in command
+
+
+def test_device_plugin_pods_get_no_network_at_all(dev):
+    (deny,) = [r for r in dev if r.type == "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+               and r.name == "gpu-device-plugin-deny-all"]
+    spec = deny.inputs["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in spec and "egress" not in spec
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "nvidia-device-plugin"
+
+
+def test_registry_is_zone_redundant(dev, prod):
+    for resources in (dev, prod):
+        (registry,) = [r for r in resources if r.type == "azure-native:containerregistry:Registry"]
+        assert registry.inputs["zoneRedundancy"] == "Enabled"

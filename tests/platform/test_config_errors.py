@@ -11,7 +11,7 @@ import pytest
 
 from stacks.config import ConfigError
 from stacks.render import REPO_ROOT, ensure_main_thread_event_loop, validate_stack
-from tests.stack_overrides import PROD_WITH_WORKLOADS
+from tests.stack_overrides import WITH_WORKLOADS
 
 
 def problems(overrides: dict, stack: str = "dev") -> str:
@@ -105,30 +105,33 @@ def test_inference_pool_must_exist():
     assert "inferforge:inference.gpuPool: 'gpuh100' is not a pool in aks.gpuPools; allowed: gpua100" in text
 
 
-def test_prod_requires_image_digests_once_workloads_are_deployed():
-    text = problems({**PROD_WITH_WORKLOADS, "inference": {**PROD_WITH_WORKLOADS["inference"],
-                                                          "image": {"digest": None, "tag": "latest"}}}, stack="prod")
-    assert "inferforge:inference.image.digest: is not set; allowed in prod: only images pinned by digest" in text
-    assert "push or import inferforge/inference:latest into registry 'crinferforgeprod'" in text
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_every_stack_requires_image_digests_once_workloads_are_deployed(stack):
+    text = problems({**WITH_WORKLOADS, "inference": {**WITH_WORKLOADS["inference"],
+                                                      "image": {"digest": None, "tag": "latest"}}}, stack=stack)
+    assert "inferforge:inference.image.digest: is not set; allowed: only images pinned by digest" in text
+    assert f"push or import inferforge/inference:latest into registry 'crinferforge{stack}'" in text
     assert "pgvectorJob" not in text  # the others are pinned
 
 
-def test_prod_first_phase_needs_no_digests_and_deploys_no_workloads():
-    cfg = validate_stack("prod")
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_shipped_first_phase_needs_no_digests_and_deploys_no_workloads(stack):
+    cfg = validate_stack(stack)
     assert cfg.deploy_workloads is False and cfg.inference.image.digest is None
 
 
-def test_prod_with_workloads_names_every_unpinned_image():
-    text = problems({"deployWorkloads": True}, stack="prod")
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_workloads_without_digests_name_every_unpinned_image(stack):
+    text = problems({"deployWorkloads": True}, stack=stack)
     for key in ("inference.image", "inference.pgvectorJob.azureCliImage", "inference.pgvectorJob.postgresClientImage",
                 "aks.nvidiaDevicePluginImage"):
-        assert f"inferforge:{key}.digest: is not set; allowed in prod" in text
+        assert f"inferforge:{key}.digest: is not set; allowed: only images pinned by digest" in text
 
 
 @pytest.mark.parametrize("digest", ["sha256:" + "0" * 64, "sha256:" + "f" * 64])
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_placeholder_digest_fails_naming_the_key_and_what_to_put_there(digest, stack):
-    overrides = {**PROD_WITH_WORKLOADS} if stack == "prod" else {}
+    overrides = {**WITH_WORKLOADS}
     overrides["inference"] = {**overrides.get("inference", {}),
                               "image": {"repository": "inferforge/inference", "tag": "0.1.0", "digest": digest}}
     text = problems(overrides, stack=stack)
@@ -143,8 +146,8 @@ def test_placeholder_digest_of_a_mirrored_image_is_named_too():
 
 
 def test_a_real_looking_digest_is_accepted():
-    digest = PROD_WITH_WORKLOADS["inference"]["image"]["digest"]
-    assert validate_stack("prod", PROD_WITH_WORKLOADS).inference.image.digest == digest
+    digest = WITH_WORKLOADS["inference"]["image"]["digest"]
+    assert validate_stack("prod", WITH_WORKLOADS).inference.image.digest == digest
 
 
 def test_image_registry_key_is_gone_images_come_from_the_platform_registry():

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from stacks.render import REPO_ROOT
+from stacks.render import REPO_ROOT, stack_config
+from tests.stack_overrides import WITH_WORKLOADS
 
 COMPONENT_TYPES = ["inferforge:network:Network", "inferforge:security:KeyVault", "inferforge:data:PostgresPgvector",
                    "inferforge:data:ManagedRedis", "inferforge:edge:FrontDoor", "inferforge:compute:AksCluster",
@@ -23,16 +24,28 @@ def plan(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
                           text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
+def write_stack(directory: Path, stack: str, overrides: dict) -> Path:
+    """A user's stack file: the shipped one with `overrides` set, as `pulumi config set` would leave it."""
+    import yaml
+
+    (directory / f"Pulumi.{stack}.yaml").write_text(
+        yaml.safe_dump({"config": stack_config(stack, overrides)}, sort_keys=False))
+    return directory
+
+
 @pytest.fixture(scope="module")
 def dev_json_and_markdown(tmp_path_factory) -> tuple[dict, str]:
-    summary = tmp_path_factory.mktemp("plan") / "summary.md"
-    result = plan("--stack", "dev", "--json", "--markdown", str(summary))
-    assert result.returncode == 0, result.stderr
+    """Dev's second phase (images pushed, digests set) with password auth turned on: a secret to redact."""
+    directory = write_stack(tmp_path_factory.mktemp("plan"), "dev",
+                            {**WITH_WORKLOADS, "postgres": {"passwordAuth": True}})
+    summary = directory / "summary.md"
+    result = plan("--stack", "dev", "--cwd", str(directory), "--json", "--markdown", str(summary))
+    assert result.returncode == 1, result.stderr  # password auth is a mandatory violation in dev too
     return json.loads(result.stdout), summary.read_text()
 
 
-def test_plan_prints_a_preview_tree_with_counts():
-    result = plan("--stack", "dev")
+def test_plan_prints_a_preview_tree_with_counts(tmp_path: Path):
+    result = plan("--stack", "dev", "--cwd", str(write_stack(tmp_path, "dev", WITH_WORKLOADS)))
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "pulumi:pulumi:Stack" in out
@@ -65,8 +78,15 @@ def test_plan_json_never_prints_secret_values(dev_json_and_markdown):
 def test_plan_markdown_summary_is_written(dev_json_and_markdown):
     _, markdown = dev_json_and_markdown
     assert markdown.startswith("#") or "inferforge" in markdown
-    assert "advisory" in markdown.lower()
+    assert "mandatory" in markdown.lower() and "postgres-password-auth-disabled" in markdown
     assert "to create" in markdown
+
+
+def test_shipped_dev_stack_plans_clean_as_a_first_phase():
+    result = plan("--stack", "dev")
+    assert result.returncode == 0, result.stderr
+    assert "no violations" in result.stdout
+    assert "kubernetes" not in result.stdout.split("Resources:")[1]  # no workloads before the images exist
 
 
 def test_weakened_prod_config_makes_plan_fail_naming_the_policy(tmp_path: Path):

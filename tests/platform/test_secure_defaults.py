@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from components.aks import GPU_TAINT, SYSTEM_TAINT
+from stacks.render import render_stack
 from tests.platform.conftest import of_type, one
+from tests.stack_overrides import WITH_WORKLOADS
 
 REQUIRED_TAGS = {"owner", "cost-center", "environment"}
 
@@ -56,6 +58,15 @@ def test_postgres_is_private_entra_enabled_and_allows_vector(stack, request):
     assert one(resources, "azure-native:dbforpostgresql:Database").inputs["databaseName"] == "app"
 
 
+def test_dev_postgres_is_passwordless_like_prod_and_only_smaller(dev):
+    server = one(dev, "azure-native:dbforpostgresql:Server").inputs
+    assert server["authConfig"] == {"activeDirectoryAuth": "Enabled", "passwordAuth": "Disabled",
+                                    "tenantId": server["authConfig"]["tenantId"]}
+    assert "administratorLoginPassword" not in server
+    assert not of_type(dev, "azure-native:keyvault:Secret")
+    assert server["highAvailability"]["mode"] == "Disabled"  # what differs: redundancy and size
+
+
 def test_prod_postgres_is_zone_redundant_geo_backed_up_and_passwordless(prod):
     server = one(prod, "azure-native:dbforpostgresql:Server").inputs
     assert server["highAvailability"]["mode"] == "ZoneRedundant"
@@ -65,10 +76,10 @@ def test_prod_postgres_is_zone_redundant_geo_backed_up_and_passwordless(prod):
     assert not of_type(prod, "azure-native:keyvault:Secret")
 
 
-def test_dev_postgres_password_is_generated_and_stored_only_in_key_vault(dev):
+def test_postgres_password_when_turned_on_is_generated_and_stored_only_in_key_vault():
+    dev = render_stack("dev", {**WITH_WORKLOADS, "postgres": {"passwordAuth": True}})
     server = one(dev, "azure-native:dbforpostgresql:Server").inputs
     assert server["backup"] == {"backupRetentionDays": 7, "geoRedundantBackup": "Disabled"}
-    assert server["highAvailability"]["mode"] == "Disabled"
     assert server["authConfig"]["passwordAuth"] == "Enabled"
     password = one(dev, "random:index/randomPassword:RandomPassword")
     assert password.inputs["length"] == 32
@@ -154,7 +165,7 @@ def test_redis_high_availability_is_on_in_prod_and_off_in_dev(dev, prod):
 
 # --- Front Door --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("stack", "mode"), [("dev", "Detection"), ("prod", "Prevention")])
+@pytest.mark.parametrize(("stack", "mode"), [("dev", "Prevention"), ("prod", "Prevention")])
 def test_front_door_is_premium_with_managed_waf_rules(stack, mode, request):
     resources = request.getfixturevalue(stack)
     assert one(resources, "azure-native:cdn:Profile").inputs["sku"]["name"] == "Premium_AzureFrontDoor"

@@ -168,9 +168,9 @@ def inference_service_resources() -> list[Resource]:
 def prod_resources() -> list[Any]:
     """The prod stack with its images in the registry, rendered by the real program under mocks (once)."""
     from stacks.render import render_stack
-    from tests.stack_overrides import PROD_WITH_WORKLOADS
+    from tests.stack_overrides import WITH_WORKLOADS
 
-    return render_stack("prod", PROD_WITH_WORKLOADS)
+    return render_stack("prod", WITH_WORKLOADS)
 
 
 @pytest.fixture(scope="session")
@@ -183,7 +183,16 @@ def prod_platform_resources() -> list[Any]:
 
 @pytest.fixture(scope="session")
 def dev_resources() -> list[Any]:
-    """The shipped dev stack rendered by the real program under mocks (once per session)."""
+    """The dev stack with its images in the registry, rendered by the real program under mocks (once)."""
+    from stacks.render import render_stack
+    from tests.stack_overrides import WITH_WORKLOADS
+
+    return render_stack("dev", WITH_WORKLOADS)
+
+
+@pytest.fixture(scope="session")
+def dev_platform_resources() -> list[Any]:
+    """Pulumi.dev.yaml as shipped: the first phase of a new environment (no workloads yet)."""
     from stacks.render import render_stack
 
     return render_stack("dev")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from policies.offline import load_pack_config
 from policies.pack import ALL_POLICIES
 
 from .conftest import CONFIG_DIR, break_property, of_type, run_policy, set_path, stack_entry
@@ -372,7 +372,7 @@ def test_prod_has_many_taggable_resources_and_all_carry_the_required_tags(prod_r
 
 def test_dev_front_door_routes_only_the_api_and_blocks_otherwise(dev_resources, tmp_path) -> None:
     # Mandatory in dev too: a public /metrics is an information leak in any environment.
-    assert json.loads((CONFIG_DIR / "dev.json").read_text())["frontdoor-route-api-only"] == "mandatory"
+    assert load_pack_config(CONFIG_DIR / "dev.json")["frontdoor-route-api-only"].enforcement_level.value == "mandatory"
     assert run_policy("frontdoor-route-api-only", dev_resources, tmp_path) == []
     broken = set_on(ROUTE, "patternsToMatch", ["/*"])(dev_resources)
     violations = run_policy("frontdoor-route-api-only", broken, tmp_path)
@@ -382,7 +382,8 @@ def test_dev_front_door_routes_only_the_api_and_blocks_otherwise(dev_resources, 
 
 
 def test_dev_serving_identity_is_not_a_postgres_admin_and_the_check_blocks(dev_resources, tmp_path) -> None:
-    assert json.loads((CONFIG_DIR / "dev.json").read_text())["postgres-admin-not-serving-identity"] == "mandatory"
+    assert (load_pack_config(CONFIG_DIR / "dev.json")["postgres-admin-not-serving-identity"].enforcement_level.value
+            == "mandatory")
     assert run_policy("postgres-admin-not-serving-identity", dev_resources, tmp_path) == []
     broken = break_property(dev_resources, of_type(ENTRA_ADMIN),
                             set_path("principalName", "id-inferforge-dev-inference"))

@@ -37,9 +37,9 @@ def test_shipped_dev_stack_has_no_mandatory_violation(dev_resources) -> None:
 )
 def test_weakened_prod_config_is_blocked_naming_the_policy(overrides, policy) -> None:
     from stacks.render import render_stack
-    from tests.stack_overrides import PROD_WITH_WORKLOADS
+    from tests.stack_overrides import WITH_WORKLOADS
 
-    violations = evaluate(render_stack("prod", {**PROD_WITH_WORKLOADS, **overrides}), config_path_for("prod"), "prod")
+    violations = evaluate(render_stack("prod", {**WITH_WORKLOADS, **overrides}), config_path_for("prod"), "prod")
 
     mandatory = {v.policy_name for v in violations if v.enforcement_level == "mandatory"}
     assert policy in mandatory
