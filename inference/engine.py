@@ -346,7 +346,10 @@ class InferenceEngine:
         return self._dead is not None
 
     def add_death_callback(self, callback: Callable[[BaseException], None]) -> None:
-        """Call `callback(error)` once (from an engine thread) when a rank dies or a step times out."""
+        """Call `callback(error)` once (from an engine thread) when a rank dies or a step times out.
+
+        Callbacks run before pending requests are failed with EngineDeadError, so they must not
+        block for long; one that exits the process means the waiters never see the error."""
         self._death_callbacks.append(callback)
         if self._dead is not None:
             callback(self._dead)
@@ -577,14 +580,16 @@ class InferenceEngine:
             self._dead = exc
             self._ready = False
         log.error("engine dead: %s: %s", type(exc).__name__, exc)
-        error = EngineDeadError(f"a rank died or a collective timed out: {exc}")
-        pending = list(self._scheduler.running) + list(self._scheduler.waiting) + list(self._inbox)
-        self._emit({seq: error for seq in pending if seq.finish_reason is None})
+        # Callbacks before the waiters are released: whoever sees EngineDeadError can rely on the
+        # callbacks having run (the other order raced with the event loop waking up).
         for callback in list(self._death_callbacks):
             try:
                 callback(exc)
             except Exception:
                 log.exception("death callback failed")
+        error = EngineDeadError(f"a rank died or a collective timed out: {exc}")
+        pending = list(self._scheduler.running) + list(self._scheduler.waiting) + list(self._inbox)
+        self._emit({seq: error for seq in pending if seq.finish_reason is None})
 
 
 @dataclass(frozen=True)
