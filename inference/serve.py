@@ -316,6 +316,7 @@ class _Server:
                 self.exit_code = EXIT_ENGINE_FAILED
         finally:
             watchdog.cancel()
+            self.state.prompts.close()
             try:
                 await asyncio.wait_for(self.engine.shutdown(), ENGINE_SHUTDOWN_TIMEOUT_S)
             except Exception:

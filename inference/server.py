@@ -3,10 +3,10 @@
 Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health (process
 alive), GET /ready (engine ready and not draining), GET /metrics (Prometheus).
 
-The engine works in token ids; this layer owns tokenization, chat templates, incremental
-detokenization (the `tokenizers` DecodeStream, O(1) per token), stop strings (it cuts the text and
-calls `engine.abort`), SSE framing, errors, metrics and per-request logs. Logs carry ids, token
-counts and timings, never prompt or output text.
+The engine works in token ids; this layer owns tokenization and chat templates (run off the event
+loop by `inference.tokenization`), incremental detokenization (the `tokenizers` DecodeStream, O(1) per
+token), stop strings (it cuts the text and calls `engine.abort`), SSE framing, errors, metrics and
+per-request logs. Logs carry ids, token counts and timings, never prompt or output text.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from jinja2 import TemplateError
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -54,6 +53,7 @@ from inference.protocol import (
     ModelList,
     UsageInfo,
 )
+from inference.tokenization import PromptTokenizer
 
 log = logging.getLogger("inference.server")
 
@@ -77,6 +77,7 @@ class ServerState:
     tokenizer: Any
     model_name: str
     metrics: ServerMetrics
+    prompts: PromptTokenizer
     draining: bool = False
     created: int = 0
     # Request ids of generations between admission and their response's end (the drain waits on it).
@@ -320,15 +321,6 @@ class OpenAIServer:
         if state.draining:
             raise errors.draining()
 
-    def _check_token_ids(self, prompt_ids: list[int]) -> None:
-        vocab = len(self.state.tokenizer)
-        bad = next((t for t in prompt_ids if t >= vocab), None)
-        if bad is not None:
-            raise errors.bad_request(
-                f"prompt token id {bad} is out of range; token ids must be in [0, {vocab})",
-                code="invalid_prompt",
-            )
-
     def _sampling(self, req: CompletionRequest | ChatCompletionRequest, prompt_len: int,
                   max_tokens: int | None) -> SamplingParams:
         max_len = self.state.engine.max_model_len
@@ -360,31 +352,20 @@ class OpenAIServer:
             ignore_eos=req.ignore_eos,
         )
 
-    def _chat_prompt_ids(self, req: ChatCompletionRequest) -> list[int]:
-        tokenizer = self.state.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            raise errors.bad_request("This model has no chat template; use /v1/completions.",
-                                     code="chat_template_missing")
-        messages = [{"role": m.role, "content": m.text} for m in req.messages]
-        try:
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except TemplateError as exc:
-            raise errors.bad_request(f"The messages do not fit the model's chat template: {exc}",
-                                     code="invalid_messages") from None
-        # The template already contains the special tokens (bos, role markers).
-        return tokenizer.encode(text, add_special_tokens=False)
-
     # ---- endpoints ------------------------------------------------------------------------------
 
     async def completions(self, request: Request) -> Response:
         req: CompletionRequest = await self._parse(request, CompletionRequest)
         self._check_admission(req.model)
+        prompts = self.state.prompts
         if isinstance(req.prompt, str):
-            prompt_ids = self.state.tokenizer.encode(req.prompt)
+            prompt_ids = await prompts.encode_text(req.prompt)
+            params = self._sampling(req, len(prompt_ids), req.max_tokens)
         else:
             prompt_ids = req.prompt
-            self._check_token_ids(prompt_ids)
-        params = self._sampling(req, len(prompt_ids), req.max_tokens)
+            # Length first: it bounds the id check's work.
+            params = self._sampling(req, len(prompt_ids), req.max_tokens)
+            prompts.check_token_ids(prompt_ids)
         request_id = f"cmpl-{uuid.uuid4().hex}"
         gen = Generation(self.state, request_id, "completions", prompt_ids, params, req.stop)
         await self._start(request, gen)
@@ -406,7 +387,8 @@ class OpenAIServer:
     async def chat_completions(self, request: Request) -> Response:
         req: ChatCompletionRequest = await self._parse(request, ChatCompletionRequest)
         self._check_admission(req.model)
-        prompt_ids = self._chat_prompt_ids(req)
+        messages = [{"role": m.role, "content": m.text} for m in req.messages]
+        prompt_ids = await self.state.prompts.encode_chat(messages)
         params = self._sampling(req, len(prompt_ids), req.requested_max_tokens)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         gen = Generation(self.state, request_id, "chat.completions", prompt_ids, params, req.stop)
@@ -582,7 +564,8 @@ def create_app(
         raise TypeError("the tokenizer must be a fast (Rust `tokenizers`) tokenizer")
     name = model_name or engine.model_name
     state = ServerState(engine=engine, tokenizer=tokenizer, model_name=name,
-                        metrics=ServerMetrics(engine, name), created=int(time.time()))
+                        metrics=ServerMetrics(engine, name),
+                        prompts=PromptTokenizer(tokenizer, engine.max_model_len), created=int(time.time()))
     server = OpenAIServer(state)
     routes = [
         Route("/v1/completions", _endpoint(state, server.completions), methods=["POST"]),
