@@ -431,6 +431,10 @@ class InferenceEngine:
     def stop_admission(self) -> None:
         self._admitting = False
 
+    def mark_dead(self, reason: str) -> None:
+        """See AsyncEngine.mark_dead; safe from any thread (the step thread may be stuck)."""
+        self._declare_dead(RuntimeError(reason))
+
     async def shutdown(self) -> None:
         """Abort what is still running, release the follower ranks and stop the loop thread."""
         self._admitting = False

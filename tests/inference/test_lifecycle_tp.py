@@ -1,9 +1,11 @@
 """Process side of tensor parallelism, end to end: `python -m inference serve --tp-size 2` runs the
-ranks under the DeepSpeed launcher (2 CPU ranks, gloo), drains on SIGTERM and exits 0, and exits
-non-zero when a follower rank dies. The engine's own TP tests live with the engine."""
+ranks under its supervisor (2 CPU ranks, gloo + DeepSpeed's shm all-reduce), drains on SIGTERM and
+exits 0, and when a follower rank dies fails every request with an error body and exits non-zero.
+The engine's own TP tests live with the engine."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -78,11 +80,68 @@ def test_tp2_serves_and_drains_a_request_in_flight_on_sigterm(tp_server: tuple) 
     assert proc.wait(60) == 0
 
 
-def test_tp2_follower_death_makes_the_server_exit_non_zero(tp_server: tuple) -> None:
+class Client(threading.Thread):
+    """One completion (streamed or not) in the background; keeps what came back or what broke."""
+
+    def __init__(self, url: str, stream: bool) -> None:
+        super().__init__(daemon=True)
+        self.url, self.stream = url, stream
+        self.lines: list[str] = []
+        self.response: httpx.Response | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        body = {"prompt": "Keep going", "max_tokens": 200, "temperature": 0, "ignore_eos": True,
+                "stream": self.stream}
+        try:
+            with httpx.stream("POST", f"{self.url}/v1/completions", json=body, timeout=120) as response:
+                self.response = response
+                for line in response.iter_lines():
+                    if line:
+                        self.lines.append(line.removeprefix("data: "))
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+# A follower's death must end the replica within this (the supervisor polls every 50 ms, rank 0
+# exits ~3 s after failing its requests); generous for a busy 2-core machine, and well below the
+# ~31 s (DeepSpeed launcher's SIGTERM, 30 s, SIGKILL) of the runs that went wrong.
+RANK_DEATH_EXIT_BOUND_S = 20
+
+
+@pytest.mark.parametrize("run", [1, 2])
+def test_tp2_follower_death_fails_every_request_in_band_and_exits_non_zero(tp_server: tuple, run: int) -> None:
     proc, url, log_path = tp_server
+    stream, whole = Client(url, stream=True), Client(url, stream=False)
+    stream.start()
+    whole.start()
+    deadline = time.monotonic() + 60
+    while running_requests(url) < 2 or len(stream.lines) < 2:
+        assert time.monotonic() < deadline, "requests never started running"
+        time.sleep(0.01)
+
+    # Force the ordering of the failed runs: rank 0 is inside a collective with the follower when
+    # it dies (SIGSTOP first, so the follower cannot finish the step rank 0 is waiting in).
     follower = rank_process(proc.pid, 1)
-    follower.send_signal(signal.SIGKILL)
-    started = time.monotonic()
-    code = proc.wait(90)
+    follower.suspend()
+    count = len(stream.lines)
+    time.sleep(0.5)
+    while len(stream.lines) != count:  # tokens stopped: rank 0 is stuck waiting for the follower
+        count = len(stream.lines)
+        time.sleep(0.5)
+    follower.kill()
+    killed = time.monotonic()
+    code = proc.wait(RANK_DEATH_EXIT_BOUND_S + 60)
+    elapsed = time.monotonic() - killed
+    stream.join(30)
+    whole.join(30)
+
+    print(f"follower killed: exit {code} after {elapsed:.1f}s")
     assert code != 0
-    assert time.monotonic() - started < 60  # exits instead of hanging on a dead collective
+    assert elapsed < RANK_DEATH_EXIT_BOUND_S
+    assert stream.error is None, f"stream cut without an error body: {stream.error!r}"
+    assert json.loads(stream.lines[-2])["error"]["code"] == "engine_unavailable"
+    assert stream.lines[-1] == "[DONE]"
+    assert whole.error is None, f"no response: {whole.error!r}"
+    assert whole.response is not None and whole.response.status_code == 503
+    assert json.loads(whole.lines[0])["error"]["code"] == "engine_unavailable"
