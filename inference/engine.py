@@ -50,6 +50,7 @@ from inference.distributed import (
     Watchdog,
     WireStep,
     exit_follower,
+    exit_rank,
     init_process_groups,
 )
 from inference.engine_api import (
@@ -64,6 +65,8 @@ from inference.scheduler import Scheduler, Sequence, StepPlan
 
 log = logging.getLogger("inferforge.engine")
 
+# Rank 0's status when the start-up across ranks fails (the HTTP server's "engine failed" status).
+STARTUP_FAILURE_EXIT_CODE = 1
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)
 
@@ -671,10 +674,20 @@ def run_rank(ctx: RankContext) -> InferenceEngine | None:
             raise SystemExit(FOLLOWER_FAILURE_EXIT_CODE) from exc
         return None
 
-    # Same warm-up forward on every rank: allocates the KV cache and proves all ranks are up.
-    warm = ctx.runner.warm_up_step()
-    ctx.channel.send(CMD_STEP, warm, 0)
-    ctx.runner.execute(warm)
+    # Same warm-up forward on every rank: allocates the KV cache and proves all ranks are up. Its
+    # shm all-reduce busy-waits on a missing rank with no timeout of its own: bound it.
+    limit_s = ctx.cfg.collective_timeout_s * 1.5
+    log.info("warm-up step on all %d ranks, at most %gs", ctx.env.world_size, limit_s)
+    watchdog = Watchdog(limit_s, lambda s: exit_rank(
+        f"the warm-up step did not complete on all ranks in {s:.1f}s (a rank is missing or stuck)",
+        STARTUP_FAILURE_EXIT_CODE))
+    watchdog.arm()
+    try:
+        warm = ctx.runner.warm_up_step()
+        ctx.channel.send(CMD_STEP, warm, 0)
+        ctx.runner.execute(warm)
+    finally:
+        watchdog.stop()
     engine = InferenceEngine(ctx.cfg, ctx.runner, ctx.channel, ctx.tokenizer)
     engine.start()
     return engine

@@ -71,6 +71,14 @@ def rank_environment(base: Mapping[str, str], rank: int, world_size: int, master
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it if the supervisor dies (no orphaned ranks)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _status(code: int) -> str:
     return f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
 
@@ -106,7 +114,7 @@ class Supervisor:
     def _kill_remaining(self, reason: str) -> None:
         for rank, proc in enumerate(self.ranks):
             if proc.poll() is None:
-                log.error("killing rank", extra={"fields": {"rank": rank, "reason": reason}})
+                log.error("killing rank", extra={"fields": {"target_rank": rank, "reason": reason}})
                 proc.kill()
         for proc in self.ranks:
             proc.wait()
@@ -122,7 +130,10 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             for command, env in zip(self._commands, self._environments, strict=True):
-                self.ranks.append(subprocess.Popen(command, env=env))
+                # Own process group: a terminal's Ctrl-C or a group-wide SIGTERM reaches only the
+                # supervisor, which decides (a follower killed by it would look like a rank death).
+                self.ranks.append(subprocess.Popen(command, env=env, process_group=0,
+                                                   preexec_fn=_die_with_parent))
             if self._stop_signals:
                 self._signal(0, signal.SIGTERM)  # a stop that came while the ranks were starting
             return self._supervise()
@@ -149,7 +160,7 @@ class Supervisor:
 
     def _rank_lost(self, rank: int, code: int) -> int:
         log.error("rank died: telling rank 0 to fail its requests and exit", extra={"fields": {
-            "rank": rank, "exit": _status(code), "rank0_exit_bound_s": RANK_LOST_EXIT_S}})
+            "dead_rank": rank, "exit": _status(code), "rank0_exit_bound_s": RANK_LOST_EXIT_S}})
         self._signal(0, RANK_LOST_SIGNAL)
         deadline = time.monotonic() + RANK_LOST_EXIT_S
         while self.ranks[0].poll() is None and time.monotonic() < deadline:

@@ -36,6 +36,7 @@ def rank0(out: Path, mode: str) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGUSR1, on_signal)
+    (out / "rank0.pid").write_text(str(os.getpid()))
     (out / "rank0.ready").touch()
     while True:
         signal.pause()

@@ -6,7 +6,10 @@ The engine's own TP tests live with the engine."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,8 +19,9 @@ import httpx
 import psutil
 import pytest
 
+from inference import shm_op
 from tests.inference.fakes import free_port
-from tests.inference.test_api import start_server, stop_server, wait_ready
+from tests.inference.test_api import REPO, start_server, stop_server, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -145,3 +149,30 @@ def test_tp2_follower_death_fails_every_request_in_band_and_exits_non_zero(tp_se
     assert whole.error is None, f"no response: {whole.error!r}"
     assert whole.response is not None and whole.response.status_code == 503
     assert json.loads(whole.lines[0])["error"]["code"] == "engine_unavailable"
+
+
+def test_tp2_starts_despite_the_build_lock_a_killed_start_left_behind(tiny_model_dir: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # The op as a previous start built it (built now if this machine has none yet), plus the lock
+    # file torch leaves when a start is killed while it holds it: before, every later start hung.
+    subprocess.run([sys.executable, "-m", "inference.shm_op", "build"], cwd=REPO, check=True, timeout=900)
+    extensions = tmp_path / "torch_extensions"
+    shutil.copytree(shm_op.build_directory(), extensions / shm_op.OP_NAME)
+    stale = extensions / shm_op.OP_NAME / "lock"
+    stale.touch()
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    proc = start_server(tiny_model_dir, port, "--tp-size", "2", "--allow-unauthenticated", log_path=log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, timeout=180)
+        greedy = {"prompt": "The platform", "max_tokens": 4, "temperature": 0}
+        assert httpx.post(f"{url}/v1/completions", json=greedy, timeout=60).status_code == 200
+    finally:
+        if proc.poll() is None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+        stop_server(proc)
+    assert not stale.exists()
+    assert f"removing the stale lock {stale}" in log_path.read_text()

@@ -4,11 +4,14 @@ a stop signal, and every way out is bounded."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 from inference import supervisor
 from inference.supervisor import rank_command, rank_environment
@@ -93,3 +96,26 @@ def test_ranks_get_the_deepspeed_launcher_variables_and_the_same_serve_command()
     assert rank_environment({"OMP_NUM_THREADS": "3"}, 0, 2, 1)["OMP_NUM_THREADS"] == "3"
     cmd = rank_command(["serve", "--model-dir", "m", "--tp-size", "2"])
     assert cmd[1:] == ["-u", "-m", "inference", "serve", "--model-dir", "m", "--tp-size", "2"]
+
+
+def test_ranks_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
+    proc = start(tmp_path, "released")
+    rank0 = psutil.Process(int((tmp_path / "rank0.pid").read_text()))
+    proc.kill()
+    proc.wait()
+    rank0.wait(30)  # raises TimeoutExpired if it was orphaned instead
+
+
+def test_a_group_wide_signal_reaches_only_the_supervisor(tmp_path: Path) -> None:
+    # Ctrl-C in a terminal signals the whole foreground group: the follower must not die of it
+    # (which would look like a rank death), rank 0 must get one SIGTERM (a drain), not two.
+    proc = subprocess.Popen([sys.executable, "-m", "tests.inference.fake_rank", "supervise", str(tmp_path),
+                             "released", "drains"], cwd=REPO, process_group=0)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "rank0.ready").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    code, _ = wait_exit(proc, PROMPT_S)
+    assert code == 0
+    assert signals_of_rank0(tmp_path) == ["SIGTERM"]
