@@ -1,7 +1,8 @@
 """Rank launch environment, process-group set-up, the step broadcast channel and the watchdog.
 
-How ranks are launched: one process per tensor-parallel rank on one node, started by the DeepSpeed
-launcher, which sets `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_SIZE`, `MASTER_ADDR`, `MASTER_PORT`:
+How ranks are launched: one process per tensor-parallel rank on one node, started by
+`python -m inference serve --tp-size N` itself (inference/supervisor.py) or by the DeepSpeed
+launcher; both set `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_SIZE`, `MASTER_ADDR`, `MASTER_PORT`:
 
     # CUDA node, 2 GPUs
     deepspeed --num_gpus 2 --module inference serve --tp-size 2 ...

@@ -36,6 +36,7 @@ from types import FrameType
 from typing import Any
 
 from inference.auth import APIKeys, KeyLoadError, load_keys_from_file, load_keys_from_key_vault
+from inference.shm_op import StartupWaitTimeout
 from inference.supervisor import RANK_LOST_SIGNAL  # a rank died: fail everything now and exit 1
 
 log = logging.getLogger("inference.serve")
@@ -414,7 +415,11 @@ def _run_rank(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     # Loads (and shards) the model on every rank. Followers run their step loop in here and
     # return None at shutdown (SystemExit(3) if rank 0 is lost).
-    engine = start_engine(config)
+    try:
+        engine = start_engine(config)
+    except StartupWaitTimeout as exc:
+        log.error("start-up wait timed out", extra={"fields": {"error": str(exc)}})
+        return EXIT_ENGINE_FAILED
     if engine is None:
         return EXIT_OK
     return asyncio.run(_serve_rank0(args, engine, api_keys))

@@ -176,3 +176,29 @@ def test_tp2_starts_despite_the_build_lock_a_killed_start_left_behind(tiny_model
         stop_server(proc)
     assert not stale.exists()
     assert f"removing the stale lock {stale}" in log_path.read_text()
+
+
+def test_tp2_start_waiting_on_a_live_build_lock_gives_up_at_the_bound_naming_it(
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another process (outside inferforge) holds torch's build lock and never lets go.
+    build_dir = tmp_path / "torch_extensions" / shm_op.OP_NAME
+    build_dir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import os, sys, time; "
+                               f"os.open({str(build_dir / 'lock')!r}, os.O_CREAT | os.O_EXCL); "
+                               "print('held', flush=True); time.sleep(300)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(build_dir.parent))
+    monkeypatch.setenv(shm_op.TIMEOUT_ENV, "3")
+    log_path = tmp_path / "server.log"
+    proc = start_server(tiny_model_dir, free_port(), "--tp-size", "2", "--allow-unauthenticated", log_path=log_path)
+    try:
+        code = proc.wait(120)  # the bound is 3 s; generous for two torch imports on a busy machine
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        holder.kill()
+        holder.wait()
+    logs = log_path.read_text()
+    assert code == 1
+    assert "start-up wait timed out" in logs
+    assert f"torch's lock {build_dir / 'lock'}, held by process(es) [{holder.pid}]" in logs
