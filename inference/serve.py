@@ -37,7 +37,7 @@ from typing import Any
 
 from inference.auth import APIKeys, KeyLoadError, load_keys_from_file, load_keys_from_key_vault
 from inference.shm_op import StartupWaitTimeout
-from inference.supervisor import RANK_LOST_SIGNAL  # a rank died: fail everything now and exit 1
+from inference.supervisor import RANK_LOST_SIGNAL, run_ranks  # RANK_LOST_SIGNAL: fail everything, exit 1
 
 log = logging.getLogger("inference.serve")
 
@@ -446,8 +446,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         validate_serve_args(args)
         if args.tp_size > 1 and "WORLD_SIZE" not in os.environ:
-            from inference.supervisor import run_ranks
-
             configure_logging("supervisor")
             return run_ranks(args.tp_size, argv)
         code = _run_rank(args)
