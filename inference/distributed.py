@@ -1,7 +1,8 @@
 """Rank launch environment, process-group set-up, the step broadcast channel and the watchdog.
 
-How ranks are launched: one process per tensor-parallel rank on one node, started by the DeepSpeed
-launcher, which sets `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_SIZE`, `MASTER_ADDR`, `MASTER_PORT`:
+How ranks are launched: one process per tensor-parallel rank on one node, started by
+`python -m inference serve --tp-size N` itself (inference/supervisor.py) or by the DeepSpeed
+launcher; both set `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_SIZE`, `MASTER_ADDR`, `MASTER_PORT`:
 
     # CUDA node, 2 GPUs
     deepspeed --num_gpus 2 --module inference serve --tp-size 2 ...
@@ -40,6 +41,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from inference import shm_op
 
 log = logging.getLogger("inferforge.engine")
 
@@ -114,6 +117,11 @@ def init_process_groups(env: LaunchEnv, device_type: str, timeout_s: float) -> d
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(env.local_rank)
+    else:
+        # init_distributed loads it too, but with torch's unbounded, silent wait on its build lock.
+        shm_op.ensure_loaded()
+    log.info("rank %d/%d joining the process group at %s:%s (%s), at most %gs", env.rank, env.world_size,
+             os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), backend, timeout_s)
     deepspeed.init_distributed(dist_backend=backend, timeout=timeout, auto_mpi_discovery=False, verbose=False)
     if backend == "gloo":
         return dist.group.WORLD
@@ -226,8 +234,13 @@ class Watchdog:
                 return
 
 
-def exit_follower(reason: str) -> None:
-    """Terminate a follower rank at once with a non-zero status (its main thread may be stuck in C++)."""
+def exit_rank(reason: str, code: int) -> None:
+    """Terminate this rank at once with a non-zero status (its main thread may be stuck in C++)."""
     log.error("rank exiting: %s", reason)
     logging.shutdown()
-    os._exit(FOLLOWER_FAILURE_EXIT_CODE)
+    os._exit(code)
+
+
+def exit_follower(reason: str) -> None:
+    """Terminate a follower rank that lost rank 0 or timed out."""
+    exit_rank(reason, FOLLOWER_FAILURE_EXIT_CODE)

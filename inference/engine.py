@@ -50,6 +50,7 @@ from inference.distributed import (
     Watchdog,
     WireStep,
     exit_follower,
+    exit_rank,
     init_process_groups,
 )
 from inference.engine_api import (
@@ -64,6 +65,8 @@ from inference.scheduler import Scheduler, Sequence, StepPlan
 
 log = logging.getLogger("inferforge.engine")
 
+# Rank 0's status when the start-up across ranks fails (the HTTP server's "engine failed" status).
+STARTUP_FAILURE_EXIT_CODE = 1
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)
 
@@ -366,7 +369,10 @@ class InferenceEngine:
         return self._dead is not None
 
     def add_death_callback(self, callback: Callable[[BaseException], None]) -> None:
-        """Call `callback(error)` once (from an engine thread) when a rank dies or a step times out."""
+        """Call `callback(error)` once (from an engine thread) when a rank dies or a step times out.
+
+        Callbacks run before pending requests are failed with EngineDeadError, so they must not
+        block for long; one that exits the process means the waiters never see the error."""
         self._death_callbacks.append(callback)
         if self._dead is not None:
             callback(self._dead)
@@ -449,6 +455,10 @@ class InferenceEngine:
 
     def stop_admission(self) -> None:
         self._admitting = False
+
+    def mark_dead(self, reason: str) -> None:
+        """See AsyncEngine.mark_dead; safe from any thread (the step thread may be stuck)."""
+        self._declare_dead(RuntimeError(reason))
 
     async def shutdown(self) -> None:
         """Abort what is still running, release the follower ranks and stop the loop thread."""
@@ -604,14 +614,16 @@ class InferenceEngine:
             self._dead = exc
             self._ready = False
         log.error("engine dead: %s: %s", type(exc).__name__, exc)
-        error = EngineDeadError(f"a rank died or a collective timed out: {exc}")
-        pending = list(self._scheduler.running) + list(self._scheduler.waiting) + list(self._inbox)
-        self._emit({seq: error for seq in pending if seq.finish_reason is None})
+        # Callbacks before the waiters are released: whoever sees EngineDeadError can rely on the
+        # callbacks having run (the other order raced with the event loop waking up).
         for callback in list(self._death_callbacks):
             try:
                 callback(exc)
             except Exception:
                 log.exception("death callback failed")
+        error = EngineDeadError(f"a rank died or a collective timed out: {exc}")
+        pending = list(self._scheduler.running) + list(self._scheduler.waiting) + list(self._inbox)
+        self._emit({seq: error for seq in pending if seq.finish_reason is None})
 
 
 # JSON has no -inf; vLLM reports impossible tokens with this floor too.
@@ -714,10 +726,20 @@ def run_rank(ctx: RankContext) -> InferenceEngine | None:
             raise SystemExit(FOLLOWER_FAILURE_EXIT_CODE) from exc
         return None
 
-    # Same warm-up forward on every rank: allocates the KV cache and proves all ranks are up.
-    warm = ctx.runner.warm_up_step()
-    ctx.channel.send(CMD_STEP, warm, 0)
-    ctx.runner.execute(warm)
+    # Same warm-up forward on every rank: allocates the KV cache and proves all ranks are up. Its
+    # shm all-reduce busy-waits on a missing rank with no timeout of its own: bound it.
+    limit_s = ctx.cfg.collective_timeout_s * 1.5
+    log.info("warm-up step on all %d ranks, at most %gs", ctx.env.world_size, limit_s)
+    watchdog = Watchdog(limit_s, lambda s: exit_rank(
+        f"the warm-up step did not complete on all ranks in {s:.1f}s (a rank is missing or stuck)",
+        STARTUP_FAILURE_EXIT_CODE))
+    watchdog.arm()
+    try:
+        warm = ctx.runner.warm_up_step()
+        ctx.channel.send(CMD_STEP, warm, 0)
+        ctx.runner.execute(warm)
+    finally:
+        watchdog.stop()
     engine = InferenceEngine(ctx.cfg, ctx.runner, ctx.channel, ctx.tokenizer)
     engine.start()
     return engine

@@ -98,5 +98,10 @@ class AsyncEngine(Protocol):
     def stop_admission(self) -> None:
         """Refuse new requests from now on (SIGTERM); in-flight ones keep running."""
 
+    def mark_dead(self, reason: str) -> None:
+        """Declare the engine dead from outside (the supervisor saw a rank exit): every pending
+        request fails with EngineDeadError at once, even while the step loop is stuck in a
+        collective with the dead rank."""
+
     async def shutdown(self) -> None:
         """Stop the engine loop and release every rank (followers exit their loop)."""

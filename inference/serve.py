@@ -2,34 +2,31 @@
 
 Process model of `serve`:
   * `--tp-size 1`: one process loads the engine and serves HTTP.
-  * `--tp-size N > 1` (not already under a launcher): this process becomes a small supervisor that
-    runs DeepSpeed's launcher (`deepspeed.launcher.launch`, which sets RANK, LOCAL_RANK, WORLD_SIZE,
-    LOCAL_SIZE, MASTER_ADDR/PORT) to start N copies of the same `serve` command as ranks; rank 0
-    serves HTTP, the other ranks run the engine's follower loop. The supervisor forwards SIGTERM to
-    rank 0 only, because the DeepSpeed launcher itself answers SIGTERM by terminating every rank at
-    once (and exiting 1), which would break the graceful drain. It exits with the launcher's code,
-    and the launcher exits non-zero as soon as any rank does (it then terminates the others).
+  * `--tp-size N > 1` (not already under a launcher): this process becomes a small supervisor
+    (`inference.supervisor`) that starts N copies of the same `serve` command as ranks, with the
+    variables DeepSpeed's launcher sets; rank 0 serves HTTP, the other ranks run the engine's
+    follower loop. SIGTERM goes to rank 0 only (drain); a rank that dies is reported to rank 0 with
+    SIGUSR1 (fail everything, exit 1).
   * Under an external launcher (`deepspeed --num_gpus N -m inference serve ...`, WORLD_SIZE set),
     the process is a rank directly.
 
 Lifecycle of the HTTP rank: SIGTERM (or SIGINT) -> stop admission (`/ready` 503, new requests 503,
 engine.stop_admission) -> wait for in-flight requests up to `--drain-timeout` -> close the listener
 -> engine.shutdown -> exit 0. A second signal exits at once. If the engine reports `is_dead` (a
-rank died, a collective timed out) the server exits 1 without waiting, so the pod restarts.
+rank died, a collective timed out) or the supervisor reports a dead rank (SIGUSR1), in-flight
+requests fail at once, and the server exits 1 once they have sent their error (at most
+DEAD_ENGINE_GRACE_S), so the pod restarts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import logging
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -39,6 +36,8 @@ from types import FrameType
 from typing import Any
 
 from inference.auth import APIKeys, KeyLoadError, load_keys_from_file, load_keys_from_key_vault
+from inference.shm_op import StartupWaitTimeout
+from inference.supervisor import RANK_LOST_SIGNAL, run_ranks  # RANK_LOST_SIGNAL: fail everything, exit 1
 
 log = logging.getLogger("inference.serve")
 
@@ -52,6 +51,9 @@ WATCH_INTERVAL_S = 0.2
 ENGINE_SHUTDOWN_TIMEOUT_S = 15.0
 # After the drain timeout, how long aborted requests get to end their responses.
 ABORT_GRACE_S = 2.0
+# Once the engine is dead, how long failed requests get to send their error before the process exits
+# (uvicorn's graceful-shutdown timeout: connections still open after it are closed).
+DEAD_ENGINE_GRACE_S = 3
 
 
 class UsageError(Exception):
@@ -192,7 +194,7 @@ def load_api_keys(args: argparse.Namespace) -> APIKeys | None:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line. Structured fields come from `extra={"fields": {...}}`."""
 
-    def __init__(self, rank: int) -> None:
+    def __init__(self, rank: int | str) -> None:
         super().__init__()
         self.rank = rank
 
@@ -213,7 +215,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(rank: int) -> None:
+def configure_logging(rank: int | str) -> None:
     """JSON lines on stderr for every logger (uvicorn's included)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(rank))
@@ -247,8 +249,9 @@ class _Server:
         self._draining = False
         config = uvicorn.Config(
             app, host=cfg.host, port=cfg.port, lifespan="off", log_config=None, access_log=False,
-            # Connections still open after the drain (idle keep-alives) get this long to close.
-            timeout_graceful_shutdown=3, timeout_keep_alive=5,
+            # Connections still open after the drain (idle keep-alives) or after the engine died
+            # (failed requests sending their error) get this long to close.
+            timeout_graceful_shutdown=DEAD_ENGINE_GRACE_S, timeout_keep_alive=5,
         )
         server = uvicorn.Server(config)
         # Our own signal handling: uvicorn's would stop at once and re-raise SIGTERM afterwards
@@ -259,6 +262,7 @@ class _Server:
     @contextlib.contextmanager
     def _capture_signals(self) -> Generator[None, None, None]:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[RANK_LOST_SIGNAL] = signal.signal(RANK_LOST_SIGNAL, self._on_rank_lost)
         try:
             yield
         finally:
@@ -276,6 +280,28 @@ class _Server:
         self._draining = True
         # Signal handlers run between bytecodes of the main thread; hand over to the loop.
         self._loop.call_soon_threadsafe(self._begin_drain, signum)
+
+    def _on_rank_lost(self, signum: int, frame: FrameType | None) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._rank_lost)
+
+    def _rank_lost(self) -> None:
+        # Also mid-drain: the supervisor's report wins over SIGTERM, because the step loop may be
+        # stuck in a collective with the dead rank and would never finish the drain.
+        log.error("the supervisor reports that a tensor-parallel rank died; failing in-flight requests")
+        self.engine.mark_dead("a tensor-parallel rank exited (reported by the supervisor)")
+        self._exit_engine_failed()
+
+    def _exit_engine_failed(self) -> None:
+        if self.exit_code == EXIT_ENGINE_FAILED:
+            return
+        log.error("engine failed (a rank died or a collective timed out); exiting",
+                  extra={"fields": {"in_flight": len(self.state.in_flight)}})
+        self.exit_code = EXIT_ENGINE_FAILED
+        self.state.draining = True
+        # Not force_exit: the in-flight requests were failed by the engine and are sending their
+        # error now; uvicorn closes what is still open after DEAD_ENGINE_GRACE_S.
+        self.uvicorn.should_exit = True
 
     def _begin_drain(self, signum: int) -> None:
         log.info("draining", extra={"fields": {"signal": signal.Signals(signum).name,
@@ -305,11 +331,7 @@ class _Server:
     async def _watch_engine(self) -> None:
         while not self.uvicorn.should_exit:
             if self.engine.is_dead:
-                log.error("engine failed (a rank died or a collective timed out); exiting")
-                self.exit_code = EXIT_ENGINE_FAILED
-                self.state.draining = True
-                self.uvicorn.should_exit = True
-                self.uvicorn.force_exit = True
+                self._exit_engine_failed()
                 return
             await asyncio.sleep(WATCH_INTERVAL_S)
 
@@ -326,6 +348,7 @@ class _Server:
                 self.exit_code = EXIT_ENGINE_FAILED
         finally:
             watchdog.cancel()
+            self.state.prompts.close()
             try:
                 await asyncio.wait_for(self.engine.shutdown(), ENGINE_SHUTDOWN_TIMEOUT_S)
             except Exception:
@@ -403,64 +426,14 @@ def _run_rank(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     # Loads (and shards) the model on every rank. Followers run their step loop in here and
     # return None at shutdown (SystemExit(3) if rank 0 is lost).
-    engine = start_engine(config)
+    try:
+        engine = start_engine(config)
+    except StartupWaitTimeout as exc:
+        log.error("start-up wait timed out", extra={"fields": {"error": str(exc)}})
+        return EXIT_ENGINE_FAILED
     if engine is None:
         return EXIT_OK
     return asyncio.run(_serve_rank0(args, engine, api_keys))
-
-
-# ---- supervisor for --tp-size > 1 -----------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def launcher_command(tp_size: int, master_port: int, serve_argv: Sequence[str]) -> list[str]:
-    """The DeepSpeed launcher command that starts `tp_size` ranks of `python -m inference <argv>`."""
-    world_info = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(tp_size))}).encode()).decode()
-    return [
-        sys.executable, "-u", "-m", "deepspeed.launcher.launch",
-        f"--world_info={world_info}", "--master_addr=127.0.0.1", f"--master_port={master_port}",
-        "--no_local_rank", "--module", "inference", *serve_argv,
-    ]
-
-
-def _rank0_of(launcher_pid: int) -> Any:
-    """The launcher's child process running rank 0, found by its RANK environment variable."""
-    import psutil
-
-    with contextlib.suppress(psutil.Error):
-        for child in psutil.Process(launcher_pid).children():
-            with contextlib.suppress(psutil.Error):
-                if child.environ().get("RANK") == "0":
-                    return child
-    return None
-
-
-def _supervise(args: argparse.Namespace, serve_argv: Sequence[str]) -> int:
-    env = dict(os.environ)
-    if "OMP_NUM_THREADS" not in env:
-        # Without a bound every rank spawns one thread per core and the ranks fight for them.
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.tp_size))
-    launcher = subprocess.Popen(launcher_command(args.tp_size, _free_port(), serve_argv), env=env)
-    stopping = False
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        rank0 = _rank0_of(launcher.pid)
-        if rank0 is not None and not stopping:
-            rank0.send_signal(signum)  # rank 0 drains, then releases the followers
-        else:
-            launcher.send_signal(signal.SIGTERM)  # not started yet, or a second signal: stop all
-        stopping = True
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    code = launcher.wait()
-    return code if code >= 0 else 128 - code
 
 
 # ---- entry point ----------------------------------------------------------------------------------------
@@ -484,7 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         validate_serve_args(args)
         if args.tp_size > 1 and "WORLD_SIZE" not in os.environ:
-            return _supervise(args, argv)
+            configure_logging("supervisor")
+            return run_ranks(args.tp_size, argv)
         code = _run_rank(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,10 +3,10 @@
 Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health (process
 alive), GET /ready (engine ready and not draining), GET /metrics (Prometheus).
 
-The engine works in token ids; this layer owns tokenization, chat templates, incremental
-detokenization (the `tokenizers` DecodeStream, O(1) per token), stop strings (it cuts the text and
-calls `engine.abort`), SSE framing, errors, metrics and per-request logs. Logs carry ids, token
-counts and timings, never prompt or output text.
+The engine works in token ids; this layer owns tokenization and chat templates (run off the event
+loop by `inference.tokenization`), incremental detokenization (the `tokenizers` DecodeStream, O(1) per
+token), stop strings (it cuts the text and calls `engine.abort`), SSE framing, errors, metrics and
+per-request logs. Logs carry ids, token counts and timings, never prompt or output text.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from inference.protocol import (
     UsageInfo,
     ignored_fields,
 )
+from inference.tokenization import PromptTokenizer
 
 log = logging.getLogger("inference.server")
 
@@ -85,6 +86,7 @@ class ServerState:
     tokenizer: Any
     model_name: str
     metrics: ServerMetrics
+    prompts: PromptTokenizer
     draining: bool = False
     created: int = 0
     # Request ids of generations between admission and their response's end (the drain waits on it).
@@ -433,15 +435,6 @@ class OpenAIServer:
         if state.draining:
             raise errors.draining()
 
-    def _check_token_ids(self, prompt_ids: list[int]) -> None:
-        vocab = len(self.state.tokenizer)
-        bad = next((t for t in prompt_ids if t >= vocab), None)
-        if bad is not None:
-            raise errors.bad_request(
-                f"prompt token id {json_body.quote(bad)} is out of range; token ids must be in [0, {vocab})",
-                code="invalid_prompt",
-            )
-
     def _sampling(self, req: CompletionRequest | ChatCompletionRequest, prompt_len: int,
                   max_tokens: int | None) -> SamplingParams:
         max_len = self.state.engine.max_model_len
@@ -491,14 +484,18 @@ class OpenAIServer:
     async def completions(self, request: Request) -> Response:
         req: CompletionRequest = await self._parse(request, CompletionRequest)
         self._check_admission(req.model)
+        tokens = self.state.prompts
         prompts: list[tuple[list[int], SamplingParams]] = []
         for prompt in req.prompts:
             if isinstance(prompt, str):
-                prompt_ids = self.state.tokenizer.encode(prompt)
+                prompt_ids = await tokens.encode_text(prompt)
+                params = self._sampling(req, len(prompt_ids), req.max_tokens)
             else:
                 prompt_ids = prompt
-                self._check_token_ids(prompt_ids)
-            prompts.append((prompt_ids, self._sampling(req, len(prompt_ids), req.max_tokens)))
+                # Length first: it bounds the id check's work.
+                params = self._sampling(req, len(prompt_ids), req.max_tokens)
+                tokens.check_token_ids(prompt_ids)
+            prompts.append((prompt_ids, params))
         request_id = f"cmpl-{uuid.uuid4().hex}"
         gens = self._generations(request_id, "completions", prompts, req)
         await self._start(request, gens)
@@ -522,7 +519,10 @@ class OpenAIServer:
     async def chat_completions(self, request: Request) -> Response:
         req: ChatCompletionRequest = await self._parse(request, ChatCompletionRequest)
         self._check_admission(req.model)
-        prompt_ids = self._chat_prompt_ids(req)
+        # The template only adds text around the contents and the tool schemas, so their sum bounds the prompt.
+        chars = sum(len(m.text or "") for m in req.messages)
+        chars += sum(len(tool.model_dump_json()) for tool in req.tools or ())
+        prompt_ids = await self.state.prompts.encode_chat(chars, lambda: self._chat_prompt_ids(req))
         params = self._sampling(req, len(prompt_ids), req.requested_max_tokens)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         gens = self._generations(request_id, "chat.completions", [(prompt_ids, params)], req)
@@ -785,7 +785,7 @@ def create_app(
     name = model_name or engine.model_name
     state = ServerState(engine=engine, tokenizer=tokenizer, model_name=name,
                         metrics=ServerMetrics(engine, name), created=int(time.time()),
-                        chat_template=chat_template)
+                        chat_template=chat_template, prompts=PromptTokenizer(tokenizer, engine.max_model_len))
     server = OpenAIServer(state)
     routes = [
         Route("/v1/completions", _endpoint(state, server.completions), methods=["POST"]),

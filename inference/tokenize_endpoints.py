@@ -10,7 +10,6 @@ loop (and with it every stream and /health).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +67,7 @@ def tokenize_handler(server: OpenAIServer) -> Handler:
         req = await server._parse(request, _TokenizeBody)
         if req.model is not None and req.model != state.model_name:
             raise errors.model_not_found(req.model, state.model_name)
-        return _json(await asyncio.to_thread(encode, req))
+        return _json(await state.prompts.run(encode, req))
 
     return tokenize
 
@@ -86,7 +85,7 @@ def detokenize_handler(server: OpenAIServer) -> Handler:
             raise errors.bad_request(
                 f"tokens.{bad}: token id {json_body.quote(req.tokens[bad])} is out of range; token ids must "
                 f"be in [0, {vocab})", code="invalid_parameter")
-        text = await asyncio.to_thread(state.tokenizer.decode, req.tokens)
+        text = await state.prompts.run(state.tokenizer.decode, req.tokens)
         return _json(DetokenizeResponse(prompt=text))
 
     return detokenize

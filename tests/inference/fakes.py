@@ -10,7 +10,7 @@ Run as a module it serves the fake engine through the production lifecycle (`inf
 lifecycle tests can send real signals to a real process:
 
     python -m tests.inference.fakes --model-dir DIR --port P [--token-delay S] [--die-after S]
-        [--drain-timeout S] [--api-keys-file F]
+        [--drain-timeout S] [--api-keys-file F] [--max-model-len N]
 """
 
 from __future__ import annotations
@@ -135,6 +135,9 @@ class FakeEngine:
     def stop_admission(self) -> None:
         self.admission_closed = True
 
+    def mark_dead(self, reason: str) -> None:
+        self.dead = True
+
     async def shutdown(self) -> None:
         self.shutdown_called = True
 
@@ -207,10 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--die-after", type=float, default=None, help="engine dies after S seconds")
     parser.add_argument("--drain-timeout", type=float, default=10.0)
     parser.add_argument("--api-keys-file", type=Path, default=None)
+    parser.add_argument("--max-model-len", type=int, default=256)
+    parser.add_argument("--hold", action="store_true",
+                        help="tokens after the first wait forever (a step stuck in a collective)")
     args = parser.parse_args(argv)
 
     configure_logging(rank=0)
-    engine = FakeEngine(load_tokenizer(args.model_dir), token_delay_s=args.token_delay)
+    engine = FakeEngine(load_tokenizer(args.model_dir), token_delay_s=args.token_delay,
+                        max_model_len=args.max_model_len)
+    engine.hold = args.hold
     keys = APIKeys(load_keys_from_file(args.api_keys_file)) if args.api_keys_file else None
     app = create_app(engine, engine.tokenizer, api_keys=keys)
 

@@ -313,6 +313,37 @@ def test_a_failing_step_marks_the_engine_dead_and_fails_pending_requests(tiny_mo
     asyncio.run(broken.shutdown())
 
 
+def test_death_callbacks_have_run_when_a_pending_request_sees_the_error(tiny_model_dir: Path) -> None:
+    # The order the engine promises: callbacks first, then the waiters are failed. The callback
+    # holds on until the waiter has seen its error (or 2 s), so the wrong order fails every time
+    # instead of only when the event loop happens to wake up before the engine thread.
+    broken = make_engine(tiny_model_dir)
+    order: list[str] = []
+    waiter_failed = threading.Event()
+
+    def on_death(exc: BaseException) -> None:
+        waiter_failed.wait(2)
+        order.append("callback")
+
+    broken.add_death_callback(on_death)
+
+    def lost_rank(step):
+        raise RuntimeError("Connection closed by peer")
+
+    broken._runner.execute = lost_rank
+
+    async def doomed() -> None:
+        try:
+            await collect(broken, "doomed", [1, 2, 3], greedy(5))
+        except EngineDeadError:
+            order.append("waiter failed")
+            waiter_failed.set()
+
+    asyncio.run(doomed())
+    assert order == ["callback", "waiter failed"]
+    asyncio.run(broken.shutdown())
+
+
 def test_a_step_stuck_past_the_timeout_is_declared_dead_instead_of_hanging(tiny_model_dir: Path) -> None:
     stuck = make_engine(tiny_model_dir, collective_timeout_s=0.5)  # watchdog fires after 0.75 s
     release = threading.Event()

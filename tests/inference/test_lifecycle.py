@@ -161,6 +161,61 @@ def test_engine_death_makes_the_process_exit_non_zero(tiny_model_dir: Path, tmp_
     assert "engine failed" in server.logs()
 
 
+def running_requests(url: str) -> int:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("vllm:num_requests_running{"):
+            return int(float(line.rsplit(" ", 1)[1]))
+    raise AssertionError("no running gauge in /metrics")
+
+
+@pytest.mark.parametrize("drain_first", [False, True], ids=["rank-death", "drain-then-rank-death"])
+def test_a_reported_rank_death_fails_every_request_with_an_error_body_and_exits_1(
+        tiny_model_dir: Path, tmp_path: Path, processes: list[FakeProcess], drain_first: bool) -> None:
+    # --hold: every request's second token never comes, as when the step loop is stuck in a
+    # collective with a dead rank (the engine cannot notice by itself).
+    server = start_fake(tiny_model_dir, tmp_path, "--hold", "--drain-timeout", "60")
+    processes.append(server)
+    stream = StreamInFlight(server.url, max_tokens=40)
+    stream.start()
+    assert stream.first_chunk.wait(10)
+    whole: dict[str, httpx.Response | BaseException] = {}
+
+    def post_whole() -> None:
+        try:
+            whole["r"] = httpx.post(f"{server.url}/v1/completions", timeout=60,
+                                    json={"prompt": "stuck", "max_tokens": 40, "ignore_eos": True})
+        except BaseException as exc:  # reported by the assertions below
+            whole["r"] = exc
+
+    waiting = threading.Thread(target=post_whole, daemon=True)
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while running_requests(server.url) < 2:
+        assert time.monotonic() < deadline, "the second request never started"
+        time.sleep(0.01)
+    if drain_first:  # what DeepSpeed's launcher used to do: a drain that can never finish
+        server.proc.send_signal(signal.SIGTERM)
+        while httpx.get(f"{server.url}/ready").status_code != 503:
+            assert time.monotonic() < deadline + 5, "/ready still 200 after SIGTERM"
+
+    server.proc.send_signal(signal.SIGUSR1)  # the supervisor: a rank died
+    started = time.monotonic()
+    code = server.proc.wait(30)
+    elapsed = time.monotonic() - started
+    stream.join(10)
+    waiting.join(10)
+
+    assert code == 1
+    assert elapsed < 8  # the bound is ~3 s (DEAD_ENGINE_GRACE_S); generous for a busy machine
+    assert stream.error is None, f"stream cut without an error body: {stream.error!r}"
+    assert json.loads(stream.events[-2])["error"]["code"] == "engine_unavailable"
+    assert stream.events[-1] == "[DONE]"
+    response = whole["r"]
+    assert isinstance(response, httpx.Response), f"no response: {response!r}"
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "engine_unavailable"
+
+
 def test_logs_carry_ids_counts_and_timings_but_never_text(tiny_model_dir: Path, tmp_path: Path,
                                                           processes: list[FakeProcess]) -> None:
     server = start_fake(tiny_model_dir, tmp_path)

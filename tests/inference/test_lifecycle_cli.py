@@ -1,18 +1,16 @@
 """The `python -m inference` command line: argument errors exit 2 with a message naming the fix,
-never a traceback; `make-model` delegates to the model factory; the TP launcher command is the
-DeepSpeed launcher's."""
+never a traceback; `make-model` delegates to the model factory; the TP ranks' command and
+variables are tested with the supervisor (test_supervisor.py)."""
 
 from __future__ import annotations
 
-import base64
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from inference.serve import build_parser, launcher_command
+from inference.serve import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,13 +67,3 @@ def test_make_model_delegates_to_the_model_factory(tmp_path: Path) -> None:
     assert help_text.returncode == 0 and "--preset" in help_text.stdout
     bad = run("make-model", "--out", str(tmp_path / "m"), "--preset", "huge")
     assert bad.returncode == 2 and "invalid choice: 'huge'" in bad.stderr
-
-
-def test_tp_ranks_are_started_by_the_deepspeed_launcher() -> None:
-    cmd = launcher_command(2, 29500, ["serve", "--model-dir", "m", "--tp-size", "2"])
-    assert cmd[1:4] == ["-u", "-m", "deepspeed.launcher.launch"]
-    world_info = next(a for a in cmd if a.startswith("--world_info=")).split("=", 1)[1]
-    assert json.loads(base64.urlsafe_b64decode(world_info)) == {"localhost": [0, 1]}
-    assert "--master_port=29500" in cmd
-    # The ranks run the very same serve command; the launcher's env (WORLD_SIZE) makes them ranks.
-    assert cmd[-7:] == ["--module", "inference", "serve", "--model-dir", "m", "--tp-size", "2"]
