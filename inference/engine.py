@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from inference import autotp_fixes, cpu_gemm, fused, kv_cache
+from inference import autotp_fixes, cpu_gemm, fused, kv_cache, structured_output
 from inference.distributed import (
     CMD_BARRIER,
     CMD_HEARTBEAT,
@@ -413,6 +413,7 @@ class InferenceEngine:
             prompt=list(request.prompt_token_ids),
             params=request.params,
             generator=None if seed is None else torch.Generator().manual_seed(seed),
+            constraint=None if request.params.grammar is None else request.params.grammar.new_constraint(),
         )
         seq.deliver = _Deliverer(loop, queue)  # type: ignore[assignment]
         self._live[request.request_id] = seq
@@ -549,8 +550,10 @@ class InferenceEngine:
         rows = plan.decode + [w.seq for w in plan.prefill if w.completes_prompt]
         if not rows:
             return
+        constraints = [s.constraint for s in rows]
         tokens = sample_tokens(
-            logits,
+            structured_output.constrain_logits(logits, constraints, self.eos_token_ids)
+            if any(c is not None for c in constraints) else logits,
             [s.params.temperature for s in rows],
             [s.params.top_p for s in rows],
             [s.generator for s in rows],
@@ -564,6 +567,8 @@ class InferenceEngine:
             seq.output.append(token)
             reason = None
             if token in eos and not seq.params.ignore_eos:
+                reason = "stop"
+            elif seq.constraint is not None and _grammar_complete(seq.constraint, token):
                 reason = "stop"
             elif len(seq.output) >= seq.params.max_tokens or seq.total_len >= self.max_model_len:
                 reason = "length"
@@ -612,6 +617,12 @@ class InferenceEngine:
                 callback(exc)
             except Exception:
                 log.exception("death callback failed")
+
+
+def _grammar_complete(constraint: structured_output.Constraint, token: int) -> bool:
+    """Advance a sequence's grammar past its new token; True once nothing but the end may follow."""
+    constraint.accept(token)
+    return constraint.finished
 
 
 # JSON has no -inf; vLLM reports impossible tokens with this floor too.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -27,6 +27,10 @@ class SamplingParams:
     """None: no log-probabilities. k >= 0: each token event carries the sampled token's
     log-probability and the k most likely alternatives (of the model's distribution, before
     temperature and top-p, as vLLM's default reports them)."""
+    grammar: Any = None
+    """A compiled grammar (`inference.structured_output.Grammar`) the generated tokens must follow,
+    or None. The engine keeps one matcher per sequence on rank 0 and masks its logits before
+    sampling; the sequence ends with finish_reason "stop" once the grammar is complete."""
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from tokenizers.decoders import DecodeStream
 
-from inference import chat_template, errors, json_body, tokenize_endpoints, tool_calls
+from inference import chat_template, errors, json_body, structured_output, tokenize_endpoints, tool_calls
 from inference.auth import APIKeyMiddleware, APIKeys
 from inference.engine_api import (
     AsyncEngine,
@@ -91,6 +91,8 @@ class ServerState:
     in_flight: set[str] = field(default_factory=set)
     # --chat-template: replaces the tokenizer's own template when set.
     chat_template: str | None = None
+    # Compiles response_format / tool_choice grammars (structured_output.GrammarCompiler).
+    grammars: Any = None
 
     def abort_all(self) -> None:
         """Abort every in-flight generation (drain timeout): their responses end with "abort"."""
@@ -321,7 +323,7 @@ def _chat_message(req: ChatCompletionRequest, text: str, finish_reason: str | No
     if mode == "named":
         call = tool_calls.parse_named(_named_tool(req) or "", text)
         return ChatResponseMessage(content=None, tool_calls=[call.to_openai()]), finish_reason
-    if mode == "auto":
+    if mode in ("auto", "required"):
         content, calls = tool_calls.parse(text)
         if calls:
             calls = calls if req.parallel_tool_calls else calls[:1]
@@ -482,7 +484,8 @@ class OpenAIServer:
         )
         named = _named_tool(req)
         if named is not None:
-            # No grammar here (yet): the call is opened for the model, which writes the arguments.
+            # The call is opened for the model, which writes the arguments (grammar-constrained to
+            # the function's parameters schema, see structured_output.request_grammar).
             ids = ids + self.state.tokenizer.encode(tool_calls.named_call_prefix(named), add_special_tokens=False)
         return ids
 
@@ -524,6 +527,9 @@ class OpenAIServer:
         self._check_admission(req.model)
         prompt_ids = self._chat_prompt_ids(req)
         params = self._sampling(req, len(prompt_ids), req.requested_max_tokens)
+        grammar = await self.state.grammars.for_request(req)
+        if grammar is not None:
+            params = dataclasses.replace(params, grammar=grammar)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         gens = self._generations(request_id, "chat.completions", [(prompt_ids, params)], req)
         await self._start(request, gens)
@@ -661,7 +667,8 @@ class OpenAIServer:
         formatter = LogprobFormatter(self.state.tokenizer.backend_tokenizer)
         finished = 0
         mode = req.tool_mode
-        parsers = {gen.index: tool_calls.StreamingParser() for gen in gens} if mode == "auto" else {}
+        parses_calls = mode in ("auto", "required")
+        parsers = {gen.index: tool_calls.StreamingParser() for gen in gens} if parses_calls else {}
         named_text = {gen.index: "" for gen in gens} if mode == "named" else {}
         async for gen, delta in _interleaved(gens):
             logprobs = formatter.chat(gen.take_logprobs()) if gen.wants_logprobs and delta is not None else None
@@ -678,7 +685,7 @@ class OpenAIServer:
                     continue
                 call = tool_calls.parse_named(_named_tool(req) or "", named_text[gen.index])
                 yield chunk(gen.index, ChatDelta(tool_calls=[call.to_openai(index=0)]))
-            elif mode == "auto":
+            elif parses_calls:
                 parser = parsers[gen.index]
                 before = len(parser.calls)
                 items = parser.feed(delta) if delta is not None else parser.finish()
@@ -699,7 +706,7 @@ class OpenAIServer:
             finished += 1
             last = finished == len(gens)
             finish_reason = gen.finish_reason
-            if mode == "auto" and parsers[gen.index].calls and finish_reason != "abort":
+            if parses_calls and parsers[gen.index].calls and finish_reason != "abort":
                 finish_reason = "tool_calls"
             yield chunk(gen.index, ChatDelta(), finish_reason,
                         _usage(gens) if last and not req.include_usage_chunk else None)
@@ -785,7 +792,8 @@ def create_app(
     name = model_name or engine.model_name
     state = ServerState(engine=engine, tokenizer=tokenizer, model_name=name,
                         metrics=ServerMetrics(engine, name), created=int(time.time()),
-                        chat_template=chat_template)
+                        chat_template=chat_template,
+                        grammars=structured_output.GrammarCompiler(tokenizer, getattr(engine, "vocab_size", None)))
     server = OpenAIServer(state)
     routes = [
         Route("/v1/completions", _endpoint(state, server.completions), methods=["POST"]),
