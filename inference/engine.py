@@ -390,6 +390,10 @@ class InferenceEngine:
             raise ValueError(f"temperature must be >= 0, got {params.temperature}")
         if not 0.0 < params.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {params.top_p}")
+        if params.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables), got {params.top_k}")
+        if not 0.0 <= params.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {params.min_p}")
         if params.logprobs is not None and not 0 <= params.logprobs <= self.vocab_size:
             raise ValueError(f"logprobs must be in [0, {self.vocab_size}] or None, got {params.logprobs}")
 
@@ -558,6 +562,8 @@ class InferenceEngine:
             [s.params.top_p for s in rows],
             [s.generator for s in rows],
             self._shared_generator,
+            top_ks=[s.params.top_k for s in rows],
+            min_ps=[s.params.min_p for s in rows],
         )
         logprobs = _token_logprobs(logits, rows, tokens)
         eos = self.eos_token_ids

@@ -21,6 +21,10 @@ class SamplingParams:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0
+    """Sample among the k most likely tokens only; 0 disables."""
+    min_p: float = 0.0
+    """Drop tokens whose probability is below min_p x the most likely token's; 0 disables."""
     seed: int | None = None
     ignore_eos: bool = False
     logprobs: int | None = None

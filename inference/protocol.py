@@ -77,6 +77,10 @@ class _SamplingFields(_Strict):
     model: str | None = Field(default=None, description="Served model name; defaults to the one served.")
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 means greedy.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # vLLM's sampling extensions (sent by many clients through extra_body): keep the k most likely
+    # tokens (0 or -1 disables), and drop tokens less likely than min_p x the most likely one.
+    top_k: int = Field(default=0, ge=-1, le=2**31 - 1)
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     # The engine seeds a torch generator, which takes a signed 64-bit integer.
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     stop: list[str] | None = None

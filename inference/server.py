@@ -471,6 +471,8 @@ class OpenAIServer:
             max_tokens=max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
+            top_k=max(req.top_k, 0),  # vLLM's -1 means disabled, like 0
+            min_p=req.min_p,
             seed=req.seed,
             ignore_eos=req.ignore_eos,
             logprobs=_requested_logprobs(req),
