@@ -324,6 +324,7 @@ class InferenceEngine:
         self.model_name = cfg.model_name or Path(cfg.model_dir).name
         self.max_model_len = runner.max_model_len
         self.dtype = runner.dtype  # resolved ("auto" becomes a concrete dtype)
+        self.device = runner.device  # rank 0's
         self.tokenizer = tokenizer
         self.vocab_size = runner.vocab_size
         self._runner = runner

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from tokenizers.decoders import DecodeStream
 
-from inference import chat_template, errors, json_body, structured_output, tokenize_endpoints, tool_calls
+from inference import chat_template, embeddings, errors, json_body, structured_output, tokenize_endpoints, tool_calls
 from inference.auth import APIKeyMiddleware, APIKeys
 from inference.engine_api import (
     AsyncEngine,
@@ -93,6 +93,8 @@ class ServerState:
     chat_template: str | None = None
     # Compiles response_format / tool_choice grammars (structured_output.GrammarCompiler).
     grammars: Any = None
+    # /v1/embeddings (embeddings.EmbeddingService); None when the server serves none.
+    embeddings: Any = None
 
     def abort_all(self) -> None:
         """Abort every in-flight generation (drain timeout): their responses end with "abort"."""
@@ -786,6 +788,7 @@ def create_app(
     api_keys: APIKeys | None,
     model_name: str | None = None,
     chat_template: str | None = None,
+    embedding_service: Any = None,
 ) -> Starlette:
     """The ASGI app. `api_keys=None` means unauthenticated (the CLI only allows that explicitly);
     `chat_template` (the text, see `chat_template.load_chat_template`) replaces the tokenizer's."""
@@ -795,12 +798,14 @@ def create_app(
     state = ServerState(engine=engine, tokenizer=tokenizer, model_name=name,
                         metrics=ServerMetrics(engine, name), created=int(time.time()),
                         chat_template=chat_template,
-                        grammars=structured_output.GrammarCompiler(tokenizer, getattr(engine, "vocab_size", None)))
+                        grammars=structured_output.GrammarCompiler(tokenizer, getattr(engine, "vocab_size", None)),
+                        embeddings=embedding_service)
     server = OpenAIServer(state)
     routes = [
         Route("/v1/completions", _endpoint(state, server.completions), methods=["POST"]),
         Route("/v1/chat/completions", _endpoint(state, server.chat_completions), methods=["POST"]),
         Route("/v1/models", _endpoint(state, server.models), methods=["GET"]),
+        Route("/v1/embeddings", _endpoint(state, embeddings.embeddings_handler(server)), methods=["POST"]),
         # vLLM's paths (no /v1 prefix).
         Route("/tokenize", _endpoint(state, tokenize_endpoints.tokenize_handler(server)), methods=["POST"]),
         Route("/detokenize", _endpoint(state, tokenize_endpoints.detokenize_handler(server)), methods=["POST"]),
