@@ -22,9 +22,10 @@ free sequences, and the n choices of one request advance separately) and masks t
 constrained rows before sampling. Sampling happens on rank 0 only, so under tensor parallelism the
 masks exist on rank 0 only; the other ranks see the same token ids as always.
 
-JSON is produced with OpenAI's/`json.dumps`' separators (", " and ": ") and no other whitespace:
-bounded output that models trained on such JSON follow naturally, and that a small model cannot
-fill with endless whitespace.
+Objects that declare `properties` and say nothing about others get no undeclared properties
+(`close_objects`, as xgrammar's strict mode in vLLM). JSON is produced with OpenAI's/`json.dumps`'
+separators (", " and ": ") and no other whitespace: bounded output that models trained on such JSON
+follow naturally, and that a small model cannot fill with endless whitespace.
 """
 
 from __future__ import annotations
@@ -159,7 +160,38 @@ def constrain_logits(logits: torch.Tensor, constraints: Sequence[Constraint | No
 
 
 def _json_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "x-guidance": JSON_OPTIONS}
+    return {**close_objects(schema), "x-guidance": JSON_OPTIONS}
+
+
+_SUBSCHEMA = ("items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames",
+              "unevaluatedItems", "unevaluatedProperties", "additionalItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_OPEN_KEYS = ("additionalProperties", "patternProperties", "unevaluatedProperties")
+
+
+def close_objects(schema: Any, in_all_of: bool = False) -> Any:
+    """`schema` with `additionalProperties: false` on every object that declares `properties` and
+    says nothing about other properties (xgrammar's strict mode in vLLM, OpenAI's strict mode).
+    JSON Schema allows any extra property there, which a model would fill with whatever it likes
+    (a small one until max_tokens); the reply still validates against the original schema. A bare
+    `{"type": "object"}` stays free-form, and members of `allOf` are left open (their properties
+    combine)."""
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: close_objects(sub) for name, sub in value.items()}
+        elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+            out[key] = [close_objects(sub, in_all_of=key == "allOf") for sub in value]
+        elif key in _SUBSCHEMA:
+            out[key] = close_objects(value)
+        else:
+            out[key] = value
+    if "properties" in out and not in_all_of and "allOf" not in out and not any(k in out for k in _OPEN_KEYS):
+        out["additionalProperties"] = False
+    return out
 
 
 def _lark_json(schema: dict[str, Any]) -> str:
@@ -187,7 +219,7 @@ def _tool_call_rules(tools: list[Any]) -> tuple[list[str], list[tuple[str, str]]
 def _schema_grammar(schema: dict[str, Any]) -> str:
     import llguidance
 
-    return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
+    return llguidance.LLMatcher.grammar_from_json_schema(close_objects(schema), overrides=JSON_OPTIONS)
 
 
 def _lark_grammar(lark: str) -> str:

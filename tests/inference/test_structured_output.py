@@ -293,3 +293,18 @@ def test_structured_output_at_tp2(tiny_model_dir: Path, tmp_path: Path) -> None:
         assert_valid_calls(required.choices[0].message)
     finally:
         assert stop_server(proc) == 0
+
+
+def test_objects_with_declared_properties_get_no_undeclared_ones() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "integer"}}},
+                                               "free": {"type": "object"}},
+              "$defs": {"D": {"properties": {"x": {}}}},
+              "allOf": [{"properties": {"y": {}}}],
+              "anyOf": [{"properties": {"z": {}}, "additionalProperties": True}]}
+    closed = structured_output.close_objects(schema)
+    assert closed["properties"]["a"]["additionalProperties"] is False
+    assert closed["$defs"]["D"]["additionalProperties"] is False
+    assert "additionalProperties" not in closed["properties"]["free"]  # free-form stays free-form
+    assert "additionalProperties" not in closed["allOf"][0] and "additionalProperties" not in closed  # allOf combines
+    assert closed["anyOf"][0]["additionalProperties"] is True  # what the schema says wins
+    assert schema["properties"]["a"].get("additionalProperties") is None  # the request's schema is not modified
