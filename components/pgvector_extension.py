@@ -32,7 +32,10 @@ creates a database role for the *serving* identity in the ``postgres`` database 
 (https://learn.microsoft.com/azure/postgresql/flexible-server/how-to-manage-azure-ad-users), only if
 it does not exist yet, then in the application database: schema ``app_schema`` (owned by the admin),
 USAGE on it, SELECT/INSERT/UPDATE/DELETE on its tables and USAGE/SELECT on its sequences (now and,
-through default privileges, for tables the admin creates later), CONNECT on the database. No CREATE,
+through default privileges, for tables the admin creates later), CONNECT on the database. With
+``embedding_dimensions`` set, the Job also creates the RAG table ``<app_schema>.embeddings`` (document
+id, chunk index, content, metadata, model, ``vector(N)``) with an HNSW ``vector_cosine_ops`` index,
+and fails if an existing table's vector has another dimension. No CREATE,
 no admin membership, no superuser: the Job fails if the role has any of them. The Job's own identity
 must be dedicated (not the serving one); the ``postgres-admin-not-serving-identity`` policy checks it.
 
@@ -88,6 +91,8 @@ from components.inference_service import (
 WORKLOAD_IDENTITY_TENANT_ID_ANNOTATION = "azure.workload.identity/tenant-id"
 WORKLOAD_IDENTITY_SKIP_CONTAINERS_ANNOTATION = "azure.workload.identity/skip-containers"
 POSTGRES_PORT = 5432
+# pgvector indexes `vector` columns of at most 2,000 dimensions (HNSW and IVFFlat, pgvector >= 0.7).
+MAX_HNSW_DIMENSIONS = 2000
 TOKEN_DIR = "/run/pgtoken"
 
 _PINNED_IMAGE = re.compile(r"^[a-z0-9][a-z0-9.:/_-]*@sha256:[0-9a-f]{64}$")
@@ -117,11 +122,14 @@ SELECT pgaadauth_create_principal_with_oid(:'app_role', :'app_oid', 'service', f
 """
 SERVER_GRANTS_SQL = """\
 CREATE EXTENSION IF NOT EXISTS vector;
-SELECT set_config('inferforge.app_role', :'app_role', false), set_config('inferforge.app_schema', :'app_schema', false);
+SELECT set_config('inferforge.app_role', :'app_role', false), set_config('inferforge.app_schema', :'app_schema', false),
+       set_config('inferforge.embedding_dimensions', :'embedding_dimensions', false);
 DO $$
 DECLARE
   app_role text := current_setting('inferforge.app_role');
   app_schema text := current_setting('inferforge.app_schema');
+  embedding_dimensions integer := current_setting('inferforge.embedding_dimensions')::integer;
+  embedding_type text;
 BEGIN
   IF to_regnamespace(app_schema) IS NULL AND NOT has_database_privilege(current_database(), 'CREATE') THEN
     RAISE EXCEPTION 'role % may not create schema % in database % (owner %): run the Job as an Entra admin of '
@@ -129,6 +137,28 @@ BEGIN
       (SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database());
   END IF;
   EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I', app_schema);
+  IF embedding_dimensions > 0 THEN
+    -- RAG chunks and their embeddings (POST /v1/embeddings vectors are L2-normalised: cosine distance).
+    EXECUTE format('CREATE TABLE IF NOT EXISTS %I.embeddings ('
+      'id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, '
+      'document_id text NOT NULL, '
+      'chunk_index integer NOT NULL DEFAULT 0, '
+      'content text NOT NULL, '
+      'metadata jsonb NOT NULL DEFAULT ''{}''::jsonb, '
+      'model text NOT NULL, '
+      'embedding vector(%s) NOT NULL, '
+      'created_at timestamptz NOT NULL DEFAULT now(), '
+      'UNIQUE (document_id, chunk_index, model))', app_schema, embedding_dimensions);
+    SELECT format_type(a.atttypid, a.atttypmod) INTO embedding_type FROM pg_attribute a
+     WHERE a.attrelid = format('%I.embeddings', app_schema)::regclass AND a.attname = 'embedding'
+       AND NOT a.attisdropped;
+    IF embedding_type IS DISTINCT FROM format('vector(%s)', embedding_dimensions) THEN
+      RAISE EXCEPTION '%.embeddings.embedding is % but the configured dimension is %: re-embed into a new table '
+        'or change inference.embeddingDimensions back', app_schema, embedding_type, embedding_dimensions;
+    END IF;
+    EXECUTE format('CREATE INDEX IF NOT EXISTS embeddings_embedding_hnsw ON %I.embeddings '
+                   'USING hnsw (embedding vector_cosine_ops)', app_schema);
+  END IF;
   IF has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION') THEN
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), app_role);
   END IF;
@@ -156,7 +186,8 @@ SERVER_ROLE_SCRIPT = (
     f'export PGPASSWORD="$(cat {TOKEN_DIR}/token)"\n'
     'psql -X -v ON_ERROR_STOP=1 -d postgres -v app_role="$APP_ROLE" -v app_oid="$APP_OBJECT_ID" <<\'SQL\'\n'
     f"{SERVER_ROLE_SQL}SQL\n"
-    'exec psql -X -v ON_ERROR_STOP=1 -v app_role="$APP_ROLE" -v app_schema="$APP_SCHEMA" <<\'SQL\'\n'
+    'exec psql -X -v ON_ERROR_STOP=1 -v app_role="$APP_ROLE" -v app_schema="$APP_SCHEMA" '
+    '-v embedding_dimensions="$EMBEDDING_DIMENSIONS" <<\'SQL\'\n'
     f"{SERVER_GRANTS_SQL}SQL\n"
 )
 
@@ -195,6 +226,10 @@ class PgvectorExtensionArgs:
     """Entra object (principal) id of the serving identity; the role maps to it (``pgaadauth``)."""
     app_schema: str = "rag"
     """Schema of the RAG tables: the serving role gets data access there, never CREATE."""
+    embedding_dimensions: int | None = None
+    """Dimension of ``<app_schema>.embeddings.embedding`` (the embedding model's output), which gets
+    an HNSW cosine index; None: no table. At most 2000: pgvector's HNSW limit for ``vector``
+    (https://supabase.com/docs/guides/ai/vector-indexes). Needs the serving role (app_role_name)."""
     service_account_name: str = "pgvector-init"
     """ServiceAccount of the Job; part of the federated credential subject."""
     ssl_mode: Literal["require", "verify-full"] = "require"
@@ -240,6 +275,11 @@ class PgvectorExtensionArgs:
             if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.app_schema or ""):
                 raise _fail("app_schema", self.app_schema, "must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, "
                                                            "at most 63 characters)")
+            if self.embedding_dimensions is not None:
+                _check_range("embedding_dimensions", self.embedding_dimensions, 1, MAX_HNSW_DIMENSIONS)
+                if self.app_role_name is None:
+                    raise _fail("embedding_dimensions", self.embedding_dimensions,
+                                "needs app_role_name (the table is created in app_schema with the serving role)")
             if self.ssl_mode not in ("require", "verify-full"):
                 raise _fail("ssl_mode", self.ssl_mode, "must be 'require' or 'verify-full' (TLS is mandatory)")
             _check_cidr("postgres_subnet_cidr", self.postgres_subnet_cidr)
@@ -392,7 +432,9 @@ class PgvectorExtension(pulumi.ComponentResource):
             return []
         return [k8s.core.v1.EnvVarArgs(name="APP_ROLE", value=args.app_role_name),
                 k8s.core.v1.EnvVarArgs(name="APP_OBJECT_ID", value=args.app_principal_object_id),
-                k8s.core.v1.EnvVarArgs(name="APP_SCHEMA", value=args.app_schema)]
+                k8s.core.v1.EnvVarArgs(name="APP_SCHEMA", value=args.app_schema),
+                # 0: no embeddings table.
+                k8s.core.v1.EnvVarArgs(name="EMBEDDING_DIMENSIONS", value=str(args.embedding_dimensions or 0))]
 
     @staticmethod
     def _network_policy_spec(args: PgvectorExtensionArgs, selector: Mapping[str, str]

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from inference import autotp_fixes, cpu_gemm, fused, kv_cache
+from inference import autotp_fixes, cpu_gemm, fused, kv_cache, structured_output
 from inference.distributed import (
     CMD_BARRIER,
     CMD_HEARTBEAT,
@@ -327,6 +327,7 @@ class InferenceEngine:
         self.model_name = cfg.model_name or Path(cfg.model_dir).name
         self.max_model_len = runner.max_model_len
         self.dtype = runner.dtype  # resolved ("auto" becomes a concrete dtype)
+        self.device = runner.device  # rank 0's
         self.tokenizer = tokenizer
         self.vocab_size = runner.vocab_size
         self._runner = runner
@@ -396,6 +397,10 @@ class InferenceEngine:
             raise ValueError(f"temperature must be >= 0, got {params.temperature}")
         if not 0.0 < params.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {params.top_p}")
+        if params.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables), got {params.top_k}")
+        if not 0.0 <= params.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {params.min_p}")
         if params.logprobs is not None and not 0 <= params.logprobs <= self.vocab_size:
             raise ValueError(f"logprobs must be in [0, {self.vocab_size}] or None, got {params.logprobs}")
 
@@ -419,6 +424,7 @@ class InferenceEngine:
             prompt=list(request.prompt_token_ids),
             params=request.params,
             generator=None if seed is None else torch.Generator().manual_seed(seed),
+            constraint=None if request.params.grammar is None else request.params.grammar.new_constraint(),
         )
         seq.deliver = _Deliverer(loop, queue)  # type: ignore[assignment]
         self._live[request.request_id] = seq
@@ -559,12 +565,16 @@ class InferenceEngine:
         rows = plan.decode + [w.seq for w in plan.prefill if w.completes_prompt]
         if not rows:
             return
+        constraints = [s.constraint for s in rows]
         tokens = sample_tokens(
-            logits,
+            structured_output.constrain_logits(logits, constraints, self.eos_token_ids)
+            if any(c is not None for c in constraints) else logits,
             [s.params.temperature for s in rows],
             [s.params.top_p for s in rows],
             [s.generator for s in rows],
             self._shared_generator,
+            top_ks=[s.params.top_k for s in rows],
+            min_ps=[s.params.min_p for s in rows],
         )
         logprobs = _token_logprobs(logits, rows, tokens)
         eos = self.eos_token_ids
@@ -574,6 +584,8 @@ class InferenceEngine:
             seq.output.append(token)
             reason = None
             if token in eos and not seq.params.ignore_eos:
+                reason = "stop"
+            elif seq.constraint is not None and _grammar_complete(seq.constraint, token):
                 reason = "stop"
             elif len(seq.output) >= seq.params.max_tokens or seq.total_len >= self.max_model_len:
                 reason = "length"
@@ -624,6 +636,12 @@ class InferenceEngine:
         error = EngineDeadError(f"a rank died or a collective timed out: {exc}")
         pending = list(self._scheduler.running) + list(self._scheduler.waiting) + list(self._inbox)
         self._emit({seq: error for seq in pending if seq.finish_reason is None})
+
+
+def _grammar_complete(constraint: structured_output.Constraint, token: int) -> bool:
+    """Advance a sequence's grammar past its new token; True once nothing but the end may follow."""
+    constraint.accept(token)
+    return constraint.finished
 
 
 # JSON has no -inf; vLLM reports impossible tokens with this floor too.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -21,12 +21,20 @@ class SamplingParams:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0
+    """Sample among the k most likely tokens only; 0 disables."""
+    min_p: float = 0.0
+    """Drop tokens whose probability is below min_p x the most likely token's; 0 disables."""
     seed: int | None = None
     ignore_eos: bool = False
     logprobs: int | None = None
     """None: no log-probabilities. k >= 0: each token event carries the sampled token's
     log-probability and the k most likely alternatives (of the model's distribution, before
     temperature and top-p, as vLLM's default reports them)."""
+    grammar: Any = None
+    """A compiled grammar (`inference.structured_output.Grammar`) the generated tokens must follow,
+    or None. The engine keeps one matcher per sequence on rank 0 and masks its logits before
+    sampling; the sequence ends with finish_reason "stop" once the grammar is complete."""
 
 
 @dataclass(frozen=True)

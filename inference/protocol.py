@@ -77,6 +77,10 @@ class _SamplingFields(_Strict):
     model: str | None = Field(default=None, description="Served model name; defaults to the one served.")
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 means greedy.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # vLLM's sampling extensions (sent by many clients through extra_body): keep the k most likely
+    # tokens (0 or -1 disables), and drop tokens less likely than min_p x the most likely one.
+    top_k: int = Field(default=0, ge=-1, le=2**31 - 1)
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     # The engine seeds a torch generator, which takes a signed 64-bit integer.
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     stop: list[str] | None = None
@@ -278,17 +282,22 @@ class FunctionDefinition(_Strict):
     @field_validator("parameters")
     @classmethod
     def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is None:
-            return value
-        from jsonschema import Draft202012Validator
-        from jsonschema.exceptions import SchemaError
+        return check_json_schema(value)
 
-        try:
-            Draft202012Validator.check_schema(value)
-        except SchemaError as exc:
-            where = "/".join(str(p) for p in exc.path) or "(root)"
-            raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+
+def check_json_schema(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`value` if it is a valid JSON Schema (Draft 2020-12, OpenAI's dialect), else ValueError saying where."""
+    if value is None:
         return value
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(value)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path) or "(root)"
+        raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+    return value
 
 
 class Tool(_Strict):
@@ -309,14 +318,58 @@ class NamedToolChoice(_Strict):
     function: NamedFunction
 
 
+class JsonSchemaFormat(_Strict):
+    """`response_format.json_schema`: the schema the reply must follow (OpenAI's structured outputs)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    # `schema` would shadow a BaseModel attribute; the JSON name stays `schema`.
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    # Enforced whether or not `strict` is set (as vLLM does): a constrained reply always validates.
+    strict: bool | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_json_schema(value)
+
+
+class ResponseFormat(_Strict):
+    """`response_format`: plain text, any JSON object, or JSON following a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema object ({name, schema, strict})")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"json_schema is only allowed with type json_schema, not {self.type}")
+        return self
+
+    @property
+    def reply_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema the reply must follow; None for plain text."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object" or self.json_schema is None or self.json_schema.schema_ is None:
+            return {"type": "object"}
+        return self.json_schema.schema_
+
+
 class ChatCompletionRequest(_ChatRendering, _SamplingFields):
     """POST /v1/chat/completions."""
 
     tools: list[Tool] | None = None
-    # "none": answer in text; "auto": the model decides and calls are parsed; a named function: the
-    # call is started for the model. "required" needs grammar-constrained decoding (not yet here).
+    # "none": answer in text; "auto": the model decides and calls are parsed; "required": a grammar
+    # makes the model call one of the tools; a named function: the call is started for the model and
+    # a grammar makes its arguments follow the function's parameters schema.
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _tools(self) -> ChatCompletionRequest:
@@ -324,9 +377,6 @@ class ChatCompletionRequest(_ChatRendering, _SamplingFields):
         if len(set(names)) != len(names):
             raise ValueError("tools: function names must be unique")
         choice = self.tool_choice
-        if choice == "required":
-            raise ValueError("tool_choice 'required' is not supported (it needs grammar-constrained decoding); "
-                             "use 'auto' or name the function")
         if choice not in (None, "none") and not self.tools:
             raise ValueError("tool_choice needs tools")
         if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
@@ -335,7 +385,7 @@ class ChatCompletionRequest(_ChatRendering, _SamplingFields):
 
     @property
     def tool_mode(self) -> str:
-        """none | auto | named (OpenAI's default: auto when tools are given, else none)."""
+        """none | auto | required | named (OpenAI's default: auto when tools are given, else none)."""
         if isinstance(self.tool_choice, NamedToolChoice):
             return "named"
         return self.tool_choice or ("auto" if self.tools else "none")

@@ -1,7 +1,8 @@
 """Per-request token sampling over a batch of logits (rank 0 only).
 
-Greedy rows (temperature 0) take the argmax. Sampled rows apply temperature and nucleus (top-p)
-filtering with batched tensor ops, then draw with the exponential race: `argmax(p_i / E_i)` with
+Greedy rows (temperature 0) take the argmax. Sampled rows apply temperature, then top-k, nucleus
+(top-p, over the top-k renormalised mass) and min-p filtering with batched tensor ops (vLLM's
+semantics; ties at the k-th probability are kept), then draw with the exponential race: `argmax(p_i / E_i)` with
 `E_i ~ Exp(1)` i.i.d. is an exact sample from `p`. The race makes batch independence easy: the
 only per-row work is drawing `E` from the request's own `torch.Generator` (exactly `vocab` draws
 per step), so a seeded request samples the same tokens whatever else is in the batch. Rows
@@ -21,8 +22,11 @@ def sample_tokens(
     top_ps: Sequence[float],
     generators: Sequence[torch.Generator | None],
     shared_generator: torch.Generator,
+    top_ks: Sequence[int] | None = None,
+    min_ps: Sequence[float] | None = None,
 ) -> list[int]:
-    """Pick one token per row of `logits` ([rows, vocab]); returns the token ids."""
+    """Pick one token per row of `logits` ([rows, vocab]); returns the token ids. `top_ks` (0 = off)
+    and `min_ps` (0 = off) default to off for every row."""
     logits = logits.float()
     tokens = logits.argmax(dim=-1)
     sampled = [i for i, t in enumerate(temperatures) if t > 0.0]
@@ -33,18 +37,35 @@ def sample_tokens(
     temps = torch.tensor([temperatures[i] for i in sampled], dtype=torch.float32).unsqueeze(1)
     probs = torch.softmax(logits.index_select(0, index) / temps, dim=-1)
 
+    vocab = logits.shape[1]
+    top_k_rows = [j for j, i in enumerate(sampled) if top_ks and 0 < top_ks[i] < vocab]
+    if top_k_rows:
+        rows = torch.tensor(top_k_rows, dtype=torch.long)
+        sub = probs.index_select(0, rows)
+        k = torch.tensor([top_ks[sampled[j]] for j in top_k_rows], dtype=torch.long).unsqueeze(1)
+        kth = sub.topk(int(k.max()), dim=-1).values.gather(1, k - 1)
+        probs.index_copy_(0, rows, sub.masked_fill(sub < kth, 0.0))
+
     nucleus_rows = [j for j, i in enumerate(sampled) if top_ps[i] < 1.0]
     if nucleus_rows:
         rows = torch.tensor(nucleus_rows, dtype=torch.long)
         top_p = torch.tensor([top_ps[sampled[j]] for j in nucleus_rows], dtype=torch.float32).unsqueeze(1)
         sub = probs.index_select(0, rows)
+        sub = sub / sub.sum(dim=-1, keepdim=True)  # top-p is a share of what top-k left
         sorted_probs, order = sub.sort(dim=-1, descending=True)
         # Drop a token once the mass before it already reaches top_p; the top token always stays.
         drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
         drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
         probs.index_copy_(0, rows, sub.masked_fill(drop, 0.0))
 
-    vocab = logits.shape[1]
+    min_p_rows = [j for j, i in enumerate(sampled) if min_ps and min_ps[i] > 0.0]
+    if min_p_rows:
+        rows = torch.tensor(min_p_rows, dtype=torch.long)
+        min_p = torch.tensor([min_ps[sampled[j]] for j in min_p_rows], dtype=torch.float32).unsqueeze(1)
+        sub = probs.index_select(0, rows)
+        # Relative to the most likely token, which always stays.
+        probs.index_copy_(0, rows, sub.masked_fill(sub < min_p * sub.max(dim=-1, keepdim=True).values, 0.0))
+
     noise = torch.empty_like(probs)
     shared_rows = [j for j, i in enumerate(sampled) if generators[i] is None]
     if shared_rows:

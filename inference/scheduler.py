@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -53,6 +54,7 @@ class Sequence:
     params: SamplingParams
     deliver: Callable[[object], None] | None = None  # called with TokenEvent / exception (engine-owned)
     generator: torch.Generator | None = None  # per-request RNG when a seed was given
+    constraint: Any = None  # per-sequence grammar matcher (inference.structured_output.Constraint)
     output: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
     slot: int = -1

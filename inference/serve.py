@@ -131,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "this many token rows in fp32 (default 8; 0 disables)")
     serve.add_argument("--chat-template", default=None,
                        help="chat template replacing the tokenizer's: a file path or the Jinja text itself")
+    embed = serve.add_argument_group("embeddings (POST /v1/embeddings; off unless a source is given)")
+    embed.add_argument("--embeddings", choices=("served",), default=None,
+                       help="served: pool the served model's own hidden states (--tp-size 1 only)")
+    embed.add_argument("--embeddings-model-dir", type=Path, default=None,
+                       help="a separate Hugging Face embedding model directory, loaded on rank 0")
+    embed.add_argument("--embeddings-pooling", choices=("mean", "last"), default="mean",
+                       help="mean of the input's token states (BERT-style models) or the last token's "
+                            "(decoder embedding models); L2-normalised either way (default mean)")
+    embed.add_argument("--embeddings-matryoshka", action="store_true",
+                       help="the embedding model is Matryoshka-trained: requests may ask for fewer "
+                            "`dimensions` (truncated and renormalised)")
     keys = serve.add_argument_group("API keys (one source is required unless --allow-unauthenticated)")
     keys.add_argument("--api-keys-file", type=Path, default=None,
                       help="file of keys, one per line or comma-separated (development)")
@@ -165,6 +176,7 @@ def validate_serve_args(args: argparse.Namespace) -> None:
             args.chat_template_text = load_chat_template(args.chat_template)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    _validate_embedding_args(args)
     vault = args.api_keys_keyvault_url is not None or args.api_keys_secret is not None
     if args.api_keys_file is not None and vault:
         raise UsageError("give either --api-keys-file or --api-keys-keyvault-url/--api-keys-secret, not both")
@@ -177,6 +189,31 @@ def validate_serve_args(args: argparse.Namespace) -> None:
             "no API key source: give --api-keys-file PATH, or --api-keys-keyvault-url URL with "
             "--api-keys-secret NAME; --allow-unauthenticated serves without keys (development only)"
         )
+
+
+def _validate_embedding_args(args: argparse.Namespace) -> None:
+    if args.embeddings is not None and args.embeddings_model_dir is not None:
+        raise UsageError("give either --embeddings served or --embeddings-model-dir DIR, not both")
+    if args.embeddings == "served" and args.tp_size > 1:
+        raise UsageError("--embeddings served needs --tp-size 1 (it loads the served model's weights a second "
+                         "time on rank 0); use --embeddings-model-dir with a dedicated embedding model")
+    if args.embeddings_model_dir is not None and not (args.embeddings_model_dir / "config.json").is_file():
+        raise UsageError(f"--embeddings-model-dir {args.embeddings_model_dir} has no config.json; expected a "
+                         "Hugging Face model directory")
+
+
+def load_embedding_service(args: argparse.Namespace, engine: Any) -> Any:
+    """The /v1/embeddings service the flags ask for, or None (rank 0, after the engine is up)."""
+    if args.embeddings is None and args.embeddings_model_dir is None:
+        return None
+    from inference.embeddings import EmbeddingConfig, EmbeddingService
+
+    model_dir = args.model_dir if args.embeddings == "served" else args.embeddings_model_dir
+    name = engine.model_name if args.embeddings == "served" else model_dir.name
+    # Same device and dtype as the engine on rank 0 (a CPU engine computes in the dtype it resolved).
+    cfg = EmbeddingConfig(model_dir=model_dir, model_name=name, pooling=args.embeddings_pooling,
+                          matryoshka=args.embeddings_matryoshka, device=str(engine.device), dtype=engine.dtype)
+    return EmbeddingService.load(cfg, served_names=(engine.model_name,))
 
 
 def load_api_keys(args: argparse.Namespace) -> APIKeys | None:
@@ -396,7 +433,8 @@ async def _serve_rank0(args: argparse.Namespace, engine: Any, api_keys: APIKeys 
     from inference.server import create_app
 
     app = create_app(engine, engine.tokenizer, api_keys=api_keys, model_name=engine.model_name,
-                     chat_template=args.chat_template_text)
+                     chat_template=args.chat_template_text,
+                     embedding_service=load_embedding_service(args, engine))
     log.info("serving", extra={"fields": {"host": args.host, "port": args.port, "model": engine.model_name,
                                            "tp_size": args.tp_size, "auth": api_keys is not None}})
     return await serve_app(app, engine, LifecycleConfig(args.host, args.port, args.drain_timeout))

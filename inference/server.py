@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from tokenizers.decoders import DecodeStream
 
-from inference import chat_template, errors, json_body, tokenize_endpoints, tool_calls
+from inference import chat_template, embeddings, errors, json_body, structured_output, tokenize_endpoints, tool_calls
 from inference.auth import APIKeyMiddleware, APIKeys
 from inference.engine_api import (
     AsyncEngine,
@@ -93,6 +93,10 @@ class ServerState:
     in_flight: set[str] = field(default_factory=set)
     # --chat-template: replaces the tokenizer's own template when set.
     chat_template: str | None = None
+    # Compiles response_format / tool_choice grammars (structured_output.GrammarCompiler).
+    grammars: Any = None
+    # /v1/embeddings (embeddings.EmbeddingService); None when the server serves none.
+    embeddings: Any = None
 
     def abort_all(self) -> None:
         """Abort every in-flight generation (drain timeout): their responses end with "abort"."""
@@ -323,7 +327,7 @@ def _chat_message(req: ChatCompletionRequest, text: str, finish_reason: str | No
     if mode == "named":
         call = tool_calls.parse_named(_named_tool(req) or "", text)
         return ChatResponseMessage(content=None, tool_calls=[call.to_openai()]), finish_reason
-    if mode == "auto":
+    if mode in ("auto", "required"):
         content, calls = tool_calls.parse(text)
         if calls:
             calls = calls if req.parallel_tool_calls else calls[:1]
@@ -462,6 +466,8 @@ class OpenAIServer:
             max_tokens=max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
+            top_k=max(req.top_k, 0),  # vLLM's -1 means disabled, like 0
+            min_p=req.min_p,
             seed=req.seed,
             ignore_eos=req.ignore_eos,
             logprobs=_requested_logprobs(req),
@@ -475,7 +481,8 @@ class OpenAIServer:
         )
         named = _named_tool(req)
         if named is not None:
-            # No grammar here (yet): the call is opened for the model, which writes the arguments.
+            # The call is opened for the model, which writes the arguments (grammar-constrained to
+            # the function's parameters schema, see structured_output.request_grammar).
             ids = ids + self.state.tokenizer.encode(tool_calls.named_call_prefix(named), add_special_tokens=False)
         return ids
 
@@ -524,6 +531,9 @@ class OpenAIServer:
         chars += sum(len(tool.model_dump_json()) for tool in req.tools or ())
         prompt_ids = await self.state.prompts.encode_chat(chars, lambda: self._chat_prompt_ids(req))
         params = self._sampling(req, len(prompt_ids), req.requested_max_tokens)
+        grammar = await self.state.grammars.for_request(req)
+        if grammar is not None:
+            params = dataclasses.replace(params, grammar=grammar)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         gens = self._generations(request_id, "chat.completions", [(prompt_ids, params)], req)
         await self._start(request, gens)
@@ -661,7 +671,8 @@ class OpenAIServer:
         formatter = LogprobFormatter(self.state.tokenizer.backend_tokenizer)
         finished = 0
         mode = req.tool_mode
-        parsers = {gen.index: tool_calls.StreamingParser() for gen in gens} if mode == "auto" else {}
+        parses_calls = mode in ("auto", "required")
+        parsers = {gen.index: tool_calls.StreamingParser() for gen in gens} if parses_calls else {}
         named_text = {gen.index: "" for gen in gens} if mode == "named" else {}
         async for gen, delta in _interleaved(gens):
             logprobs = formatter.chat(gen.take_logprobs()) if gen.wants_logprobs and delta is not None else None
@@ -678,7 +689,7 @@ class OpenAIServer:
                     continue
                 call = tool_calls.parse_named(_named_tool(req) or "", named_text[gen.index])
                 yield chunk(gen.index, ChatDelta(tool_calls=[call.to_openai(index=0)]))
-            elif mode == "auto":
+            elif parses_calls:
                 parser = parsers[gen.index]
                 before = len(parser.calls)
                 items = parser.feed(delta) if delta is not None else parser.finish()
@@ -699,7 +710,7 @@ class OpenAIServer:
             finished += 1
             last = finished == len(gens)
             finish_reason = gen.finish_reason
-            if mode == "auto" and parsers[gen.index].calls and finish_reason != "abort":
+            if parses_calls and parsers[gen.index].calls and finish_reason != "abort":
                 finish_reason = "tool_calls"
             yield chunk(gen.index, ChatDelta(), finish_reason,
                         _usage(gens) if last and not req.include_usage_chunk else None)
@@ -777,6 +788,7 @@ def create_app(
     api_keys: APIKeys | None,
     model_name: str | None = None,
     chat_template: str | None = None,
+    embedding_service: Any = None,
 ) -> Starlette:
     """The ASGI app. `api_keys=None` means unauthenticated (the CLI only allows that explicitly);
     `chat_template` (the text, see `chat_template.load_chat_template`) replaces the tokenizer's."""
@@ -785,12 +797,15 @@ def create_app(
     name = model_name or engine.model_name
     state = ServerState(engine=engine, tokenizer=tokenizer, model_name=name,
                         metrics=ServerMetrics(engine, name), created=int(time.time()),
-                        chat_template=chat_template, prompts=PromptTokenizer(tokenizer, engine.max_model_len))
+                        chat_template=chat_template, prompts=PromptTokenizer(tokenizer, engine.max_model_len),
+                        grammars=structured_output.GrammarCompiler(tokenizer, getattr(engine, "vocab_size", None)),
+                        embeddings=embedding_service)
     server = OpenAIServer(state)
     routes = [
         Route("/v1/completions", _endpoint(state, server.completions), methods=["POST"]),
         Route("/v1/chat/completions", _endpoint(state, server.chat_completions), methods=["POST"]),
         Route("/v1/models", _endpoint(state, server.models), methods=["GET"]),
+        Route("/v1/embeddings", _endpoint(state, embeddings.embeddings_handler(server)), methods=["POST"]),
         # vLLM's paths (no /v1 prefix).
         Route("/tokenize", _endpoint(state, tokenize_endpoints.tokenize_handler(server)), methods=["POST"]),
         Route("/detokenize", _endpoint(state, tokenize_endpoints.detokenize_handler(server)), methods=["POST"]),

@@ -409,6 +409,9 @@ class InferenceConfig(_Section):
     api_key_secret_name: str = Field("inference-api-keys", pattern=r"^[0-9A-Za-z-]{1,127}$")
     internal_load_balancer_ip: str
     pgvector_job: PgvectorJobConfig
+    # Dimension of the RAG embeddings table (rag.embeddings, HNSW index) the schema Job creates; the
+    # embedding model's output width. Unset: no table. pgvector indexes at most 2000 dimensions.
+    embedding_dimensions: int | None = Field(None, ge=1, le=2000)
 
     @model_validator(mode="after")
     def _shm_fits(self) -> InferenceConfig:

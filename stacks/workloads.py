@@ -143,6 +143,7 @@ def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: W
         tenant_id=schema_identity.tenant_id,
         app_role_name=cfg.names.identity,
         app_principal_object_id=identity.principal_id,
+        embedding_dimensions=cfg.inference.embedding_dimensions,
         azure_cli_image=pgvector_job.azure_cli_image.reference(login_server),
         postgres_client_image=pgvector_job.postgres_client_image.reference(login_server),
         postgres_subnet_cidr=cfg.network.postgres_subnet,

@@ -183,3 +183,15 @@ def test_streamed_list_prompts_interleave_choices_and_end_with_one_usage(client:
     assert [texts[i] for i in range(4)] == [c.text for c in whole.choices]
     assert finish == {i: "length" for i in range(4)}
     assert len(usages) == 1 and usages[0].completion_tokens == 24
+
+
+def test_top_k_1_samples_the_greedy_tokens(client: openai.OpenAI, model: str) -> None:
+    """top_k reaches the real engine's sampler: with k=1 a sampled reply is the greedy one."""
+    greedy = client.completions.create(model=model, prompt="The platform", max_tokens=12, **GREEDY)
+    for seed in range(3):
+        sampled = client.completions.create(model=model, prompt="The platform", max_tokens=12, temperature=1.0,
+                                            seed=seed, extra_body={"ignore_eos": True, "top_k": 1})
+        assert sampled.choices[0].text == greedy.choices[0].text
+    varied = {client.completions.create(model=model, prompt="The platform", max_tokens=12, temperature=1.0, seed=seed,
+                                        extra_body={"ignore_eos": True}).choices[0].text for seed in range(3)}
+    assert varied != {greedy.choices[0].text}  # without top_k the same seeds do sample differently

@@ -149,6 +149,51 @@ def test_a_seeded_row_draws_the_same_token_whatever_its_neighbours() -> None:
     assert batched[3] == alone[0]
 
 
+def test_top_k_samples_among_the_k_most_likely_renormalised() -> None:
+    probs = torch.tensor([0.1, 0.4, 0.05, 0.3, 0.15])
+    logits = probs.log().repeat(4000, 1)
+
+    tokens = torch.tensor(sample_tokens(logits, [1.0] * 4000, [1.0] * 4000, [None] * 4000,
+                                        torch.Generator().manual_seed(0), top_ks=[2] * 4000))
+
+    frequencies = torch.bincount(tokens, minlength=5).float() / 4000
+    assert frequencies[[0, 2, 4]].sum() == 0
+    assert torch.allclose(frequencies[[1, 3]], torch.tensor([4 / 7, 3 / 7]), atol=0.032)
+
+
+def test_top_p_applies_to_what_top_k_left() -> None:
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    logits = probs.log().repeat(200, 1)
+
+    # top_k 3 leaves 0.4/0.3/0.2 = 0.44/0.33/0.22; top_p 0.7 then needs the first two only.
+    tokens = set(sample_tokens(logits, [1.0] * 200, [0.7] * 200, [None] * 200,
+                               torch.Generator().manual_seed(0), top_ks=[3] * 200))
+
+    assert tokens == {0, 1}
+
+
+def test_min_p_drops_tokens_below_a_share_of_the_most_likely() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.12, 0.08])
+    logits = probs.log().repeat(400, 1)
+
+    tokens = set(sample_tokens(logits, [1.0] * 400, [1.0] * 400, [None] * 400,
+                               torch.Generator().manual_seed(0), min_ps=[0.2] * 400))
+
+    assert tokens == {0, 1, 2}  # 0.08 < 0.2 x 0.5
+
+
+def test_top_k_and_min_p_apply_per_row() -> None:
+    row = torch.randn(1, 50, generator=torch.Generator().manual_seed(1))
+    crowd = row.repeat(3, 1)
+    seeded = [torch.Generator().manual_seed(7) for _ in range(3)]
+
+    alone = sample_tokens(row, [1.0], [1.0], [torch.Generator().manual_seed(7)], torch.Generator())
+    mixed = sample_tokens(crowd, [1.0] * 3, [1.0] * 3, seeded, torch.Generator(), top_ks=[0, 1, 0],
+                          min_ps=[0.0, 0.0, 1.0])
+
+    assert mixed == [alone[0], int(row.argmax()), int(row.argmax())]
+
+
 def test_wire_step_round_trips() -> None:
     step = WireStep(
         moves=[(3, 0, 17)], num_decode=2, prefills=[(5, 0, 3, True), (6, 8, 2, False)],

@@ -106,6 +106,11 @@ def test_hostile_field_names_share_one_bounded_label(client: httpx.Client) -> No
     ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
                                                           "function": {"name": "f"}}]}]}, "arguments"),
     ({"messages": [{"role": "critic", "content": "hi"}]}, "role"),
+    ({"prompt": "hi", "top_k": "5"}, "top_k"),
+    ({"prompt": "hi", "top_k": -2}, "top_k"),
+    ({"prompt": "hi", "top_k": 1.5}, "top_k"),
+    ({"messages": [{"role": "user", "content": "hi"}], "min_p": 1.5}, "min_p"),
+    ({"messages": [{"role": "user", "content": "hi"}], "min_p": -0.1}, "min_p"),
 ])
 def test_known_fields_are_still_validated_strictly(client: httpx.Client, body: dict[str, Any], field: str) -> None:
     path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
@@ -162,3 +167,15 @@ def test_stock_client_extra_body_and_developer_role_work(oai: openai.OpenAI) -> 
     )
     assert reply.choices[0].message.content
     assert reply.choices[0].finish_reason == "length"
+
+
+def test_top_k_and_min_p_are_known_sampling_fields(client: httpx.Client, fake: RunningFake) -> None:
+    """No longer ignored: they reach the engine's sampling parameters (-1 = off, as in vLLM)."""
+    before = ignored_count(client, "top_k")
+    for top_k, min_p, expected in ((5, 0.1, (5, 0.1)), (-1, 0.0, (0, 0.0))):
+        response = client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "top_k": top_k, "min_p": min_p})
+        assert response.status_code == 200, response.text
+        params = fake.engine.requests[-1].params
+        assert (params.top_k, params.min_p) == expected
+    assert ignored_count(client, "top_k") == before

@@ -226,3 +226,9 @@ def test_plan_rejects_unknown_stack_naming_the_allowed_ones():
     assert result.returncode == 2
     assert "unknown stack 'staging'; allowed: dev, prod" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_embedding_dimensions_beyond_what_pgvector_indexes_are_rejected():
+    text = problems({"inference": {"embeddingDimensions": 3072}})
+    assert "inferforge:inference.embeddingDimensions" in text and "2000" in text
+    assert validate_stack("dev", {"inference": {"embeddingDimensions": 1024}}).inference.embedding_dimensions == 1024

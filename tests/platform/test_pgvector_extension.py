@@ -157,6 +157,11 @@ def test_every_child_uses_the_provider_passed_in_opts() -> None:
     ({"app_role_name": "id-inferforge-prod-inference"},
      r"app_role_name='id-inferforge-prod-inference' is invalid: and app_principal_object_id must be set together"),
     ({"app_schema": "Rag-Tables"}, r"app_schema='Rag-Tables' is invalid: must be a lower-case SQL identifier"),
+    ({"embedding_dimensions": 2001, "app_role_name": "r", "app_principal_object_id": "o"},
+     r"embedding_dimensions=2001 is invalid: must be an integer between 1 and 2000"),
+    ({"embedding_dimensions": 0, "app_role_name": "r", "app_principal_object_id": "o"},
+     r"embedding_dimensions=0 is invalid"),
+    ({"embedding_dimensions": 768}, r"embedding_dimensions=768 is invalid: needs app_role_name"),
 ])
 def test_bad_args_are_rejected_with_a_message_naming_field_and_rule(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(PgvectorExtensionConfigError, match=message):
@@ -223,3 +228,38 @@ def test_role_objects_validate_and_pass_the_prod_pack(role_objects) -> None:
     violations = evaluate(render_resources(job_args(app_role_name=SERVER_ROLE, app_principal_object_id=SERVER_OID)),
                           config_path_for("prod"), "prod")
     assert violations == []
+
+
+def test_embeddings_table_gets_the_configured_dimension_and_an_hnsw_cosine_index() -> None:
+    objects = render_job(job_args(app_role_name=SERVER_ROLE, app_principal_object_id=SERVER_OID,
+                                  embedding_dimensions=1024))
+    (psql,) = pod_of(objects)["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in psql["env"]}
+    assert env["EMBEDDING_DIMENSIONS"] == "1024"
+    grants_step = psql["command"][-1].split("exec psql", 1)[1]
+    assert '-v embedding_dimensions="$EMBEDDING_DIMENSIONS"' in grants_step
+    # Created before the grants, so the serving role's data access covers it; idempotent.
+    table = grants_step.index("CREATE TABLE IF NOT EXISTS %I.embeddings")
+    assert table < grants_step.index("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES")
+    assert "'embedding vector(%s) NOT NULL, '" in grants_step
+    assert "CREATE INDEX IF NOT EXISTS embeddings_embedding_hnsw ON %I.embeddings '" in grants_step
+    assert "'USING hnsw (embedding vector_cosine_ops)'" in grants_step
+    # An existing table of another dimension fails the Job instead of being silently kept.
+    assert "IF embedding_type IS DISTINCT FROM format('vector(%s)', embedding_dimensions) THEN" in grants_step
+    for manifest in objects.values():
+        kubernetes_validate.validate(manifest, CLUSTER_VERSION, strict=True)
+
+
+def test_no_embeddings_table_without_a_dimension(role_objects) -> None:
+    (psql,) = pod_of(role_objects)["spec"]["containers"]
+    assert {e["name"]: e["value"] for e in psql["env"]}["EMBEDDING_DIMENSIONS"] == "0"
+    assert "IF embedding_dimensions > 0 THEN" in psql["command"][-1]
+
+
+def test_stack_config_embedding_dimensions_reach_the_schema_job() -> None:
+    from stacks.render import render_stack
+
+    resources = render_stack("dev", {"inference": {"embeddingDimensions": 768}})
+    (job,) = [r for r in resources if r.type == "kubernetes:batch/v1:Job"]
+    (psql,) = job.inputs["spec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e["value"] for e in psql["env"]}["EMBEDDING_DIMENSIONS"] == "768"
