@@ -145,6 +145,8 @@ def _private_blob_path_problems(account: PolicyResource, resources: Sequence[Pol
 
 def _blob_volume_reachable(args: StackValidationArgs, report: ReportViolation) -> None:
     resources = list(args.resources)
+    if not resources_of(resources, AKS):
+        return  # a component rendered alone: no nodes, no egress path to judge
     dynamic, static = _used_blob_volumes(resources)
     for claim in dynamic:
         if not _firewall_allows(resources, PUBLIC_BLOB_FQDN):
