@@ -143,6 +143,7 @@ class AksCluster(pulumi.ComponentResource):
     gpu_pools: dict[str, containerservice.AgentPool]
     oidc_issuer_url: pulumi.Output[str]
     kubelet_identity_object_id: pulumi.Output[str]
+    kubelet_identity_client_id: pulumi.Output[str]
     identity_principal_id: pulumi.Output[str]
     network_role_assignments: list[pulumi.Resource]
 
@@ -286,6 +287,9 @@ class AksCluster(pulumi.ComponentResource):
         self.oidc_issuer_url = self.cluster.oidc_issuer_profile.apply(lambda p: p.issuer_url if p else "")
         self.kubelet_identity_object_id = self.cluster.identity_profile.apply(
             lambda p: (p or {}).get("kubeletidentity").object_id if (p or {}).get("kubeletidentity") else "")
+        # blobfuse2 on the nodes authenticates to the model store as this identity (components/model_store.py).
+        self.kubelet_identity_client_id = self.cluster.identity_profile.apply(
+            lambda p: (p or {}).get("kubeletidentity").client_id if (p or {}).get("kubeletidentity") else "")
         self.register_outputs({"cluster_name": self.cluster.name, "cluster_id": self.cluster.id,
                                "oidc_issuer_url": self.oidc_issuer_url,
                                "gpu_pools": list(self.gpu_pools)})

@@ -15,7 +15,7 @@ PATH of whoever runs ``pulumi up``; the deploying principal needs an AKS RBAC ro
 What is created (type ``inferforge:inference:InferenceService``)
 -----------------------------------------------------------------
 Namespace, ServiceAccount, Deployment, Service (internal LoadBalancer + Private Link Service),
-PodDisruptionBudget, NetworkPolicy, optionally a PersistentVolumeClaim for the weights and a KEDA
+PodDisruptionBudget, NetworkPolicy, optionally a PersistentVolume(Claim) for the weights and a KEDA
 ``ScaledObject``.
 
 Pod security: the namespace enforces the ``restricted`` Pod Security Standard. GPU pods are compatible
@@ -41,9 +41,15 @@ context and host-side staging buffers), otherwise a full ``/dev/shm`` OOM-kills 
 Requests equal limits for CPU, memory and GPUs, giving the pod the Guaranteed QoS class (last to be
 evicted under node pressure; a restart costs a full model load).
 
-Model weights (``model_source``), default :class:`PvcModelSource`:
+Model weights (``model_source``); the platform stacks use :class:`ModelStoreSource`:
 
-* PVC on the Azure Blob CSI driver (``azureblob-fuse-premium``) or Azure Files, mounted read-only.
+* :class:`ModelStoreSource`: a static, read-only Blob PV on the platform's private model store
+  (components/model_store.py), bound to this service's claim, mounted by blobfuse2 on the node with the
+  kubelet identity (MSI, no account key). The account is reached through its private endpoint, so the
+  egress firewall is never on the path.
+* :class:`PvcModelSource`: PVC on the Azure Blob CSI driver (``azureblob-fuse-premium``) or Azure Files,
+  mounted read-only. A dynamically provisioned account has a public endpoint the nodes reach through the
+  egress firewall, so the stack config refuses it unless that FQDN is allowed (stacks/config.py).
   The mount is done by the CSI driver on the node, so the pod needs no egress to storage, nothing is
   downloaded at start (fast restarts and scale-out) and the weights are pinned in storage you control.
   Cost: someone uploads the weights once (``azcopy`` into the provisioned container, or a static PV
@@ -228,7 +234,58 @@ class DownloadModelSource:
             _check_cidr("model_source.egress_cidrs", cidr)
 
 
-ModelSource = PvcModelSource | DownloadModelSource
+_STORAGE_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
+_BLOB_CONTAINER = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
+BLOB_CSI_DRIVER = "blob.csi.azure.com"
+# The options of AKS's built-in azureblob-fuse-premium class (attribute/entry caches, no listing on mount,
+# bounded file cache; https://github.com/kubernetes-sigs/blob-csi-driver/blob/master/deploy/example/blobfuse-mi/README.md)
+# plus `-o ro`. allow_other lets the server's non-root UID read a mount that blobfuse2 makes as root.
+BLOBFUSE_READ_ONLY_MOUNT_OPTIONS = (
+    "-o allow_other", "-o ro", "--file-cache-timeout-in-seconds=120", "--use-attr-cache=true",
+    "--cancel-list-on-mount-seconds=10", "-o attr_timeout=120", "-o entry_timeout=120", "-o negative_timeout=120",
+    "--log-level=LOG_WARNING", "--cache-size-mb=1000",
+)
+
+
+@dataclass(frozen=True)
+class ModelStoreSource:
+    """Weights in the platform's private model store: a static, read-only Blob PV bound to a claim of this service.
+
+    The PV names the storage account and container (no dynamic provisioning, so no public account appears in
+    the node resource group), mounts with blobfuse2 (``protocol: fuse2``) and authenticates with the kubelet
+    identity through the node's IMDS (``AzureStorageAuthType: MSI``), so no account key exists anywhere
+    (https://github.com/kubernetes-sigs/blob-csi-driver/blob/master/docs/driver-parameters.md, "Static
+    Provisioning"). The account is reached through its private endpoint, never through the egress firewall.
+    """
+
+    storage_account: str
+    """Storage account of the model store (components/model_store.py)."""
+    resource_group: str
+    """Resource group of that account (the CSI driver defaults to the node resource group otherwise)."""
+    identity_client_id: pulumi.Input[str]
+    """Client id of the AKS kubelet identity, which holds Storage Blob Data Reader on the container."""
+    container_name: str = "models"
+    """Blob container with one directory per model."""
+    sub_path: str = ""
+    """Directory inside the container that holds the model (config.json, safetensors); '' is the root."""
+    size_gib: int = 256
+    """Nominal capacity of the PV and claim (Blob has no quota; Kubernetes needs a number to bind them)."""
+
+    def validate(self) -> None:
+        """Reject names Azure or Kubernetes would refuse later."""
+        if not (isinstance(self.storage_account, str) and _STORAGE_ACCOUNT.match(self.storage_account)):
+            raise _fail("model_source.storage_account", self.storage_account, "must be 3-24 lowercase alphanumerics")
+        if not (isinstance(self.container_name, str) and _BLOB_CONTAINER.match(self.container_name)):
+            raise _fail("model_source.container_name", self.container_name,
+                        "must be 3-63 lowercase letters, digits and single hyphens")
+        if not (isinstance(self.resource_group, str) and self.resource_group):
+            raise _fail("model_source.resource_group", self.resource_group, "must name the account's resource group")
+        _check_range("model_source.size_gib", self.size_gib, 1)
+        if self.sub_path.startswith("/") or ".." in self.sub_path.split("/"):
+            raise _fail("model_source.sub_path", self.sub_path, "must be a relative path without '..'")
+
+
+ModelSource = ModelStoreSource | PvcModelSource | DownloadModelSource
 
 
 @dataclass(frozen=True)
@@ -419,7 +476,7 @@ class InferenceServiceArgs:
     @property
     def model_dir(self) -> str:
         """Path of the model directory inside the container."""
-        if isinstance(self.model_source, PvcModelSource) and self.model_source.sub_path:
+        if isinstance(self.model_source, PvcModelSource | ModelStoreSource) and self.model_source.sub_path:
             return f"{MODEL_MOUNT}/{self.model_source.sub_path.strip('/')}"
         if isinstance(self.model_source, DownloadModelSource):
             return f"{MODEL_MOUNT}/model"
@@ -748,6 +805,8 @@ class InferenceService(pulumi.ComponentResource):
 
     def _model_claim(self, name: str, child: pulumi.ResourceOptions) -> str | None:
         source = self._args.model_source
+        if isinstance(source, ModelStoreSource):
+            return self._model_store_claim(name, source, child)
         if not isinstance(source, PvcModelSource):
             return None
         if source.existing_claim is not None:
@@ -765,6 +824,57 @@ class InferenceService(pulumi.ComponentResource):
             # Deleting a dynamically provisioned claim deletes its blob container (reclaim policy Delete),
             # i.e. the uploaded weights: keep it in the cluster when the stack lets go of it.
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(retain_on_delete=True)),
+        )
+        return claim_name
+
+    def _model_store_claim(self, name: str, source: ModelStoreSource, child: pulumi.ResourceOptions) -> str:
+        """A static PV on the model store's container, reserved for (and bound to) this service's claim."""
+        args = self._args
+        claim_name = f"{args.name}-model"
+        # PVs are cluster-scoped: namespace + service name keep two services' volumes apart.
+        volume_name = f"{args.namespace}-{args.name}-model"
+        capacity = {"storage": f"{source.size_gib}Gi"}
+        volume = k8s.core.v1.PersistentVolume(
+            f"{name}-model-pv",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=volume_name, labels=self._labels),
+            spec=k8s.core.v1.PersistentVolumeSpecArgs(
+                capacity=capacity,
+                # ReadOnlyMany makes the driver add `-o ro` to the blobfuse2 mount itself (NodeStageVolume).
+                access_modes=["ReadOnlyMany"],
+                # The weights belong to the store, not to the cluster: deleting the PV never touches the container.
+                persistent_volume_reclaim_policy="Retain",
+                storage_class_name="",
+                mount_options=list(BLOBFUSE_READ_ONLY_MOUNT_OPTIONS),
+                claim_ref=k8s.core.v1.ObjectReferenceArgs(namespace=args.namespace, name=claim_name),
+                csi=k8s.core.v1.CSIPersistentVolumeSourceArgs(
+                    driver=BLOB_CSI_DRIVER,
+                    read_only=True,
+                    # Unique per PV in the cluster ('#' is reserved by the driver, '/' not allowed).
+                    volume_handle=f"{source.storage_account}_{source.container_name}_{volume_name}",
+                    volume_attributes={
+                        "resourceGroup": source.resource_group,
+                        "storageAccount": source.storage_account,
+                        "containerName": source.container_name,
+                        "protocol": "fuse2",
+                        "AzureStorageAuthType": "MSI",
+                        "AzureStorageIdentityClientID": source.identity_client_id,
+                    },
+                ),
+            ),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
+        )
+        k8s.core.v1.PersistentVolumeClaim(
+            f"{name}-model-pvc",
+            metadata=self._meta(claim_name),
+            spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+                access_modes=["ReadOnlyMany"],
+                # "" (not unset): the cluster's default class must not provision a volume for this claim.
+                storage_class_name="",
+                volume_name=volume_name,
+                resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests=capacity),
+            ),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[volume],
+                                                                            delete_before_replace=True)),
         )
         return claim_name
 

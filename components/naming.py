@@ -61,6 +61,10 @@ RULES: dict[str, NameRule] = {
     "container_registry": NameRule("container registry", 5, 50, r"[a-zA-Z0-9]+",
                                    "letters and digits only (globally unique; the login server is "
                                    "<name>.azurecr.io)"),
+    # https://learn.microsoft.com/azure/azure-resource-manager/management/resource-name-rules#microsoftstorage
+    "storage_account": NameRule("storage account", 3, 24, r"[a-z0-9]+",
+                                "lowercase letters and digits only (globally unique; the blob endpoint is "
+                                "<name>.blob.core.windows.net)"),
     "private_link_service": NameRule("Private Link Service", 1, 80, r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?",
                                      "letters, digits, '.', '_' and '-'; start alphanumeric"),
 }
@@ -141,6 +145,11 @@ class PlatformNames:
         return "cr" + re.sub(r"[^a-z0-9]", "", f"{self.workload}{self.environment}".lower())
 
     @property
+    def model_store_account(self) -> str:
+        """Default model store account name (`st` + workload + environment, alphanumerics); config may override it."""
+        return "st" + re.sub(r"[^a-z0-9]", "", f"{self.workload}{self.environment}".lower())
+
+    @property
     def private_link_service(self) -> str:
         return f"pls-{self.base}-inference"
 
@@ -162,6 +171,7 @@ class PlatformNames:
             "identity": self.identity,
             "private_link_service": self.private_link_service,
             "container_registry": self.container_registry,
+            "storage_account": self.model_store_account,
         }
 
 

@@ -15,6 +15,8 @@ KEY_VAULT_DNS_ZONE = "privatelink.vaultcore.azure.net"
 MANAGED_REDIS_DNS_ZONE = "privatelink.redis.azure.net"
 # https://learn.microsoft.com/azure/private-link/private-endpoint-dns#containers
 CONTAINER_REGISTRY_DNS_ZONE = "privatelink.azurecr.io"
+# https://learn.microsoft.com/azure/private-link/private-endpoint-dns#storage (group `blob`: the model store)
+BLOB_DNS_ZONE = "privatelink.blob.core.windows.net"
 
 NSG_LOG_CATEGORIES = DiagnosticCategories(log_category_groups=("allLogs",), metrics=False)
 
@@ -34,7 +36,7 @@ class NetworkArgs:
     aks_subnet_prefix: str
     """Subnet for AKS nodes (Azure CNI overlay: pods get overlay IPs, so a /22-/20 is plenty)."""
     private_endpoint_subnet_prefix: str
-    """Subnet for private endpoints of Key Vault, Managed Redis and the container registry."""
+    """Subnet for private endpoints of Key Vault, Managed Redis, the container registry and the model store."""
     postgres_subnet_prefix: str
     """Subnet delegated to Microsoft.DBforPostgreSQL/flexibleServers (private access, no public IP)."""
     private_link_subnet_prefix: str
@@ -48,9 +50,9 @@ class NetworkArgs:
     aks_route_table_id: pulumi.Input[str] | None = None
     """Route table of the AKS subnet (default route to the egress firewall); None leaves Azure's system routes."""
     existing_dns_zone_ids: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    """Central private DNS zones (hub and spoke) by key (`key_vault`, `redis`, `postgres`, `blob`); not created here."""
     dns_servers: Sequence[str] = ()
     """Custom DNS servers (a hub's resolver for central zones); empty keeps Azure-provided DNS."""
-    """Central private DNS zones (hub and spoke) by key (`key_vault`, `redis`, `postgres`); not created here."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags required by the tagging policy."""
 
@@ -151,6 +153,7 @@ class Network(pulumi.ComponentResource):
             "key_vault": KEY_VAULT_DNS_ZONE,
             "redis": MANAGED_REDIS_DNS_ZONE,
             "container_registry": CONTAINER_REGISTRY_DNS_ZONE,
+            "blob": BLOB_DNS_ZONE,
             "postgres": args.postgres_dns_zone_name,
         }.items():
             if key in args.existing_dns_zone_ids:

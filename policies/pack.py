@@ -20,6 +20,7 @@ from . import (
     quotas,
     registry,
     resilience,
+    storage,
     tagging,
     workloads,
 )
@@ -30,8 +31,9 @@ PACK_NAME = "inferforge"
 PACK_ENFORCEMENT_LEVEL = EnforcementLevel.MANDATORY
 PACK_DESCRIPTION = (
     "inferforge platform guardrails: private data services, TLS everywhere, Entra ID identity, GPU "
-    "quotas, prod resilience, tagging, WAF at the edge, hardened Kubernetes workloads, a private registry "
-    "and the apply-time prerequisites AKS needs (AcrPull, GPU device plugin, Blob CSI, LB/PLS permissions)."
+    "quotas, prod resilience, tagging, WAF at the edge, hardened Kubernetes workloads, a private registry, "
+    "a private model store whose Blob volumes the nodes can reach and read, and the apply-time prerequisites AKS "
+    "needs (AcrPull, GPU device plugin, Blob CSI, LB/PLS permissions)."
 )
 
 ALL_POLICIES: list[Policy] = [
@@ -44,6 +46,7 @@ ALL_POLICIES: list[Policy] = [
     *edge.POLICIES,
     *workloads.POLICIES,
     *registry.POLICIES,
+    *storage.POLICIES,
     *prerequisites.POLICIES,
     *egress.POLICIES,
     *nodes.POLICIES,

@@ -40,6 +40,7 @@ DEFAULT_DIAGNOSTIC_TYPES = [
     "azure-native:network:VirtualNetwork",
     "azure-native:redisenterprise:Database",
     "azure-native:containerregistry:Registry",
+    "azure-native:storage:StorageAccount",
 ]
 
 

@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
 from components.common import tag_problems
 from components.gpu_sizes import GPU_VM_SIZES, allowed_tp_sizes
@@ -314,8 +314,16 @@ class AksConfig(_Section):
         return self
 
 
+# The built-in storage classes of the AKS Blob and Files CSI drivers provision a storage account with a public
+# endpoint in the node resource group (https://learn.microsoft.com/azure/aks/azure-blob-csi), which the nodes reach
+# by FQDN, i.e. through the egress firewall: a class prefix -> the FQDN the firewall must allow for it.
+DYNAMIC_STORAGE_CLASS_FQDNS = {"azureblob": "*.blob.core.windows.net", "azurefile": "*.file.core.windows.net"}
+# https://learn.microsoft.com/rest/api/storageservices/naming-and-referencing-containers--blobs--and-metadata
+_BLOB_CONTAINER = r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$"
+
+
 class ModelSourceConfig(_Section):
-    kind: Literal["pvc", "download"] = "pvc"
+    kind: Literal["modelStore", "pvc", "download"] = "modelStore"
     storage_class: str = "azureblob-fuse-premium"
     size_gi: int = Field(256, ge=1, le=16384)
     existing_claim: str | None = None
@@ -339,11 +347,43 @@ class ModelSourceConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _download_is_pinned(self) -> ModelSourceConfig:
+    def _keys_fit_the_kind(self) -> ModelSourceConfig:
+        problems = []
         if self.kind == "download" and not (self.repo_id and self.revision):
-            raise ValueError("kind is 'download' but repoId and revision are not both set; allowed: "
-                             "repoId 'owner/name' and revision = a 40-hex commit SHA")
+            problems.append("kind is 'download' but repoId and revision are not both set; allowed: "
+                            "repoId 'owner/name' and revision = a 40-hex commit SHA")
+        # Keys of another kind would be ignored silently: a user who sets storageClass expects it to matter.
+        owners = {"storageClass": "pvc", "existingClaim": "pvc", "repoId": "download", "revision": "download"}
+        for key, kind in owners.items():
+            if to_snake(key) in self.model_fields_set and self.kind != kind:
+                problems.append(f"{key} applies to kind '{kind}' only, but kind is '{self.kind}'; allowed: "
+                                f"remove {key}, or kind '{kind}'")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
+
+    def dynamic_storage_fqdn(self) -> str | None:
+        """The FQDN a dynamically provisioned claim of a built-in Azure storage class reaches, if this is one."""
+        if self.kind != "pvc" or self.existing_claim is not None:
+            return None
+        return next((fqdn for prefix, fqdn in DYNAMIC_STORAGE_CLASS_FQDNS.items()
+                     if self.storage_class.startswith(prefix)), None)
+
+
+class ModelStoreConfig(_Section):
+    """The platform's model store (components/model_store.py), used by inference.modelSource.kind modelStore."""
+
+    account_name: str | None = Field(None, pattern=r"^[a-z0-9]{3,24}$")
+    container_name: str = "models"
+    sku_name: Literal["Premium_LRS", "Premium_ZRS"] = "Premium_LRS"
+
+    @field_validator("container_name")
+    @classmethod
+    def _container_name(cls, value: str) -> str:
+        if not re.fullmatch(_BLOB_CONTAINER, value):
+            raise ValueError(f"{shown(value)} is not a blob container name; allowed: 3-63 lowercase letters, digits "
+                             "and single hyphens, starting and ending alphanumeric")
+        return value
 
 
 class AutoscalingConfig(_Section):
@@ -479,7 +519,7 @@ class HubConfig(_Section):
     vnet_id: str = Field(pattern=_ARM_ID.pattern)
     firewall_public_ip: str | None = None
     dns_servers: list[str] = Field(default_factory=list)
-    private_dns_zone_ids: dict[Literal["keyVault", "redis", "postgres"], str] = Field(default_factory=dict)
+    private_dns_zone_ids: dict[Literal["keyVault", "redis", "postgres", "blob"], str] = Field(default_factory=dict)
 
     @field_validator("firewall_private_ip", "firewall_public_ip")
     @classmethod
@@ -502,7 +542,8 @@ class HubConfig(_Section):
     @field_validator("private_dns_zone_ids")
     @classmethod
     def _zone_ids(cls, value: dict[str, str]) -> dict[str, str]:
-        expected = {"keyVault": "privatelink.vaultcore.azure.net", "redis": "privatelink.redis.azure.net"}
+        expected = {"keyVault": "privatelink.vaultcore.azure.net", "redis": "privatelink.redis.azure.net",
+                    "blob": "privatelink.blob.core.windows.net"}
         problems = []
         for key, zone_id in value.items():
             zone = zone_id.rsplit("/", 1)[-1].lower()
@@ -567,6 +608,7 @@ class PlatformConfig(_Section):
     aks: AksConfig
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    model_store: ModelStoreConfig = Field(default_factory=ModelStoreConfig)
     deploy_workloads: bool = True
     egress: EgressConfig = Field(default_factory=EgressConfig)
     hub: HubConfig | None = None
@@ -592,6 +634,16 @@ class PlatformConfig(_Section):
     @property
     def names(self) -> PlatformNames:
         return PlatformNames(workload=self.workload, environment=self.environment, location=self.location)
+
+    @property
+    def model_store_account(self) -> str:
+        """The model store's storage account name: `modelStore.accountName`, or the CAF default `st<workload><env>`."""
+        return self.model_store.account_name or self.names.model_store_account
+
+    @property
+    def uses_model_store(self) -> bool:
+        """Whether the stack creates the model store (the weights come from it)."""
+        return self.inference.model_source.kind == "modelStore"
 
     @property
     def registry_name(self) -> str:
@@ -720,9 +772,34 @@ class PlatformConfig(_Section):
                     if net.overlaps(other_net):
                         problems.append(f"{key} {net} overlaps network.{other} {other_net}; allowed: disjoint subnets")
                 taken[key] = net
+        problems += self._model_source_reachable()
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _model_source_reachable(self) -> list[str]:
+        """A dynamically provisioned Azure storage class needs its public endpoint allowed by the egress firewall.
+
+        The CSI driver creates that account (public endpoint, node resource group) and blobfuse on the node
+        reaches `<account>.blob.core.windows.net` through the node subnet's default route, i.e. the firewall,
+        which denies every FQDN it does not allow (components/egress.py).
+        """
+        source = self.inference.model_source
+        fqdn = source.dynamic_storage_fqdn()
+        if fqdn is None:
+            return []
+        fix = ("allowed: inference.modelSource.kind modelStore (the default: the platform's private model store), "
+               "or an existingClaim bound to a static PV on a storage account reachable from the nodes")
+        if self.hub is not None:
+            return [f"inference.modelSource.storageClass '{source.storage_class}' provisions a storage account with "
+                    f"a public endpoint ({fqdn}) that the hub's egress firewall must allow, which this stack "
+                    f"cannot check (hub is set); {fix}"]
+        if fqdn not in self.egress.allowed_fqdns:
+            return [f"inference.modelSource.storageClass '{source.storage_class}' provisions a storage account with "
+                    f"a public endpoint that the nodes reach through the egress firewall, but egress.allowedFqdns "
+                    f"does not allow {fqdn}, so the volume can never mount; {fix}, or add '{fqdn}' to "
+                    "egress.allowedFqdns (every node may then reach every public storage account)"]
+        return []
 
 
 # Environment baselines: defaults per environment, overridden key by key by the stack YAML.
@@ -753,6 +830,8 @@ BASELINES: dict[str, dict[str, Any]] = {
                 "systemZones": ["1", "2", "3"], "systemVmSize": "Standard_D8ds_v5", "upgradeChannel": "stable"},
         "observability": {"retentionDays": 90, "dailyQuotaGb": -1},
         "egress": {"firewall": {"skuTier": "Standard", "threatIntelMode": "Deny", "zones": ["1", "2", "3"]}},
+        # Zone-redundant premium block blobs: a zone outage must not stop new pods from loading the weights.
+        "modelStore": {"skuName": "Premium_ZRS"},
     },
 }
 

@@ -30,6 +30,13 @@ from stacks.render import RenderedResource, SecretValue, render_stack
 ARM_SCHEMA = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#"
 _ENVELOPE = ("location", "tags", "sku", "identity", "zones", "kind", "extendedLocation", "plan")
 _API_VERSION = re.compile(r"Uses Azure REST API version (\d{4}-\d{2}-\d{2}(?:-preview)?)")
+# Inputs azure-native names differently from the ARM property they set, by type: a scanner reads the ARM name.
+# StorageAccountPropertiesCreateParameters: networkAcls, supportsHttpsTrafficOnly
+# (https://learn.microsoft.com/azure/templates/microsoft.storage/storageaccounts).
+_ARM_PROPERTY_NAMES: dict[str, dict[str, str]] = {
+    "azure-native:storage:StorageAccount": {"networkRuleSet": "networkAcls",
+                                            "enableHttpsTrafficOnly": "supportsHttpsTrafficOnly"},
+}
 
 
 def _plain(value: Any) -> Any:
@@ -82,11 +89,12 @@ def arm_resource(resource: RenderedResource) -> dict[str, Any]:
     body: dict[str, Any] = {"type": arm_type(resource), "apiVersion": api_version(resource.type),
                             "name": (resource.id or resource.name).rstrip("/").rsplit("/", 1)[-1]}
     properties = dict(inputs.pop("properties", {}) or {})
+    renamed = _ARM_PROPERTY_NAMES.get(resource.type, {})
     for key, value in inputs.items():
         if key in _ENVELOPE:
             body[key] = value
         elif key not in NAME_INPUTS:
-            properties[key] = value
+            properties[renamed.get(key, key)] = value
     body["properties"] = properties
     return body
 

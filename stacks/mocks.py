@@ -77,6 +77,9 @@ ARM_PATHS: dict[str, str] = {
     "azure-native:monitor:MetricAlert": "Microsoft.Insights/metricAlerts/{_name}",
     "azure-native:monitor:ScheduledQueryRule": "Microsoft.Insights/scheduledQueryRules/{_name}",
     "azure-native:alertsmanagement:PrometheusRuleGroup": "Microsoft.AlertsManagement/prometheusRuleGroups/{_name}",
+    "azure-native:storage:StorageAccount": "Microsoft.Storage/storageAccounts/{_name}",
+    "azure-native:storage:BlobContainer":
+        "Microsoft.Storage/storageAccounts/{accountName}/blobServices/default/containers/{_name}",
 }
 
 # The input that carries each resource's Azure name (when absent, the logical name is used).
@@ -89,10 +92,12 @@ NAME_INPUTS = (
     "federatedIdentityCredentialResourceName",
     "routeTableName", "routeName", "publicIpAddressName", "azureFirewallName", "firewallPolicyName",
     "ruleCollectionGroupName", "virtualNetworkPeeringName", "actionGroupName", "ruleName", "ruleGroupName",
+    "accountName", "containerName",
 )
 
 # For a child resource, the input naming the child (the parent's name input appears in the path).
 OWN_NAME_INPUT: dict[str, str] = {
+    "azure-native:storage:BlobContainer": "containerName",
     "azure-native:network:Subnet": "subnetName",
     "azure-native:network:PrivateDnsZoneGroup": "privateDnsZoneGroupName",
     "azure-native:privatedns:VirtualNetworkLink": "virtualNetworkLinkName",

@@ -1,7 +1,8 @@
 """The Pulumi program: validate the stack's config, then compose the platform in dependency order.
 
 resource group -> Log Analytics -> network -> Key Vault -> AKS (+ GPU pools, Network Contributor on
-the subnets it creates LB/PLS objects in) -> container registry (AcrPull for the kubelet identity) ->
+the subnets it creates LB/PLS objects in) -> container registry (AcrPull for the kubelet identity) -> model
+store (private Blob container, Storage Blob Data Reader for the kubelet identity) ->
 workload identities (serving; schema Job) -> PostgreSQL (schema identity as Entra admin) -> Managed Redis
 (serving identity's access policy) -> [deployWorkloads] Kubernetes workloads (NVIDIA device plugin,
 inference service, pgvector Job) through a provider built from the cluster's Entra credentials -> Front
@@ -34,13 +35,14 @@ from components.egress import (
 from components.frontdoor import FrontDoor, FrontDoorArgs
 from components.identity import WorkloadIdentity, WorkloadIdentityArgs
 from components.keyvault import KeyVault, KeyVaultArgs
+from components.model_store import ModelStore, ModelStoreArgs, blob_endpoint
 from components.network import Network, NetworkArgs
 from components.observability import Observability, ObservabilityArgs
 from components.postgres import EntraAdmin, PostgresPgvector, PostgresPgvectorArgs
 from components.redis import ManagedRedis, ManagedRedisArgs
 from components.registry import ContainerRegistry, ContainerRegistryArgs
 from stacks.config import NAMESPACE, ConfigError, PlatformConfig, parse_stack_config
-from stacks.workloads import deploy_workloads, federated_subjects, schema_job_subjects
+from stacks.workloads import ModelStoreMount, deploy_workloads, federated_subjects, schema_job_subjects
 
 SERVING_PORT = 8000
 
@@ -128,7 +130,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
 
     route_table = EgressRouteTable("egress-routes", EgressRouteTableArgs(
         resource_group_name=rg, location=cfg.location, route_table_name=f"rt-{names.base}-aks", tags=tags))
-    hub_zone_keys = {"keyVault": "key_vault", "redis": "redis", "postgres": "postgres"}
+    hub_zone_keys = {"keyVault": "key_vault", "redis": "redis", "postgres": "postgres", "blob": "blob"}
     net = Network("network", NetworkArgs(
         resource_group_name=rg, location=cfg.location, vnet_name=names.vnet,
         address_space=cfg.network.address_space, aks_subnet_prefix=cfg.network.aks_subnet,
@@ -166,7 +168,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         system_os_disk_type=cfg.aks.system_os_disk_type,
         encryption_at_host=cfg.aks.encryption_at_host, outbound_type="userDefinedRouting",
         egress_public_ip=None if cfg.aks.private_cluster else egress_public_ip, outbound_dependencies=egress_ready,
-        blob_csi_driver=cfg.inference.model_source.kind == "pvc",
+        blob_csi_driver=cfg.inference.model_source.kind in ("modelStore", "pvc"),
         # The inference Service's internal LB frontend (snet-aks) and its Private Link Service NAT IPs.
         network_contributor_subnet_ids=[net.subnet_ids["aks"], net.subnet_ids["private-link"]],
         subscription_id=client.subscription_id, tags=tags))
@@ -177,6 +179,14 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         private_dns_zone_id=net.dns_zone_ids["container_registry"], log_analytics_workspace_id=workspace_id,
         pull_principal_ids=[aks.kubelet_identity_object_id],
         public_network_access=cfg.registry.public_network_access, lock=cfg.resource_locks, tags=tags))
+
+    # Created in the first phase, so the weights can be uploaded before the workloads that mount them exist.
+    model_store = ModelStore("model-store", ModelStoreArgs(
+        resource_group_name=rg, location=cfg.location, account_name=cfg.model_store_account,
+        subscription_id=client.subscription_id, private_endpoint_subnet_id=net.subnet_ids["private-endpoints"],
+        private_dns_zone_id=net.dns_zone_ids["blob"], log_analytics_workspace_id=workspace_id,
+        container_name=cfg.model_store.container_name, reader_principal_ids=[aks.kubelet_identity_object_id],
+        sku_name=cfg.model_store.sku_name, lock=cfg.resource_locks, tags=tags)) if cfg.uses_model_store else None
 
     identity = WorkloadIdentity("inference-identity", WorkloadIdentityArgs(
         resource_group_name=rg, location=cfg.location, identity_name=names.identity,
@@ -224,6 +234,10 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         "registryLoginServer": registry.login_server,
         "nodeResourceGroup": names.node_resource_group,
     }
+    if model_store is not None:
+        outputs["modelStoreAccountName"] = model_store.account_name
+        outputs["modelStoreContainer"] = model_store.container_name
+        outputs["modelStoreBlobEndpoint"] = blob_endpoint(model_store.account_name)
     if not cfg.deploy_workloads:
         _audit(cfg, rg, workspace_id, tags, front_door_profile_id=None)
         return outputs
@@ -237,7 +251,11 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
     workloads = deploy_workloads(cfg, provider=provider, identity=identity, schema_identity=schema_identity,
                                  vault=vault, postgres=postgres,
                                  redis=redis, serving_port=SERVING_PORT, login_server=registry.login_server,
-                                 depends_on=[*registry.pull_role_assignments, *aks.network_role_assignments])
+                                 model_store=ModelStoreMount(resource_group=names.resource_group,
+                                                             kubelet_identity_client_id=aks.kubelet_identity_client_id)
+                                 if model_store is not None else None,
+                                 depends_on=[*registry.pull_role_assignments, *aks.network_role_assignments,
+                                             *(model_store.reader_role_assignments if model_store else [])])
 
     pls_id = private_link_service_id(client.subscription_id, names.node_resource_group, names.private_link_service)
     front_door = FrontDoor("frontdoor", FrontDoorArgs(

@@ -21,6 +21,8 @@ from components.inference_service import (
     InferenceService,
     InferenceServiceArgs,
     KedaAutoscaling,
+    ModelSource,
+    ModelStoreSource,
     PvcModelSource,
 )
 from components.keyvault import KeyVault
@@ -42,8 +44,23 @@ def schema_job_subjects(cfg: PlatformConfig) -> list[str]:
     return [f"system:serviceaccount:{cfg.inference.namespace}:{PGVECTOR_SERVICE_ACCOUNT}"]
 
 
-def _model_source(cfg: PlatformConfig) -> PvcModelSource | DownloadModelSource:
+@dataclass(frozen=True)
+class ModelStoreMount:
+    """What the model-store volume needs from the platform: where the container is and who mounts it."""
+
+    resource_group: str
+    kubelet_identity_client_id: pulumi.Input[str]
+
+
+def _model_source(cfg: PlatformConfig, store: ModelStoreMount | None) -> ModelSource:
     source = cfg.inference.model_source
+    if source.kind == "modelStore":
+        if store is None:
+            raise ValueError("inference.modelSource.kind is 'modelStore' but no model store was created")
+        return ModelStoreSource(storage_account=cfg.model_store_account, resource_group=store.resource_group,
+                                identity_client_id=store.kubelet_identity_client_id,
+                                container_name=cfg.model_store.container_name, sub_path=source.sub_path,
+                                size_gib=source.size_gi)
     if source.kind == "download":
         return DownloadModelSource(repo_id=source.repo_id or "", revision=source.revision or "",
                                    size_gib=source.size_gi)
@@ -53,7 +70,8 @@ def _model_source(cfg: PlatformConfig) -> PvcModelSource | DownloadModelSource:
 
 def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.Input[str],
                            key_vault_uri: pulumi.Input[str], redis_host: pulumi.Input[str] | None,
-                           redis_port: int, serving_port: int, login_server: str) -> InferenceServiceArgs:
+                           redis_port: int, serving_port: int, login_server: str,
+                           model_store: ModelStoreMount | None = None) -> InferenceServiceArgs:
     """Map the validated `inference` config section onto the component's typed args."""
     inference = cfg.inference
     autoscaling = None
@@ -94,7 +112,7 @@ def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.In
         cpu=inference.cpu,
         memory_limit_gib=inference.memory_gi,
         shm_size_gib=inference.shm_size_gi,
-        model_source=_model_source(cfg),
+        model_source=_model_source(cfg, model_store),
         startup_period_s=period,
         startup_failure_threshold=max(1, inference.startup_timeout_seconds // period),
         prestop_sleep_s=inference.pre_stop_sleep_seconds,
@@ -118,8 +136,10 @@ class Workloads:
 def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: WorkloadIdentity,
                      schema_identity: WorkloadIdentity, vault: KeyVault, postgres: PostgresPgvector,
                      redis: ManagedRedis, serving_port: int, login_server: str,
+                     model_store: ModelStoreMount | None = None,
                      depends_on: Sequence[pulumi.Resource] = ()) -> Workloads:
-    """Register the in-cluster workloads; `depends_on` holds what must exist before any pod pulls (AcrPull)."""
+    """Register the in-cluster workloads; `depends_on` holds what must exist before any pod starts (AcrPull,
+    the kubelet identity's read access to the model store)."""
     can_pull = pulumi.ResourceOptions(provider=provider, depends_on=list(depends_on))
     device_plugin = NvidiaDevicePlugin("gpu-device-plugin", NvidiaDevicePluginArgs(
         image=cfg.aks.nvidia_device_plugin_image.reference(login_server),
@@ -129,7 +149,7 @@ def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: W
     ), opts=can_pull)
     inference = InferenceService("inference", inference_service_args(
         cfg, identity_client_id=identity.client_id, key_vault_uri=vault.vault_uri, redis_host=redis.host_name,
-        redis_port=redis.port, serving_port=serving_port, login_server=login_server),
+        redis_port=redis.port, serving_port=serving_port, login_server=login_server, model_store=model_store),
         # nvidia.com/gpu exists only once the device plugin runs on the GPU nodes.
         opts=pulumi.ResourceOptions.merge(can_pull, pulumi.ResourceOptions(depends_on=[device_plugin])))
     pgvector_job = cfg.inference.pgvector_job

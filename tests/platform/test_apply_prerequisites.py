@@ -78,8 +78,8 @@ def test_the_inference_deployment_waits_for_the_device_plugin_and_acr_pull(prod)
 
 def test_blob_csi_driver_is_on_for_the_blob_model_volume(prod):
     cluster = one(prod, "azure-native:containerservice:ManagedCluster")
-    claim = one(prod, "kubernetes:core/v1:PersistentVolumeClaim")
-    assert claim.inputs["spec"]["storageClassName"] == "azureblob-fuse-premium"
+    volume = one(prod, "kubernetes:core/v1:PersistentVolume")
+    assert volume.inputs["spec"]["csi"]["driver"] == "blob.csi.azure.com"
     assert cluster.inputs["storageProfile"]["blobCSIDriver"]["enabled"] is True
 
 

@@ -257,9 +257,14 @@ def test_no_embeddings_table_without_a_dimension(role_objects) -> None:
 
 
 def test_stack_config_embedding_dimensions_reach_the_schema_job() -> None:
-    from stacks.render import render_stack
+    import copy
 
-    resources = render_stack("dev", {"inference": {"embeddingDimensions": 768}})
+    from stacks.render import render_stack
+    from tests.stack_overrides import WITH_WORKLOADS
+
+    overrides = copy.deepcopy(WITH_WORKLOADS)
+    overrides["inference"]["embeddingDimensions"] = 768
+    resources = render_stack("dev", overrides)
     (job,) = [r for r in resources if r.type == "kubernetes:batch/v1:Job"]
     (psql,) = job.inputs["spec"]["template"]["spec"]["containers"]
     assert {e["name"]: e["value"] for e in psql["env"]}["EMBEDDING_DIMENSIONS"] == "768"

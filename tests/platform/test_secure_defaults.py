@@ -285,9 +285,9 @@ def test_private_dns_zones_are_linked_to_the_vnet(prod):
     vnet = one(prod, "azure-native:network:VirtualNetwork")
     zones = {z.inputs["privateZoneName"] for z in of_type(prod, "azure-native:privatedns:PrivateZone")}
     assert zones == {"privatelink.vaultcore.azure.net", "privatelink.redis.azure.net", "privatelink.azurecr.io",
-                     "inferforge-prod.private.postgres.database.azure.com"}
+                     "privatelink.blob.core.windows.net", "inferforge-prod.private.postgres.database.azure.com"}
     links = of_type(prod, "azure-native:privatedns:VirtualNetworkLink")
-    assert len(links) == 4 and all(link.inputs["virtualNetwork"]["id"] == vnet.id for link in links)
+    assert len(links) == 5 and all(link.inputs["virtualNetwork"]["id"] == vnet.id for link in links)
     assert all(link.inputs["registrationEnabled"] is False for link in links)
 
 

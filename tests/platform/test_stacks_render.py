@@ -13,7 +13,7 @@ COMPONENTS = [
     "inferforge:data:PgvectorExtension", "inferforge:containers:ContainerRegistry",
     "inferforge:compute:NvidiaDevicePlugin",
     "inferforge:data:PgvectorExtension", "inferforge:network:EgressRouteTable", "inferforge:network:EgressFirewall",
-    "inferforge:observability:Audit",
+    "inferforge:observability:Audit", "inferforge:storage:ModelStore",
 ]
 
 AZURE_TYPES = [
@@ -30,7 +30,8 @@ AZURE_TYPES = [
     "azure-native:containerservice:AgentPool", "azure-native:operationalinsights:Workspace",
     "azure-native:monitor:DiagnosticSetting", "azure-native:managedidentity:UserAssignedIdentity",
     "azure-native:managedidentity:FederatedIdentityCredential", "azure-native:authorization:RoleAssignment",
-    "azure-native:containerregistry:Registry",
+    "azure-native:containerregistry:Registry", "azure-native:storage:StorageAccount",
+    "azure-native:storage:BlobContainer",
 ]
 
 

@@ -52,6 +52,14 @@ SCOPED_SUPPRESSIONS: dict[str, tuple[str, str]] = {
                                  "re-registers it when its socket goes away."),
     "CKV_K8S_9": (DEVICE_PLUGIN, "Device plugin has no readiness endpoint (upstream defines no probes); the policy "
                                  "pack exempts exactly this workload from k8s-readiness-probe too."),
+    "CKV_AZURE_206": ("Microsoft.Storage/storageAccounts.",
+                      "Model store replication: Premium block blob accounts (low-latency reads for blobfuse2) offer "
+                      "LRS and ZRS only; prod runs Premium_ZRS (survives a zone outage), dev LRS. Geo-redundancy "
+                      "would need a Standard account; the weights are a copy of a published model, re-uploadable."),
+    "CKV_AZURE_36": ("Microsoft.Storage/storageAccounts.",
+                     "Model store: no 'Trusted Microsoft Services' bypass on purpose. Public network access is "
+                     "disabled and only the nodes read it, through the private endpoint with the kubelet identity; "
+                     "no Azure service needs to reach it (its diagnostics are sent by the platform, not pulled)."),
     "CKV_AZURE_166": ("Microsoft.ContainerRegistry/registries.",
                       "ACR quarantine holds every pushed image until a scanner releases it; without a scanning "
                       "pipeline attached it would block all pulls. Images run only by digest, set by the operator "
@@ -145,3 +153,17 @@ def test_every_suppression_says_why() -> None:
 def test_scoped_suppressions_do_not_hide_the_same_finding_elsewhere() -> None:
     assert _scoped("CKV_K8S_23", {DEVICE_PLUGIN})
     assert not _scoped("CKV_K8S_23", {DEVICE_PLUGIN, "Deployment.inference.inference-server"})
+
+
+def test_checkov_reads_the_model_store_network_rules_under_their_arm_name(rendered, tmp_path) -> None:
+    from dataclasses import replace
+
+    def allow_by_default(inputs: dict[str, Any]) -> dict[str, Any]:
+        return {**inputs, "networkRuleSet": {**inputs["networkRuleSet"], "defaultAction": "Allow"}}
+
+    opened = [replace(r, inputs=allow_by_default(r.inputs)) if r.type == "azure-native:storage:StorageAccount" else r
+              for r in rendered["prod"]]
+
+    failed = scan(opened, tmp_path)
+
+    assert "CKV_AZURE_35" in failed and "CKV_AZURE_35" not in SUPPRESSIONS and "CKV_AZURE_35" not in SCOPED_SUPPRESSIONS
