@@ -380,6 +380,11 @@ class InferenceServiceArgs:
     """Server's waiting-queue cap (``--max-waiting``); beyond it clients get 429."""
     max_model_len: int | None = None
     """Context length cap (``--max-model-len``); None uses the model's."""
+    embeddings: Literal["served"] | None = None
+    """``/v1/embeddings`` from the served model's pooled hidden states (``--embeddings served``, TP 1 only);
+    None serves no embeddings (the endpoint answers 404)."""
+    embeddings_pooling: Literal["mean", "last"] = "last"
+    """How token states become one vector (``--embeddings-pooling``): the last token's suits decoder models."""
     replicas: int = 1
     """Pods (one TP group each) when autoscaling is off; ignored (left to KEDA) when it is on."""
     cpu: int = 8
@@ -492,6 +497,13 @@ class InferenceServiceArgs:
         if not _K8S_VERSION.match(self.kubernetes_version):
             raise _fail("kubernetes_version", self.kubernetes_version, "must be a minor version like '1.33'")
         _check_range("tp_size", self.tp_size, 1, MAX_TP_SIZE)
+        if self.embeddings not in (None, "served"):
+            raise _fail("embeddings", self.embeddings, "must be None or 'served'")
+        if self.embeddings == "served" and self.tp_size != 1:
+            raise _fail("embeddings", self.embeddings, "'served' pools the model's own states on one rank: "
+                        "tp_size must be 1")
+        if self.embeddings_pooling not in ("mean", "last"):
+            raise _fail("embeddings_pooling", self.embeddings_pooling, "must be 'mean' or 'last'")
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise _fail("dtype", self.dtype, "must be bfloat16, float16 or float32")
         for name in ("max_batch_size", "max_waiting", "max_model_len"):
@@ -896,6 +908,8 @@ class InferenceService(pulumi.ComponentResource):
                             ("--max-model-len", args.max_model_len)):
             if value is not None:
                 command += [flag, str(value)]
+        if args.embeddings is not None:
+            command += ["--embeddings", args.embeddings, "--embeddings-pooling", args.embeddings_pooling]
         return command
 
     def _server_env(self) -> list[k8s.core.v1.EnvVarArgs]:

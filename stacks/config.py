@@ -452,6 +452,16 @@ class InferenceConfig(_Section):
     # Dimension of the RAG embeddings table (rag.embeddings, HNSW index) the schema Job creates; the
     # embedding model's output width. Unset: no table. pgvector indexes at most 2000 dimensions.
     embedding_dimensions: int | None = Field(None, ge=1, le=2000)
+    # `served`: the server answers /v1/embeddings with the served model's pooled hidden states (TP 1 only).
+    embeddings: Literal["off", "served"] = "off"
+    embeddings_pooling: Literal["mean", "last"] = "last"
+
+    @model_validator(mode="after")
+    def _embeddings_fit(self) -> InferenceConfig:
+        if self.embeddings == "served" and self.tp_size != 1:
+            raise ValueError(f"embeddings 'served' with tpSize {self.tp_size}: the server pools the model's own "
+                             "states on one rank; allowed: embeddings off, or tpSize 1")
+        return self
 
     @model_validator(mode="after")
     def _shm_fits(self) -> InferenceConfig:

@@ -108,6 +108,8 @@ def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.In
         dtype=inference.dtype,
         max_batch_size=inference.max_batch_size,
         max_model_len=inference.max_model_len,
+        embeddings=None if inference.embeddings == "off" else inference.embeddings,
+        embeddings_pooling=inference.embeddings_pooling,
         replicas=inference.replicas,
         cpu=inference.cpu,
         memory_limit_gib=inference.memory_gi,

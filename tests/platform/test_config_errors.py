@@ -232,3 +232,9 @@ def test_embedding_dimensions_beyond_what_pgvector_indexes_are_rejected():
     text = problems({"inference": {"embeddingDimensions": 3072}})
     assert "inferforge:inference.embeddingDimensions" in text and "2000" in text
     assert validate_stack("dev", {"inference": {"embeddingDimensions": 1024}}).inference.embedding_dimensions == 1024
+
+
+def test_served_embeddings_need_tensor_parallel_size_one():
+    text = problems({**WITH_WORKLOADS, "inference": {**WITH_WORKLOADS["inference"], "embeddings": "served"}},
+                    stack="prod")
+    assert "inferforge:inference.embeddings: 'served' with tpSize 2" in text and "allowed: embeddings off" in text

@@ -118,3 +118,23 @@ def test_front_door_routes_only_the_api_and_probes_readiness_on_the_origin(stack
     # The probe goes to the origin directly (no route needed), on the server's unauthenticated /ready.
     probe = one(resources, "azure-native:cdn:AFDOriginGroup").inputs["healthProbeSettings"]
     assert probe["probePath"] == "/ready"
+
+
+def test_served_embeddings_reach_the_server_command_and_parse():
+    import copy
+
+    from inference.serve import build_parser
+    from stacks.render import render_stack
+    from tests.stack_overrides import WITH_WORKLOADS
+
+    overrides = copy.deepcopy(WITH_WORKLOADS)
+    overrides["inference"].update(embeddings="served", embeddingsPooling="mean", embeddingDimensions=768)
+    deployment = one(render_stack("dev", overrides), "kubernetes:apps/v1:Deployment")
+    container = deployment.inputs["spec"]["template"]["spec"]["containers"][0]
+    parsed = build_parser().parse_args((container["command"] + container.get("args", []))[3:])
+    assert (parsed.embeddings, parsed.embeddings_pooling) == ("served", "mean")
+
+
+def test_embeddings_are_off_unless_configured(dev):
+    container = one(dev, "kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"]["containers"][0]
+    assert "--embeddings" not in container["command"] + container.get("args", [])
