@@ -1,6 +1,6 @@
 """Benchmark `python -m stacks plan` as users run it: a whole process per run, median of several.
 
-    python -m stacks.bench_plan --stack prod --runs 5
+    python -m stacks.bench_plan --stack prod --runs 5 [--cwd DIR]
 
 Prints each run's wall and CPU time (user+sys of the child), then median/min/max. Exit 1 if any run
 fails (a plan that exits non-zero is not a valid timing).
@@ -37,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", default="prod")
     parser.add_argument("--runs", type=int, default=5, choices=range(1, 51), metavar="N (1-50)")
     parser.add_argument("--no-policies", action="store_true", help="time the preview alone")
+    parser.add_argument("--cwd", metavar="DIR", help="project directory holding Pulumi.<stack>.yaml (plan's --cwd)")
     args = parser.parse_args(argv)
     extra = ["--no-policies"] if args.no_policies else []
+    extra += ["--cwd", args.cwd] if args.cwd else []
     walls, cpus = [], []
     for run in range(1, args.runs + 1):
         wall, cpu, code = time_plan(args.stack, extra)
