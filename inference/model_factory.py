@@ -161,7 +161,7 @@ def build_tokenizer(vocab_size: int, corpus_words: int, seed: int):
 def build_model(preset: Preset, tokenizer, seed: int):
     """A LlamaForCausalLM with seeded random weights and a rescaled LM head (see module docstring)."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
         vocab_size=preset.vocab_size,
@@ -182,13 +182,16 @@ def build_model(preset: Preset, tokenizer, seed: int):
     with torch.no_grad():
         # Final RMSNorm output has unit RMS, so logit std ~= std(W) * sqrt(hidden).
         model.lm_head.weight.normal_(0.0, LOGIT_STD / preset.hidden_size**0.5)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-    )
+    model.generation_config = _greedy_generation_config(tokenizer)
     return model.to(getattr(torch, preset.dtype))
+
+
+def _greedy_generation_config(tokenizer):
+    """generation_config.json of every factory model: the tokenizer's special ids, greedy decoding."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, do_sample=False)
 
 
 # Model families served in production, by transformers' model_type; each tiny test model is built
@@ -201,7 +204,7 @@ FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "phi3")
 def build_family_model(family: str, preset: Preset, tokenizer, seed: int):
     """A seeded random model of `family` with `preset`'s shape (the preset's dtype)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
@@ -229,12 +232,7 @@ def build_family_model(family: str, preset: Preset, tokenizer, seed: int):
     with torch.no_grad():
         # As build_model: logits with a clear greedy margin. A tied head (Gemma) is the embedding.
         model.get_output_embeddings().weight.normal_(0.0, LOGIT_STD / preset.hidden_size**0.5)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-    )
+    model.generation_config = _greedy_generation_config(tokenizer)
     return model.to(getattr(torch, preset.dtype))
 
 
