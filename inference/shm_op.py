@@ -2,9 +2,10 @@
 
 With more than one rank on CPU, `deepspeed.init_distributed` loads the `deepspeed_shm_comm` op
 (`deepspeed/ops/op_builder/cpu/comm.py`, `ShareMemCommBuilder`: `csrc/cpu/comm/shm*.cpp`). Unless the
-DeepSpeed package was installed with it prebuilt (`DS_BUILD_SHM_COMM=1`, as the image does), torch's
+DeepSpeed package was installed with it prebuilt (`DS_BUILD_SHM_COMM=1`; the CUDA image needs no build), torch's
 JIT extension builder compiles it at the first TP start (~1 min on 2 idle cores, minutes under
-load) into `$TORCH_EXTENSIONS_DIR/deepspeed_shm_comm` (default `~/.cache/torch_extensions/py311_cpu`).
+load) into `$TORCH_EXTENSIONS_DIR/deepspeed_shm_comm` (default: a directory of this interpreter's own under
+`~/.cache/torch_extensions`, see `default_extensions_root`).
 Torch serializes builders with a lock file in that directory that it waits on forever, silently;
 every load holds it for a moment (a no-op rebuild check), so a start killed at the wrong time left it
 behind and every later start hung. On CUDA nodes the op is not used (NCCL does the all-reduce;
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import sys
@@ -83,11 +85,22 @@ def shm_op_builder() -> Any | None:
     return builder
 
 
-def build_directory(name: str = OP_NAME) -> Path:
-    """Where torch's JIT builder puts (and locks) extension `name`."""
-    from torch.utils.cpp_extension import _get_build_directory
+def default_extensions_root() -> Path:
+    """This interpreter's own build root, used unless TORCH_EXTENSIONS_DIR is set.
 
-    return Path(_get_build_directory(name, verbose=False))
+    torch's default (`~/.cache/torch_extensions/py311_cpu`) is shared by every virtualenv of the user;
+    two checkouts whose DeepSpeed sources live at different paths then rebuild the op over each
+    other's build, and a start waiting on the other's rebuild can miss the process-group join bound.
+    """
+    from torch.utils.cpp_extension import get_default_build_root
+
+    tag = hashlib.sha1(sys.prefix.encode()).hexdigest()[:10]
+    return Path(get_default_build_root()) / f"inferforge-{tag}"
+
+
+def build_directory(name: str = OP_NAME) -> Path:
+    """Where torch's JIT builder puts (and locks) extension `name` (see `default_extensions_root`)."""
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or default_extensions_root()) / name
 
 
 def lock_holders(path: Path) -> list[int]:
@@ -174,6 +187,8 @@ def ensure_loaded(timeout_s: float | None = None, *, load: Callable[[], Any] | N
         if builder is None:
             return
         load = builder.load
+        # torch reads this when it builds/loads: point it at the same directory we lock and watch.
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(default_extensions_root()))
         build_dir = build_directory(builder.NAME)
     assert build_dir is not None
     build_dir.mkdir(parents=True, exist_ok=True)

@@ -136,3 +136,15 @@ def test_the_op_that_is_built_is_deepspeeds_cpu_shm_all_reduce() -> None:
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
     if root:
         assert shm_op.build_directory() == Path(root) / shm_op.OP_NAME
+
+
+def test_each_interpreter_builds_into_its_own_directory_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two checkouts (virtualenvs) sharing torch's default directory rebuilt the op over each other.
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setattr(sys, "prefix", "/venvs/a")
+    first = shm_op.build_directory()
+    monkeypatch.setattr(sys, "prefix", "/venvs/b")
+    second = shm_op.build_directory()
+    assert first != second and first.name == second.name == shm_op.OP_NAME
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/cache/torch_extensions")
+    assert shm_op.build_directory() == Path("/cache/torch_extensions") / shm_op.OP_NAME
