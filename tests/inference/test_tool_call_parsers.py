@@ -303,3 +303,52 @@ def test_a_marker_held_as_a_special_token_is_read(tiny_model_dir: Path) -> None:
         # Without tools the special token stays hidden, as before.
         plain = client.chat.completions.create(model="fake-model", messages=MESSAGES, max_tokens=200)
         assert "[TOOL_CALLS]" not in plain.choices[0].message.content
+
+
+# ---- the real server, a sampling model, the flag on the command line ----------------------------------
+
+
+@pytest.mark.parametrize("name", ["llama3_json", "mistral"])
+def test_required_and_named_calls_with_a_sampling_model(name: str, tiny_model_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """`python -m inference serve --tool-call-parser NAME` with the tiny random model at temperature 1:
+    the grammar makes it write NAME's syntax, which the server parses into valid calls."""
+    import jsonschema
+
+    from tests.inference.fakes import free_port
+    from tests.inference.test_api import start_server, stop_server, wait_ready
+    from tests.inference.test_structured_output import PARAMETERS, SAMPLED
+    from tests.inference.test_structured_output import TOOLS as SCHEMA_TOOLS
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(tiny_model_dir, port, "--allow-unauthenticated", "--max-model-len", "1024",
+                        "--tool-call-parser", name, log_path=tmp_path / "server.log")
+    try:
+        wait_ready(proc, url)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        model = client.models.list().data[0].id
+        for seed in range(2):
+            choice = client.chat.completions.create(model=model, messages=MESSAGES, tools=SCHEMA_TOOLS,
+                                                    tool_choice="required", seed=seed, **SAMPLED).choices[0]
+            assert choice.finish_reason == "tool_calls", choice
+            assert choice.message.tool_calls
+            for call in choice.message.tool_calls:
+                jsonschema.validate(json.loads(call.function.arguments), PARAMETERS[call.function.name])
+        calls: dict[int, dict[str, str]] = {}
+        for chunk in client.chat.completions.create(model=model, messages=MESSAGES, tools=SCHEMA_TOOLS, seed=3,
+                                                    tool_choice="required", stream=True, **SAMPLED):
+            for c in chunk.choices:
+                for delta in c.delta.tool_calls or []:
+                    call = calls.setdefault(delta.index, {"name": "", "arguments": ""})
+                    call["name"] += delta.function.name or ""
+                    call["arguments"] += delta.function.arguments or ""
+        assert calls
+        for call in calls.values():
+            jsonschema.validate(json.loads(call["arguments"]), PARAMETERS[call["name"]])
+        named = client.chat.completions.create(model=model, messages=MESSAGES, tools=SCHEMA_TOOLS, seed=4, **SAMPLED,
+                                               tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        [call] = named.choices[0].message.tool_calls
+        jsonschema.validate(json.loads(call.function.arguments), PARAMETERS["get_weather"])
+    finally:
+        assert stop_server(proc) == 0
