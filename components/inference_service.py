@@ -385,6 +385,8 @@ class InferenceServiceArgs:
     None serves no embeddings (the endpoint answers 404)."""
     embeddings_pooling: Literal["mean", "last"] = "last"
     """How token states become one vector (``--embeddings-pooling``): the last token's suits decoder models."""
+    tool_call_parser: Literal["hermes", "llama3_json", "mistral"] = "hermes"
+    """The tool-call syntax the model writes (``--tool-call-parser``; hermes, the server's default, is not passed)."""
     replicas: int = 1
     """Pods (one TP group each) when autoscaling is off; ignored (left to KEDA) when it is on."""
     cpu: int = 8
@@ -504,6 +506,8 @@ class InferenceServiceArgs:
                         "tp_size must be 1")
         if self.embeddings_pooling not in ("mean", "last"):
             raise _fail("embeddings_pooling", self.embeddings_pooling, "must be 'mean' or 'last'")
+        if self.tool_call_parser not in ("hermes", "llama3_json", "mistral"):
+            raise _fail("tool_call_parser", self.tool_call_parser, "must be 'hermes', 'llama3_json' or 'mistral'")
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise _fail("dtype", self.dtype, "must be bfloat16, float16 or float32")
         for name in ("max_batch_size", "max_waiting", "max_model_len"):
@@ -910,6 +914,8 @@ class InferenceService(pulumi.ComponentResource):
                 command += [flag, str(value)]
         if args.embeddings is not None:
             command += ["--embeddings", args.embeddings, "--embeddings-pooling", args.embeddings_pooling]
+        if args.tool_call_parser != "hermes":
+            command += ["--tool-call-parser", args.tool_call_parser]
         return command
 
     def _server_env(self) -> list[k8s.core.v1.EnvVarArgs]:

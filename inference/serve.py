@@ -38,6 +38,7 @@ from typing import Any
 from inference.auth import APIKeys, KeyLoadError, load_keys_from_file, load_keys_from_key_vault
 from inference.shm_op import StartupWaitTimeout
 from inference.supervisor import RANK_LOST_SIGNAL, run_ranks  # RANK_LOST_SIGNAL: fail everything, exit 1
+from inference.tool_calls import FORMATS as TOOL_CALL_FORMATS
 
 log = logging.getLogger("inference.serve")
 
@@ -45,6 +46,7 @@ EXIT_OK = 0
 EXIT_ENGINE_FAILED = 1
 EXIT_USAGE = 2
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+TOOL_CALL_PARSERS = tuple(TOOL_CALL_FORMATS)
 # How often the HTTP rank checks the engine's health and the drain's progress.
 WATCH_INTERVAL_S = 0.2
 # Bound on engine.shutdown(): the followers are released by it; a hung one must not hang the pod.
@@ -131,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "this many token rows in fp32 (default 8; 0 disables)")
     serve.add_argument("--chat-template", default=None,
                        help="chat template replacing the tokenizer's: a file path or the Jinja text itself")
+    serve.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS, default="hermes",
+                       help="the tool-call syntax the model writes (as vLLM's flag): hermes (Hermes, Qwen2.5, "
+                            "Qwen3), llama3_json (Llama 3.1/3.2/3.3), mistral ([TOOL_CALLS])")
     embed = serve.add_argument_group("embeddings (POST /v1/embeddings; off unless a source is given)")
     embed.add_argument("--embeddings", choices=("served",), default=None,
                        help="served: pool the served model's own hidden states (--tp-size 1 only)")
@@ -433,7 +438,7 @@ async def _serve_rank0(args: argparse.Namespace, engine: Any, api_keys: APIKeys 
     from inference.server import create_app
 
     app = create_app(engine, engine.tokenizer, api_keys=api_keys, model_name=engine.model_name,
-                     chat_template=args.chat_template_text,
+                     chat_template=args.chat_template_text, tool_call_parser=args.tool_call_parser,
                      embedding_service=load_embedding_service(args, engine))
     log.info("serving", extra={"fields": {"host": args.host, "port": args.port, "model": engine.model_name,
                                            "tp_size": args.tp_size, "auth": api_keys is not None}})

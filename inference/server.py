@@ -95,6 +95,11 @@ class ServerState:
     chat_template: str | None = None
     # Compiles response_format / tool_choice grammars (structured_output.GrammarCompiler).
     grammars: Any = None
+    # --tool-call-parser: the call syntax replies are parsed for (and tool_choice grammars write).
+    tool_format: tool_calls.ToolCallFormat = field(default_factory=tool_calls.HermesFormat)
+    # Special-token ids of the format's markers and their text, put back into decoded text of
+    # replies whose calls are parsed (decoding skips special tokens).
+    tool_markers: dict[int, str] = field(default_factory=dict)
     # /v1/embeddings (embeddings.EmbeddingService); None when the server serves none.
     embeddings: Any = None
 
@@ -160,6 +165,7 @@ class Generation:
         stops: list[str] | None,
         index: int = 0,
         counts_prompt: bool = True,
+        markers: dict[int, str] | None = None,
     ) -> None:
         self.state = state
         self.request_id = request_id
@@ -177,6 +183,8 @@ class Generation:
         self._engine = state.engine
         self._backend = state.tokenizer.backend_tokenizer
         self._decoder = DecodeStream(ids=prompt_ids[-DECODE_CONTEXT_TOKENS:], skip_special_tokens=True)
+        # Special tokens whose text the tool-call parser must see (ServerState.tool_markers).
+        self._markers = markers or {}
         self._matcher = StopStringMatcher(stops)
         self._events = state.engine.generate(GenerationRequest(request_id, prompt_ids, params))
         self._first: TokenEvent | None = None
@@ -198,6 +206,8 @@ class Generation:
             if self.wants_logprobs and event.logprob is not None:
                 self._logprobs.append(TokenLogprob(event.token_id, event.logprob, event.top_logprobs))
             piece = self._decoder.step(self._backend, event.token_id)
+            if event.token_id in self._markers:
+                piece = (piece or "") + self._markers[event.token_id]
             if piece and self._matcher.add(piece):
                 self.finish_reason = "stop"
                 # Stop string matched: free the batch slot now rather than at max_tokens.
@@ -320,15 +330,15 @@ def _named_tool(req: ChatCompletionRequest) -> str | None:
     return req.tool_choice.function.name if isinstance(req.tool_choice, NamedToolChoice) else None
 
 
-def _chat_message(req: ChatCompletionRequest, text: str, finish_reason: str | None
+def _chat_message(req: ChatCompletionRequest, text: str, finish_reason: str | None, fmt: tool_calls.ToolCallFormat
                   ) -> tuple[ChatResponseMessage, str | None]:
     """The assistant message of a whole output, with its tool calls parsed per `tool_choice`."""
     mode = req.tool_mode
     if mode == "named":
-        call = tool_calls.parse_named(_named_tool(req) or "", text)
+        call = fmt.parse_named(_named_tool(req) or "", text)
         return ChatResponseMessage(content=None, tool_calls=[call.to_openai()]), finish_reason
     if mode in ("auto", "required"):
-        content, calls = tool_calls.parse(text)
+        content, calls = fmt.parse(text)
         if calls:
             calls = calls if req.parallel_tool_calls else calls[:1]
             return (ChatResponseMessage(content=content, tool_calls=[c.to_openai() for c in calls]),
@@ -483,7 +493,8 @@ class OpenAIServer:
         if named is not None:
             # The call is opened for the model, which writes the arguments (grammar-constrained to
             # the function's parameters schema, see structured_output.request_grammar).
-            ids = ids + self.state.tokenizer.encode(tool_calls.named_call_prefix(named), add_special_tokens=False)
+            ids = ids + self.state.tokenizer.encode(self.state.tool_format.named_call_prefix(named),
+                                                   add_special_tokens=False)
         return ids
 
     # ---- endpoints ------------------------------------------------------------------------------
@@ -545,7 +556,7 @@ class OpenAIServer:
         backend = self.state.tokenizer.backend_tokenizer
         choices = []
         for gen, text in zip(gens, texts, strict=True):
-            message, finish_reason = _chat_message(req, text, gen.finish_reason)
+            message, finish_reason = _chat_message(req, text, gen.finish_reason, self.state.tool_format)
             choices.append(ChatChoice(
                 index=gen.index, message=message, finish_reason=finish_reason,
                 logprobs=LogprobFormatter(backend).chat(gen.take_logprobs()) if gen.wants_logprobs else None,
@@ -561,6 +572,8 @@ class OpenAIServer:
                      req: CompletionRequest | ChatCompletionRequest) -> list[Generation]:
         """`n` choices per prompt, in order; each its own engine request (`<id>-<index>` when several)."""
         total = len(prompts) * req.n
+        parses_calls = isinstance(req, ChatCompletionRequest) and req.tool_mode in ("auto", "required")
+        markers = self.state.tool_markers if parses_calls else None
         gens = []
         for p, (prompt_ids, params) in enumerate(prompts):
             for i in range(req.n):
@@ -571,7 +584,7 @@ class OpenAIServer:
                     choice_params = dataclasses.replace(params, seed=(params.seed + i + 2**63) % 2**64 - 2**63)
                 gens.append(Generation(self.state, request_id if total == 1 else f"{request_id}-{index}",
                                        endpoint, prompt_ids, choice_params, req.stop, index=index,
-                                       counts_prompt=i == 0))
+                                       counts_prompt=i == 0, markers=markers))
         return gens
 
     async def _whole_texts(self, request: Request, gens: list[Generation]) -> list[str]:
@@ -672,7 +685,7 @@ class OpenAIServer:
         finished = 0
         mode = req.tool_mode
         parses_calls = mode in ("auto", "required")
-        parsers = {gen.index: tool_calls.StreamingParser() for gen in gens} if parses_calls else {}
+        parsers = {gen.index: self.state.tool_format.stream() for gen in gens} if parses_calls else {}
         named_text = {gen.index: "" for gen in gens} if mode == "named" else {}
         async for gen, delta in _interleaved(gens):
             logprobs = formatter.chat(gen.take_logprobs()) if gen.wants_logprobs and delta is not None else None
@@ -687,7 +700,7 @@ class OpenAIServer:
                     if logprobs is not None:
                         yield chunk(gen.index, ChatDelta(content=""), logprobs=logprobs)
                     continue
-                call = tool_calls.parse_named(_named_tool(req) or "", named_text[gen.index])
+                call = self.state.tool_format.parse_named(_named_tool(req) or "", named_text[gen.index])
                 yield chunk(gen.index, ChatDelta(tool_calls=[call.to_openai(index=0)]))
             elif parses_calls:
                 parser = parsers[gen.index]
@@ -789,17 +802,22 @@ def create_app(
     model_name: str | None = None,
     chat_template: str | None = None,
     embedding_service: Any = None,
+    tool_call_parser: str = "hermes",
 ) -> Starlette:
     """The ASGI app. `api_keys=None` means unauthenticated (the CLI only allows that explicitly);
-    `chat_template` (the text, see `chat_template.load_chat_template`) replaces the tokenizer's."""
+    `chat_template` (the text, see `chat_template.load_chat_template`) replaces the tokenizer's;
+    `tool_call_parser` names the call syntax (`tool_calls.FORMATS`)."""
     if not hasattr(tokenizer, "backend_tokenizer"):
         raise TypeError("the tokenizer must be a fast (Rust `tokenizers`) tokenizer")
     name = model_name or engine.model_name
+    tool_format = tool_calls.get_format(tool_call_parser)
     state = ServerState(engine=engine, tokenizer=tokenizer, model_name=name,
                         metrics=ServerMetrics(engine, name), created=int(time.time()),
                         chat_template=chat_template, prompts=PromptTokenizer(tokenizer, engine.max_model_len),
-                        grammars=structured_output.GrammarCompiler(tokenizer, getattr(engine, "vocab_size", None)),
-                        embeddings=embedding_service)
+                        grammars=structured_output.GrammarCompiler(tokenizer, getattr(engine, "vocab_size", None),
+                                                                   tool_format=tool_format),
+                        embeddings=embedding_service, tool_format=tool_format,
+                        tool_markers=tool_calls.marker_token_ids(tokenizer, tool_format))
     server = OpenAIServer(state)
     routes = [
         Route("/v1/completions", _endpoint(state, server.completions), methods=["POST"]),

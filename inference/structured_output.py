@@ -202,16 +202,17 @@ def _lark_literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=True)
 
 
-def _tool_call_rules(tools: list[Any]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Lark rules of `call`: one Hermes-format call of any of `tools`, each with its own parameters
+def _tool_call_rules(tools: list[Any], fmt: tool_calls.ToolCallFormat
+                     ) -> tuple[list[str], list[tuple[str, str]]]:
+    """Lark rules of `call`: one call of any of `tools` in `fmt`'s syntax, each with its own parameters
     schema as a separate %json (so every schema's own `#/$defs/...` references resolve)."""
     alternatives, rules, parts = [], [], []
     for i, tool in enumerate(tools):
         fn = tool.function
-        prefix = tool_calls.OPEN + '{"name": ' + json.dumps(fn.name) + ', "arguments": '
+        prefix = fmt.call_prefix(fn.name)
         parameters = fn.parameters or {"type": "object"}
         rules.append(f"args_{i}: {_lark_json(parameters)}")
-        alternatives.append(f"{_lark_literal(prefix)} args_{i} {_lark_literal('}' + tool_calls.CLOSE)}")
+        alternatives.append(f"{_lark_literal(prefix)} args_{i} {_lark_literal(fmt.call_suffix)}")
         parts.append((f"tools.{i}.function.parameters", _schema_grammar(parameters)))
     return [f"call: {' | '.join(alternatives)}", *rules], parts
 
@@ -228,27 +229,32 @@ def _lark_grammar(lark: str) -> str:
     return llguidance.LLMatcher.grammar_from_lark(lark)
 
 
-def request_grammar(req: Any) -> GrammarSource | None:
-    """The grammar a chat request's reply must follow, or None when it is unconstrained.
+def request_grammar(req: Any, fmt: tool_calls.ToolCallFormat | None = None) -> GrammarSource | None:
+    """The grammar a chat request's reply must follow, or None when it is unconstrained. Tool calls
+    are written in `fmt`'s syntax (the deployment's `--tool-call-parser`; default Hermes), so the
+    server's parser reads what the grammar made the model write.
 
     * tool_choice named: the call is opened in the prompt; the grammar is its arguments (the
-      function's parameters schema) and the closing `}</tool_call>`.
-    * tool_choice required: one or more Hermes-format calls of the given tools (one when
-      `parallel_tool_calls` is false).
+      function's parameters schema) and the closing text (Hermes: `}</tool_call>`).
+    * tool_choice required: one or more calls of the given tools (one when `parallel_tool_calls`
+      is false).
     * response_format json_object / json_schema: the JSON document; with tool_choice auto, either
       that document or tool calls.
     """
+    fmt = fmt or tool_calls.HermesFormat()
     mode = req.tool_mode
     schema = req.response_format.reply_schema if req.response_format is not None else None
     if mode == "named":
         name = req.tool_choice.function.name
         index, tool = next((i, t) for i, t in enumerate(req.tools) if t.function.name == name)
-        lark = f"start: args {_lark_literal('}' + tool_calls.CLOSE)}\n" \
+        lark = f"start: args {_lark_literal(fmt.call_suffix + fmt.calls_close)}\n" \
                f"args: {_lark_json(tool.function.parameters or {'type': 'object'})}"
         return GrammarSource(_lark_grammar(lark), f"tools.{index}.function.parameters")
     if mode == "required" or (mode == "auto" and schema is not None):
-        call_rules, parts = _tool_call_rules(req.tools)
-        calls = 'call ("\\n" call)*' if req.parallel_tool_calls else "call"
+        call_rules, parts = _tool_call_rules(req.tools, fmt)
+        calls = f"call ({_lark_literal(fmt.separator)} call)*" if req.parallel_tool_calls else "call"
+        if fmt.calls_open or fmt.calls_close:
+            calls = f"{_lark_literal(fmt.calls_open)} {calls} {_lark_literal(fmt.calls_close)}"
         lines = [f"calls: {calls}", *call_rules]
         if mode == "required":
             lines.insert(0, "start: calls")
@@ -269,8 +275,10 @@ class GrammarCompiler:
     """Compiles request grammars for one tokenizer, bounded in time and concurrency, with a cache."""
 
     def __init__(self, tokenizer: Any, vocab_size: int | None = None,
-                 timeout_s: float = COMPILE_TIMEOUT_S) -> None:
+                 timeout_s: float = COMPILE_TIMEOUT_S, tool_format: tool_calls.ToolCallFormat | None = None) -> None:
         self.timeout_s = timeout_s
+        # The deployment's call syntax (--tool-call-parser): tool_choice grammars write it.
+        self.tool_format = tool_format or tool_calls.HermesFormat()
         self._hf_tokenizer = tokenizer
         self._vocab_size = max(vocab_size or 0, len(tokenizer))
         self._ll_tokenizer: Any = None
@@ -328,7 +336,7 @@ class GrammarCompiler:
     async def for_request(self, req: Any) -> Grammar | None:
         """The compiled grammar of a chat request, or None when its reply is unconstrained."""
         try:
-            source = request_grammar(req)
+            source = request_grammar(req, self.tool_format)
         except (ValueError, TypeError) as exc:  # a schema llguidance cannot even serialise
             raise errors.bad_request(f"response_format/tools: {str(exc)[:MAX_ERROR_CHARS]}",
                                      code="invalid_schema") from None

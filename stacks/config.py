@@ -455,6 +455,9 @@ class InferenceConfig(_Section):
     # `served`: the server answers /v1/embeddings with the served model's pooled hidden states (TP 1 only).
     embeddings: Literal["off", "served"] = "off"
     embeddings_pooling: Literal["mean", "last"] = "last"
+    # The tool-call syntax the served model writes (the server's --tool-call-parser): hermes for
+    # Hermes/Qwen2.5/Qwen3, llama3_json for Llama 3.x, mistral for Mistral ([TOOL_CALLS]).
+    tool_call_parser: Literal["hermes", "llama3_json", "mistral"] = "hermes"
 
     @model_validator(mode="after")
     def _embeddings_fit(self) -> InferenceConfig:

@@ -110,6 +110,7 @@ def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.In
         max_model_len=inference.max_model_len,
         embeddings=None if inference.embeddings == "off" else inference.embeddings,
         embeddings_pooling=inference.embeddings_pooling,
+        tool_call_parser=inference.tool_call_parser,
         replicas=inference.replicas,
         cpu=inference.cpu,
         memory_limit_gib=inference.memory_gi,

@@ -181,12 +181,13 @@ class RunningFake:
 
 
 @contextlib.contextmanager
-def fake_server(tokenizer: Any, api_keys: Any = None, **engine_kwargs: Any) -> Iterator[RunningFake]:
+def fake_server(tokenizer: Any, api_keys: Any = None, tool_call_parser: str = "hermes",
+                **engine_kwargs: Any) -> Iterator[RunningFake]:
     """Serve a FakeEngine through `create_app` in a background thread."""
     from inference.server import create_app
 
     engine = FakeEngine(tokenizer, **engine_kwargs)
-    app = create_app(engine, tokenizer, api_keys=api_keys)
+    app = create_app(engine, tokenizer, api_keys=api_keys, tool_call_parser=tool_call_parser)
     with serve_in_thread(app) as url:
         yield RunningFake(url, engine, app.state.server)
 

@@ -31,6 +31,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     (["serve", "--model-dir", "{model}", "--drain-timeout", "soon"], "not a number of seconds"),
     (["serve", "--model-dir", "{model}", "--drain-timeout", "-3"], ">= 0"),
     (["serve", "--model-dir", "{model}", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["serve", "--model-dir", "{model}", "--tool-call-parser", "pythonic"], "invalid choice: 'pythonic'"),
     (["serve", "--model-dir", "/nonexistent/model", "--allow-unauthenticated"], "is not a directory"),
     (["serve", "--model-dir", "{empty}", "--allow-unauthenticated"], "no config.json"),
     (["serve", "--model-dir", "{model}", "--allow-unauthenticated", "--max-model-len", "1"], "max_model_len"),
@@ -60,6 +61,9 @@ def test_defaults_are_the_secure_and_documented_ones(tmp_path: Path) -> None:
     assert (args.host, args.port, args.tp_size, args.dtype) == ("127.0.0.1", 8000, 1, "auto")
     assert args.allow_unauthenticated is False
     assert args.drain_timeout == 30.0
+    assert args.tool_call_parser == "hermes"
+    assert build_parser().parse_args(["serve", "--model-dir", str(tmp_path), "--tool-call-parser",
+                                      "mistral"]).tool_call_parser == "mistral"
 
 
 def test_make_model_delegates_to_the_model_factory(tmp_path: Path) -> None:

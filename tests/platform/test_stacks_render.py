@@ -135,6 +135,21 @@ def test_served_embeddings_reach_the_server_command_and_parse():
     assert (parsed.embeddings, parsed.embeddings_pooling) == ("served", "mean")
 
 
+def test_tool_call_parser_reaches_the_server_command_and_parses():
+    import copy
+
+    from inference.serve import build_parser
+    from stacks.render import render_stack
+    from tests.stack_overrides import WITH_WORKLOADS
+
+    overrides = copy.deepcopy(WITH_WORKLOADS)
+    overrides["inference"].update(toolCallParser="llama3_json")
+    deployment = one(render_stack("dev", overrides), "kubernetes:apps/v1:Deployment")
+    container = deployment.inputs["spec"]["template"]["spec"]["containers"][0]
+    parsed = build_parser().parse_args((container["command"] + container.get("args", []))[3:])
+    assert parsed.tool_call_parser == "llama3_json"
+
+
 def test_embeddings_are_off_unless_configured(dev):
     container = one(dev, "kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"]["containers"][0]
     assert "--embeddings" not in container["command"] + container.get("args", [])
