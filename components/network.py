@@ -1,4 +1,7 @@
-"""Network: the VNet, its subnets (each with an NSG) and the private DNS zones of private endpoints."""
+"""Network: the VNet, its subnets (each with an NSG) and the private DNS zones of private endpoints.
+
+`ExistingNetwork` is the bring-your-own spoke of a landing zone: the same outputs, only the DNS zones created.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +58,47 @@ class NetworkArgs:
     """Custom DNS servers (a hub's resolver for central zones); empty keeps Azure-provided DNS."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags required by the tagging policy."""
+
+
+def private_dns_zones(name: str, postgres_zone_name: str, existing: Mapping[str, pulumi.Input[str]], *,
+                      resource_group_name: pulumi.Input[str], vnet_id: pulumi.Input[str], link_name: str,
+                      tags: Mapping[str, str], parent: pulumi.Resource) -> dict[str, pulumi.Output[str]]:
+    """The private endpoints' DNS zone ids: each one from `existing` (a hub's central zone), else a new zone linked
+    to the VNet."""
+    zone_ids: dict[str, pulumi.Output[str]] = {}
+    for key, zone_name in {
+        "key_vault": KEY_VAULT_DNS_ZONE,
+        "redis": MANAGED_REDIS_DNS_ZONE,
+        "container_registry": CONTAINER_REGISTRY_DNS_ZONE,
+        "blob": BLOB_DNS_ZONE,
+        "postgres": postgres_zone_name,
+    }.items():
+        if key in existing:
+            # A landing zone's central zone, already linked to the hub; records still come from the zone groups.
+            zone_ids[key] = pulumi.Output.from_input(existing[key])
+            continue
+        zone = privatedns.PrivateZone(
+            f"{name}-dns-{key}",
+            private_zone_name=zone_name,
+            resource_group_name=resource_group_name,
+            location="Global",
+            tags=dict(tags),
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+        privatedns.VirtualNetworkLink(
+            f"{name}-dns-{key}-link",
+            virtual_network_link_name=link_name,
+            private_zone_name=zone.name,
+            resource_group_name=resource_group_name,
+            location="Global",
+            virtual_network=privatedns.SubResourceArgs(id=vnet_id),
+            # Records come from private endpoint DNS zone groups, not VM auto-registration.
+            registration_enabled=False,
+            tags=dict(tags),
+            opts=pulumi.ResourceOptions(parent=zone),
+        )
+        zone_ids[key] = zone.id
+    return zone_ids
 
 
 def _deny_internet_inbound() -> network.SecurityRuleArgs:
@@ -148,39 +192,9 @@ class Network(pulumi.ComponentResource):
             previous = subnet
             self.subnet_ids[key] = subnet.id
 
-        self.dns_zone_ids = {}
-        for key, zone_name in {
-            "key_vault": KEY_VAULT_DNS_ZONE,
-            "redis": MANAGED_REDIS_DNS_ZONE,
-            "container_registry": CONTAINER_REGISTRY_DNS_ZONE,
-            "blob": BLOB_DNS_ZONE,
-            "postgres": args.postgres_dns_zone_name,
-        }.items():
-            if key in args.existing_dns_zone_ids:
-                # A landing zone's central zone, already linked to the hub; records still come from the zone groups.
-                self.dns_zone_ids[key] = pulumi.Output.from_input(args.existing_dns_zone_ids[key])
-                continue
-            zone = privatedns.PrivateZone(
-                f"{name}-dns-{key}",
-                private_zone_name=zone_name,
-                resource_group_name=args.resource_group_name,
-                location="Global",
-                tags=tags,
-                opts=child,
-            )
-            privatedns.VirtualNetworkLink(
-                f"{name}-dns-{key}-link",
-                virtual_network_link_name=f"link-{args.vnet_name}",
-                private_zone_name=zone.name,
-                resource_group_name=args.resource_group_name,
-                location="Global",
-                virtual_network=privatedns.SubResourceArgs(id=self.vnet.id),
-                # Records come from private endpoint DNS zone groups, not VM auto-registration.
-                registration_enabled=False,
-                tags=tags,
-                opts=pulumi.ResourceOptions(parent=zone),
-            )
-            self.dns_zone_ids[key] = zone.id
+        self.dns_zone_ids = private_dns_zones(name, args.postgres_dns_zone_name, args.existing_dns_zone_ids,
+                                              resource_group_name=args.resource_group_name, vnet_id=self.vnet.id,
+                                              link_name=f"link-{args.vnet_name}", tags=tags, parent=self)
 
         if args.log_analytics_workspace_id is not None:
             diagnostic_settings(f"{name}-vnet", resource_id=self.vnet.id,
@@ -190,5 +204,57 @@ class Network(pulumi.ComponentResource):
                                     workspace_id=args.log_analytics_workspace_id, parent=self,
                                     categories=NSG_LOG_CATEGORIES)
 
+        self.register_outputs({"vnet_id": self.vnet.id, "subnet_ids": self.subnet_ids,
+                               "dns_zone_ids": self.dns_zone_ids})
+
+
+@dataclass(frozen=True)
+class VnetRef:
+    """The VNet's id and name, as outputs (what the program reads of a created or an existing VNet)."""
+
+    id: pulumi.Output[str]
+    name: pulumi.Output[str]
+
+
+@dataclass
+class ExistingNetworkArgs:
+    """Arguments of `ExistingNetwork`: a landing zone's spoke, created and peered by the platform team."""
+
+    resource_group_name: pulumi.Input[str]
+    """Resource group of the private DNS zones this stack creates."""
+    vnet_id: str
+    """ARM id of the existing spoke VNet."""
+    subnet_names: Mapping[str, str]
+    """Existing subnets by key (`aks`, `private-endpoints`, `postgres`, `private-link`), inside that VNet."""
+    postgres_dns_zone_name: str
+    """Private DNS zone of the PostgreSQL server; must end in `.postgres.database.azure.com`."""
+    existing_dns_zone_ids: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    """Central private DNS zones by key; the others are created here and linked to the existing VNet."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Tags required by the tagging policy."""
+
+
+class ExistingNetwork(pulumi.ComponentResource):
+    """A bring-your-own spoke: the same outputs as `Network`, but no VNet, subnet, NSG, route or peering is
+    registered. Their NSGs, the postgres delegation, the PLS subnet's network policies and the node subnet's
+    route to the hub firewall are the landing zone's (README, Hub and spoke)."""
+
+    vnet: VnetRef
+    subnet_ids: dict[str, pulumi.Output[str]]
+    dns_zone_ids: dict[str, pulumi.Output[str]]
+
+    def __init__(self, name: str, args: ExistingNetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("inferforge:network:ExistingNetwork", name, None, opts)
+        expected = {"aks", "private-endpoints", "postgres", "private-link"}
+        if set(args.subnet_names) != expected:
+            raise ValueError(f"ExistingNetworkArgs.subnet_names needs exactly {sorted(expected)}")
+        self.vnet = VnetRef(id=pulumi.Output.from_input(args.vnet_id),
+                            name=pulumi.Output.from_input(args.vnet_id.rstrip("/").rsplit("/", 1)[-1]))
+        self.subnet_ids = {key: pulumi.Output.from_input(f"{args.vnet_id}/subnets/{subnet}")
+                           for key, subnet in args.subnet_names.items()}
+        self.dns_zone_ids = private_dns_zones(name, args.postgres_dns_zone_name, args.existing_dns_zone_ids,
+                                              resource_group_name=args.resource_group_name, vnet_id=args.vnet_id,
+                                              link_name=f"link-{args.vnet_id.rsplit('/', 1)[-1]}",
+                                              tags=args.tags, parent=self)
         self.register_outputs({"vnet_id": self.vnet.id, "subnet_ids": self.subnet_ids,
                                "dns_zone_ids": self.dns_zone_ids})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -25,6 +26,8 @@ ROUTE = "azure-native:network:Route"
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 
 _DEFAULT_ROUTES = {"0.0.0.0/0", "::/0"}
+_SUBNET_ID = re.compile(r"(?i)^/subscriptions/[0-9a-f-]{36}/resourceGroups/[^/]+/providers/Microsoft\.Network/"
+                        r"virtualNetworks/(?P<vnet>[^/]+)/subnets/(?P<subnet>[^/]+)$")
 
 
 def _node_subnets(cluster: PolicyResource, resources: list[PolicyResource]) -> list[PolicyResource]:
@@ -36,6 +39,24 @@ def _node_subnets(cluster: PolicyResource, resources: list[PolicyResource]) -> l
             subnets += [s for s in resources_of(resources, SUBNET)
                         if references(pool, "vnetSubnetID", s) and s not in subnets]
     return subnets
+
+
+def _landing_zone_subnet_ids(cluster: PolicyResource, resources: list[PolicyResource]) -> list[str]:
+    """The cluster's node subnet ids if every pool names a literal subnet id outside this stack (a landing zone's
+    spoke); else []. A literal id of a subnet this stack declares does not count: its route table is checkable."""
+    pool_ids = [p.get("vnetSubnetID") for p in as_list(cluster.props.get("agentPoolProfiles"))]
+    pool_ids += [pool.props.get("vnetSubnetID") for pool in resources_of(resources, AGENT_POOL)
+                 if references(pool, "resourceName", cluster)
+                 or same(pool.props.get("resourceName"), cluster.props.get("resourceName"))]
+    declared = {(str(s.props.get("virtualNetworkName", "")).lower(), str(s.props.get("subnetName", "")).lower())
+                for s in resources_of(resources, SUBNET)}
+    ids = []
+    for subnet_id in pool_ids:
+        match = _SUBNET_ID.match(subnet_id) if isinstance(subnet_id, str) else None
+        if match is None or (match["vnet"].lower(), match["subnet"].lower()) in declared:
+            return []
+        ids.append(subnet_id)
+    return ids
 
 
 def _default_routes(table: PolicyResource, resources: list[PolicyResource]) -> Iterator[Mapping[str, Any]]:
@@ -54,6 +75,17 @@ def _subnet_routes_to_appliance(args: StackValidationArgs, report: ReportViolati
     resources = list(args.resources)
     for cluster in resources_of(resources, AKS):
         subnets = _node_subnets(cluster, resources)
+        external = [] if subnets else _landing_zone_subnet_ids(cluster, resources)
+        if external and same(lookup(cluster.props, "networkProfile.outboundType"), "userDefinedRouting"):
+            # A landing zone's spoke (network.existingVnetId): its route table is the platform team's, and AKS
+            # refuses userDefinedRouting unless the subnet's 0.0.0.0/0 goes to an appliance, not the Internet
+            # (https://learn.microsoft.com/azure/aks/egress-udr).
+            continue
+        if external:
+            report(f"node subnet '{external[0].rsplit('/', 1)[-1]}' is a landing zone's (not in this stack) and "
+                   "networkProfile.outboundType is not userDefinedRouting: egress bypasses the hub firewall.",
+                   cluster.urn)
+            continue
         if not subnets:
             report("the cluster's node subnet is not a subnet of this stack, so its route table cannot be checked; "
                    "node pools must use a subnet whose default route goes to the egress firewall.", cluster.urn)
@@ -121,11 +153,14 @@ aks_outbound_user_defined_routing = resource_policy(
 
 aks_subnet_default_route_to_firewall = stack_policy(
     name="aks-subnet-default-route-to-firewall",
-    description="Every AKS node subnet has a route table whose 0.0.0.0/0 route goes to a virtual appliance "
-    "(the egress firewall).",
+    description="Every AKS node subnet of the stack has a route table whose 0.0.0.0/0 route goes to a virtual "
+    "appliance (the egress firewall). A landing zone's node subnet (network.existingVnetId, outside the stack) "
+    "passes with outboundType userDefinedRouting: its route table is the platform team's responsibility, and AKS "
+    "itself rejects that outbound type unless the subnet's default route goes to an appliance.",
     severity=Severity.HIGH,
     remediation="Associate the node subnet with the route table from components/egress.py (EgressRouteTable) "
-    "and add its default route to the firewall's private IP.",
+    "and add its default route to the firewall's private IP; for a landing zone's subnet, set outboundType "
+    "userDefinedRouting and have the platform team route its 0.0.0.0/0 to the hub firewall.",
     check=_subnet_routes_to_appliance,
 )
 

@@ -78,12 +78,57 @@ def _network(value: str) -> ipaddress.IPv4Network:
                          "allowed: a network such as 10.20.0.0/22") from None
 
 
+# An Azure subnet name: 1-80 characters, letters/digits/`_.-`, starting alphanumeric, not ending in `.` or `-`
+# (https://learn.microsoft.com/azure/azure-resource-manager/management/resource-name-rules#microsoftnetwork).
+_SUBNET_NAME = r"^[A-Za-z0-9]([\w.-]{0,78}[\w])?$"
+_VNET_ID = (r"(?i)^/subscriptions/[0-9a-f-]{36}/resourceGroups/[\w.()-]{1,90}/providers/"
+            r"Microsoft\.Network/virtualNetworks/[\w.-]{2,64}$")
+
+
+class ExistingSubnetsConfig(_Section):
+    """Names of the landing zone's subnets inside `network.existingVnetId` (bring-your-own spoke)."""
+
+    aks: str = Field(pattern=_SUBNET_NAME)
+    private_endpoints: str = Field(pattern=_SUBNET_NAME)
+    postgres: str = Field(pattern=_SUBNET_NAME)
+    """Delegated to Microsoft.DBforPostgreSQL/flexibleServers by the platform team."""
+    private_link: str = Field(pattern=_SUBNET_NAME)
+    """privateLinkServiceNetworkPolicies Disabled, so the Private Link Service can take NAT IPs there."""
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ExistingSubnetsConfig:
+        names = [self.aks, self.private_endpoints, self.postgres, self.private_link]
+        if len({n.lower() for n in names}) != len(names):
+            raise ValueError(f"\tnames repeat ({', '.join(names)}); allowed: four different subnets")
+        return self
+
+
 class NetworkConfig(_Section):
+    """The spoke: created by the stack, or (existingVnetId + existingSubnets) the landing zone's.
+
+    The CIDR keys are the prefixes of the subnets either way: NetworkPolicies and the internal LB IP check use them.
+    """
+
     address_space: Cidr = "10.20.0.0/16"
     aks_subnet: Cidr = "10.20.0.0/22"
     private_endpoint_subnet: Cidr = "10.20.4.0/24"
     postgres_subnet: Cidr = "10.20.5.0/24"
     private_link_subnet: Cidr = "10.20.6.0/24"
+    existing_vnet_id: str | None = Field(None, pattern=_VNET_ID)
+    existing_subnets: ExistingSubnetsConfig | None = None
+
+    @property
+    def bring_your_own(self) -> bool:
+        """Whether the VNet and subnets are the landing zone's (the stack creates none)."""
+        return self.existing_vnet_id is not None
+
+    def subnet_names(self) -> dict[str, str]:
+        """Subnet names by key: the landing zone's, else those components/network.py gives its own (`snet-<key>`)."""
+        keys = ("aks", "private-endpoints", "postgres", "private-link")
+        if self.existing_subnets is None:
+            return {key: f"snet-{key}" for key in keys}
+        given = self.existing_subnets
+        return dict(zip(keys, (given.aks, given.private_endpoints, given.postgres, given.private_link), strict=True))
 
     @field_validator("address_space", "aks_subnet", "private_endpoint_subnet", "postgres_subnet",
                      "private_link_subnet")
@@ -108,6 +153,12 @@ class NetworkConfig(_Section):
                     problems.append(f"{a} {subnets[a]} overlaps {b} {subnets[b]}; allowed: disjoint subnets")
         if subnets["postgresSubnet"].prefixlen > 28:
             problems.append(f"postgresSubnet {subnets['postgresSubnet']} is smaller than /28; allowed: /28 or larger")
+        if self.existing_vnet_id is not None and self.existing_subnets is None:
+            problems.append("existingSubnets is not set while existingVnetId is; allowed: the names of the aks, "
+                            "privateEndpoints, postgres and privateLink subnets inside that VNet")
+        if self.existing_subnets is not None and self.existing_vnet_id is None:
+            problems.append("existingVnetId is not set while existingSubnets is; allowed: the ARM id of the VNet "
+                            "that holds those subnets, or no existingSubnets (the stack creates its own)")
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -572,13 +623,6 @@ class HubConfig(_Section):
             raise ValueError("\n".join(problems))
         return value
 
-    @model_validator(mode="after")
-    def _resolvable(self) -> HubConfig:
-        if self.private_dns_zone_ids and not self.dns_servers:
-            raise ValueError("dnsServers is empty while privateDnsZoneIds is set; allowed: the hub's DNS servers "
-                             "(a firewall DNS proxy or Private Resolver that resolves the central zones)")
-        return self
-
 
 class AlertsConfig(_Section):
     email_receivers: list[str] = Field(default_factory=list, max_length=20)
@@ -757,6 +801,11 @@ class PlatformConfig(_Section):
         """The firewall subnets lie in the VNet beside the others; a hub replaces the stack's own firewall."""
         problems = []
         firewall = self.egress.firewall
+        if self.network.bring_your_own:
+            problems += self._existing_network_problems()
+        elif self.hub is not None and self.hub.private_dns_zone_ids and not self.hub.dns_servers:
+            problems.append("hub.dnsServers is empty while privateDnsZoneIds is set; allowed: the hub's DNS "
+                            "servers (a firewall DNS proxy or Private Resolver that resolves the central zones)")
         if self.hub is not None:
             if not self.aks.private_cluster and self.hub.firewall_public_ip is None:
                 problems.append("hub.firewallPublicIp is not set while aks.privateCluster is false; allowed: the hub "
@@ -789,6 +838,24 @@ class PlatformConfig(_Section):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _existing_network_problems(self) -> list[str]:
+        """A landing zone's spoke: its hub firewall, DNS and UDR are the platform team's, not this stack's.
+
+        The stack does not write the existing subnets (a subnet has one route table, and the landing zone's
+        deployment owns it), so it cannot route the node subnet itself: only hub mode fits, and AKS checks at
+        creation that the subnet's 0.0.0.0/0 goes to an appliance (https://learn.microsoft.com/azure/aks/egress-udr).
+        """
+        problems = []
+        if self.hub is None:
+            problems.append("network.existingVnetId is set while hub is not; allowed: hub (firewallPrivateIp, "
+                            "vnetId, ...) describing the landing zone's hub, whose firewall the existing spoke's "
+                            "route table already sends 0.0.0.0/0 to, or no existingVnetId (the stack creates the "
+                            "VNet, its route table and its own firewall)")
+        elif self.hub.dns_servers:
+            problems.append("hub.dnsServers is set while network.existingVnetId is; allowed: an empty list (the "
+                            "existing VNet's DNS servers are the landing zone's, set by the platform team)")
+        return problems
 
     def _model_source_reachable(self) -> list[str]:
         """A dynamically provisioned Azure storage class needs its public endpoint allowed by the egress firewall.

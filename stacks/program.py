@@ -36,7 +36,7 @@ from components.frontdoor import FrontDoor, FrontDoorArgs
 from components.identity import WorkloadIdentity, WorkloadIdentityArgs
 from components.keyvault import KeyVault, KeyVaultArgs
 from components.model_store import ModelStore, ModelStoreArgs, blob_endpoint
-from components.network import Network, NetworkArgs
+from components.network import ExistingNetwork, ExistingNetworkArgs, Network, NetworkArgs
 from components.observability import Observability, ObservabilityArgs
 from components.postgres import EntraAdmin, PostgresPgvector, PostgresPgvectorArgs
 from components.redis import ManagedRedis, ManagedRedisArgs
@@ -97,6 +97,37 @@ def _egress(cfg: PlatformConfig, rg: pulumi.Input[str], net: Network, workspace_
     return firewall.private_ip, firewall.public_ip_address, [firewall.firewall]
 
 
+def _network_and_egress(cfg: PlatformConfig, rg: pulumi.Input[str], workspace_id: pulumi.Input[str],
+                        tags: dict[str, str]
+                        ) -> tuple[Network | ExistingNetwork, pulumi.Input[str] | None, list[pulumi.Resource]]:
+    """The spoke (created, or the landing zone's), the egress public IP, and what the cluster must wait for."""
+    names = cfg.names
+    hub_zone_keys = {"keyVault": "key_vault", "redis": "redis", "postgres": "postgres", "blob": "blob"}
+    existing_zones = {hub_zone_keys[k]: v for k, v in cfg.hub.private_dns_zone_ids.items()} if cfg.hub else {}
+    postgres_zone = f"{names.base}.private.postgres.database.azure.com"
+    if cfg.network.existing_vnet_id is not None and cfg.hub is not None:
+        # The landing zone's spoke is already peered and routed to the hub firewall (config requires hub mode):
+        # nothing of it is written here, so the cluster waits for nothing network-side.
+        net = ExistingNetwork("network", ExistingNetworkArgs(
+            resource_group_name=rg, vnet_id=cfg.network.existing_vnet_id,
+            subnet_names=cfg.network.subnet_names(),
+            postgres_dns_zone_name=postgres_zone, existing_dns_zone_ids=existing_zones, tags=tags))
+        return net, cfg.hub.firewall_public_ip, []
+    route_table = EgressRouteTable("egress-routes", EgressRouteTableArgs(
+        resource_group_name=rg, location=cfg.location, route_table_name=f"rt-{names.base}-aks", tags=tags))
+    own = Network("network", NetworkArgs(
+        resource_group_name=rg, location=cfg.location, vnet_name=names.vnet,
+        address_space=cfg.network.address_space, aks_subnet_prefix=cfg.network.aks_subnet,
+        private_endpoint_subnet_prefix=cfg.network.private_endpoint_subnet,
+        postgres_subnet_prefix=cfg.network.postgres_subnet, private_link_subnet_prefix=cfg.network.private_link_subnet,
+        postgres_dns_zone_name=postgres_zone, serving_port=SERVING_PORT,
+        log_analytics_workspace_id=workspace_id, aks_route_table_id=route_table.route_table_id,
+        existing_dns_zone_ids=existing_zones, dns_servers=cfg.hub.dns_servers if cfg.hub else (), tags=tags))
+    egress_next_hop, egress_public_ip, egress_ready = _egress(cfg, rg, own, workspace_id, tags)
+    egress_ready.insert(0, route_table.route_default_to(egress_next_hop))
+    return own, egress_public_ip, egress_ready
+
+
 def _audit(cfg: PlatformConfig, rg: pulumi.Input[str], workspace_id: pulumi.Input[str], tags: dict[str, str],
            front_door_profile_id: pulumi.Input[str] | None) -> Audit:
     """Activity Log export and the alert rules; the 5xx alert only once Front Door exists (second phase)."""
@@ -128,20 +159,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         tags=tags))
     workspace_id = observability.workspace_id
 
-    route_table = EgressRouteTable("egress-routes", EgressRouteTableArgs(
-        resource_group_name=rg, location=cfg.location, route_table_name=f"rt-{names.base}-aks", tags=tags))
-    hub_zone_keys = {"keyVault": "key_vault", "redis": "redis", "postgres": "postgres", "blob": "blob"}
-    net = Network("network", NetworkArgs(
-        resource_group_name=rg, location=cfg.location, vnet_name=names.vnet,
-        address_space=cfg.network.address_space, aks_subnet_prefix=cfg.network.aks_subnet,
-        private_endpoint_subnet_prefix=cfg.network.private_endpoint_subnet,
-        postgres_subnet_prefix=cfg.network.postgres_subnet, private_link_subnet_prefix=cfg.network.private_link_subnet,
-        postgres_dns_zone_name=f"{names.base}.private.postgres.database.azure.com", serving_port=SERVING_PORT,
-        log_analytics_workspace_id=workspace_id, aks_route_table_id=route_table.route_table_id,
-        existing_dns_zone_ids={hub_zone_keys[k]: v for k, v in cfg.hub.private_dns_zone_ids.items()} if cfg.hub else {},
-        dns_servers=cfg.hub.dns_servers if cfg.hub else (), tags=tags))
-    egress_next_hop, egress_public_ip, egress_ready = _egress(cfg, rg, net, workspace_id, tags)
-    egress_ready.insert(0, route_table.route_default_to(egress_next_hop))
+    net, egress_public_ip, egress_ready = _network_and_egress(cfg, rg, workspace_id, tags)
 
     vault = KeyVault("keyvault", KeyVaultArgs(
         resource_group_name=rg, location=cfg.location, name_prefix=names.key_vault_prefix,

@@ -93,11 +93,11 @@ def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.In
         redis_host=redis_host,
         redis_port=redis_port,
         pls_name=cfg.names.private_link_service,
-        pls_subnet_name="snet-private-link",
+        pls_subnet_name=cfg.network.subnet_names()["private-link"],
         pls_subnet_cidr=cfg.network.private_link_subnet,
         node_cidr=cfg.network.aks_subnet,
         private_endpoint_subnet_cidr=cfg.network.private_endpoint_subnet,
-        internal_lb_subnet_name="snet-aks",
+        internal_lb_subnet_name=cfg.network.subnet_names()["aks"],
         # Static frontend IP: Front Door's origin host name is this address (the PLS NATs to it).
         internal_lb_ip=cfg.inference.internal_load_balancer_ip,
         gpu_node_labels={"inferforge.io/pool": inference.gpu_pool},
