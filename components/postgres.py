@@ -27,8 +27,11 @@ class EntraAdmin:
     """An Entra principal made PostgreSQL administrator."""
 
     object_id: pulumi.Input[str]
+    """Object id of the principal (a user-assigned identity's principal id), the admin's identity in Entra."""
     principal_name: pulumi.Input[str]
+    """Its name as PostgreSQL sees it: the role name the principal logs in with."""
     principal_type: str = "ServicePrincipal"
+    """ServicePrincipal: workloads authenticate as managed identities, never as human users or groups."""
 
 
 @dataclass
