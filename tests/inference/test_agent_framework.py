@@ -16,8 +16,7 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from tests.inference.fakes import free_port
-from tests.inference.test_api import start_server, stop_server, wait_ready
+from tests.inference.test_api import serving
 
 pytestmark = pytest.mark.slow
 
@@ -41,15 +40,8 @@ class Deployment(BaseModel):
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(tiny_model_dir, port, "--allow-unauthenticated", "--max-model-len", "1024",
-                        log_path=tmp_path_factory.mktemp("agent") / "server.log")
-    try:
-        wait_ready(proc, url)
+    with serving(tiny_model_dir, tmp_path_factory.mktemp("agent"), "--max-model-len", "1024") as url:
         yield url
-    finally:
-        assert stop_server(proc) == 0
 
 
 @pytest.fixture(scope="module")

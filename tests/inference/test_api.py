@@ -4,6 +4,7 @@ serve` (real engine, real tiny Llama model, uvicorn on 127.0.0.1), one server fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -58,17 +59,23 @@ def stop_server(proc: subprocess.Popen) -> int:
     return proc.returncode
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def serving(model_dir: Path, log_dir: Path, *extra: str) -> Iterator[str]:
+    """An unauthenticated server for the block: yields its URL, then drains it (exit 0 required)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_server(tiny_model_dir, port, "--allow-unauthenticated",
-                        log_path=tmp_path_factory.mktemp("api") / "server.log")
+    proc = start_server(model_dir, port, "--allow-unauthenticated", *extra, log_path=log_dir / "server.log")
     try:
         wait_ready(proc, url)
         yield url
     finally:
         assert stop_server(proc) == 0
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serving(tiny_model_dir, tmp_path_factory.mktemp("api")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.inference.fakes import free_port, load_tokenizer
-from tests.inference.test_api import start_server, stop_server, wait_ready
+from tests.inference.fakes import load_tokenizer
+from tests.inference.test_api import serving
 
 pytestmark = pytest.mark.slow
 
@@ -22,15 +22,8 @@ GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(tiny_model_dir, port, "--allow-unauthenticated",
-                        log_path=tmp_path_factory.mktemp("api_choices") / "server.log")
-    try:
-        wait_ready(proc, url)
+    with serving(tiny_model_dir, tmp_path_factory.mktemp("api_choices")) as url:
         yield url
-    finally:
-        assert stop_server(proc) == 0
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from inference import structured_output
 from tests.inference.fakes import fake_server, free_port, load_tokenizer
-from tests.inference.test_api import start_server, stop_server, wait_ready
+from tests.inference.test_api import serving, start_server, stop_server, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -56,15 +56,8 @@ SAMPLED = {"temperature": 1.0, "max_tokens": 400}
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(tiny_model_dir, port, "--allow-unauthenticated", "--max-model-len", "1024",
-                        log_path=tmp_path_factory.mktemp("structured") / "server.log")
-    try:
-        wait_ready(proc, url)
+    with serving(tiny_model_dir, tmp_path_factory.mktemp("structured"), "--max-model-len", "1024") as url:
         yield url
-    finally:
-        assert stop_server(proc) == 0
 
 
 @pytest.fixture(scope="module")
