@@ -118,8 +118,9 @@ def init_process_groups(env: LaunchEnv, device_type: str, timeout_s: float) -> d
     if device_type == "cuda":
         torch.cuda.set_device(env.local_rank)
     else:
-        # init_distributed loads it too, but with torch's unbounded, silent wait on its build lock.
-        shm_op.ensure_loaded()
+        # init_distributed would load (and JIT-build) it too, with torch's unbounded, silent wait on
+        # its build lock; prepare() loads it bounded, or makes DeepSpeed skip it (INFERFORGE_SHM_OP).
+        shm_op.prepare()
     log.info("rank %d/%d joining the process group at %s:%s (%s), at most %gs", env.rank, env.world_size,
              os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), backend, timeout_s)
     deepspeed.init_distributed(dist_backend=backend, timeout=timeout, auto_mpi_discovery=False, verbose=False)

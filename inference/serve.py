@@ -35,6 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from inference import shm_op
 from inference.auth import APIKeys, KeyLoadError, load_keys_from_file, load_keys_from_key_vault
 from inference.shm_op import StartupWaitTimeout
 from inference.supervisor import RANK_LOST_SIGNAL, run_ranks  # RANK_LOST_SIGNAL: fail everything, exit 1
@@ -182,6 +183,12 @@ def validate_serve_args(args: argparse.Namespace) -> None:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     _validate_embedding_args(args)
+    try:
+        # Read again at the TP join; a typo fails here, in the supervisor, before any rank starts.
+        shm_op.mode_from_env()
+        shm_op.timeout_from_env()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     vault = args.api_keys_keyvault_url is not None or args.api_keys_secret is not None
     if args.api_keys_file is not None and vault:
         raise UsageError("give either --api-keys-file or --api-keys-keyvault-url/--api-keys-secret, not both")

@@ -22,7 +22,14 @@ DeepSpeed's CUDA accelerator has no shm op).
 Every wait logs what it waits for, where, and for how long, every `LOG_EVERY_S`. Once loaded,
 DeepSpeed's own `build_shm_op()` finds the module in its op cache and takes no lock again.
 
-`python -m inference.shm_op build` runs the same load ahead of time (.ci/setup).
+Whether a start uses the op at all is `INFERFORGE_SHM_OP` (`prepare()`):
+  * `auto` (default): use the op when it is already built here (loading a build is a no-op rebuild
+    check); otherwise run tensor parallelism with DeepSpeed's fallback, torch.distributed's all-reduce
+    over gloo (same results, slower), and log how to build the op. A start never compiles C++
+    unasked: a cold build took 30 s on an idle machine here and ran past 10 minutes on a busy CI one.
+  * `build`: load it, building it first if needed, within the bound (what `python -m inference.shm_op
+    build` does ahead of time).
+  * `off`: never use it.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ OP_NAME = "deepspeed_shm_comm"
 # at least this much more than the model load.
 DEFAULT_TIMEOUT_S = 600.0
 TIMEOUT_ENV = "INFERFORGE_SHM_OP_TIMEOUT_S"
+MODE_ENV = "INFERFORGE_SHM_OP"
+MODES = ("auto", "build", "off")
 LOG_EVERY_S = 15.0
 POLL_S = 0.2
 BUILD_TIMEOUT_EXIT_CODE = 1
@@ -68,6 +77,14 @@ def timeout_from_env(environ: dict[str, str] | None = None) -> float:
     if not value > 0:
         raise ValueError(f"{TIMEOUT_ENV} must be > 0 seconds, got {raw}")
     return value
+
+
+def mode_from_env(environ: dict[str, str] | None = None) -> str:
+    raw = (os.environ if environ is None else environ).get(MODE_ENV, "auto")
+    mode = raw.strip().lower()
+    if mode not in MODES:
+        raise ValueError(f"{MODE_ENV}={raw!r} is not one of {', '.join(MODES)}")
+    return mode
 
 
 def shm_op_builder() -> Any | None:
@@ -221,6 +238,40 @@ def ensure_loaded(timeout_s: float | None = None, *, load: Callable[[], Any] | N
         finally:
             done.set()
     log.info("DeepSpeed's shm all-reduce op is loaded (%.1fs)", deadline.waited_s)
+
+
+def is_built(build_dir: Path, name: str = OP_NAME) -> bool:
+    return (build_dir / f"{name}.so").is_file()
+
+
+def _skip_in_deepspeed(name: str) -> None:
+    # deepspeed/comm/torch.py build_shm_op() returns None for an op marked incompatible; then
+    # inference_all_reduce finds no torch.ops.deepspeed.inference_all_reduce_ and calls
+    # torch.distributed.all_reduce on the process group instead.
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[name] = False
+
+
+def prepare(timeout_s: float | None = None, environ: dict[str, str] | None = None) -> bool:
+    """Before `deepspeed.init_distributed` on CPU: load the op or make DeepSpeed skip it, per
+    INFERFORGE_SHM_OP. True when the op is loaded by us; False when DeepSpeed's own path applies
+    (CUDA, prebuilt op) or the gloo all-reduce is used instead."""
+    mode = mode_from_env(environ)
+    builder = shm_op_builder()
+    if builder is None:
+        return False
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(default_extensions_root()))
+    build_dir = build_directory(builder.NAME)
+    if mode == "off" or (mode == "auto" and not is_built(build_dir, builder.NAME)):
+        _skip_in_deepspeed(builder.NAME)
+        why = (f"{MODE_ENV}=off" if mode == "off" else
+               f"it is not built in {build_dir} (build it with `python -m inference.shm_op build`, or "
+               f"set {MODE_ENV}=build to build it at start)")
+        log.warning("tensor parallelism all-reduces over gloo, without DeepSpeed's shm op: %s", why)
+        return False
+    ensure_loaded(timeout_s)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

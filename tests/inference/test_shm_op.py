@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,43 @@ def test_each_interpreter_builds_into_its_own_directory_unless_told_otherwise(mo
     assert first != second and first.name == second.name == shm_op.OP_NAME
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/cache/torch_extensions")
     assert shm_op.build_directory() == Path("/cache/torch_extensions") / shm_op.OP_NAME
+
+
+@pytest.fixture()
+def compatible_ops() -> Iterator[dict[str, bool]]:
+    import deepspeed.ops
+
+    saved = dict(deepspeed.ops.__compatible_ops__)
+    yield deepspeed.ops.__compatible_ops__
+    deepspeed.ops.__compatible_ops__.clear()
+    deepspeed.ops.__compatible_ops__.update(saved)
+
+
+def test_the_mode_is_read_from_the_environment_and_a_typo_names_the_choices() -> None:
+    assert shm_op.mode_from_env({}) == "auto"
+    assert shm_op.mode_from_env({shm_op.MODE_ENV: " Build "}) == "build"
+    with pytest.raises(ValueError, match=r"INFERFORGE_SHM_OP='always' is not one of auto, build, off"):
+        shm_op.mode_from_env({shm_op.MODE_ENV: "always"})
+
+
+@pytest.mark.parametrize(("mode", "built", "loads"), [("auto", False, False), ("auto", True, True),
+                                                       ("off", True, False), ("build", False, True)])
+def test_prepare_loads_the_op_only_when_built_or_asked_and_otherwise_makes_deepspeed_skip_it(
+        mode: str, built: bool, loads: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        compatible_ops: dict[str, bool], caplog: pytest.LogCaptureFixture) -> None:
+    from deepspeed.comm.torch import build_shm_op
+
+    if shm_op.shm_op_builder() is None:  # pragma: no cover - CUDA machine or DeepSpeed built with the op
+        pytest.skip("this DeepSpeed does not JIT-build the shm op here")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    if built:
+        (tmp_path / shm_op.OP_NAME).mkdir()
+        (tmp_path / shm_op.OP_NAME / f"{shm_op.OP_NAME}.so").touch()
+    calls: list[float | None] = []
+    monkeypatch.setattr(shm_op, "ensure_loaded", calls.append)
+    with caplog.at_level(logging.INFO, logger="inference.shm_op"):
+        used = shm_op.prepare(environ={shm_op.MODE_ENV: mode})
+    assert used is loads and calls == ([None] if loads else [])
+    if not loads:
+        assert build_shm_op() is None  # DeepSpeed's own loader now skips it: no compile, no lock
+        assert "all-reduces over gloo" in caplog.text
