@@ -14,8 +14,8 @@ from typing import Literal
 import pulumi
 from pulumi_azure_native import containerservice
 
-from components.common import ROLE_NETWORK_CONTRIBUTOR, DiagnosticCategories, diagnostic_settings, role_assignment
-from components.gpu_sizes import GPU_VM_SIZES
+from .common import ROLE_NETWORK_CONTRIBUTOR, DiagnosticCategories, diagnostic_settings, role_assignment
+from .gpu_sizes import GPU_VM_SIZES
 
 GPU_TAINT = "sku=gpu:NoSchedule"
 SYSTEM_TAINT = "CriticalAddonsOnly=true:NoSchedule"

@@ -38,8 +38,8 @@ from typing import Literal
 import pulumi
 from pulumi_azure_native import network
 
-from components.common import diagnostic_settings
-from components.egress_endpoints import AKS_FQDN_TAG, ENTRA_FQDNS, GPU_DRIVER_FQDNS, azure_monitor_fqdns
+from .common import diagnostic_settings
+from .egress_endpoints import AKS_FQDN_TAG, ENTRA_FQDNS, GPU_DRIVER_FQDNS, azure_monitor_fqdns
 
 FirewallTier = Literal["Basic", "Standard", "Premium"]
 

@@ -15,7 +15,7 @@ from typing import Literal
 import pulumi
 from pulumi_azure_native import cdn, frontdoor
 
-from components.common import diagnostic_settings
+from .common import diagnostic_settings
 
 SKU = "Premium_AzureFrontDoor"
 

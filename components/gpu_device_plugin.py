@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.inference_service import NodeTaint, _check_dns_label, _kubernetes_provider, name_of
+from .inference_service import NodeTaint, _check_dns_label, _kubernetes_provider, name_of
 
 DEVICE_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 POOL_LABEL = "inferforge.io/pool"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pulumi
 from pulumi_azure_native import managedidentity
 
-from components.common import ROLE_KEY_VAULT_SECRETS_USER, role_assignment
+from .common import ROLE_KEY_VAULT_SECRETS_USER, role_assignment
 
 
 @dataclass

@@ -89,7 +89,7 @@ from typing import Literal
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.egress_endpoints import ENTRA_ID_IPV4_RANGES
+from .egress_endpoints import ENTRA_ID_IPV4_RANGES
 
 SERVING_PORT = 8000
 """Port the inference server listens on (``--port``); also the metrics port."""

@@ -10,8 +10,8 @@ import pulumi
 import pulumi_random as random
 from pulumi_azure_native import keyvault
 
-from components.common import diagnostic_settings, private_endpoint, resource_lock
-from components.naming import UNIQUE_SUFFIX_LEN
+from .common import diagnostic_settings, private_endpoint, resource_lock
+from .naming import UNIQUE_SUFFIX_LEN
 
 
 @dataclass

@@ -36,7 +36,7 @@ from typing import Literal
 import pulumi
 from pulumi_azure_native import storage
 
-from components.common import (
+from .common import (
     ROLE_STORAGE_BLOB_DATA_READER,
     DiagnosticCategories,
     diagnostic_settings,

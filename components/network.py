@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pulumi
 from pulumi_azure_native import network, privatedns
 
-from components.common import METRICS_ONLY, DiagnosticCategories, diagnostic_settings
+from .common import METRICS_ONLY, DiagnosticCategories, diagnostic_settings
 
 # Private DNS zones for the private endpoints this platform creates (Azure public cloud).
 KEY_VAULT_DNS_ZONE = "privatelink.vaultcore.azure.net"

@@ -70,8 +70,8 @@ from typing import Literal
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.egress_endpoints import ENTRA_ID_IPV4_RANGES
-from components.inference_service import (
+from .egress_endpoints import ENTRA_ID_IPV4_RANGES
+from .inference_service import (
     SERVER_UID,
     WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION,
     WORKLOAD_IDENTITY_USE_LABEL,

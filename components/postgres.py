@@ -16,8 +16,8 @@ import pulumi
 import pulumi_random as random
 from pulumi_azure_native import dbforpostgresql, keyvault
 
-from components.common import diagnostic_settings, resource_lock
-from components.naming import UNIQUE_SUFFIX_LEN
+from .common import diagnostic_settings, resource_lock
+from .naming import UNIQUE_SUFFIX_LEN
 
 ADMIN_LOGIN = "inferforgeadmin"
 

@@ -14,8 +14,8 @@ import pulumi
 import pulumi_random as random
 from pulumi_azure_native import redisenterprise
 
-from components.common import LOGS_ONLY, METRICS_ONLY, diagnostic_settings, private_endpoint
-from components.naming import UNIQUE_SUFFIX_LEN
+from .common import LOGS_ONLY, METRICS_ONLY, diagnostic_settings, private_endpoint
+from .naming import UNIQUE_SUFFIX_LEN
 
 REDIS_TLS_PORT = 10000
 

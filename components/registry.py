@@ -22,7 +22,7 @@ from typing import Literal
 import pulumi
 from pulumi_azure_native import containerregistry
 
-from components.common import (
+from .common import (
     ROLE_ACR_PULL,
     diagnostic_settings,
     private_endpoint,

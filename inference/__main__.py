@@ -12,7 +12,7 @@ import sys
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "3000"
 
-from inference.serve import main  # noqa: E402 - after the environment above
+from .serve import main  # noqa: E402 - after the environment above
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from inference.errors import unauthorized
+from .errors import unauthorized
 
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 MIN_KEY_LENGTH = 16

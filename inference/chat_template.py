@@ -16,8 +16,8 @@ from typing import Any
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from inference import errors
-from inference.protocol import ChatMessage
+from . import errors
+from .protocol import ChatMessage
 
 # A template is a few KiB; a longer value given inline is much more likely a mistake.
 MAX_TEMPLATE_CHARS = 1024 * 1024

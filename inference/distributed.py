@@ -42,7 +42,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from inference import shm_op
+from . import shm_op
 
 log = logging.getLogger("inferforge.engine")
 

@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from inference import errors, json_body
+from . import errors, json_body
 
 if TYPE_CHECKING:
-    from inference.server import OpenAIServer
+    from .server import OpenAIServer
 
 log = logging.getLogger("inference.embeddings")
 

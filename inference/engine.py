@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 
-from inference import autotp_fixes, cpu_gemm, fused, kv_cache, structured_output
-from inference.distributed import (
+from . import autotp_fixes, cpu_gemm, fused, kv_cache, structured_output
+from .distributed import (
     CMD_BARRIER,
     CMD_HEARTBEAT,
     CMD_SHUTDOWN,
@@ -53,15 +53,15 @@ from inference.distributed import (
     exit_rank,
     init_process_groups,
 )
-from inference.engine_api import (
+from .engine_api import (
     EngineDeadError,
     EngineShuttingDownError,
     GenerationRequest,
     QueueFullError,
     TokenEvent,
 )
-from inference.sampling import sample_tokens
-from inference.scheduler import Scheduler, Sequence, StepPlan
+from .sampling import sample_tokens
+from .scheduler import Scheduler, Sequence, StepPlan
 
 log = logging.getLogger("inferforge.engine")
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from inference.engine import EngineConfig, InferenceEngine, start_engine
-from inference.engine_api import GenerationRequest, SamplingParams
+from .engine import EngineConfig, InferenceEngine, start_engine
+from .engine_api import GenerationRequest, SamplingParams
 
 
 async def run_batch(

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from inference.distributed import CMD_STEP, WireStep
-from inference.engine import EngineConfig, InferenceEngine, RankContext, load_rank, run_rank
-from inference.engine_api import GenerationRequest, SamplingParams
+from .distributed import CMD_STEP, WireStep
+from .engine import EngineConfig, InferenceEngine, RankContext, load_rank, run_rank
+from .engine_api import GenerationRequest, SamplingParams
 
 DEAD_EXIT_CODE = 5
 

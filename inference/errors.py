@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from inference.engine_api import EngineDeadError, EngineShuttingDownError, QueueFullError
+from .engine_api import EngineDeadError, EngineShuttingDownError, QueueFullError
 
 log = logging.getLogger("inference.errors")
 

@@ -20,7 +20,7 @@ import json
 import re
 from typing import Any
 
-from inference import errors
+from . import errors
 
 # No API field nests deeper than a JSON schema inside a tool definition; 64 levels is far beyond
 # any real one, and far below the recursion limit of anything that walks the value afterwards.

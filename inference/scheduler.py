@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from inference.engine_api import FinishReason, SamplingParams
+from .engine_api import FinishReason, SamplingParams
 
 
 @dataclass(eq=False)

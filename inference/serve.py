@@ -35,11 +35,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from inference import shm_op
-from inference.auth import APIKeys, KeyLoadError, load_keys_from_file, load_keys_from_key_vault
-from inference.shm_op import StartupWaitTimeout
-from inference.supervisor import RANK_LOST_SIGNAL, run_ranks  # RANK_LOST_SIGNAL: fail everything, exit 1
-from inference.tool_calls import FORMATS as TOOL_CALL_FORMATS
+from . import shm_op
+from .auth import APIKeys, KeyLoadError, load_keys_from_file, load_keys_from_key_vault
+from .shm_op import StartupWaitTimeout
+from .supervisor import RANK_LOST_SIGNAL, run_ranks  # RANK_LOST_SIGNAL: fail everything, exit 1
+from .tool_calls import FORMATS as TOOL_CALL_FORMATS
 
 log = logging.getLogger("inference.serve")
 
@@ -176,7 +176,7 @@ def validate_serve_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--model-dir {model_dir} has no config.json; expected a Hugging Face model directory")
     args.chat_template_text = None
     if args.chat_template is not None:
-        from inference.chat_template import load_chat_template
+        from .chat_template import load_chat_template
 
         try:
             args.chat_template_text = load_chat_template(args.chat_template)
@@ -218,7 +218,7 @@ def load_embedding_service(args: argparse.Namespace, engine: Any) -> Any:
     """The /v1/embeddings service the flags ask for, or None (rank 0, after the engine is up)."""
     if args.embeddings is None and args.embeddings_model_dir is None:
         return None
-    from inference.embeddings import EmbeddingConfig, EmbeddingService
+    from .embeddings import EmbeddingConfig, EmbeddingService
 
     model_dir = args.model_dir if args.embeddings == "served" else args.embeddings_model_dir
     name = engine.model_name if args.embeddings == "served" else model_dir.name
@@ -426,7 +426,7 @@ def _exit_now(code: int) -> None:
 
 
 def _engine_config(args: argparse.Namespace) -> Any:
-    from inference.engine import EngineConfig
+    from .engine import EngineConfig
 
     return EngineConfig(
         model_dir=args.model_dir,
@@ -442,7 +442,7 @@ def _engine_config(args: argparse.Namespace) -> Any:
 
 
 async def _serve_rank0(args: argparse.Namespace, engine: Any, api_keys: APIKeys | None) -> int:
-    from inference.server import create_app
+    from .server import create_app
 
     app = create_app(engine, engine.tokenizer, api_keys=api_keys, model_name=engine.model_name,
                      chat_template=args.chat_template_text, tool_call_parser=args.tool_call_parser,
@@ -453,7 +453,7 @@ async def _serve_rank0(args: argparse.Namespace, engine: Any, api_keys: APIKeys 
 
 
 def _run_rank(args: argparse.Namespace) -> int:
-    from inference.engine import start_engine
+    from .engine import start_engine
 
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -490,7 +490,7 @@ def _run_rank(args: argparse.Namespace) -> int:
 
 
 def _make_model(model_args: Sequence[str]) -> int:
-    from inference import model_factory
+    from . import model_factory
 
     result = model_factory.main(list(model_args))
     return int(result or 0)

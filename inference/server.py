@@ -31,17 +31,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from tokenizers.decoders import DecodeStream
 
-from inference import chat_template, embeddings, errors, json_body, structured_output, tokenize_endpoints, tool_calls
-from inference.auth import APIKeyMiddleware, APIKeys
-from inference.engine_api import (
+from . import chat_template, embeddings, errors, json_body, structured_output, tokenize_endpoints, tool_calls
+from .auth import APIKeyMiddleware, APIKeys
+from .engine_api import (
     AsyncEngine,
     GenerationRequest,
     SamplingParams,
     TokenEvent,
 )
-from inference.logprobs import LogprobFormatter, TokenLogprob
-from inference.metrics import CONTENT_TYPE, RequestTimer, ServerMetrics
-from inference.protocol import (
+from .logprobs import LogprobFormatter, TokenLogprob
+from .metrics import CONTENT_TYPE, RequestTimer, ServerMetrics
+from .protocol import (
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -57,7 +57,7 @@ from inference.protocol import (
     UsageInfo,
     ignored_fields,
 )
-from inference.tokenization import PromptTokenizer
+from .tokenization import PromptTokenizer
 
 log = logging.getLogger("inference.server")
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from inference import errors, tool_calls
+from . import errors, tool_calls
 
 log = logging.getLogger("inference.structured_output")
 

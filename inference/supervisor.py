@@ -55,7 +55,7 @@ def free_port() -> int:
 
 def rank_command(serve_argv: Sequence[str]) -> list[str]:
     """The command of every rank: the very same `serve` arguments (WORLD_SIZE makes it a rank)."""
-    return [sys.executable, "-u", "-m", "inference", *serve_argv]
+    return [sys.executable, "-u", "-m", __package__, *serve_argv]  # inference or inferforge.inference
 
 
 def rank_environment(base: Mapping[str, str], rank: int, world_size: int, master_port: int) -> dict[str, str]:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from inference import errors, json_body
+from . import errors, json_body
 
 T = TypeVar("T")
 

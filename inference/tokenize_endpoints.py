@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from inference import chat_template, errors, json_body
-from inference.protocol import (
+from . import chat_template, errors, json_body
+from .protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
     TokenizeChatRequest,
@@ -26,7 +26,7 @@ from inference.protocol import (
 )
 
 if TYPE_CHECKING:
-    from inference.server import OpenAIServer
+    from .server import OpenAIServer
 
 Handler = Callable[[Request], Awaitable[Response]]
 

@@ -19,13 +19,13 @@ def _under_pulumi_engine() -> bool:
 if _under_pulumi_engine():
     # The engine runs this file by path: make `components` and `stacks` importable from the project root.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from stacks.program import main
+    from inferforge.stacks.program import main
 
     main()
 else:
     import os
 
-    from stacks.cli import main as cli_main
+    from inferforge.stacks.cli import main as cli_main
 
     try:
         sys.exit(cli_main(sys.argv[1:]))

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from stacks.render import REPO_ROOT
+from .render import REPO_ROOT
 
 
 def time_plan(stack: str, extra: list[str]) -> tuple[float, float, int]:

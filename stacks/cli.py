@@ -19,6 +19,6 @@ def main(argv: Sequence[str]) -> int:
         problem = "" if not argv or argv[0] in ("-h", "--help") else f"error: unknown command '{argv[0]}'\n"
         print(f"{problem}usage: python -m stacks <command> [options]\n\ncommands:\n{usage}", file=stream)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    from stacks import plan
+    from . import plan
 
     return plan.run(argv[1:])

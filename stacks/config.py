@@ -16,6 +16,16 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from inferforge.components.common import tag_problems
+from inferforge.components.gpu_sizes import GPU_VM_SIZES, allowed_tp_sizes
+from inferforge.components.naming import DNS_1123_SUBDOMAIN, RULES, PlatformNames, node_label_problems
+from inferforge.components.vm_local_disks import (
+    GPU_OS_DISK_GB,
+    SYSTEM_OS_DISK_GB,
+    TEMP_DISK_GIB,
+    default_ephemeral_os_disk_gb,
+    ephemeral_os_disk_problem,
+)
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,17 +36,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel, to_snake
 
-from components.common import tag_problems
-from components.gpu_sizes import GPU_VM_SIZES, allowed_tp_sizes
-from components.naming import DNS_1123_SUBDOMAIN, RULES, PlatformNames, node_label_problems
-from components.vm_local_disks import (
-    GPU_OS_DISK_GB,
-    SYSTEM_OS_DISK_GB,
-    TEMP_DISK_GIB,
-    default_ephemeral_os_disk_gb,
-    ephemeral_os_disk_problem,
-)
-from stacks.gpu_memory import KNOWN_MODELS, ModelShape, gib, known_model, plan_gpu_memory
+from .gpu_memory import KNOWN_MODELS, ModelShape, gib, known_model, plan_gpu_memory
 
 NAMESPACE = "inferforge"
 # Longest piece of a user's value echoed back in an error: a 100 kB value must not flood a PR check.

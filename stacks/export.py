@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from stacks.mocks import NAME_INPUTS
-from stacks.render import RenderedResource, SecretValue, render_stack
+from .mocks import NAME_INPUTS
+from .render import RenderedResource, SecretValue, render_stack
 
 ARM_SCHEMA = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#"
 _ENVELOPE = ("location", "tags", "sku", "identity", "zones", "kind", "extendedLocation", "plan")

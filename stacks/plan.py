@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stacks.config import ConfigError
-from stacks.render import (
+from .config import ConfigError
+from .render import (
     REPO_ROOT,
     RenderedResource,
     SecretValue,
@@ -111,7 +111,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     violations = None
     if not args.no_policies:
-        from policies.offline import (
+        from inferforge.policies.offline import (
             PolicyConfigError,
             config_path_for,
             evaluate,

@@ -19,12 +19,10 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-from pulumi_azure_native import authorization, containerservice, resources
-
-from components.aks import AksCluster, AksClusterArgs, GpuPoolArgs
-from components.audit import Audit, AuditArgs
-from components.common import standard_tags
-from components.egress import (
+from inferforge.components.aks import AksCluster, AksClusterArgs, GpuPoolArgs
+from inferforge.components.audit import Audit, AuditArgs
+from inferforge.components.common import standard_tags
+from inferforge.components.egress import (
     EgressFirewall,
     EgressFirewallArgs,
     EgressRouteTable,
@@ -32,17 +30,19 @@ from components.egress import (
     HubPeeringArgs,
     hub_peering,
 )
-from components.frontdoor import FrontDoor, FrontDoorArgs
-from components.identity import WorkloadIdentity, WorkloadIdentityArgs
-from components.keyvault import KeyVault, KeyVaultArgs
-from components.model_store import ModelStore, ModelStoreArgs, blob_endpoint
-from components.network import ExistingNetwork, ExistingNetworkArgs, Network, NetworkArgs
-from components.observability import Observability, ObservabilityArgs
-from components.postgres import EntraAdmin, PostgresPgvector, PostgresPgvectorArgs
-from components.redis import ManagedRedis, ManagedRedisArgs
-from components.registry import ContainerRegistry, ContainerRegistryArgs
-from stacks.config import NAMESPACE, ConfigError, PlatformConfig, parse_stack_config
-from stacks.workloads import ModelStoreMount, deploy_workloads, federated_subjects, schema_job_subjects
+from inferforge.components.frontdoor import FrontDoor, FrontDoorArgs
+from inferforge.components.identity import WorkloadIdentity, WorkloadIdentityArgs
+from inferforge.components.keyvault import KeyVault, KeyVaultArgs
+from inferforge.components.model_store import ModelStore, ModelStoreArgs, blob_endpoint
+from inferforge.components.network import ExistingNetwork, ExistingNetworkArgs, Network, NetworkArgs
+from inferforge.components.observability import Observability, ObservabilityArgs
+from inferforge.components.postgres import EntraAdmin, PostgresPgvector, PostgresPgvectorArgs
+from inferforge.components.redis import ManagedRedis, ManagedRedisArgs
+from inferforge.components.registry import ContainerRegistry, ContainerRegistryArgs
+from pulumi_azure_native import authorization, containerservice, resources
+
+from .config import NAMESPACE, ConfigError, PlatformConfig, parse_stack_config
+from .workloads import ModelStoreMount, deploy_workloads, federated_subjects, schema_job_subjects
 
 SERVING_PORT = 8000
 

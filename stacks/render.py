@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from stacks.config import NAMESPACE, ConfigError, PlatformConfig, parse_stack_config
+from .config import NAMESPACE, ConfigError, PlatformConfig, parse_stack_config
 
 PROJECT = "inferforge"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +132,7 @@ def render_stack(stack: str, config_overrides: Mapping[str, Any] | None = None, 
 
     Bad config raises ConfigError before any resource is registered.
     """
-    from stacks import sdk_loading
+    from . import sdk_loading
 
     sdk_loading.install()  # before the program imports the SDK packages it uses
 
@@ -141,8 +141,8 @@ def render_stack(stack: str, config_overrides: Mapping[str, Any] | None = None, 
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
-    from stacks import program
-    from stacks.mocks import AzureMocks, RecordingMonitor
+    from . import program
+    from .mocks import AzureMocks, RecordingMonitor
 
     config = engine_config(stack_config(stack, config_overrides, root))
     cfg = parse_stack_config(config)  # validated before the runtime exists: nothing is half-registered

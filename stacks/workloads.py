@@ -12,11 +12,10 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-
-from components.aks import GPU_TAINT
-from components.gpu_device_plugin import NvidiaDevicePlugin, NvidiaDevicePluginArgs
-from components.identity import WorkloadIdentity
-from components.inference_service import (
+from inferforge.components.aks import GPU_TAINT
+from inferforge.components.gpu_device_plugin import NvidiaDevicePlugin, NvidiaDevicePluginArgs
+from inferforge.components.identity import WorkloadIdentity
+from inferforge.components.inference_service import (
     DownloadModelSource,
     InferenceService,
     InferenceServiceArgs,
@@ -25,11 +24,12 @@ from components.inference_service import (
     ModelStoreSource,
     PvcModelSource,
 )
-from components.keyvault import KeyVault
-from components.pgvector_extension import PgvectorExtension, PgvectorExtensionArgs
-from components.postgres import PostgresPgvector
-from components.redis import ManagedRedis
-from stacks.config import PlatformConfig
+from inferforge.components.keyvault import KeyVault
+from inferforge.components.pgvector_extension import PgvectorExtension, PgvectorExtensionArgs
+from inferforge.components.postgres import PostgresPgvector
+from inferforge.components.redis import ManagedRedis
+
+from .config import PlatformConfig
 
 PGVECTOR_SERVICE_ACCOUNT = "pgvector-init"
 

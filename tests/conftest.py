@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from stacks.render import ensure_main_thread_event_loop
+from inferforge.stacks.render import ensure_main_thread_event_loop
 
 
 @pytest.fixture(autouse=True)

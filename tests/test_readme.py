@@ -6,8 +6,8 @@ import dataclasses
 import importlib
 from pathlib import Path
 
-from components import reference
-from stacks.config_reference import BEGIN, END, config_reference_markdown
+from inferforge.components import reference
+from inferforge.stacks.config_reference import BEGIN, END, config_reference_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

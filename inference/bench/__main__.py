@@ -2,6 +2,6 @@
 
 import sys
 
-from inference.bench.cli import main
+from ..bench.cli import main
 
 sys.exit(main())

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from inference.bench.errors import BenchmarkError
+from ..bench.errors import BenchmarkError
 
 PROMPT_FORMATS = ("ids", "text")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -209,14 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _command(name: str) -> Callable[[argparse.Namespace], int]:
     # Imported lazily: `serve` must not pay for importing transformers' model code or torch kernels.
     if name == "serve":
-        from inference.bench.serve_cmd import run_serve
+        from ..bench.serve_cmd import run_serve
 
         return run_serve
     if name == "compare":
-        from inference.bench.compare import run_compare
+        from ..bench.compare import run_compare
 
         return run_compare
-    from inference.bench.roofline import run_roofline
+    from ..bench.roofline import run_roofline
 
     return run_roofline
 

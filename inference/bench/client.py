@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 
-from inference.bench.errors import BenchmarkError
-from inference.bench.metrics import RequestResult
-from inference.bench.workload import Prompt
+from ..bench.errors import BenchmarkError
+from ..bench.metrics import RequestResult
+from ..bench.workload import Prompt
 
 # Readiness endpoints in order of preference: our server's (and TGI's/vLLM's) public probe first,
 # then the OpenAI model list, which every compatible server has (it may need the API key).

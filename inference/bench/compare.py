@@ -25,14 +25,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from inference.bench.errors import BenchmarkError
-from inference.bench.report import (
+from ..bench.errors import BenchmarkError
+from ..bench.report import (
     format_metrics_table,
     format_side_by_side,
     result_document,
     write_json,
 )
-from inference.bench.serve_cmd import benchmark_server, describe_mismatches, make_prompts, run_summary
+from ..bench.serve_cmd import benchmark_server, describe_mismatches, make_prompts, run_summary
 
 # Rows of the side-by-side table: (metrics key, label).
 SIDE_BY_SIDE_ROWS: tuple[tuple[str, str], ...] = (
@@ -116,7 +116,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def _run_baselines(args: argparse.Namespace, model: Any, tokenizer: Any, prompts: list[Any]) -> dict[str, Any]:
     """One round of the HF baselines; returns metrics dicts by name."""
-    from inference.bench.hf_baseline import run_one_at_a_time, run_padded_batch
+    from ..bench.hf_baseline import run_one_at_a_time, run_padded_batch
 
     runs = []
     if not args.skip_hf_serial:
@@ -171,7 +171,7 @@ def run_compare(args: argparse.Namespace) -> int:
     """Entry point of `python -m inference.bench compare`."""
     import torch
 
-    from inference.bench.hf_baseline import load_hf_model
+    from ..bench.hf_baseline import load_hf_model
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     model, tokenizer = load_hf_model(args.model_dir, args.dtype)

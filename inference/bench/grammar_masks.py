@@ -203,7 +203,7 @@ BENCHES = {"llguidance": bench_llguidance, "xgrammar": bench_xgrammar, "outlines
 
 
 def run(vocab_sizes: list[int], libraries: list[str]) -> list[dict[str, Any]]:
-    from inference.model_factory import PRESETS, build_tokenizer
+    from ..model_factory import PRESETS, build_tokenizer
 
     rows = []
     document = json.dumps(DOCUMENT, separators=(",", ":"))

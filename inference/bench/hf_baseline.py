@@ -18,9 +18,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
-from inference.bench.errors import BenchmarkError
-from inference.bench.metrics import DEFAULT_PERCENTILES, BenchmarkMetrics, RequestResult, compute_metrics
-from inference.bench.workload import Prompt
+from ..bench.errors import BenchmarkError
+from ..bench.metrics import DEFAULT_PERCENTILES, BenchmarkMetrics, RequestResult, compute_metrics
+from ..bench.workload import Prompt
 
 
 class StepTimer(BaseStreamer):

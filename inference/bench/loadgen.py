@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 
 import httpx
 
-from inference.bench.client import CompletionSettings, auth_headers, stream_completion
-from inference.bench.metrics import DEFAULT_PERCENTILES, BenchmarkMetrics, RequestResult, compute_metrics
-from inference.bench.workload import Prompt, arrival_offsets
+from ..bench.client import CompletionSettings, auth_headers, stream_completion
+from ..bench.metrics import DEFAULT_PERCENTILES, BenchmarkMetrics, RequestResult, compute_metrics
+from ..bench.workload import Prompt, arrival_offsets
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from inference.bench.metrics import LATENCY_FAMILIES, BenchmarkMetrics, percentile_label
+from ..bench.metrics import LATENCY_FAMILIES, BenchmarkMetrics, percentile_label
 
 RESULT_SCHEMA_VERSION = 1
 

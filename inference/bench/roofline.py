@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from inference.bench.errors import BenchmarkError
-from inference.bench.report import result_document, write_json
+from ..bench.errors import BenchmarkError
+from ..bench.report import result_document, write_json
 
 GB = 1e9
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 
-from inference.bench.client import CompletionSettings, auth_headers, wait_until_ready
-from inference.bench.errors import BenchmarkError
-from inference.bench.loadgen import LoadConfig, RunResult, run_load
-from inference.bench.report import format_metrics_table, result_document, write_json
-from inference.bench.workload import Prompt, build_prompts
+from ..bench.client import CompletionSettings, auth_headers, wait_until_ready
+from ..bench.errors import BenchmarkError
+from ..bench.loadgen import LoadConfig, RunResult, run_load
+from ..bench.report import format_metrics_table, result_document, write_json
+from ..bench.workload import Prompt, build_prompts
 
 
 def load_tokenizer(path: Path) -> Any:

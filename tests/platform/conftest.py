@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from inferforge.stacks.render import RenderedResource, render_stack
 
-from stacks.render import RenderedResource, render_stack
 from tests.stack_overrides import WITH_WORKLOADS
 
 

@@ -123,7 +123,7 @@ def test_first_phase_creates_the_platform_and_registry_but_no_workloads_or_front
 
 
 def test_approval_command_names_the_node_resource_group_and_the_pls():
-    from stacks.program import private_endpoint_approval
+    from inferforge.stacks.program import private_endpoint_approval
 
     command = private_endpoint_approval("rg-inferforge-prod-westeurope-aks-nodes", "pls-inferforge-prod-inference")
     assert "az network private-link-service show -g rg-inferforge-prod-westeurope-aks-nodes " \

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from inferforge.stacks.config import ConfigError
+from inferforge.stacks.render import render_stack, validate_stack
 
-from stacks.config import ConfigError
-from stacks.render import render_stack, validate_stack
 from tests.platform.conftest import of_type, one
 
 AMW = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-mon/providers/"

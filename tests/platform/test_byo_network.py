@@ -6,10 +6,10 @@ import dataclasses
 from typing import Any
 
 import pytest
+from inferforge.policies.offline import config_path_for, evaluate, format_text, has_mandatory
+from inferforge.stacks.config import ConfigError
+from inferforge.stacks.render import render_stack, validate_stack
 
-from policies.offline import config_path_for, evaluate, format_text, has_mandatory
-from stacks.config import ConfigError
-from stacks.render import render_stack, validate_stack
 from tests.platform.conftest import of_type, one
 from tests.stack_overrides import WITH_WORKLOADS
 

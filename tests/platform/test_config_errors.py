@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pulumi
 import pytest
+from inferforge.stacks.config import ConfigError
+from inferforge.stacks.render import REPO_ROOT, ensure_main_thread_event_loop, validate_stack
 
-from stacks.config import ConfigError
-from stacks.render import REPO_ROOT, ensure_main_thread_event_loop, validate_stack
 from tests.stack_overrides import WITH_WORKLOADS
 
 
@@ -185,13 +185,12 @@ def test_every_problem_is_reported_at_once():
 
 def test_pulumi_program_fails_with_run_error_before_registering_anything():
     """Under the engine, bad config is a RunError (reported without a traceback) and nothing is created."""
+    from inferforge.stacks import program
+    from inferforge.stacks.mocks import AzureMocks, RecordingMonitor
+    from inferforge.stacks.render import engine_config, stack_config
     from pulumi.runtime import mocks as pulumi_mocks
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
-
-    from stacks import program
-    from stacks.mocks import AzureMocks, RecordingMonitor
-    from stacks.render import engine_config, stack_config
 
     config = engine_config(stack_config("dev", {"aks": {"gpuPools": []}}))
     monitor = RecordingMonitor(AzureMocks())

@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from stacks.config import ConfigError
-from stacks.render import REPO_ROOT, StackFileError, load_stack_yaml, validate_stack
+from inferforge.stacks.config import ConfigError
+from inferforge.stacks.render import REPO_ROOT, StackFileError, load_stack_yaml, validate_stack
 
 
 def problems(overrides: dict, stack: str = "dev") -> str:
@@ -87,7 +86,7 @@ def test_a_stack_file_that_is_not_a_mapping_gets_a_short_error(tmp_path: Path):
 
 
 def test_the_component_library_refuses_an_override_of_a_standard_tag_too():
-    from components.common import standard_tags
+    from inferforge.components.common import standard_tags
 
     with pytest.raises(ValueError, match="overrides the standard tag 'environment'"):
         standard_tags(environment="prod", owner="o", cost_center="c", extra={"Environment": "dev"})

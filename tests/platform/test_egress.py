@@ -6,9 +6,9 @@ import ipaddress
 from typing import Any
 
 import pytest
+from inferforge.stacks.config import ConfigError
+from inferforge.stacks.render import render_stack, validate_stack
 
-from stacks.config import ConfigError
-from stacks.render import render_stack, validate_stack
 from tests.platform.conftest import of_type, one
 
 AKS = "azure-native:containerservice:ManagedCluster"

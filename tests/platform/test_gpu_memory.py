@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from components.gpu_sizes import GPU_VM_SIZES
-from stacks.config import ConfigError
-from stacks.gpu_memory import GIB, KNOWN_MODELS, ModelShape, known_model, plan_gpu_memory
-from stacks.render import validate_stack
+from inferforge.components.gpu_sizes import GPU_VM_SIZES
+from inferforge.stacks.config import ConfigError
+from inferforge.stacks.gpu_memory import GIB, KNOWN_MODELS, ModelShape, known_model, plan_gpu_memory
+from inferforge.stacks.render import validate_stack
 
 H100_NVL_PAIR = "Standard_NC80adis_H100_v5"
 

@@ -16,8 +16,7 @@ import kubernetes_validate
 import pulumi
 import pulumi_kubernetes as k8s
 import pytest
-
-from components.inference_service import (
+from inferforge.components.inference_service import (
     DownloadModelSource,
     InferenceService,
     InferenceServiceArgs,
@@ -25,8 +24,8 @@ from components.inference_service import (
     KedaAutoscaling,
     PvcModelSource,
 )
-from policies.offline import config_path_for, evaluate
-from stacks.render import ensure_main_thread_event_loop
+from inferforge.policies.offline import config_path_for, evaluate
+from inferforge.stacks.render import ensure_main_thread_event_loop
 
 CLUSTER_VERSION = "1.33"
 PROD_DIGEST = "sha256:" + "0123456789abcdef" * 4

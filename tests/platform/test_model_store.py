@@ -11,9 +11,9 @@ import uuid
 from typing import Any
 
 import pytest
+from inferforge.stacks.config import ConfigError
+from inferforge.stacks.render import render_stack, validate_stack
 
-from stacks.config import ConfigError
-from stacks.render import render_stack, validate_stack
 from tests.platform.conftest import of_type, one
 
 ACCOUNT = "azure-native:storage:StorageAccount"

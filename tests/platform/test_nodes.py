@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from inferforge.components.gpu_sizes import GPU_VM_SIZES
+from inferforge.components.vm_local_disks import TEMP_DISK_GIB
+from inferforge.stacks.config import ConfigError
+from inferforge.stacks.render import validate_stack
 
-from components.gpu_sizes import GPU_VM_SIZES
-from components.vm_local_disks import TEMP_DISK_GIB
-from stacks.config import ConfigError
-from stacks.render import validate_stack
 from tests.platform.conftest import one
 
 AKS = "azure-native:containerservice:ManagedCluster"

@@ -8,13 +8,13 @@ from typing import Any
 import kubernetes_validate
 import pulumi
 import pytest
-
-from components.pgvector_extension import (
+from inferforge.components.pgvector_extension import (
     PgvectorExtension,
     PgvectorExtensionArgs,
     PgvectorExtensionConfigError,
 )
-from policies.offline import config_path_for, evaluate
+from inferforge.policies.offline import config_path_for, evaluate
+
 from tests.platform.test_inference_service import CLUSTER_VERSION, manifests, render
 
 # Prod pulls only from the platform's ACR (k8s-allowed-registry): upstream images are `az acr import`ed.
@@ -259,7 +259,8 @@ def test_no_embeddings_table_without_a_dimension(role_objects) -> None:
 def test_stack_config_embedding_dimensions_reach_the_schema_job() -> None:
     import copy
 
-    from stacks.render import render_stack
+    from inferforge.stacks.render import render_stack
+
     from tests.stack_overrides import WITH_WORKLOADS
 
     overrides = copy.deepcopy(WITH_WORKLOADS)

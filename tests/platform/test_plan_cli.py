@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from inferforge.stacks.render import REPO_ROOT, stack_config
 
-from stacks.render import REPO_ROOT, stack_config
 from tests.stack_overrides import WITH_WORKLOADS
 
 COMPONENT_TYPES = ["inferforge:network:Network", "inferforge:security:KeyVault", "inferforge:data:PostgresPgvector",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from inferforge.components.aks import GPU_TAINT, SYSTEM_TAINT
+from inferforge.stacks.render import render_stack
 
-from components.aks import GPU_TAINT, SYSTEM_TAINT
-from stacks.render import render_stack
 from tests.platform.conftest import of_type, one
 from tests.stack_overrides import WITH_WORKLOADS
 

@@ -82,7 +82,7 @@ def test_gpu_pools_follow_config(dev, prod):
 
 
 def test_stack_config_overrides_change_the_rendered_stack():
-    from stacks.render import render_stack
+    from inferforge.stacks.render import render_stack
 
     resources = render_stack("dev", {"aks": {"gpuPools": [
         {"name": "gpua", "vmSize": "Standard_NC24ads_A100_v4", "minCount": 0, "maxCount": 1},
@@ -123,8 +123,9 @@ def test_front_door_routes_only_the_api_and_probes_readiness_on_the_origin(stack
 def test_served_embeddings_reach_the_server_command_and_parse():
     import copy
 
+    from inferforge.stacks.render import render_stack
+
     from inference.serve import build_parser
-    from stacks.render import render_stack
     from tests.stack_overrides import WITH_WORKLOADS
 
     overrides = copy.deepcopy(WITH_WORKLOADS)
@@ -138,8 +139,9 @@ def test_served_embeddings_reach_the_server_command_and_parse():
 def test_tool_call_parser_reaches_the_server_command_and_parses():
     import copy
 
+    from inferforge.stacks.render import render_stack
+
     from inference.serve import build_parser
-    from stacks.render import render_stack
     from tests.stack_overrides import WITH_WORKLOADS
 
     overrides = copy.deepcopy(WITH_WORKLOADS)

@@ -16,10 +16,9 @@ from typing import Any
 
 import pulumi
 import pytest
-
-from policies.offline import Violation, evaluate
-from policies.pack import ALL_POLICIES
-from stacks.render import ensure_main_thread_event_loop
+from inferforge.policies.offline import Violation, evaluate
+from inferforge.policies.pack import ALL_POLICIES
+from inferforge.stacks.render import ensure_main_thread_event_loop
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "policies" / "config"
@@ -130,8 +129,7 @@ def render_component(build: Callable[[], Any], stack: str = "test") -> list[Reso
 def render_inference_service(**overrides: Any) -> list[Resource]:
     """The InferenceService component's resources with production-shaped arguments."""
     import pulumi_kubernetes as k8s
-
-    from components.inference_service import InferenceService, InferenceServiceArgs
+    from inferforge.components.inference_service import InferenceService, InferenceServiceArgs
 
     def build() -> None:
         provider = k8s.Provider("aks", kubeconfig="{}")
@@ -167,7 +165,8 @@ def inference_service_resources() -> list[Resource]:
 @pytest.fixture(scope="session")
 def prod_resources() -> list[Any]:
     """The prod stack with its images in the registry, rendered by the real program under mocks (once)."""
-    from stacks.render import render_stack
+    from inferforge.stacks.render import render_stack
+
     from tests.stack_overrides import WITH_WORKLOADS
 
     return render_stack("prod", WITH_WORKLOADS)
@@ -176,7 +175,7 @@ def prod_resources() -> list[Any]:
 @pytest.fixture(scope="session")
 def prod_platform_resources() -> list[Any]:
     """Pulumi.prod.yaml as shipped: the first phase of a new environment (no workloads yet)."""
-    from stacks.render import render_stack
+    from inferforge.stacks.render import render_stack
 
     return render_stack("prod")
 
@@ -184,7 +183,8 @@ def prod_platform_resources() -> list[Any]:
 @pytest.fixture(scope="session")
 def dev_resources() -> list[Any]:
     """The dev stack with its images in the registry, rendered by the real program under mocks (once)."""
-    from stacks.render import render_stack
+    from inferforge.stacks.render import render_stack
+
     from tests.stack_overrides import WITH_WORKLOADS
 
     return render_stack("dev", WITH_WORKLOADS)
@@ -193,7 +193,7 @@ def dev_resources() -> list[Any]:
 @pytest.fixture(scope="session")
 def dev_platform_resources() -> list[Any]:
     """Pulumi.dev.yaml as shipped: the first phase of a new environment (no workloads yet)."""
-    from stacks.render import render_stack
+    from inferforge.stacks.render import render_stack
 
     return render_stack("dev")
 

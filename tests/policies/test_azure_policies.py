@@ -6,9 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from policies.offline import load_pack_config
-from policies.pack import ALL_POLICIES
+from inferforge.policies.offline import load_pack_config
+from inferforge.policies.pack import ALL_POLICIES
 
 from .conftest import CONFIG_DIR, break_property, of_type, run_policy, set_path, stack_entry
 from .test_hardening_policies import HARDENING_BROKEN
@@ -120,7 +119,7 @@ def origin_without_service_dependency(resources: list[Any]) -> list[Any]:
 
 def with_azure_monitor_scaled_object(resources: list[Any]) -> list[Any]:
     """prod plus the ScaledObject InferenceService renders for an Azure Monitor Prometheus trigger."""
-    from components.inference_service import KedaAutoscaling
+    from inferforge.components.inference_service import KedaAutoscaling
 
     from .conftest import render_inference_service
 
@@ -359,13 +358,13 @@ def test_front_door_backend_service_tag_is_the_allowed_exception(prod_resources,
     ],
 )
 def test_taggable_types_are_those_whose_sdk_args_accept_tags(type_token: str, taggable: bool) -> None:
-    from policies.tagging import accepts_tags
+    from inferforge.policies.tagging import accepts_tags
 
     assert accepts_tags(type_token) is taggable
 
 
 def test_prod_has_many_taggable_resources_and_all_carry_the_required_tags(prod_resources) -> None:
-    from policies.tagging import accepts_tags
+    from inferforge.policies.tagging import accepts_tags
 
     taggable = [r for r in prod_resources if accepts_tags(r.type)]
     assert len(taggable) > 20

@@ -7,10 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, Severity
-from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
-
-from policies.offline import (
+from inferforge.policies.offline import (
     PolicyConfigError,
     Violation,
     evaluate,
@@ -19,7 +16,9 @@ from policies.offline import (
     has_mandatory,
     load_pack_config,
 )
-from policies.pack import ALL_POLICIES
+from inferforge.policies.pack import ALL_POLICIES
+from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, Severity
+from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 
 from .conftest import CONFIG_DIR, Resource
 

@@ -8,9 +8,8 @@ import sys
 import textwrap
 
 import pytest
+from inferforge.policies.pack import ALL_POLICIES, PACK_NAME
 from pulumi_policy import ResourceValidationPolicy, StackValidationPolicy
-
-from policies.pack import ALL_POLICIES, PACK_NAME
 
 from .conftest import REPO
 

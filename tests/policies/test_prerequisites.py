@@ -6,8 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-
-from policies.offline import duration_seconds
+from inferforge.policies.offline import duration_seconds
 
 from .conftest import break_property, of_type, run_policy, stack_entry
 
@@ -57,7 +56,7 @@ def test_go_durations_are_read_as_the_engine_sends_them(text: str, seconds: floa
 
 
 def test_a_keda_scaled_object_passes_with_the_add_on_and_a_trigger_authentication(prod_resources, tmp_path) -> None:
-    from components.inference_service import KedaAutoscaling
+    from inferforge.components.inference_service import KedaAutoscaling
 
     from .conftest import Resource, render_inference_service
 
@@ -84,7 +83,7 @@ def test_first_phase_has_no_workloads_so_no_prerequisite_applies(prod_platform_r
 
 
 def test_a_download_model_source_needs_no_blob_driver(tmp_path) -> None:
-    from stacks.render import render_stack
+    from inferforge.stacks.render import render_stack
 
     resources = render_stack("dev", {"inference": {"modelSource": {
         "kind": "download", "repoId": "Qwen/Qwen2.5-7B-Instruct", "revision": "a" * 40}}})

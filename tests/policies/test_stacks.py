@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from policies.offline import config_path_for, evaluate, format_text, has_mandatory
+from inferforge.policies.offline import config_path_for, evaluate, format_text, has_mandatory
 
 
 def test_shipped_prod_stack_has_no_mandatory_violation(prod_resources) -> None:
@@ -36,7 +35,8 @@ def test_shipped_dev_stack_has_no_mandatory_violation(dev_resources) -> None:
     ids=["keyvault-public", "redis-public", "waf-detection"],
 )
 def test_weakened_prod_config_is_blocked_naming_the_policy(overrides, policy) -> None:
-    from stacks.render import render_stack
+    from inferforge.stacks.render import render_stack
+
     from tests.stack_overrides import WITH_WORKLOADS
 
     violations = evaluate(render_stack("prod", {**WITH_WORKLOADS, **overrides}), config_path_for("prod"), "prod")

@@ -107,7 +107,8 @@ def test_a_volume_no_workload_mounts_is_not_judged(prod_resources, tmp_path) -> 
 @pytest.fixture(scope="module")
 def dynamic_blob_resources() -> list[Any]:
     """prod with the dynamic azureblob-fuse-premium class, accepted by config because the FQDN is allow-listed."""
-    from stacks.render import render_stack
+    from inferforge.stacks.render import render_stack
+
     from tests.stack_overrides import WITH_WORKLOADS
 
     overrides = {**WITH_WORKLOADS, "egress": {"allowedFqdns": ["*.blob.core.windows.net"]},

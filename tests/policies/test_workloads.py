@@ -6,8 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from policies.workloads import DEFAULT_TP_SIZE, runs_inference_server, tp_size
+from inferforge.policies.workloads import DEFAULT_TP_SIZE, runs_inference_server, tp_size
 
 from .conftest import break_property, of_type, render_inference_service, run_policy
 
@@ -138,7 +137,7 @@ def test_a_pod_level_non_root_setting_covers_containers_without_their_own(
 
 
 def test_keda_max_replicas_above_the_cap_is_caught(tmp_path) -> None:
-    from components.inference_service import KedaAutoscaling
+    from inferforge.components.inference_service import KedaAutoscaling
 
     resources = render_inference_service(
         autoscaling=KedaAutoscaling(

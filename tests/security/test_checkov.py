@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from inferforge.stacks.export import write_scan_inputs
+from inferforge.stacks.render import REPO_ROOT, render_stack
 
-from stacks.export import write_scan_inputs
-from stacks.render import REPO_ROOT, render_stack
 from tests.stack_overrides import WITH_WORKLOADS
 
 # check id -> (stacks where it fails, why that is accepted). The only place checkov findings are suppressed.
