@@ -10,6 +10,7 @@ Errors name the YAML key (`inferforge:aks.gpuPools[0].maxCount`), the bad value 
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 import re
@@ -201,9 +202,15 @@ class FrontDoorConfig(_Section):
     rate_limit_per_minute: int = Field(600, ge=10, le=100000)
 
 
+# A stack that names no GPU pool (one created from the `pulumi new` template) gets one pool of this size:
+# the smallest size that serves the default model (inference.modelName) at tensor-parallel size 1.
+DEFAULT_GPU_POOL = "gpu"
+DEFAULT_GPU_VM_SIZE = "Standard_NC24ads_A100_v4"
+
+
 class GpuPoolConfig(_Section):
-    name: str
-    vm_size: str
+    name: str = DEFAULT_GPU_POOL
+    vm_size: str = DEFAULT_GPU_VM_SIZE
     min_count: int = Field(0, ge=0, le=100)
     max_count: int = Field(1, ge=1, le=100)
     os_disk_size_gb: int | None = Field(None, ge=30, le=2048)
@@ -315,7 +322,7 @@ class AksConfig(_Section):
     upgrade_channel: Literal["patch", "stable", "rapid", "node-image", "none"] = "patch"
     node_os_upgrade_channel: Literal["NodeImage", "SecurityPatch", "Unmanaged", "None"] = "NodeImage"
     admin_group_object_ids: list[str] = Field(default_factory=list)
-    gpu_pools: list[GpuPoolConfig] = Field(min_length=1)
+    gpu_pools: list[GpuPoolConfig] = Field(default_factory=lambda: [GpuPoolConfig()], min_length=1)
     nvidia_device_plugin_image: DevicePluginImageConfig = Field(default_factory=DevicePluginImageConfig)
 
     @property
@@ -326,6 +333,12 @@ class AksConfig(_Section):
         if self.system_os_disk_type == "Ephemeral" and self.system_vm_size in TEMP_DISK_GIB:
             return default_ephemeral_os_disk_gb(self.system_vm_size, SYSTEM_OS_DISK_GB)
         return SYSTEM_OS_DISK_GB
+
+    @field_validator("authorized_ip_ranges", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        # A prompt answer (`pulumi new`, `pulumi config set`) is one string: "203.0.113.0/24, 198.51.100.7/32".
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
     @field_validator("authorized_ip_ranges")
     @classmethod
@@ -464,8 +477,11 @@ class AutoscalingConfig(_Section):
 
 
 class PgvectorJobConfig(_Section):
-    azure_cli_image: ImageConfig
-    postgres_client_image: ImageConfig
+    # Mirrored into the platform registry with `az acr import` (README: First deployment).
+    azure_cli_image: ImageConfig = Field(
+        default_factory=lambda: ImageConfig(repository="mirror/azure-cli", tag="2.67.0"))
+    postgres_client_image: ImageConfig = Field(
+        default_factory=lambda: ImageConfig(repository="mirror/postgres", tag="16-alpine"))
 
 
 class ModelShapeConfig(_Section):
@@ -480,11 +496,12 @@ class ModelShapeConfig(_Section):
 class InferenceConfig(_Section):
     namespace: str = Field("inference", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     service_account: str = Field("inference", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-    gpu_pool: str
-    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+    gpu_pool: str = DEFAULT_GPU_POOL
+    model_name: str = Field("qwen2.5-7b-instruct", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
     model_source: ModelSourceConfig = Field(default_factory=ModelSourceConfig)
     model_shape: ModelShapeConfig | None = None
-    image: ImageConfig
+    # The server image (inference/Dockerfile) as pushed to the platform registry.
+    image: ImageConfig = Field(default_factory=lambda: ImageConfig(repository="inferforge/inference", tag="0.1.0"))
     tp_size: int = Field(1, ge=1, le=8)
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     replicas: int = Field(1, ge=1, le=100)
@@ -498,8 +515,9 @@ class InferenceConfig(_Section):
     drain_timeout_seconds: int = Field(60, ge=5, le=3600)
     pre_stop_sleep_seconds: int = Field(15, ge=0, le=300)
     api_key_secret_name: str = Field("inference-api-keys", pattern=r"^[0-9A-Za-z-]{1,127}$")
-    internal_load_balancer_ip: str
-    pgvector_job: PgvectorJobConfig
+    # Near the top of the default network.aksSubnet (10.20.0.0/22), away from the nodes' and pods' addresses.
+    internal_load_balancer_ip: str = "10.20.3.250"
+    pgvector_job: PgvectorJobConfig = Field(default_factory=PgvectorJobConfig)
     # Dimension of the RAG embeddings table (rag.embeddings, HNSW index) the schema Job creates; the
     # embedding model's output width. Unset: no table. pgvector indexes at most 2000 dimensions.
     embedding_dimensions: int | None = Field(None, ge=1, le=2000)
@@ -536,8 +554,9 @@ _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
 class FirewallConfig(_Section):
     sku_tier: Literal["Basic", "Standard", "Premium"] = "Standard"
     threat_intel_mode: Literal["Alert", "Deny"] = "Deny"
-    subnet: Cidr | None = None
-    management_subnet: Cidr | None = None
+    # Beside the default network subnets (10.20.0.0/16); unused when hub is set (the hub's firewall is used).
+    subnet: Cidr | None = "10.20.7.0/26"
+    management_subnet: Cidr | None = "10.20.7.64/26"
     zones: list[Literal["1", "2", "3"]] | None = None
 
     @field_validator("subnet", "management_subnet")
@@ -662,14 +681,15 @@ class PlatformConfig(_Section):
     postgres: PostgresConfig = Field(default_factory=PostgresConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
     front_door: FrontDoorConfig = Field(default_factory=FrontDoorConfig)
-    aks: AksConfig
+    aks: AksConfig = Field(default_factory=AksConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     model_store: ModelStoreConfig = Field(default_factory=ModelStoreConfig)
-    deploy_workloads: bool = True
+    # A new stack starts in the first phase: its images exist only once the registry it creates does.
+    deploy_workloads: bool = False
     egress: EgressConfig = Field(default_factory=EgressConfig)
     hub: HubConfig | None = None
-    inference: InferenceConfig
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -991,12 +1011,49 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{key}: {message}{echo}"
 
 
+# A key that is a path into a section (`inferforge:aks.gpuPools[0].vmSize`), the notation of the config
+# reference and of the errors. `pulumi new` stores a template prompt's answer under its key as one flat name,
+# never as a path (ParseConfigKey(..., path=false), then `ps.Config[k] = v` in
+# https://github.com/pulumi/pulumi/blob/master/pkg/cmd/pulumi/newcmd/config.go), so the template's prompts for
+# nested settings arrive this way; `pulumi config set --path` writes the same setting into the section instead.
+_PATH_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9]*(\.[A-Za-z][A-Za-z0-9]*|\[\d{1,3}\])+$")
+_PATH_PART = re.compile(r"\.?([A-Za-z][A-Za-z0-9]*)|\[(\d+)\]")
+
+
+def _path_parts(key: str) -> list[str | int]:
+    return [name or int(index) for name, index in _PATH_PART.findall(key)]
+
+
+def _set_path(data: dict[str, Any], key: str, value: Any) -> str | None:
+    """Set `value` at path `key` inside `data`, creating sections and list entries; a problem line, or None."""
+    node: Any = data
+    parts = _path_parts(key)
+    for part, following in zip(parts, [*parts[1:], None], strict=True):
+        expected = dict if isinstance(part, str) else list
+        if not isinstance(node, expected):
+            return (f"{NAMESPACE}:{key}: the path runs through a value that is not a "
+                    f"{'mapping' if expected is dict else 'list'}; allowed: a path along the sections of the config "
+                    "reference (README.md)")
+        if isinstance(part, int) and part > len(node):
+            return (f"{NAMESPACE}:{key}: index {part} skips entries (the list has {len(node)}); allowed: an index "
+                    f"from 0 to {len(node)}")
+        fresh: Any = value if following is None else ([] if isinstance(following, int) else {})
+        if isinstance(part, int) and part == len(node):
+            node.append(fresh)
+        elif following is None or isinstance(part, str) and part not in node:
+            node[part] = fresh
+        node = node[part]
+    return None
+
+
 def parse_stack_config(raw: Mapping[str, Any]) -> PlatformConfig:
     """Validate a stack's `inferforge:` config (keys with or without the namespace prefix).
 
-    Values may be JSON strings, as the Pulumi engine passes structured config. Raises ConfigError.
+    Values may be JSON strings, as the Pulumi engine passes structured config. A key may be a path into a
+    section (`aks.authorizedIpRanges`); it is applied on top of that section. Raises ConfigError.
     """
     data: dict[str, Any] = {}
+    paths: dict[str, Any] = {}
     for full_key, value in raw.items():
         namespace, _, key = full_key.rpartition(":")
         if namespace and namespace != NAMESPACE:
@@ -1008,7 +1065,18 @@ def parse_stack_config(raw: Mapping[str, Any]) -> PlatformConfig:
                 decoded = value
             # Keep plain scalars as the user wrote them ("16" stays a string for version fields).
             value = decoded if isinstance(decoded, dict | list) else value
-        data[key] = value
+        (paths if _PATH_KEY.match(key) else data)[key] = value
+    problems = []
+    if paths:
+        data = copy.deepcopy(data)
+        # Outer paths before inner ones, list entries in index order: the result does not depend on key order.
+        for key in sorted(paths, key=lambda k: [(0, p, "") if isinstance(p, int) else (1, 0, p)
+                                                for p in _path_parts(k)]):
+            problem = _set_path(data, key, copy.deepcopy(paths[key]))
+            if problem:
+                problems.append(problem)
+    if problems:
+        raise ConfigError(problems)
     try:
         return PlatformConfig.model_validate(data)
     except ValidationError as exc:

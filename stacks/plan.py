@@ -2,8 +2,8 @@
 
 Runs the real program under Pulumi's mock runtime (no CLI, no credentials, nothing created), prints
 a preview-like tree of every resource `pulumi up` would create, evaluates the CrossGuard pack with
-the stack's enforcement config (policies/config/<stack>.json), and exits non-zero when a mandatory
-policy is violated.
+the stack's enforcement config (policies/config/<stack>.json, else its environment's), and exits
+non-zero when a mandatory policy is violated.
 
 Exit codes: 0 clean (advisory findings allowed), 1 mandatory policy violations, 2 bad input
 (unknown stack, invalid stack config, invalid policy config).
@@ -27,6 +27,7 @@ from .render import (
     StackFileError,
     available_stacks,
     render_stack,
+    validate_stack,
 )
 
 EXIT_OK, EXIT_MANDATORY, EXIT_BAD_INPUT = 0, 1, 2
@@ -121,6 +122,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         )
 
         config_path = args.policy_config or config_path_for(args.stack)
+        if args.policy_config is None and not config_path.is_file():
+            # A stack without its own enforcement file (one made by `pulumi new` from the template) is checked
+            # with its environment's, as README's `pulumi up --policy-pack-config` line for it says.
+            config_path = config_path_for(validate_stack(args.stack, root=args.cwd).environment)
         try:
             violations = evaluate(resources, config_path, args.stack)
         except (PolicyConfigError, OSError) as exc:
