@@ -144,6 +144,11 @@ def run(argv: Sequence[str] | None = None, prog: str = "python -m stacks plan") 
         )
 
         config_path = args.policy_config or config_path_for(args.stack)
+        if args.policy_config is None and not config_path.is_file():  # a stack the pack ships no config for
+            shipped = ", ".join(sorted(p.stem for p in config_path.parent.glob("*.json")))
+            print(f"error: the policy pack has no config for stack '{args.stack}' (it ships: {shipped}); "
+                  "pass --policy-config FILE, or --no-policies to preview only", file=sys.stderr)
+            return EXIT_BAD_INPUT
         try:
             violations = evaluate(resources, config_path, args.stack)
         except (PolicyConfigError, OSError) as exc:
