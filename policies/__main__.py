@@ -79,8 +79,8 @@ def _list_policies(registry: ModuleType, as_json: bool) -> str:
     return "\n".join(lines)
 
 
-def _command_line(argv: list[str]) -> int:
-    """`python -m policies ...` run by a person: print, never start the analyzer server."""
+def main(argv: list[str]) -> int:
+    """`python -m policies ...` / `inferforge-policies ...` run by a person: print, never start the analyzer server."""
     registry = _load_registry()
     if argv in (["-h"], ["--help"]):
         print(USAGE, end="")
@@ -107,6 +107,9 @@ def _serve_for_the_pulumi_cli() -> None:
     )
 
 
-if __package__:  # `python -m policies` from the repository root: a person at a terminal
-    sys.exit(_command_line(sys.argv[1:]))
-_serve_for_the_pulumi_cli()  # runpy.run_path(<pack dir>) by the CLI's `python -m pulumi.policy`
+if __package__:
+    if __name__ == "__main__":  # `python -m policies` from the repository root: a person at a terminal
+        sys.exit(main(sys.argv[1:]))
+    # Imported (the installed `inferforge-policies` script calls main()): nothing runs at import.
+else:
+    _serve_for_the_pulumi_cli()  # runpy.run_path(<pack dir>) by the CLI's `python -m pulumi.policy`

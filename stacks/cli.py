@@ -9,7 +9,8 @@ from collections.abc import Sequence
 COMMANDS = {"plan": "preview a stack offline and check it against the policy pack"}
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], plan_prog: str = "python -m stacks plan") -> int:
+    """Run a command; `plan_prog` is how usage names the plan command (the installed script: inferforge-plan)."""
     # A short-lived process that builds ~100k small objects (Outputs, futures) on top of a large SDK
     # heap: fewer full collections save ~0.6 s of CPU per plan; memory stays bounded by the process.
     gc.set_threshold(50_000, 50, 100)
@@ -21,4 +22,4 @@ def main(argv: Sequence[str]) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     from . import plan
 
-    return plan.run(argv[1:])
+    return plan.run(argv[1:], prog=plan_prog)

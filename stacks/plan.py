@@ -84,11 +84,30 @@ def _json_document(stack: str, resources: Sequence[RenderedResource], violations
     }
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stacks plan", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stack", required=True, help=f"stack to plan; one of: {', '.join(available_stacks())}")
-    parser.add_argument("--cwd", type=Path, default=REPO_ROOT,
-                        help="project directory holding Pulumi.<stack>.yaml (default: this repository)")
+def default_project_dir() -> Path:
+    """This checkout when the package runs from one (`python -m stacks plan`); installed, the current
+    directory, which is where a consumer's Pulumi.yaml and Pulumi.<stack>.yaml live (`inferforge-plan`)."""
+    return REPO_ROOT if (REPO_ROOT / "Pulumi.yaml").is_file() else Path.cwd()
+
+
+def project_problem(project_dir: Path, prog: str) -> str | None:
+    """Why `project_dir` holds nothing to plan (run outside a project), or None."""
+    if not project_dir.is_dir():
+        return f"project directory {project_dir} does not exist; pass --cwd <your Pulumi project's directory>"
+    if not available_stacks(project_dir):
+        return (f"no stack files (Pulumi.<stack>.yaml) in {project_dir.resolve()}: this is not a Pulumi project "
+                f"directory; run {prog} from your project's directory or pass --cwd <project dir>")
+    return None
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    project_dir = default_project_dir()
+    summary = __doc__.split("\n\n")[0].split(": ", 1)[1]  # without the checkout command it opens with
+    parser = argparse.ArgumentParser(prog=prog, description=f"{prog}: {summary}")
+    stacks = ", ".join(available_stacks(project_dir)) or f"none found in {project_dir}"
+    parser.add_argument("--stack", required=True, help=f"stack to plan (a Pulumi.<stack>.yaml); one of: {stacks}")
+    parser.add_argument("--cwd", type=Path, default=project_dir,
+                        help=f"project directory holding the Pulumi.<stack>.yaml files (default: {project_dir})")
     parser.add_argument("--json", action="store_true", help="print resources, inputs and violations as JSON")
     parser.add_argument("--markdown", metavar="FILE", type=Path,
                         help="also write a Markdown summary (PR comment / $GITHUB_STEP_SUMMARY); '-' for stdout")
@@ -98,8 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def run(argv: Sequence[str] | None = None, prog: str = "python -m stacks plan") -> int:
+    args = _parser(prog).parse_args(argv)
+    problem = project_problem(args.cwd, prog)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     stacks = available_stacks(args.cwd)
     if args.stack not in stacks:
         print(f"error: unknown stack '{args.stack}'; allowed: {', '.join(stacks)}", file=sys.stderr)
@@ -126,6 +149,11 @@ def run(argv: Sequence[str] | None = None) -> int:
             # A stack without its own enforcement file (one made by `pulumi new` from the template) is checked
             # with its environment's, as README's `pulumi up --policy-pack-config` line for it says.
             config_path = config_path_for(validate_stack(args.stack, root=args.cwd).environment)
+        if args.policy_config is None and not config_path.is_file():  # not even its environment's is shipped
+            shipped = ", ".join(sorted(p.stem for p in config_path.parent.glob("*.json")))
+            print(f"error: the policy pack has no config for stack '{args.stack}' (it ships: {shipped}); "
+                  "pass --policy-config FILE, or --no-policies to preview only", file=sys.stderr)
+            return EXIT_BAD_INPUT
         try:
             violations = evaluate(resources, config_path, args.stack)
         except (PolicyConfigError, OSError) as exc:

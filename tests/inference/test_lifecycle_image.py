@@ -1,5 +1,5 @@
 """inference/Dockerfile, checked statically (no Docker engine here): pinned base image and packages
-equal to requirements.txt, non-root fixed UID, read-only-root-friendly environment, the entrypoint."""
+equal to requirements-serve.txt, non-root fixed UID, read-only-root-friendly environment, the entrypoint."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ INSTRUCTIONS = [line for line in DOCKERFILE.splitlines() if line and not line.st
 
 
 def requirement_pins() -> dict[str, str]:
-    """name -> version of every `name==version` line of requirements.txt's inference section."""
-    text = (REPO / "requirements.txt").read_text()
-    section = text.split("# Inference server", 1)[1]
-    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", section, flags=re.M))
+    """name -> version of every `name==version` line of requirements-serve.txt (the `serve` extra)."""
+    text = (REPO / "requirements-serve.txt").read_text()
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", text, flags=re.M))
 
 
 def dockerfile_pins() -> dict[str, str]:
@@ -26,10 +25,10 @@ def dockerfile_pins() -> dict[str, str]:
 
 def test_every_pinned_inference_requirement_has_the_same_pin_in_the_image() -> None:
     required, pinned = requirement_pins(), dockerfile_pins()
-    assert required, "no pins found in requirements.txt"
+    assert required, "no pins found in requirements-serve.txt"
     mismatched = {name: (version, pinned.get(name)) for name, version in required.items()
                   if pinned.get(name) != version}
-    assert not mismatched, f"requirements.txt vs Dockerfile: {mismatched}"
+    assert not mismatched, f"requirements-serve.txt vs Dockerfile: {mismatched}"
 
 
 def test_every_package_in_the_image_is_pinned_exactly() -> None:

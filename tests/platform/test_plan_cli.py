@@ -82,6 +82,22 @@ def test_plan_markdown_summary_is_written(dev_json_and_markdown):
     assert "to create" in markdown
 
 
+def test_plan_outside_a_project_says_there_are_no_stack_files_and_how_to_point_at_one(tmp_path: Path):
+    result = plan("--stack", "dev", "--cwd", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"no stack files (Pulumi.<stack>.yaml) in {tmp_path}" in result.stderr and "--cwd" in result.stderr
+
+    missing = plan("--stack", "dev", "--cwd", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_plan_of_a_stack_without_a_shipped_policy_config_says_how_to_give_one(tmp_path: Path):
+    (tmp_path / "Pulumi.staging.yaml").write_text((REPO_ROOT / "Pulumi.dev.yaml").read_text())
+    result = plan("--stack", "staging", "--cwd", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no config for stack 'staging' (it ships: dev, prod)" in result.stderr and "--policy-config" in result.stderr
+
+
 def test_shipped_dev_stack_plans_clean_as_a_first_phase():
     result = plan("--stack", "dev")
     assert result.returncode == 0, result.stderr
