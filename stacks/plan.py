@@ -149,11 +149,6 @@ def run(argv: Sequence[str] | None = None, prog: str = "python -m stacks plan") 
             # A stack without its own enforcement file (one made by `pulumi new` from the template) is checked
             # with its environment's, as README's `pulumi up --policy-pack-config` line for it says.
             config_path = config_path_for(validate_stack(args.stack, root=args.cwd).environment)
-        if args.policy_config is None and not config_path.is_file():  # not even its environment's is shipped
-            shipped = ", ".join(sorted(p.stem for p in config_path.parent.glob("*.json")))
-            print(f"error: the policy pack has no config for stack '{args.stack}' (it ships: {shipped}); "
-                  "pass --policy-config FILE, or --no-policies to preview only", file=sys.stderr)
-            return EXIT_BAD_INPUT
         try:
             violations = evaluate(resources, config_path, args.stack)
         except (PolicyConfigError, OSError) as exc:
