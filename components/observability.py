@@ -1,14 +1,15 @@
 """Observability: the stack's Log Analytics workspace, passed to every other component."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pulumi
 from pulumi_azure_native import operationalinsights
 
+from . import package
 
+
+@package.schema_args
 @dataclass
 class ObservabilityArgs:
     """Arguments of `Observability`."""
@@ -30,11 +31,15 @@ class ObservabilityArgs:
 class Observability(pulumi.ComponentResource):
     """A Log Analytics workspace with local (shared-key) auth disabled: agents use Entra ID."""
 
-    workspace: operationalinsights.Workspace
     workspace_id: pulumi.Output[str]
+    """ARM id of the Log Analytics workspace (every diagnostic setting sends here)."""
+    customer_id: pulumi.Output[str]
+    """Workspace (customer) id agents and queries address."""
 
     def __init__(self, name: str, args: ObservabilityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:observability:Observability", name, None, opts)
+        args = package.from_inputs(ObservabilityArgs, args)
+        super().__init__("inferforge:index:Observability", name, None,
+                         package.aliased(opts, "inferforge:observability:Observability"))
         self.workspace = operationalinsights.Workspace(
             f"{name}-workspace",
             workspace_name=args.workspace_name,
@@ -49,5 +54,5 @@ class Observability(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.workspace_id = self.workspace.id
-        self.register_outputs({"workspace_id": self.workspace_id,
-                               "customer_id": self.workspace.customer_id})
+        self.customer_id = self.workspace.customer_id
+        self.register_outputs({"workspace_id": self.workspace_id, "customer_id": self.customer_id})

@@ -7,8 +7,6 @@ server has no public endpoint, so the second step runs in-cluster as a Kubernete
 makes a PostgreSQL Entra administrator.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -16,12 +14,14 @@ import pulumi
 import pulumi_random as random
 from pulumi_azure_native import dbforpostgresql, keyvault
 
+from . import package
 from .common import diagnostic_settings, resource_lock
 from .naming import UNIQUE_SUFFIX_LEN
 
 ADMIN_LOGIN = "inferforgeadmin"
 
 
+@package.schema_args
 @dataclass
 class EntraAdmin:
     """An Entra principal made PostgreSQL administrator."""
@@ -34,6 +34,7 @@ class EntraAdmin:
     """ServicePrincipal: workloads authenticate as managed identities, never as human users or groups."""
 
 
+@package.schema_args
 @dataclass
 class PostgresPgvectorArgs:
     """Arguments of `PostgresPgvector`."""
@@ -86,13 +87,19 @@ class PostgresPgvectorArgs:
 class PostgresPgvector(pulumi.ComponentResource):
     """A private, TLS-only PostgreSQL Flexible Server that allows the VECTOR extension."""
 
-    server: dbforpostgresql.Server
+    server_id: pulumi.Output[str]
+    """ARM id of the flexible server."""
     fqdn: pulumi.Output[str]
+    """Private FQDN of the server (resolves in the VNet's private DNS zone)."""
     database_name: str
+    """The application database."""
     admin_password: pulumi.Output[str] | None
+    """Generated password, only when password auth is on (kept in Key Vault; off in every shipped stack)."""
 
     def __init__(self, name: str, args: PostgresPgvectorArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:data:PostgresPgvector", name, None, opts)
+        args = package.from_inputs(PostgresPgvectorArgs, args)
+        super().__init__("inferforge:index:PostgresPgvector", name, None,
+                         package.aliased(opts, "inferforge:data:PostgresPgvector"))
         child = pulumi.ResourceOptions(parent=self)
         suffix = random.RandomString(f"{name}-suffix", length=UNIQUE_SUFFIX_LEN, special=False, upper=False,
                                      numeric=True, opts=child)
@@ -202,7 +209,8 @@ class PostgresPgvector(pulumi.ComponentResource):
             resource_lock(f"{name}-server", scope_resource=self.server, parent=self)
 
         self.fqdn = self.server.fully_qualified_domain_name
-        outputs: dict[str, object] = {"server_id": self.server.id, "fqdn": self.fqdn,
+        self.server_id = self.server.id
+        outputs: dict[str, object] = {"server_id": self.server_id, "fqdn": self.fqdn,
                                       "database_name": self.database_name}
         if self.admin_password is not None:
             outputs["admin_password"] = self.admin_password

@@ -81,15 +81,19 @@ def test_inputs_with_a_python_default_are_optional_and_the_rest_required(schema,
 
 
 def test_nested_input_types_are_typed_described_and_keep_their_defaults_optional(schema):
-    seen = 0
     for type_name, spec in schema["types"].items():
         for name, prop in spec.get("properties", {}).items():
             assert _problems(f"{type_name}.{name}", prop) == []
-        seen += 1
-    assert seen  # GpuPoolArgs, EntraAdmin, KedaAutoscaling, the enums...
-    gpu_pool = schema["types"]["inferforge:index:GpuPoolArgs"]
-    assert "osDiskType" not in gpu_pool.get("required", [])
-    assert "vmSize" in gpu_pool["required"]
+    nested = {cls for c in COMPONENTS for cls in reference.dataclass_fields(reference.args_class(c))[1]}
+    assert {"GpuPoolArgs", "EntraAdmin", "KedaAutoscaling"} <= {cls.__name__ for cls in nested}
+    python_only = {cls.__name__ for cls in nested if f"inferforge:index:{cls.__name__}" not in schema["types"]}
+    assert python_only == {"ModelStoreSource", "PvcModelSource", "DownloadModelSource"}  # the model_source union
+    for cls in (cls for cls in nested if cls.__name__ not in python_only):
+        spec = schema["types"][f"inferforge:index:{cls.__name__}"]
+        assert sorted(spec["properties"]) == sorted(camel_case(f.name) for f in dataclasses.fields(cls))
+        required = {camel_case(f.name) for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        assert set(spec.get("required", [])) == required, cls.__name__
 
 
 @pytest.mark.parametrize("component", COMPONENTS, ids=lambda c: c.__name__)
