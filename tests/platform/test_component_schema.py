@@ -10,18 +10,25 @@ that very provider object (no engine needed) and read its schema.
 import asyncio
 import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import grpc
 import pulumi
 import pytest
+import yaml
 from inferforge.components import package, reference
 from inferforge.stacks.render import ensure_main_thread_event_loop
 from pulumi.provider.experimental.component import ComponentProvider
 from pulumi.provider.experimental.util import camel_case
 from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 COMPONENTS = reference.discover()
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +208,24 @@ def test_the_host_builds_nested_args_and_fills_python_defaults():
 
 def _component(name: str) -> type[pulumi.ComponentResource]:
     return next(c for c in COMPONENTS if c.__name__ == name)
+
+
+def test_the_plugin_entry_point_serves_the_schema_over_grpc():
+    """What `pulumi package add <repo>/provider` does first: launch provider/ as a plugin, ask for its schema."""
+    plugin = REPO / "provider"
+    assert yaml.safe_load((plugin / "PulumiPlugin.yaml").read_text()) == {"runtime": "python"}
+    # The engine address is only dialled for Construct; GetSchema answers without an engine.
+    process = subprocess.Popen([sys.executable, str(plugin), "127.0.0.1:1"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=plugin)
+    try:
+        port = process.stdout.readline().decode().strip()
+        assert port.isdigit(), process.stderr.read().decode()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = provider_pb2_grpc.ResourceProviderStub(channel)
+            reply = stub.GetSchema(provider_pb2.GetSchemaRequest(version=0), timeout=120)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    served = json.loads(reply.schema)
+    assert served["name"] == "inferforge"
+    assert set(served["resources"]) == {f"inferforge:index:{c.__name__}" for c in COMPONENTS}

@@ -229,7 +229,7 @@ def test_every_kubernetes_child_uses_the_provider_passed_in_opts() -> None:
     resources = render_service(prod_args())
     children = [r for r in resources if r.type.startswith("kubernetes:")]
     assert children and all(r.provider and "pulumi:providers:kubernetes::aks::" in r.provider for r in children)
-    assert [r.type for r in resources if r.type.startswith("inferforge:")] == ["inferforge:inference:InferenceService"]
+    assert [r.type for r in resources if r.type.startswith("inferforge:")] == ["inferforge:index:InferenceService"]
 
 
 def test_component_refuses_to_run_without_an_explicit_kubernetes_provider() -> None:
