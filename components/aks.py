@@ -5,6 +5,8 @@ profiles make every change touch all pools (CONVENTIONS §3). GPU pools run Ubun
 rejects A100/H100 sizes), carry the `sku=gpu:NoSchedule` taint, and may scale to zero in dev.
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum

@@ -12,6 +12,8 @@ Alerts (each goes to one action group that emails the configured receivers):
   when a vault logs there) with HTTP 403 / ``Forbidden``.
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 

@@ -29,6 +29,8 @@ Hub and spoke: with a central firewall, the stack creates only the route table a
 route at the hub firewall's private IP (and peers the spoke to the hub VNet); the rules then live in the hub.
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum

@@ -6,6 +6,8 @@ Gateway's). The origin is the Private Link Service AKS creates for the inference
 load balancer; Front Door's private endpoint connection to it must be approved once (README).
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum

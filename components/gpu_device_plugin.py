@@ -23,6 +23,8 @@ no privilege escalation and no capabilities. What differs, and why:
   with the plugin on a GPU node.
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 

@@ -1,5 +1,7 @@
 """Workload identity: an Entra identity for pods, federated with their Kubernetes service account."""
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 

@@ -78,6 +78,8 @@ Autoscaling (optional, :class:`KedaAutoscaling`) scales on a serving metric (que
 requests from Prometheus), never on CPU: a GPU server's CPU usage says nothing about its load.
 """
 
+from __future__ import annotations
+
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
@@ -187,6 +189,21 @@ def _check_range(field_name: str, value: int, low: int, high: int | None = None)
         raise _fail(field_name, value, f"must be an integer {bounds}")
 
 
+def shm_problem(shm_gib: int, memory_gib: int, tp_size: int, *, keys: tuple[str, str, str]) -> str | None:
+    """Why a /dev/shm of `shm_gib` does not fit a `memory_gib` container limit with `tp_size` ranks, or None.
+
+    The one check of this rule (module docstring, "Memory arithmetic"): the component and the stack config
+    (stacks/config.py, which names its YAML keys through `keys`: shm, memory, tp) both call it.
+    """
+    shm_key, memory_key, tp_key = keys
+    most = memory_gib - MIN_HOST_MEMORY_PER_RANK_GIB * tp_size
+    if shm_gib <= most:
+        return None
+    return (f"{shm_gib} leaves {memory_gib - shm_gib} GiB of {memory_key} {memory_gib} for {tp_size} tensor-parallel "
+            f"rank(s), which need {MIN_HOST_MEMORY_PER_RANK_GIB} GiB each outside /dev/shm (charged to the memory "
+            f"limit); allowed: {shm_key} <= {memory_key} - {MIN_HOST_MEMORY_PER_RANK_GIB} x {tp_key} = {most}")
+
+
 def federated_credential_subject(namespace: str, service_account_name: str) -> str:
     """The ``subject`` the identity's federated credential must carry for this ServiceAccount."""
     return f"system:serviceaccount:{namespace}:{service_account_name}"
@@ -201,7 +218,7 @@ class NodeTaint:
     effect: str
 
     @classmethod
-    def parse(cls, text: str, field_name: str = "gpu_taints") -> "NodeTaint":
+    def parse(cls, text: str, field_name: str = "gpu_taints") -> NodeTaint:
         """Parse ``sku=gpu:NoSchedule``; errors name ``field_name``."""
         match = _TAINT.match(text) if isinstance(text, str) else None
         if not match:
@@ -585,12 +602,10 @@ class InferenceServiceArgs:
         _check_range("shm_size_gib", self.shm_size_gib, 1)
         _check_range("tmp_size_gib", self.tmp_size_gib, 1)
         _check_range("cache_size_gib", self.cache_size_gib, 1)
-        floor = MIN_HOST_MEMORY_PER_RANK_GIB * self.tp_size
-        if self.shm_size_gib > self.memory_limit_gib - floor:
-            raise _fail("shm_size_gib", self.shm_size_gib,
-                        f"/dev/shm is charged to the memory limit, so memory_limit_gib ({self.memory_limit_gib}) "
-                        f"must be at least shm_size_gib + {MIN_HOST_MEMORY_PER_RANK_GIB} GiB per rank x tp_size "
-                        f"{self.tp_size} = {self.shm_size_gib + floor}")
+        problem = shm_problem(self.shm_size_gib, self.memory_limit_gib, self.tp_size,
+                              keys=("shm_size_gib", "memory_limit_gib", "tp_size"))
+        if problem:
+            raise _fail("shm_size_gib", self.shm_size_gib, problem)
 
     def _validate_probes(self) -> None:
         _check_range("startup_period_s", self.startup_period_s, 1)

@@ -1,5 +1,7 @@
 """Key Vault: RBAC-only, purge-protected, private (no public network path), with a private endpoint."""
 
+from __future__ import annotations
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -10,6 +12,7 @@ from pulumi_azure_native import keyvault
 
 from . import package
 from .common import PublicNetworkAccess, diagnostic_settings, private_endpoint, resource_lock
+from .limits import limited
 from .naming import UNIQUE_SUFFIX_LEN
 
 
@@ -42,7 +45,7 @@ class KeyVaultArgs:
     """Workspace for audit logs."""
     sku: KeyVaultSku = KeyVaultSku.STANDARD
     """premium adds HSM-backed keys; secrets-only workloads need standard."""
-    soft_delete_retention_days: int = 90
+    soft_delete_retention_days: int = limited(90, ge=7, le=90)
     """Maximum retention, so a deleted secret can be recovered for the longest window."""
     public_network_access: PublicNetworkAccess = PublicNetworkAccess.DISABLED
     """Disabled: reachable only through the private endpoint. The exposure policy blocks Enabled in prod."""

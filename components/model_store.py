@@ -27,6 +27,8 @@ grants Storage Blob Data Contributor for a read-write mount; the model volume is
 identity gets Storage Blob Data Reader, on the `models` container only: list and read blobs, nothing else.
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum

@@ -3,6 +3,8 @@
 `ExistingNetwork` is the bring-your-own spoke of a landing zone: the same outputs, only the DNS zones created.
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 

@@ -1,5 +1,7 @@
 """Observability: the stack's Log Analytics workspace, passed to every other component."""
 
+from __future__ import annotations
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 

@@ -5,10 +5,10 @@ provider/__main__.py serves them with Pulumi's component provider host
 (pulumi/provider/experimental/analyzer.py and component.py) and its guide
 (https://www.pulumi.com/docs/iac/guides/building-extending/packages/source-based-plugin/):
 
-- The schema is inferred from *runtime* annotations: the `args` parameter's class gives the inputs, the
-  component's annotated `pulumi.Output[...]` attributes the outputs, the docstring under each the description.
-  So component modules do not use `from __future__ import annotations`, choices are Enums (no `Literal`), and
-  unions other than `X | None` are not allowed.
+- The schema is inferred from *runtime* annotations, which it does not evaluate: the `args` parameter's class
+  gives the inputs, the component's annotated `pulumi.Output[...]` attributes the outputs, the docstring under
+  each the description. The modules postpone annotations, so `schema_args` and `components()` resolve exactly
+  those. Choices are Enums (no `Literal`); unions other than `X | None` are not allowed.
 - A property is optional in the schema only if its annotation says so (`Optional`, `NotRequired`); a dataclass
   default is invisible to it. `schema_args` states it where the analyzer reads it (below).
 - `construct` calls the component with a plain dict of inputs (Python names; nested types as dicts too), not
@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import pulumi
+
+from .limits import check_limits
 
 PACKAGE = "inferforge"
 """The package name other languages import (`@pulumi/inferforge`, `pulumi_inferforge`, ...)."""
@@ -58,23 +60,28 @@ def _is_optional(annotation: Any) -> bool:
 
 
 def schema_args(cls: type[T]) -> type[T]:
-    """Class decorator (above `@dataclass`) for a component's Args and their nested types.
+    """Class decorator (above `@dataclass`) for a component's Args and the dataclasses nested in them.
 
-    Rewrites only the runtime `__annotations__` the schema analyzer reads, never the fields: a field with a
-    default becomes `Optional[...]` there (callers in any language may omit it; the default applies), and
-    `python_only` fields are left out.
+    The modules postpone annotations (`from __future__ import annotations`: evaluating SDK types in every
+    signature would load most of the SDKs at import, doubling `plan`'s start-up), so each field's annotation is
+    a string. This resolves them once, at class creation: `Field.type` becomes the declared type (what
+    `from_inputs` and the stack config read), and the runtime `__annotations__` become the schema analyzer's
+    view of the fields: a field with a default is `Optional[...]` there (any language may omit it; the default
+    applies), `python_only` fields are left out.
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"@schema_args goes above @dataclass on {cls.__name__}")
-    own = dict(cls.__dict__.get("__annotations__", {}))
+    module = vars(sys.modules[cls.__module__])
+    own = set(cls.__dict__.get("__annotations__", {}))
+    schema_view: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
-        if field.name not in own:
-            continue  # inherited: its own class states it
-        if not in_schema(field):
-            del own[field.name]
-        elif _has_default(field) and not _is_optional(own[field.name]):
-            own[field.name] = typing.Optional[own[field.name]]  # noqa: UP045 - a runtime value, not syntax
-    cls.__annotations__ = own
+        if isinstance(field.type, str):  # eval, not get_type_hints: pulumi.Input holds a ForwardRef it cannot resolve
+            field.type = eval(field.type, module)  # noqa: S307 - an annotation written in our own source
+        if field.name not in own or not in_schema(field):
+            continue  # inherited fields are stated by their own class
+        optional = _has_default(field) and not _is_optional(field.type)
+        schema_view[field.name] = typing.Optional[field.type] if optional else field.type  # noqa: UP045
+    cls.__annotations__ = schema_view
     return cls
 
 
@@ -105,8 +112,10 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
 
 
 def from_inputs(cls: type[T], value: T | Mapping[str, Any], where: str | None = None) -> T:
-    """The component's Args: `value` itself from a Python caller, or built from the provider host's dict."""
+    """The component's Args, checked against the limits its fields declare: `value` itself from a Python caller,
+    or built from the provider host's dict."""
     if isinstance(value, cls):
+        check_limits(value)
         return value
     where = where or cls.__name__
     if not isinstance(value, Mapping):
@@ -120,7 +129,9 @@ def from_inputs(cls: type[T], value: T | Mapping[str, Any], where: str | None = 
         raise TypeError(f"{where}: missing required input(s) {missing}")
     # The host leaves out what the caller did not set; None is "not set" too, so the Python default applies.
     kwargs = {n: _convert(fields[n].type, v, f"{where}.{n}") for n, v in value.items() if v is not None}
-    return cls(**kwargs)
+    args = cls(**kwargs)
+    check_limits(args)
+    return args
 
 
 def aliased(opts: pulumi.ResourceOptions | None, legacy_token: str) -> pulumi.ResourceOptions:
@@ -129,9 +140,22 @@ def aliased(opts: pulumi.ResourceOptions | None, legacy_token: str) -> pulumi.Re
     return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=[pulumi.Alias(type_=legacy_token)]))
 
 
+def _resolve_annotations(component: type[pulumi.ComponentResource]) -> type[pulumi.ComponentResource]:
+    """The component with its outputs' and `args`' annotations evaluated, as the schema analyzer reads them
+    (it does not evaluate strings). Only these: other signatures keep naming SDK types lazily."""
+    module = vars(sys.modules[component.__module__])
+    outputs = component.__dict__.get("__annotations__", {})
+    component.__annotations__ = {name: eval(hint, module) if isinstance(hint, str) else hint  # noqa: S307
+                                 for name, hint in outputs.items()}
+    init = component.__init__.__annotations__
+    if isinstance(init.get("args"), str):
+        init["args"] = eval(init["args"], module)  # noqa: S307 - a name written in our own source
+    return component
+
+
 def components() -> list[type[pulumi.ComponentResource]]:
-    """Every ComponentResource defined in this package, in module then source order: what the provider serves
-    and the README's component reference lists."""
+    """Every ComponentResource defined in this package, in module then source order, ready for the schema
+    analyzer: what the provider serves and the README's component reference lists."""
     package = sys.modules[__package__]  # `components` or `inferforge.components`
     found: list[tuple[str, int, type[pulumi.ComponentResource]]] = []
     for info in pkgutil.iter_modules(package.__path__):
@@ -140,4 +164,4 @@ def components() -> list[type[pulumi.ComponentResource]]:
             if (isinstance(obj, type) and issubclass(obj, pulumi.ComponentResource)
                     and obj.__module__ == module.__name__):
                 found.append((module.__name__, inspect.getsourcelines(obj)[1], obj))
-    return [cls for *_, cls in sorted(found, key=lambda item: (item[0], item[1]))]
+    return [_resolve_annotations(cls) for *_, cls in sorted(found, key=lambda item: (item[0], item[1]))]

@@ -60,6 +60,8 @@ Scheduling: the cluster's only untainted capacity may be none at all (system poo
 node; pass ``tolerations=()`` when a general user pool exists.
 """
 
+from __future__ import annotations
+
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field

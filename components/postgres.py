@@ -7,6 +7,8 @@ server has no public endpoint, so the second step runs in-cluster as a Kubernete
 makes a PostgreSQL Entra administrator.
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 

@@ -4,6 +4,8 @@ Azure Cache for Redis (Microsoft.Cache/redis) is retiring and blocked for new cu
 Redis is its replacement (CONVENTIONS §3).
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 

@@ -13,6 +13,8 @@ https://learn.microsoft.com/azure/container-registry/container-registry-import-i
 https://learn.microsoft.com/azure/container-registry/allow-access-trusted-services
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 

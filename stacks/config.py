@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from inferforge.components.common import tag_problems
 from inferforge.components.gpu_sizes import GPU_VM_SIZES, allowed_tp_sizes
+from inferforge.components.inference_service import shm_problem
+from inferforge.components.keyvault import KeyVaultArgs
 from inferforge.components.naming import DNS_1123_SUBDOMAIN, RULES, PlatformNames, node_label_problems
 from inferforge.components.vm_local_disks import (
     GPU_OS_DISK_GB,
@@ -36,6 +38,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel, to_snake
 
+from .component_sections import embed
 from .gpu_memory import KNOWN_MODELS, ModelShape, gib, known_model, plan_gpu_memory
 
 NAMESPACE = "inferforge"
@@ -164,10 +167,9 @@ class NetworkConfig(_Section):
         return self
 
 
-class KeyVaultConfig(_Section):
-    sku: Literal["standard", "premium"] = "standard"
-    public_network_access: Literal["Disabled", "Enabled"] = "Disabled"
-    soft_delete_retention_days: int = Field(90, ge=7, le=90)
+class KeyVaultConfig(embed(KeyVaultArgs, ("sku", "public_network_access", "soft_delete_retention_days"),
+                           base=_Section)):
+    """The Key Vault settings a stack chooses: `KeyVaultArgs`' own fields (components/keyvault.py)."""
 
 
 class PostgresConfig(_Section):
@@ -519,9 +521,11 @@ class InferenceConfig(_Section):
 
     @model_validator(mode="after")
     def _shm_fits(self) -> InferenceConfig:
-        if self.shm_size_gi >= self.memory_gi:
-            raise ValueError(f"shmSizeGi {self.shm_size_gi} is not less than memoryGi {self.memory_gi}; allowed: "
-                             "shmSizeGi < memoryGi (/dev/shm is memory-backed and counts against the limit)")
+        # The component's rule, not a second one: a config that passes here deploys (issue 14).
+        problem = shm_problem(self.shm_size_gi, self.memory_gi, self.tp_size,
+                              keys=("shmSizeGi", "memoryGi", "tpSize"))
+        if problem:
+            raise ValueError(f"shmSizeGi {problem}")
         return self
 
 

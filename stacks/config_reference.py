@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import enum
 import sys
 import typing
 from typing import Any
@@ -24,6 +25,8 @@ def _type_name(annotation: Any) -> str:
     args = typing.get_args(annotation)
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):  # a component's choice (embedded Args)
+        return " \\| ".join(f"`{member.value}`" for member in annotation)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         names = [_type_name(a) for a in args if a is not type(None)]
         return " \\| ".join(names) + (" \\| null" if type(None) in args else "")

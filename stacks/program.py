@@ -165,8 +165,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         resource_group_name=rg, location=cfg.location, name_prefix=names.key_vault_prefix,
         tenant_id=client.tenant_id, private_endpoint_subnet_id=net.subnet_ids["private-endpoints"],
         private_dns_zone_id=net.dns_zone_ids["key_vault"], log_analytics_workspace_id=workspace_id,
-        sku=cfg.key_vault.sku, soft_delete_retention_days=cfg.key_vault.soft_delete_retention_days,
-        public_network_access=cfg.key_vault.public_network_access, lock=cfg.resource_locks, tags=tags))
+        lock=cfg.resource_locks, tags=tags, **cfg.key_vault.args()))
 
     aks = AksCluster("aks", AksClusterArgs(
         resource_group_name=rg, location=cfg.location, cluster_name=names.aks,
