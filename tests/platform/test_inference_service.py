@@ -459,7 +459,7 @@ def test_outputs_name_namespace_service_deployment_pls_and_load_balancer_ip() ->
     ({"prestop_sleep_s": 30, "drain_timeout_s": 90, "termination_grace_period_s": 100},
      r"termination_grace_period_s=100 is invalid: must be >= prestop_sleep_s \(30\) \+ drain_timeout_s \(90\) = 120"),
     ({"memory_limit_gib": 16, "shm_size_gib": 16},
-     r"shm_size_gib=16 is invalid: 16 leaves 0 GiB of memory_limit_gib 16 for 1 tensor-parallel rank\(s\), "
+     r"shm_size_gib=16 is invalid: 16 leaves 0 GiB of memory_limit_gib 16 for 2 tensor-parallel rank\(s\), "
      r"which need 2 GiB each outside /dev/shm"),
     ({"startup_period_s": 5, "startup_failure_threshold": 6}, r"startup_failure_threshold=6 is invalid"),
     ({"gpu_taints": ("sku=gpu",)}, r"gpu_taints='sku=gpu' is invalid"),
