@@ -17,6 +17,7 @@ from pulumi_azure_native import containerservice
 from . import package
 from .common import ROLE_NETWORK_CONTRIBUTOR, DiagnosticCategories, diagnostic_settings, role_assignment
 from .gpu_sizes import GPU_VM_SIZES
+from .limits import limited
 
 
 class OsDiskType(StrEnum):
@@ -114,15 +115,15 @@ class AksClusterArgs:
     """Workspace for Container Insights and control-plane logs."""
     gpu_pools: Sequence[GpuPoolArgs]
     """GPU node pools, each its own AgentPool resource."""
-    kubernetes_version: str = "1.33"
+    kubernetes_version: str = limited("1.33", pattern=r"^1\.\d{2}(\.\d+)?$")
     """Control-plane version; patch upgrades follow the upgrade channel."""
     admin_group_object_ids: Sequence[str] = ()
     """Entra groups that get cluster-admin through Azure RBAC."""
-    system_vm_size: str = "Standard_D4ds_v5"
+    system_vm_size: str = limited("Standard_D4ds_v5", pattern=r"^Standard_[A-Za-z0-9_]+$")
     """System pool VM size."""
-    system_min_count: int = 1
+    system_min_count: int = limited(1, ge=1, le=100)
     """System pool autoscaler floor (prod: 3, one per zone)."""
-    system_max_count: int = 3
+    system_max_count: int = limited(3, ge=1, le=100)
     """System pool autoscaler ceiling."""
     system_zones: Sequence[str] | None = None
     """Zones of the system pool (prod: all three)."""

@@ -17,6 +17,7 @@ from pulumi_azure_native import cdn, frontdoor
 
 from . import package
 from .common import diagnostic_settings
+from .limits import limited
 
 
 class WafMode(StrEnum):
@@ -51,7 +52,7 @@ class FrontDoorArgs:
     """Workspace for access, WAF and health-probe logs."""
     waf_mode: WafMode = WafMode.PREVENTION
     """Prevention blocks matches; Detection only logs them (dev). The edge policy requires Prevention in prod."""
-    rate_limit_per_minute: int = 600
+    rate_limit_per_minute: int = limited(600, ge=10, le=100000)
     """Requests per minute per client IP before the WAF answers 429."""
     origin_port: int = 80
     """Port of the internal load balancer (HTTP inside the private link; TLS terminates at Front Door)."""

@@ -7,6 +7,7 @@ field gives the same bounds to pydantic (`Limits.pydantic_kwargs`), whose error 
 """
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,32 +17,42 @@ LIMITS = "limits"
 
 @dataclass(frozen=True)
 class Limits:
-    """Inclusive bounds of a numeric argument (None: unbounded on that side)."""
+    """Bounds of an argument: inclusive `ge`/`le` or exclusive `gt` for numbers, a regex `pattern` for strings
+    (searched, as pydantic does: anchor it). None: no bound of that kind."""
 
     ge: int | float | None = None
     le: int | float | None = None
+    gt: int | float | None = None
+    pattern: str | None = None
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is out of bounds, or None. Values not known yet (Outputs) are the engine's to check."""
+        if isinstance(value, str) and self.pattern is not None:
+            return None if re.search(self.pattern, value) else f"allowed: {self}"
         if not isinstance(value, int | float) or isinstance(value, bool):
             return None
-        if (self.ge is not None and value < self.ge) or (self.le is not None and value > self.le):
-            return f"allowed {self}"
+        if ((self.ge is not None and value < self.ge) or (self.le is not None and value > self.le)
+                or (self.gt is not None and value <= self.gt)):
+            return f"allowed: {self}"
         return None
 
-    def pydantic_kwargs(self) -> dict[str, int | float]:
-        return {k: v for k, v in (("ge", self.ge), ("le", self.le)) if v is not None}
+    def pydantic_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in (("ge", self.ge), ("le", self.le), ("gt", self.gt), ("pattern", self.pattern))
+                if v is not None}
 
     def __str__(self) -> str:
-        if self.ge is not None and self.le is not None:
-            return f"{self.ge} to {self.le}"
-        return f">= {self.ge}" if self.ge is not None else f"<= {self.le}"
+        if self.pattern is not None:
+            return f"matches {self.pattern}"
+        low = f">= {self.ge}" if self.ge is not None else f"> {self.gt}" if self.gt is not None else None
+        high = f"<= {self.le}" if self.le is not None else None
+        return " and ".join(part for part in (low, high) if part)
 
 
 def limited(default: Any = dataclasses.MISSING, *, ge: int | float | None = None, le: int | float | None = None,
-            **field_kwargs: Any) -> Any:
-    """A dataclass field with inclusive bounds (and the default, if any)."""
-    return dataclasses.field(default=default, metadata={LIMITS: Limits(ge=ge, le=le)}, **field_kwargs)
+            gt: int | float | None = None, pattern: str | None = None, **field_kwargs: Any) -> Any:
+    """A dataclass field with bounds (and the default, if any)."""
+    limits = Limits(ge=ge, le=le, gt=gt, pattern=pattern)
+    return dataclasses.field(default=default, metadata={LIMITS: limits}, **field_kwargs)
 
 
 def limits_of(field: dataclasses.Field[Any]) -> Limits | None:

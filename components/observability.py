@@ -9,6 +9,7 @@ import pulumi
 from pulumi_azure_native import operationalinsights
 
 from . import package
+from .limits import limited
 
 
 @package.schema_args
@@ -22,9 +23,9 @@ class ObservabilityArgs:
     """Azure region of the workspace (same as the platform, so logs stay in-region)."""
     workspace_name: str
     """CAF name of the workspace (`log-<workload>-<env>`)."""
-    retention_days: int = 30
+    retention_days: int = limited(30, ge=30, le=730)
     """Days logs are kept; 30 is the free tier's retention, prod raises it for investigations."""
-    daily_quota_gb: float = -1
+    daily_quota_gb: float = limited(-1, ge=-1)
     """Daily ingestion cap in GB (-1 = no cap); a cap in dev keeps a noisy cluster from running up a bill."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags required by the tagging policy."""

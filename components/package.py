@@ -13,7 +13,8 @@ provider/__main__.py serves them with Pulumi's component provider host
   default is invisible to it. `schema_args` states it where the analyzer reads it (below).
 - `construct` calls the component with a plain dict of inputs (Python names; nested types as dicts too), not
   the Args dataclass (https://github.com/pulumi/pulumi/issues/18526). `from_inputs` turns it into the Args
-  instance, so omitted inputs get exactly the defaults a Python caller gets.
+  instance, so omitted inputs get exactly the defaults a Python caller gets, and checks the limits the fields
+  declare (components/limits.py; a schema cannot carry them), for Python callers too.
 - The type token must be `<package>:index:<ClassName>`. The components had `inferforge:<area>:<Name>`; each
   keeps that as an alias (`aliased`) so stacks deployed before the change are adopted, not replaced.
 """
@@ -95,6 +96,10 @@ def _dataclass_in(annotation: Any) -> type | None:
 
 def _convert(annotation: Any, value: Any, where: str) -> Any:
     """A value the host sent, as the field's annotation says: nested dicts become their dataclasses."""
+    if annotation is int and isinstance(value, float) and value.is_integer():
+        # Numbers arrive as floats over the wire, and the host's own int conversion is overwritten right after
+        # (pulumi/provider/experimental/component.py, map_input_properties): `size_gib=8.0` would render "8.0Gi".
+        return int(value)
     nested = _dataclass_in(annotation)
     if nested is not None and isinstance(value, Mapping):
         return from_inputs(nested, value, where)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import pulumi
 import pulumi_random as random
@@ -18,7 +19,19 @@ from pulumi_azure_native import dbforpostgresql, keyvault
 
 from . import package
 from .common import diagnostic_settings, resource_lock
+from .limits import limited
 from .naming import UNIQUE_SUFFIX_LEN
+
+
+class PostgresVersion(StrEnum):
+    """PostgreSQL major version of the flexible server."""
+
+    V13 = "13"
+    V14 = "14"
+    V15 = "15"
+    V16 = "16"
+    V17 = "17"
+
 
 ADMIN_LOGIN = "inferforgeadmin"
 
@@ -57,17 +70,17 @@ class PostgresPgvectorArgs:
     """Workspace for PostgreSQL logs and metrics."""
     entra_admins: Sequence[EntraAdmin]
     """Entra administrators (the schema Job's identity, never the serving one: it gets a data-only role)."""
-    database_name: str = "app"
+    database_name: str = limited("app", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     """The application database."""
-    version: str = "16"
+    version: PostgresVersion = PostgresVersion.V16
     """PostgreSQL major version (pgvector is available on 13+)."""
-    sku_name: str = "Standard_B1ms"
+    sku_name: str = limited("Standard_B1ms", pattern=r"^Standard_[A-Za-z0-9_]+$")
     """Compute size; burstable for dev, general purpose for prod."""
     sku_tier: str = "Burstable"
     """Burstable, GeneralPurpose or MemoryOptimized (HA needs GeneralPurpose or MemoryOptimized)."""
-    storage_size_gb: int = 32
+    storage_size_gb: int = limited(32, ge=32, le=32768)
     """Storage; auto-grow is on so a full disk never takes the server read-only."""
-    backup_retention_days: int = 7
+    backup_retention_days: int = limited(7, ge=7, le=35)
     """7 days in dev; prod keeps 35 (the maximum)."""
     geo_redundant_backup: bool = False
     """Backups copied to the paired region (prod)."""

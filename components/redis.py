@@ -15,6 +15,7 @@ from pulumi_azure_native import redisenterprise
 
 from . import package
 from .common import LOGS_ONLY, METRICS_ONLY, PublicNetworkAccess, diagnostic_settings, private_endpoint
+from .limits import limited
 from .naming import UNIQUE_SUFFIX_LEN
 
 REDIS_TLS_PORT = 10000
@@ -39,7 +40,8 @@ class ManagedRedisArgs:
     """Workspace for connection logs and metrics."""
     data_access_principal_ids: Sequence[pulumi.Input[str]] = ()
     """Entra object ids granted the `default` data access policy (the inference workload identity)."""
-    sku_name: str = "Balanced_B0"
+    sku_name: str = limited("Balanced_B0", pattern=r"^(Balanced|MemoryOptimized|ComputeOptimized|FlashOptimized)_"
+                                                  r"[A-Z][0-9]+$")
     """Managed Redis SKU (Balanced_B0 is the smallest)."""
     high_availability: bool = True
     """Replicated shards with automatic failover; only a dev stack may turn it off to halve cost."""

@@ -22,6 +22,7 @@ from inferforge.components import package, reference
 from inferforge.stacks.render import ensure_main_thread_event_loop
 from pulumi.provider.experimental.component import ComponentProvider
 from pulumi.provider.experimental.util import camel_case
+from pulumi.provider.server import ComponentInitError
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 from pulumi.runtime.stack import run_pulumi_func
@@ -138,7 +139,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
 
 class _Mocks(pulumi_mocks.Mocks):
     def new_resource(self, args: pulumi_mocks.MockResourceArgs):
-        return f"{args.name}-id", {**args.inputs, "customerId": "cust-1"}
+        return f"{args.name}-id", {**args.inputs, "customerId": "cust-1", "result": "abc12"}
 
     def call(self, args: pulumi_mocks.MockCallArgs):
         return {}
@@ -179,6 +180,24 @@ def test_the_host_constructs_a_component_from_what_another_language_sends():
     assert _resolved(result.state["customerId"]) == "cust-1"
 
 
+def test_the_host_turns_enum_strings_into_the_python_choices_and_enforces_declared_limits():
+    provider = ComponentProvider(package.components(), package.PACKAGE, version="0.0.0")
+    inputs = {"resourceGroupName": "rg-x", "location": "westeurope", "namePrefix": "kv-x-dev", "tenantId": "t",
+              "privateEndpointSubnetId": "/s", "privateDnsZoneId": "/z", "logAnalyticsWorkspaceId": "/w",
+              "sku": "premium"}
+
+    monitor, _ = _run_under_mocks(lambda: provider.construct(
+        "kv", "inferforge:index:KeyVault", inputs, pulumi.ResourceOptions()))
+
+    vault = next(r for r in monitor.requests if r.type == "azure-native:keyvault:Vault")
+    assert vault.object["properties"]["sku"]["name"] == "premium"
+    with pytest.raises(ComponentInitError, match=r"soft_delete_retention_days=3 is invalid: allowed: >= 7"):
+        # 3.0 on the wire: the integer input arrives as an int, the message shows what the caller wrote
+        _run_under_mocks(lambda: provider.construct(
+            "kv2", "inferforge:index:KeyVault", {**inputs, "softDeleteRetentionDays": 3.0},
+            pulumi.ResourceOptions()))
+
+
 def test_state_under_the_old_token_is_adopted_not_replaced():
     """A stack deployed before the token change keeps its resources: the component carries an alias to its
     old type, so the engine moves state registered under it (children follow their parent's alias)."""
@@ -202,6 +221,10 @@ def test_the_host_builds_nested_args_and_fills_python_defaults():
     })
     assert type(args.gpu_pools[0]).__name__ == "GpuPoolArgs"
     assert args.gpu_pools[0].os_disk_type == "Ephemeral"
+    # Numbers arrive as floats; an int field gets an int (the host's own conversion is lost: see package.py).
+    observability = package.from_inputs(reference.args_class(_component("Observability")), {
+        "resource_group_name": "rg", "location": "westeurope", "workspace_name": "log-x", "retention_days": 60.0})
+    assert observability.retention_days == 60 and isinstance(observability.retention_days, int)
     with pytest.raises(TypeError, match="unknown input.*colour.*allowed"):
         package.from_inputs(reference.args_class(_component("KeyVault")), {"colour": "red"})
 
