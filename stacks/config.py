@@ -23,6 +23,7 @@ from inferforge.components.frontdoor import FrontDoorArgs
 from inferforge.components.gpu_sizes import GPU_VM_SIZES, allowed_tp_sizes
 from inferforge.components.inference_service import shm_problem
 from inferforge.components.keyvault import KeyVaultArgs
+from inferforge.components.model_store import ModelStoreArgs
 from inferforge.components.naming import DNS_1123_SUBDOMAIN, RULES, PlatformNames, node_label_problems
 from inferforge.components.observability import ObservabilityArgs
 from inferforge.components.postgres import PostgresPgvectorArgs
@@ -419,12 +420,11 @@ class ModelSourceConfig(_Section):
                      if self.storage_class.startswith(prefix)), None)
 
 
-class ModelStoreConfig(_Section):
-    """The platform's model store (components/model_store.py), used by inference.modelSource.kind modelStore."""
+class ModelStoreConfig(embed(ModelStoreArgs, ("container_name", "sku_name"), base=_Section)):
+    """The platform's model store (components/model_store.py), used by inference.modelSource.kind modelStore:
+    `ModelStoreArgs`' own fields, plus the account name (None: derived from the stack's names)."""
 
     account_name: str | None = Field(None, pattern=r"^[a-z0-9]{3,24}$")
-    container_name: str = "models"
-    sku_name: Literal["Premium_LRS", "Premium_ZRS"] = "Premium_LRS"
 
     @field_validator("container_name")
     @classmethod

@@ -193,8 +193,8 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         resource_group_name=rg, location=cfg.location, account_name=cfg.model_store_account,
         subscription_id=client.subscription_id, private_endpoint_subnet_id=net.subnet_ids["private-endpoints"],
         private_dns_zone_id=net.dns_zone_ids["blob"], log_analytics_workspace_id=workspace_id,
-        container_name=cfg.model_store.container_name, reader_principal_ids=[aks.kubelet_identity_object_id],
-        sku_name=cfg.model_store.sku_name, lock=cfg.resource_locks, tags=tags)) if cfg.uses_model_store else None
+        reader_principal_ids=[aks.kubelet_identity_object_id], lock=cfg.resource_locks, tags=tags,
+        **cfg.model_store.args())) if cfg.uses_model_store else None
 
     identity = WorkloadIdentity("inference-identity", WorkloadIdentityArgs(
         resource_group_name=rg, location=cfg.location, identity_name=names.identity,

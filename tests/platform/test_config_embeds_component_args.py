@@ -14,6 +14,7 @@ from inferforge.components.egress import EgressFirewallArgs
 from inferforge.components.frontdoor import FrontDoorArgs
 from inferforge.components.inference_service import InferenceServiceArgs, InferenceServiceConfigError
 from inferforge.components.keyvault import KeyVault, KeyVaultArgs
+from inferforge.components.model_store import ModelStoreArgs
 from inferforge.components.observability import ObservabilityArgs
 from inferforge.components.postgres import PostgresPgvectorArgs
 from inferforge.components.redis import ManagedRedisArgs
@@ -24,6 +25,7 @@ from inferforge.stacks.config import (
     FirewallConfig,
     FrontDoorConfig,
     KeyVaultConfig,
+    ModelStoreConfig,
     ObservabilityConfig,
     PostgresConfig,
     RedisConfig,
@@ -33,13 +35,15 @@ from inferforge.stacks.render import validate_stack
 
 EMBEDDED = [(KeyVaultConfig, KeyVaultArgs), (PostgresConfig, PostgresPgvectorArgs), (RedisConfig, ManagedRedisArgs),
             (FrontDoorConfig, FrontDoorArgs), (RegistryConfig, ContainerRegistryArgs), (AksConfig, AksClusterArgs),
-            (ObservabilityConfig, ObservabilityArgs), (FirewallConfig, EgressFirewallArgs)]
+            (ObservabilityConfig, ObservabilityArgs), (FirewallConfig, EgressFirewallArgs),
+            (ModelStoreConfig, ModelStoreArgs)]
 # Keys a section still declares itself although the Args have a field of that name, and why (all narrower).
 STILL_DECLARED = {
     "AksConfig": {"system_zones": "zone names '1'-'3' only",
                   "system_os_disk_size_gb": "None = derived from the system VM size's temp disk",
                   "gpu_pools": "GpuPoolConfig, not yet GpuPoolArgs: config defaults min 0 / max 1 and disk checks"},
     "FirewallConfig": {"zones": "zone names '1'-'3' only"},
+    "ModelStoreConfig": {"account_name": "optional here: None derives it from the stack's names"},
 }
 
 
