@@ -9,13 +9,56 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import StrEnum
 
 import pulumi
 from pulumi_azure_native import containerservice
 
+from . import package
 from .common import ROLE_NETWORK_CONTRIBUTOR, DiagnosticCategories, diagnostic_settings, role_assignment
 from .gpu_sizes import GPU_VM_SIZES
+from .limits import limited
+
+
+class OsDiskType(StrEnum):
+    """Where a node's OS disk lives."""
+
+    EPHEMERAL = "Ephemeral"
+    MANAGED = "Managed"
+
+
+class OutboundType(StrEnum):
+    """How node egress leaves the cluster."""
+
+    LOAD_BALANCER = "loadBalancer"
+    USER_DEFINED_ROUTING = "userDefinedRouting"
+
+
+class AksSkuTier(StrEnum):
+    """AKS control-plane tier (Standard and Premium carry the uptime SLA)."""
+
+    FREE = "Free"
+    STANDARD = "Standard"
+    PREMIUM = "Premium"
+
+
+class UpgradeChannel(StrEnum):
+    """AKS automatic Kubernetes upgrade channel."""
+
+    PATCH = "patch"
+    STABLE = "stable"
+    RAPID = "rapid"
+    NODE_IMAGE = "node-image"
+    NONE = "none"
+
+
+class NodeOsUpgradeChannel(StrEnum):
+    """AKS automatic node OS upgrade channel."""
+
+    NODE_IMAGE = "NodeImage"
+    SECURITY_PATCH = "SecurityPatch"
+    UNMANAGED = "Unmanaged"
+    NONE = "None"
 
 GPU_TAINT = "sku=gpu:NoSchedule"
 SYSTEM_TAINT = "CriticalAddonsOnly=true:NoSchedule"
@@ -28,6 +71,7 @@ AKS_LOG_CATEGORIES = DiagnosticCategories(
 )
 
 
+@package.schema_args
 @dataclass
 class GpuPoolArgs:
     """One GPU node pool."""
@@ -42,7 +86,7 @@ class GpuPoolArgs:
     """Autoscaler ceiling (the quota policy caps it)."""
     os_disk_size_gb: int = 256
     """Room for container images and model caches (an ephemeral disk must fit the VM's temp disk)."""
-    os_disk_type: Literal["Ephemeral", "Managed"] = "Ephemeral"
+    os_disk_type: OsDiskType = OsDiskType.EPHEMERAL
     """Ephemeral: the OS disk lives on the VM's local disk (no managed disk to leak, faster reimage)."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """Extra node labels; `inferforge.io/pool` is always set so workloads can target the pool."""
@@ -50,6 +94,7 @@ class GpuPoolArgs:
     """Availability zones (prod spreads GPU nodes when the size is zonal in the region)."""
 
 
+@package.schema_args
 @dataclass
 class AksClusterArgs:
     """Arguments of `AksCluster`."""
@@ -70,42 +115,42 @@ class AksClusterArgs:
     """Workspace for Container Insights and control-plane logs."""
     gpu_pools: Sequence[GpuPoolArgs]
     """GPU node pools, each its own AgentPool resource."""
-    kubernetes_version: str = "1.33"
+    kubernetes_version: str = limited("1.33", pattern=r"^1\.\d{2}(\.\d+)?$")
     """Control-plane version; patch upgrades follow the upgrade channel."""
     admin_group_object_ids: Sequence[str] = ()
     """Entra groups that get cluster-admin through Azure RBAC."""
-    system_vm_size: str = "Standard_D4ds_v5"
+    system_vm_size: str = limited("Standard_D4ds_v5", pattern=r"^Standard_[A-Za-z0-9_]+$")
     """System pool VM size."""
-    system_min_count: int = 1
+    system_min_count: int = limited(1, ge=1, le=100)
     """System pool autoscaler floor (prod: 3, one per zone)."""
-    system_max_count: int = 3
+    system_max_count: int = limited(3, ge=1, le=100)
     """System pool autoscaler ceiling."""
     system_zones: Sequence[str] | None = None
     """Zones of the system pool (prod: all three)."""
     system_os_disk_size_gb: int = 128
     """System pool OS disk; an ephemeral disk must fit the VM's temp disk."""
-    system_os_disk_type: Literal["Ephemeral", "Managed"] = "Ephemeral"
+    system_os_disk_type: OsDiskType = OsDiskType.EPHEMERAL
     """Ephemeral OS disk on the system pool too."""
     encryption_at_host: bool = True
     """Encrypt temp disks, caches and ephemeral OS disks on the host; needs the subscription feature
     Microsoft.Compute/EncryptionAtHost registered once (README, first-time steps)."""
-    outbound_type: Literal["loadBalancer", "userDefinedRouting"] = "userDefinedRouting"
+    outbound_type: OutboundType = OutboundType.USER_DEFINED_ROUTING
     """userDefinedRouting: node egress follows the node subnet's route table (default route to the firewall);
     AKS creates no outbound public IP."""
     egress_public_ip: pulumi.Input[str] | None = None
     """Public address egress leaves from (the firewall's); added to a public API server's authorized ranges,
     because nodes reach it through the firewall."""
-    outbound_dependencies: Sequence[pulumi.Resource] = ()
+    outbound_dependencies: Sequence[pulumi.Resource] = package.python_only(default=())
     """What must exist before the cluster: AKS checks the subnet's default route at creation."""
     private_cluster: bool = True
     """Private API server: reachable only from the VNet. A dev stack may instead use authorized ranges."""
     authorized_ip_ranges: Sequence[str] = ()
     """CIDRs allowed to reach a public API server (dev); ignored for a private cluster."""
-    sku_tier: Literal["Free", "Standard", "Premium"] = "Standard"
+    sku_tier: AksSkuTier = AksSkuTier.STANDARD
     """Standard gives the uptime SLA; Free is fine for dev."""
-    upgrade_channel: Literal["patch", "stable", "rapid", "node-image", "none"] = "patch"
+    upgrade_channel: UpgradeChannel = UpgradeChannel.PATCH
     """Automatic control-plane upgrades within the minor version."""
-    node_os_upgrade_channel: Literal["NodeImage", "SecurityPatch", "Unmanaged", "None"] = "NodeImage"
+    node_os_upgrade_channel: NodeOsUpgradeChannel = NodeOsUpgradeChannel.NODE_IMAGE
     """Weekly node images carry OS security fixes."""
     pod_cidr: str = "192.168.0.0/16"
     """Overlay pod CIDR (not routable in the VNet, so it may repeat across clusters)."""
@@ -139,16 +184,25 @@ def _authorized_ranges(args: AksClusterArgs) -> pulumi.Input[list[str]]:
 class AksCluster(pulumi.ComponentResource):
     """A secure-by-default AKS cluster with a tainted system pool and GPU user pools."""
 
-    cluster: containerservice.ManagedCluster
-    gpu_pools: dict[str, containerservice.AgentPool]
+    cluster_name: pulumi.Output[str]
+    """Name of the managed cluster."""
+    cluster_id: pulumi.Output[str]
+    """ARM id of the managed cluster."""
     oidc_issuer_url: pulumi.Output[str]
+    """OIDC issuer of the cluster: federated credentials of workload identities trust it."""
     kubelet_identity_object_id: pulumi.Output[str]
+    """Object id of the kubelet identity (AcrPull on the registry, Storage Blob Data Reader on the model store)."""
     kubelet_identity_client_id: pulumi.Output[str]
+    """Client id of the kubelet identity (blobfuse2 on the nodes authenticates as it)."""
     identity_principal_id: pulumi.Output[str]
-    network_role_assignments: list[pulumi.Resource]
+    """Principal id of the cluster identity (Network Contributor on the LB and Private Link subnets)."""
+    gpu_pool_names: list[str]
+    """Names of the GPU node pools, in the order of `gpu_pools`."""
 
     def __init__(self, name: str, args: AksClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:compute:AksCluster", name, None, opts)
+        args = package.from_inputs(AksClusterArgs, args)
+        super().__init__("inferforge:index:AksCluster", name, None,
+                         package.aliased(opts, "inferforge:compute:AksCluster"))
         tags = dict(args.tags)
         self.cluster = containerservice.ManagedCluster(
             f"{name}-cluster",
@@ -290,6 +344,9 @@ class AksCluster(pulumi.ComponentResource):
         # blobfuse2 on the nodes authenticates to the model store as this identity (components/model_store.py).
         self.kubelet_identity_client_id = self.cluster.identity_profile.apply(
             lambda p: (p or {}).get("kubeletidentity").client_id if (p or {}).get("kubeletidentity") else "")
-        self.register_outputs({"cluster_name": self.cluster.name, "cluster_id": self.cluster.id,
+        self.cluster_name = self.cluster.name
+        self.cluster_id = self.cluster.id
+        self.gpu_pool_names = list(self.gpu_pools)
+        self.register_outputs({"cluster_name": self.cluster_name, "cluster_id": self.cluster_id,
                                "oidc_issuer_url": self.oidc_issuer_url,
-                               "gpu_pools": list(self.gpu_pools)})
+                               "gpu_pool_names": self.gpu_pool_names})

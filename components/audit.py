@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import pulumi
 from pulumi_azure_native import alertsmanagement, monitor
 
+from . import package
+
 # Every Activity Log category (https://learn.microsoft.com/azure/azure-monitor/essentials/activity-log-schema).
 ACTIVITY_LOG_CATEGORIES = ("Administrative", "Security", "ServiceHealth", "Alert", "Recommendation", "Policy",
                            "Autoscale", "ResourceHealth")
@@ -60,6 +62,7 @@ KEY_VAULT_DENIED_QUERY = "\n".join([
 ])
 
 
+@package.schema_args
 @dataclass
 class AuditArgs:
     """Arguments of `Audit`."""
@@ -99,11 +102,14 @@ class AuditArgs:
 class Audit(pulumi.ComponentResource):
     """Activity Log export plus the stack's alert rules and their action group."""
 
-    action_group: monitor.ActionGroup
-    alerts: dict[str, pulumi.CustomResource]
+    action_group_id: pulumi.Output[str]
+    """ARM id of the action group every alert notifies."""
+    alert_names: list[str]
+    """Keys of the alert rules created (e.g. `frontdoor-5xx`, `gpu-pool-at-max`)."""
 
     def __init__(self, name: str, args: AuditArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:observability:Audit", name, None, opts)
+        args = package.from_inputs(AuditArgs, args)
+        super().__init__("inferforge:index:Audit", name, None, package.aliased(opts, "inferforge:observability:Audit"))
         child = pulumi.ResourceOptions(parent=self)
         tags = dict(args.tags)
         base = args.name_base
@@ -193,7 +199,9 @@ class Audit(pulumi.ComponentResource):
                 tags=tags,
                 opts=child,
             )
-        self.register_outputs({"action_group_id": group_id, "alerts": list(self.alerts)})
+        self.action_group_id = pulumi.Output.from_input(group_id)
+        self.alert_names = list(self.alerts)
+        self.register_outputs({"action_group_id": self.action_group_id, "alert_names": self.alert_names})
 
     @staticmethod
     def _front_door_5xx(name: str, args: AuditArgs, group_id: pulumi.Input[str], tags: dict[str, str],

@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import pulumi
 from pulumi_azure_native import authorization, monitor, network
+
+
+class PublicNetworkAccess(StrEnum):
+    """Whether a service answers on its public endpoint; the platform's services are reached through private
+    endpoints, so every default is Disabled (the exposure policy blocks Enabled in prod)."""
+
+    DISABLED = "Disabled"
+    ENABLED = "Enabled"
+
 
 # Built-in Azure role definition GUIDs (stable across tenants).
 ROLE_KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"

@@ -33,17 +33,32 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import StrEnum
 
 import pulumi
 from pulumi_azure_native import network
 
+from . import package
 from .common import diagnostic_settings
 from .egress_endpoints import AKS_FQDN_TAG, ENTRA_FQDNS, GPU_DRIVER_FQDNS, azure_monitor_fqdns
 
-FirewallTier = Literal["Basic", "Standard", "Premium"]
+
+class FirewallTier(StrEnum):
+    """Azure Firewall SKU tier."""
+
+    BASIC = "Basic"
+    STANDARD = "Standard"
+    PREMIUM = "Premium"
 
 
+class ThreatIntelMode(StrEnum):
+    """What the firewall does with traffic to known-malicious addresses."""
+
+    ALERT = "Alert"
+    DENY = "Deny"
+
+
+@package.schema_args
 @dataclass
 class EgressRouteTableArgs:
     """Arguments of `EgressRouteTable`."""
@@ -61,11 +76,13 @@ class EgressRouteTableArgs:
 class EgressRouteTable(pulumi.ComponentResource):
     """The node subnet's route table; created before the subnet, its default route added once the next hop exists."""
 
-    route_table: network.RouteTable
     route_table_id: pulumi.Output[str]
+    """ARM id of the node subnet's route table."""
 
     def __init__(self, name: str, args: EgressRouteTableArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:network:EgressRouteTable", name, None, opts)
+        args = package.from_inputs(EgressRouteTableArgs, args)
+        super().__init__("inferforge:index:EgressRouteTable", name, None,
+                         package.aliased(opts, "inferforge:network:EgressRouteTable"))
         self._name = name
         self._args = args
         self.route_table = network.RouteTable(
@@ -96,6 +113,7 @@ class EgressRouteTable(pulumi.ComponentResource):
         )
 
 
+@package.schema_args
 @dataclass
 class EgressFirewallArgs:
     """Arguments of `EgressFirewall`."""
@@ -116,9 +134,9 @@ class EgressFirewallArgs:
     """AzureFirewallSubnet prefix (/26 or larger)."""
     source_prefixes: Sequence[str]
     """Where allowed traffic may come from: the AKS node subnet (pod traffic is SNATed to node IPs)."""
-    sku_tier: FirewallTier = "Standard"
+    sku_tier: FirewallTier = FirewallTier.STANDARD
     """Basic for dev cost, Standard/Premium for prod (module docstring)."""
-    threat_intel_mode: Literal["Alert", "Deny"] = "Deny"
+    threat_intel_mode: ThreatIntelMode = ThreatIntelMode.DENY
     """Deny drops traffic to known-malicious addresses and domains; Basic supports Alert only."""
     management_subnet_prefix: str | None = None
     """AzureFirewallManagementSubnet prefix (/26), required by Basic."""
@@ -132,7 +150,7 @@ class EgressFirewallArgs:
     """Extra HTTPS destinations (the stack's allow-list); validated by stacks/config."""
     log_analytics_workspace_id: pulumi.Input[str] | None = None
     """Workspace for the firewall's logs (every allowed and denied flow)."""
-    subnet_dependencies: Sequence[pulumi.Resource] = ()
+    subnet_dependencies: Sequence[pulumi.Resource] = package.python_only(default=())
     """Resources to wait for before adding subnets (Azure rejects concurrent subnet writes on one VNet)."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags required by the tagging policy."""
@@ -185,14 +203,17 @@ def firewall_rule_collections(args: EgressFirewallArgs) -> list[object]:
 class EgressFirewall(pulumi.ComponentResource):
     """Azure Firewall with a policy that allows only AKS's documented egress and the stack's allow-list."""
 
-    firewall: network.AzureFirewall
-    policy: network.FirewallPolicy
-    public_ip: network.PublicIPAddress
     private_ip: pulumi.Output[str]
+    """Private IP of the firewall: the next hop of the node subnet's default route."""
     public_ip_address: pulumi.Output[str]
+    """Public egress IP of the firewall (allow-list it at destinations that filter by source)."""
+    firewall_id: pulumi.Output[str]
+    """ARM id of the firewall."""
 
     def __init__(self, name: str, args: EgressFirewallArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:network:EgressFirewall", name, None, opts)
+        args = package.from_inputs(EgressFirewallArgs, args)
+        super().__init__("inferforge:index:EgressFirewall", name, None,
+                         package.aliased(opts, "inferforge:network:EgressFirewall"))
         basic = args.sku_tier == "Basic"
         if basic and not (args.management_subnet_prefix and args.management_public_ip_name):
             raise ValueError("Azure Firewall Basic needs management_subnet_prefix and management_public_ip_name")
@@ -286,8 +307,9 @@ class EgressFirewall(pulumi.ComponentResource):
         if args.log_analytics_workspace_id is not None:
             diagnostic_settings(f"{name}-firewall", resource_id=self.firewall.id,
                                 workspace_id=args.log_analytics_workspace_id, parent=self)
-        self.register_outputs({"private_ip": self.private_ip, "public_ip": self.public_ip_address,
-                               "firewall_id": self.firewall.id})
+        self.firewall_id = self.firewall.id
+        self.register_outputs({"private_ip": self.private_ip, "public_ip_address": self.public_ip_address,
+                               "firewall_id": self.firewall_id})
 
 
 @dataclass

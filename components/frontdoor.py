@@ -10,16 +10,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import StrEnum
 
 import pulumi
 from pulumi_azure_native import cdn, frontdoor
 
+from . import package
 from .common import diagnostic_settings
+from .limits import limited
+
+
+class WafMode(StrEnum):
+    """Whether the WAF only logs matches (Detection) or blocks them (Prevention)."""
+
+    DETECTION = "Detection"
+    PREVENTION = "Prevention"
 
 SKU = "Premium_AzureFrontDoor"
 
 
+@package.schema_args
 @dataclass
 class FrontDoorArgs:
     """Arguments of `FrontDoor`."""
@@ -40,9 +50,9 @@ class FrontDoorArgs:
     """Private IP of the internal load balancer (the PLS NATs to it)."""
     log_analytics_workspace_id: pulumi.Input[str]
     """Workspace for access, WAF and health-probe logs."""
-    waf_mode: Literal["Detection", "Prevention"] = "Prevention"
+    waf_mode: WafMode = WafMode.PREVENTION
     """Prevention blocks matches; Detection only logs them (dev). The edge policy requires Prevention in prod."""
-    rate_limit_per_minute: int = 600
+    rate_limit_per_minute: int = limited(600, ge=10, le=100000)
     """Requests per minute per client IP before the WAF answers 429."""
     origin_port: int = 80
     """Port of the internal load balancer (HTTP inside the private link; TLS terminates at Front Door)."""
@@ -54,7 +64,7 @@ class FrontDoorArgs:
     `/metrics`, `/health` and `/ready` must stay private (the `frontdoor-route-api-only` policy)."""
     origin_response_timeout_seconds: int = 240
     """Generous: a long completion streams for minutes."""
-    origin_depends_on: Sequence[pulumi.Resource] = ()
+    origin_depends_on: Sequence[pulumi.Resource] = package.python_only(default=())
     """What must exist before the origin: the Kubernetes Service whose annotations make AKS create the
     Private Link Service (the origin's private link target); Azure rejects an origin to a missing PLS."""
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -64,13 +74,16 @@ class FrontDoorArgs:
 class FrontDoor(pulumi.ComponentResource):
     """Profile, endpoint, WAF (managed default + bot rules, rate limit), HTTPS-only route to a private origin."""
 
-    profile: cdn.Profile
-    endpoint: cdn.AFDEndpoint
-    waf_policy: frontdoor.Policy
     endpoint_host_name: pulumi.Output[str]
+    """Host name of the Front Door endpoint clients call (`<endpoint>.z01.azurefd.net`)."""
+    profile_id: pulumi.Output[str]
+    """ARM id of the Front Door profile."""
+    waf_policy_id: pulumi.Output[str]
+    """ARM id of the WAF policy."""
 
     def __init__(self, name: str, args: FrontDoorArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:edge:FrontDoor", name, None, opts)
+        args = package.from_inputs(FrontDoorArgs, args)
+        super().__init__("inferforge:index:FrontDoor", name, None, package.aliased(opts, "inferforge:edge:FrontDoor"))
         tags = dict(args.tags)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -196,5 +209,7 @@ class FrontDoor(pulumi.ComponentResource):
                             workspace_id=args.log_analytics_workspace_id, parent=self)
 
         self.endpoint_host_name = self.endpoint.host_name
-        self.register_outputs({"endpoint_host_name": self.endpoint_host_name, "profile_id": self.profile.id,
-                               "waf_policy_id": self.waf_policy.id})
+        self.profile_id = self.profile.id
+        self.waf_policy_id = self.waf_policy.id
+        self.register_outputs({"endpoint_host_name": self.endpoint_host_name, "profile_id": self.profile_id,
+                               "waf_policy_id": self.waf_policy_id})

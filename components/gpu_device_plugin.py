@@ -31,12 +31,14 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
+from . import package
 from .inference_service import NodeTaint, _check_dns_label, _kubernetes_provider, name_of
 
 DEVICE_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 POOL_LABEL = "inferforge.io/pool"
 
 
+@package.schema_args
 @dataclass
 class NvidiaDevicePluginArgs:
     """Arguments of :class:`NvidiaDevicePlugin`."""
@@ -69,13 +71,17 @@ class NvidiaDevicePluginArgs:
 class NvidiaDevicePlugin(pulumi.ComponentResource):
     """NVIDIA's device plugin as a DaemonSet on the GPU pools only."""
 
-    daemon_set: k8s.apps.v1.DaemonSet
     daemon_set_name: pulumi.Output[str]
+    """Name of the device plugin DaemonSet."""
+    namespace: str
+    """Namespace of the device plugin."""
 
     def __init__(self, name: str, args: NvidiaDevicePluginArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        args = package.from_inputs(NvidiaDevicePluginArgs, args)
         args.validate()
         provider = _kubernetes_provider(opts, "NvidiaDevicePlugin")
-        super().__init__("inferforge:compute:NvidiaDevicePlugin", name, None, opts)
+        super().__init__("inferforge:index:NvidiaDevicePlugin", name, None,
+                         package.aliased(opts, "inferforge:compute:NvidiaDevicePlugin"))
         child = pulumi.ResourceOptions(parent=self, provider=provider)
         selector = {"app.kubernetes.io/name": "nvidia-device-plugin", "app.kubernetes.io/instance": name}
         labels = {**selector, "app.kubernetes.io/part-of": "inferforge", "app.kubernetes.io/managed-by": "pulumi",
@@ -153,4 +159,5 @@ class NvidiaDevicePlugin(pulumi.ComponentResource):
             opts=child,
         )
         self.daemon_set_name = name_of(self.daemon_set)
-        self.register_outputs({"daemon_set_name": self.daemon_set_name, "namespace": args.namespace})
+        self.namespace = args.namespace
+        self.register_outputs({"daemon_set_name": self.daemon_set_name, "namespace": self.namespace})

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 import pulumi
 from pulumi_azure_native import managedidentity
 
+from . import package
 from .common import ROLE_KEY_VAULT_SECRETS_USER, role_assignment
 
 
+@package.schema_args
 @dataclass
 class WorkloadIdentityArgs:
     """Arguments of `WorkloadIdentity`."""
@@ -42,13 +44,19 @@ class WorkloadIdentity(pulumi.ComponentResource):
     `principal_id` (Managed Redis authorizes data access there, not through Azure RBAC).
     """
 
-    identity: managedidentity.UserAssignedIdentity
     client_id: pulumi.Output[str]
+    """Client id of the identity (the pod's `azure.workload.identity/client-id` annotation)."""
     principal_id: pulumi.Output[str]
+    """Principal (object) id of the identity, for role and access policy assignments."""
     tenant_id: pulumi.Output[str]
+    """Entra tenant of the identity."""
+    identity_name: pulumi.Output[str]
+    """Name of the user-assigned identity."""
 
     def __init__(self, name: str, args: WorkloadIdentityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:identity:WorkloadIdentity", name, None, opts)
+        args = package.from_inputs(WorkloadIdentityArgs, args)
+        super().__init__("inferforge:index:WorkloadIdentity", name, None,
+                         package.aliased(opts, "inferforge:identity:WorkloadIdentity"))
         self.identity = managedidentity.UserAssignedIdentity(
             f"{name}-identity",
             resource_name_=args.identity_name,
@@ -84,5 +92,6 @@ class WorkloadIdentity(pulumi.ComponentResource):
         self.client_id = self.identity.client_id
         self.principal_id = self.identity.principal_id
         self.tenant_id = self.identity.tenant_id
+        self.identity_name = self.identity.name
         self.register_outputs({"client_id": self.client_id, "principal_id": self.principal_id,
-                               "identity_name": self.identity.name})
+                               "identity_name": self.identity_name})

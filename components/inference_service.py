@@ -84,11 +84,12 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import StrEnum
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from . import package
 from .egress_endpoints import ENTRA_ID_IPV4_RANGES
 
 SERVING_PORT = 8000
@@ -121,8 +122,41 @@ _K8S_VERSION = re.compile(r"^1\.\d{2}$")
 # link-local (IMDS / wireserver: the node's identity) and the RFC 6598 shared space.
 _NON_PUBLIC_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")
 
-Dtype = Literal["bfloat16", "float16", "float32"]
-ServingMetric = Literal["vllm:num_requests_waiting", "vllm:num_requests_running"]
+class Dtype(StrEnum):
+    """Weights/activation dtype of the server (``--dtype``)."""
+
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+
+
+class ServingMetric(StrEnum):
+    """A server metric KEDA can scale on (vLLM's names)."""
+
+    NUM_REQUESTS_WAITING = "vllm:num_requests_waiting"
+    NUM_REQUESTS_RUNNING = "vllm:num_requests_running"
+
+
+class Embeddings(StrEnum):
+    """Where ``/v1/embeddings`` comes from."""
+
+    SERVED = "served"
+    """Pooled hidden states of the served model (``--embeddings served``)."""
+
+
+class EmbeddingsPooling(StrEnum):
+    """How token states become one embedding vector (``--embeddings-pooling``)."""
+
+    MEAN = "mean"
+    LAST = "last"
+
+
+class ToolCallParser(StrEnum):
+    """The tool-call syntax the model writes (``--tool-call-parser``)."""
+
+    HERMES = "hermes"
+    LLAMA3_JSON = "llama3_json"
+    MISTRAL = "mistral"
 
 
 class InferenceServiceConfigError(ValueError):
@@ -153,6 +187,21 @@ def _check_range(field_name: str, value: int, low: int, high: int | None = None)
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
         bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise _fail(field_name, value, f"must be an integer {bounds}")
+
+
+def shm_problem(shm_gib: int, memory_gib: int, tp_size: int, *, keys: tuple[str, str, str]) -> str | None:
+    """Why a /dev/shm of `shm_gib` does not fit a `memory_gib` container limit with `tp_size` ranks, or None.
+
+    The one check of this rule (module docstring, "Memory arithmetic"): the component and the stack config
+    (stacks/config.py, which names its YAML keys through `keys`: shm, memory, tp) both call it.
+    """
+    shm_key, memory_key, tp_key = keys
+    most = memory_gib - MIN_HOST_MEMORY_PER_RANK_GIB * tp_size
+    if shm_gib <= most:
+        return None
+    return (f"{shm_gib} leaves {memory_gib - shm_gib} GiB of {memory_key} {memory_gib} for {tp_size} tensor-parallel "
+            f"rank(s), which need {MIN_HOST_MEMORY_PER_RANK_GIB} GiB each outside /dev/shm (charged to the memory "
+            f"limit); allowed: {shm_key} <= {memory_key} - {MIN_HOST_MEMORY_PER_RANK_GIB} x {tp_key} = {most}")
 
 
 def federated_credential_subject(namespace: str, service_account_name: str) -> str:
@@ -288,6 +337,7 @@ class ModelStoreSource:
 ModelSource = ModelStoreSource | PvcModelSource | DownloadModelSource
 
 
+@package.schema_args
 @dataclass(frozen=True)
 class KedaAutoscaling:
     """Scale replicas on a serving metric through a KEDA ScaledObject with a Prometheus trigger."""
@@ -298,7 +348,7 @@ class KedaAutoscaling:
     """Floor; at least 1 because a queue metric cannot grow while no pod is serving (no scale from zero)."""
     max_replicas: int = 2
     """Ceiling; bounded by the GPU pool's max node count."""
-    metric: ServingMetric = "vllm:num_requests_waiting"
+    metric: ServingMetric = ServingMetric.NUM_REQUESTS_WAITING
     """Serving metric summed over the pods; queue depth reacts before latency degrades."""
     target_per_replica: int = 4
     """Desired metric value per replica (AverageValue): replicas = ceil(sum / target)."""
@@ -324,6 +374,7 @@ class KedaAutoscaling:
             _check_dns_label("autoscaling.authentication_ref", self.authentication_ref, max_len=253)
 
 
+@package.schema_args
 @dataclass
 class InferenceServiceArgs:
     """Arguments of :class:`InferenceService`; defaults are the secure, production-shaped choice."""
@@ -372,7 +423,7 @@ class InferenceServiceArgs:
     """Cluster minor version; pins the Pod Security Standard version so upgrades cannot loosen it silently."""
     tp_size: int = 1
     """Tensor-parallel size: GPUs per pod (requests = limits) and ranks the server launches."""
-    dtype: Dtype = "bfloat16"
+    dtype: Dtype = Dtype.BFLOAT16
     """Weights/activation dtype (``--dtype``)."""
     max_batch_size: int | None = None
     """Server's running-batch cap (``--max-batch-size``); None keeps the server default."""
@@ -380,12 +431,12 @@ class InferenceServiceArgs:
     """Server's waiting-queue cap (``--max-waiting``); beyond it clients get 429."""
     max_model_len: int | None = None
     """Context length cap (``--max-model-len``); None uses the model's."""
-    embeddings: Literal["served"] | None = None
+    embeddings: Embeddings | None = None
     """``/v1/embeddings`` from the served model's pooled hidden states (``--embeddings served``, TP 1 only);
     None serves no embeddings (the endpoint answers 404)."""
-    embeddings_pooling: Literal["mean", "last"] = "last"
+    embeddings_pooling: EmbeddingsPooling = EmbeddingsPooling.LAST
     """How token states become one vector (``--embeddings-pooling``): the last token's suits decoder models."""
-    tool_call_parser: Literal["hermes", "llama3_json", "mistral"] = "hermes"
+    tool_call_parser: ToolCallParser = ToolCallParser.HERMES
     """The tool-call syntax the model writes (``--tool-call-parser``; hermes, the server's default, is not passed)."""
     replicas: int = 1
     """Pods (one TP group each) when autoscaling is off; ignored (left to KEDA) when it is on."""
@@ -401,7 +452,7 @@ class InferenceServiceArgs:
     """sizeLimit of the cache emptyDir (HF_HOME, DeepSpeed/Triton JIT caches)."""
     gpu_taints: Sequence[str] = ("sku=gpu:NoSchedule",)
     """GPU pool taints in AKS ``key=value:Effect`` form; each becomes a toleration."""
-    model_source: ModelSource = field(default_factory=PvcModelSource)
+    model_source: ModelSource = package.python_only(default_factory=PvcModelSource)
     """Where the weights come from; a read-only PVC by default (no pod egress, nothing downloaded at start)."""
     startup_period_s: int = 10
     """startupProbe period; ``period x failure_threshold`` is the model-load budget."""
@@ -551,12 +602,10 @@ class InferenceServiceArgs:
         _check_range("shm_size_gib", self.shm_size_gib, 1)
         _check_range("tmp_size_gib", self.tmp_size_gib, 1)
         _check_range("cache_size_gib", self.cache_size_gib, 1)
-        floor = MIN_HOST_MEMORY_PER_RANK_GIB * self.tp_size
-        if self.shm_size_gib > self.memory_limit_gib - floor:
-            raise _fail("shm_size_gib", self.shm_size_gib,
-                        f"/dev/shm is charged to the memory limit, so memory_limit_gib ({self.memory_limit_gib}) "
-                        f"must be at least shm_size_gib + {MIN_HOST_MEMORY_PER_RANK_GIB} GiB per rank x tp_size "
-                        f"{self.tp_size} = {self.shm_size_gib + floor}")
+        problem = shm_problem(self.shm_size_gib, self.memory_limit_gib, self.tp_size,
+                              keys=("shm_size_gib", "memory_limit_gib", "tp_size"))
+        if problem:
+            raise _fail("shm_size_gib", self.shm_size_gib, problem)
 
     def _validate_probes(self) -> None:
         _check_range("startup_period_s", self.startup_period_s, 1)
@@ -676,17 +725,26 @@ class InferenceService(pulumi.ComponentResource):
     """The inference Deployment on the GPU pool behind an internal LB + Private Link Service."""
 
     namespace: pulumi.Output[str]
-    service: k8s.core.v1.Service
+    """Namespace of the service."""
     service_name: pulumi.Output[str]
+    """Name of the internal load-balancer Service."""
     deployment_name: pulumi.Output[str]
+    """Name of the GPU Deployment."""
     service_account_name: pulumi.Output[str]
+    """ServiceAccount the pods run as (federated with the workload identity)."""
     pls_name: pulumi.Output[str]
+    """Name of the Private Link Service AKS creates for the load balancer (Front Door's origin)."""
     load_balancer_ip: pulumi.Output[str | None]
+    """Private IP of the internal load balancer, once assigned."""
+    federated_subject: str
+    """Subject the identity's federated credential must carry for the ServiceAccount."""
 
     def __init__(self, name: str, args: InferenceServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        args = package.from_inputs(InferenceServiceArgs, args)
         args.validate()  # dataclasses can be mutated after __post_init__; check what is actually deployed
         provider = _kubernetes_provider(opts, "InferenceService")
-        super().__init__("inferforge:inference:InferenceService", name, None, opts)
+        super().__init__("inferforge:index:InferenceService", name, None,
+                         package.aliased(opts, "inferforge:inference:InferenceService"))
         self._args = args
         child = pulumi.ResourceOptions(parent=self, provider=provider)
         # Named objects cannot be created before their predecessor is gone.
@@ -774,6 +832,7 @@ class InferenceService(pulumi.ComponentResource):
         # Front Door's private-link origin needs the ILB's private IP as host name; Pulumi's Service await
         # fills status once the cloud provider assigned it (the PLS is created alongside).
         self.load_balancer_ip = service.status.apply(_first_ingress_ip)
+        self.federated_subject = args.federated_subject
         self.register_outputs({
             "namespace": self.namespace,
             "service_name": self.service_name,
@@ -781,7 +840,7 @@ class InferenceService(pulumi.ComponentResource):
             "service_account_name": self.service_account_name,
             "pls_name": self.pls_name,
             "load_balancer_ip": self.load_balancer_ip,
-            "federated_subject": args.federated_subject,
+            "federated_subject": self.federated_subject,
         })
 
     # ----------------------------------------------------------------------------------------- helpers

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import StrEnum
 
 import pulumi
 import pulumi_random as random
 from pulumi_azure_native import keyvault
 
-from .common import diagnostic_settings, private_endpoint, resource_lock
+from . import package
+from .common import PublicNetworkAccess, diagnostic_settings, private_endpoint, resource_lock
+from .limits import limited
 from .naming import UNIQUE_SUFFIX_LEN
 
 
+class KeyVaultSku(StrEnum):
+    """Key Vault pricing tier."""
+
+    STANDARD = "standard"
+    PREMIUM = "premium"
+
+
+@package.schema_args
 @dataclass
 class KeyVaultArgs:
     """Arguments of `KeyVault`. Every security-relevant property is set explicitly: azure-native's
@@ -33,11 +43,11 @@ class KeyVaultArgs:
     """`privatelink.vaultcore.azure.net` zone the endpoint registers in."""
     log_analytics_workspace_id: pulumi.Input[str]
     """Workspace for audit logs."""
-    sku: Literal["standard", "premium"] = "standard"
+    sku: KeyVaultSku = KeyVaultSku.STANDARD
     """premium adds HSM-backed keys; secrets-only workloads need standard."""
-    soft_delete_retention_days: int = 90
+    soft_delete_retention_days: int = limited(90, ge=7, le=90)
     """Maximum retention, so a deleted secret can be recovered for the longest window."""
-    public_network_access: Literal["Disabled", "Enabled"] = "Disabled"
+    public_network_access: PublicNetworkAccess = PublicNetworkAccess.DISABLED
     """Disabled: reachable only through the private endpoint. The exposure policy blocks Enabled in prod."""
     lock: bool = False
     """CanNotDelete lock (prod): purge protection already blocks purge; the lock blocks delete."""
@@ -48,13 +58,16 @@ class KeyVaultArgs:
 class KeyVault(pulumi.ComponentResource):
     """An Azure Key Vault that only Entra RBAC principals can read, over a private endpoint."""
 
-    vault: keyvault.Vault
     vault_id: pulumi.Output[str]
+    """ARM id of the vault (scope of role assignments)."""
     vault_name: pulumi.Output[str]
+    """Name of the vault (prefix plus a stable random suffix)."""
     vault_uri: pulumi.Output[str]
+    """Data-plane URI of the vault (`https://<name>.vault.azure.net/`)."""
 
     def __init__(self, name: str, args: KeyVaultArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:security:KeyVault", name, None, opts)
+        args = package.from_inputs(KeyVaultArgs, args)
+        super().__init__("inferforge:index:KeyVault", name, None, package.aliased(opts, "inferforge:security:KeyVault"))
         suffix = random.RandomString(f"{name}-suffix", length=UNIQUE_SUFFIX_LEN, special=False, upper=False,
                                      numeric=True, opts=pulumi.ResourceOptions(parent=self))
         self.vault = keyvault.Vault(

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import StrEnum
 
 import pulumi
 from pulumi_azure_native import storage
 
+from . import package
 from .common import (
     ROLE_STORAGE_BLOB_DATA_READER,
     DiagnosticCategories,
@@ -44,6 +45,13 @@ from .common import (
     resource_lock,
     role_assignment,
 )
+
+
+class ModelStoreSku(StrEnum):
+    """Storage account SKU of the model store (Premium block blobs: low-latency reads at model load)."""
+
+    PREMIUM_LRS = "Premium_LRS"
+    PREMIUM_ZRS = "Premium_ZRS"
 
 KIND = "BlockBlobStorage"
 # The storage account itself emits metrics only; its blob service emits the read/write/delete logs.
@@ -57,6 +65,7 @@ def blob_endpoint(account_name: str) -> str:
     return f"https://{account_name}.blob.core.windows.net"
 
 
+@package.schema_args
 @dataclass
 class ModelStoreArgs:
     """Arguments of `ModelStore`; defaults are the secure choice."""
@@ -79,7 +88,7 @@ class ModelStoreArgs:
     """Container holding one directory per model (config.json, tokenizer, safetensors)."""
     reader_principal_ids: Sequence[pulumi.Input[str]] = ()
     """Principals that get Storage Blob Data Reader on the container (the AKS kubelet identity): read only."""
-    sku_name: Literal["Premium_LRS", "Premium_ZRS"] = "Premium_LRS"
+    sku_name: ModelStoreSku = ModelStoreSku.PREMIUM_LRS
     """Premium_ZRS in prod: the weights stay readable through a zone outage."""
     lock: bool = False
     """CanNotDelete lock (prod): the uploaded weights live here."""
@@ -90,14 +99,19 @@ class ModelStoreArgs:
 class ModelStore(pulumi.ComponentResource):
     """A private Premium block blob account with a `models` container that the kubelet identity may read."""
 
-    account: storage.StorageAccount
-    container: storage.BlobContainer
+    account_id: pulumi.Output[str]
+    """ARM id of the storage account."""
     account_name: str
+    """Name of the storage account."""
     container_name: str
-    reader_role_assignments: list[pulumi.Resource]
+    """Blob container with one directory per model."""
+    blob_endpoint: str
+    """Blob endpoint of the account (reached through its private endpoint)."""
 
     def __init__(self, name: str, args: ModelStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:storage:ModelStore", name, None, opts)
+        args = package.from_inputs(ModelStoreArgs, args)
+        super().__init__("inferforge:index:ModelStore", name, None,
+                         package.aliased(opts, "inferforge:storage:ModelStore"))
         child = pulumi.ResourceOptions(parent=self)
         self.account = storage.StorageAccount(
             f"{name}-account",
@@ -165,6 +179,7 @@ class ModelStore(pulumi.ComponentResource):
 
         self.account_name = args.account_name
         self.container_name = args.container_name
-        self.register_outputs({"account_id": self.account.id, "account_name": self.account_name,
-                               "container_name": self.container_name,
-                               "blob_endpoint": blob_endpoint(args.account_name)})
+        self.account_id = self.account.id
+        self.blob_endpoint = blob_endpoint(args.account_name)
+        self.register_outputs({"account_id": self.account_id, "account_name": self.account_name,
+                               "container_name": self.container_name, "blob_endpoint": self.blob_endpoint})

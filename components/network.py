@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pulumi
 from pulumi_azure_native import network, privatedns
 
+from . import package
 from .common import METRICS_ONLY, DiagnosticCategories, diagnostic_settings
 
 # Private DNS zones for the private endpoints this platform creates (Azure public cloud).
@@ -24,6 +25,7 @@ BLOB_DNS_ZONE = "privatelink.blob.core.windows.net"
 NSG_LOG_CATEGORIES = DiagnosticCategories(log_category_groups=("allLogs",), metrics=False)
 
 
+@package.schema_args
 @dataclass
 class NetworkArgs:
     """Arguments of `Network`. Address prefixes are validated (inside the VNet, no overlap) by stacks/config."""
@@ -113,12 +115,16 @@ def _deny_internet_inbound() -> network.SecurityRuleArgs:
 class Network(pulumi.ComponentResource):
     """VNet with four subnets, an NSG on each, and private DNS zones linked to the VNet."""
 
-    vnet: network.VirtualNetwork
+    vnet_id: pulumi.Output[str]
+    """ARM id of the VNet."""
     subnet_ids: dict[str, pulumi.Output[str]]
+    """Subnet ids by key: `aks`, `private-endpoints`, `postgres`, `private-link`."""
     dns_zone_ids: dict[str, pulumi.Output[str]]
+    """Private DNS zone ids by key: `key_vault`, `redis`, `container_registry`, `blob`, `postgres`."""
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:network:Network", name, None, opts)
+        args = package.from_inputs(NetworkArgs, args)
+        super().__init__("inferforge:index:Network", name, None, package.aliased(opts, "inferforge:network:Network"))
         tags = dict(args.tags)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -204,7 +210,8 @@ class Network(pulumi.ComponentResource):
                                     workspace_id=args.log_analytics_workspace_id, parent=self,
                                     categories=NSG_LOG_CATEGORIES)
 
-        self.register_outputs({"vnet_id": self.vnet.id, "subnet_ids": self.subnet_ids,
+        self.vnet_id = self.vnet.id
+        self.register_outputs({"vnet_id": self.vnet_id, "subnet_ids": self.subnet_ids,
                                "dns_zone_ids": self.dns_zone_ids})
 
 
@@ -216,6 +223,7 @@ class VnetRef:
     name: pulumi.Output[str]
 
 
+@package.schema_args
 @dataclass
 class ExistingNetworkArgs:
     """Arguments of `ExistingNetwork`: a landing zone's spoke, created and peered by the platform team."""
@@ -239,12 +247,17 @@ class ExistingNetwork(pulumi.ComponentResource):
     registered. Their NSGs, the postgres delegation, the PLS subnet's network policies and the node subnet's
     route to the hub firewall are the landing zone's (README, Hub and spoke)."""
 
-    vnet: VnetRef
+    vnet_id: pulumi.Output[str]
+    """ARM id of the VNet."""
     subnet_ids: dict[str, pulumi.Output[str]]
+    """Subnet ids by key: `aks`, `private-endpoints`, `postgres`, `private-link`."""
     dns_zone_ids: dict[str, pulumi.Output[str]]
+    """Private DNS zone ids by key: `key_vault`, `redis`, `container_registry`, `blob`, `postgres`."""
 
     def __init__(self, name: str, args: ExistingNetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:network:ExistingNetwork", name, None, opts)
+        args = package.from_inputs(ExistingNetworkArgs, args)
+        super().__init__("inferforge:index:ExistingNetwork", name, None,
+                         package.aliased(opts, "inferforge:network:ExistingNetwork"))
         expected = {"aks", "private-endpoints", "postgres", "private-link"}
         if set(args.subnet_names) != expected:
             raise ValueError(f"ExistingNetworkArgs.subnet_names needs exactly {sorted(expected)}")
@@ -256,5 +269,6 @@ class ExistingNetwork(pulumi.ComponentResource):
                                               resource_group_name=args.resource_group_name, vnet_id=args.vnet_id,
                                               link_name=f"link-{args.vnet_id.rsplit('/', 1)[-1]}",
                                               tags=args.tags, parent=self)
-        self.register_outputs({"vnet_id": self.vnet.id, "subnet_ids": self.subnet_ids,
+        self.vnet_id = self.vnet.id
+        self.register_outputs({"vnet_id": self.vnet_id, "subnet_ids": self.subnet_ids,
                                "dns_zone_ids": self.dns_zone_ids})

@@ -8,7 +8,11 @@ from dataclasses import dataclass, field
 import pulumi
 from pulumi_azure_native import operationalinsights
 
+from . import package
+from .limits import limited
 
+
+@package.schema_args
 @dataclass
 class ObservabilityArgs:
     """Arguments of `Observability`."""
@@ -19,9 +23,9 @@ class ObservabilityArgs:
     """Azure region of the workspace (same as the platform, so logs stay in-region)."""
     workspace_name: str
     """CAF name of the workspace (`log-<workload>-<env>`)."""
-    retention_days: int = 30
+    retention_days: int = limited(30, ge=30, le=730)
     """Days logs are kept; 30 is the free tier's retention, prod raises it for investigations."""
-    daily_quota_gb: float = -1
+    daily_quota_gb: float = limited(-1, ge=-1)
     """Daily ingestion cap in GB (-1 = no cap); a cap in dev keeps a noisy cluster from running up a bill."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags required by the tagging policy."""
@@ -30,11 +34,15 @@ class ObservabilityArgs:
 class Observability(pulumi.ComponentResource):
     """A Log Analytics workspace with local (shared-key) auth disabled: agents use Entra ID."""
 
-    workspace: operationalinsights.Workspace
     workspace_id: pulumi.Output[str]
+    """ARM id of the Log Analytics workspace (every diagnostic setting sends here)."""
+    customer_id: pulumi.Output[str]
+    """Workspace (customer) id agents and queries address."""
 
     def __init__(self, name: str, args: ObservabilityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:observability:Observability", name, None, opts)
+        args = package.from_inputs(ObservabilityArgs, args)
+        super().__init__("inferforge:index:Observability", name, None,
+                         package.aliased(opts, "inferforge:observability:Observability"))
         self.workspace = operationalinsights.Workspace(
             f"{name}-workspace",
             workspace_name=args.workspace_name,
@@ -49,5 +57,5 @@ class Observability(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.workspace_id = self.workspace.id
-        self.register_outputs({"workspace_id": self.workspace_id,
-                               "customer_id": self.workspace.customer_id})
+        self.customer_id = self.workspace.customer_id
+        self.register_outputs({"workspace_id": self.workspace_id, "customer_id": self.customer_id})

@@ -65,11 +65,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import StrEnum
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from . import package
 from .egress_endpoints import ENTRA_ID_IPV4_RANGES
 from .inference_service import (
     SERVER_UID,
@@ -87,6 +88,13 @@ from .inference_service import (
     name_of,
     public_ip_block,
 )
+
+
+class SslMode(StrEnum):
+    """libpq ``sslmode`` of the extension job's connection (TLS is required either way)."""
+
+    REQUIRE = "require"
+    VERIFY_FULL = "verify-full"
 
 WORKLOAD_IDENTITY_TENANT_ID_ANNOTATION = "azure.workload.identity/tenant-id"
 WORKLOAD_IDENTITY_SKIP_CONTAINERS_ANNOTATION = "azure.workload.identity/skip-containers"
@@ -196,6 +204,7 @@ class PgvectorExtensionConfigError(InferenceServiceConfigError):
     """Invalid PgvectorExtension arguments; the message names the field, the value and what is allowed."""
 
 
+@package.schema_args
 @dataclass
 class PgvectorExtensionArgs:
     """Arguments of :class:`PgvectorExtension`; defaults are the secure choice."""
@@ -232,7 +241,7 @@ class PgvectorExtensionArgs:
     (https://supabase.com/docs/guides/ai/vector-indexes). Needs the serving role (app_role_name)."""
     service_account_name: str = "pgvector-init"
     """ServiceAccount of the Job; part of the federated credential subject."""
-    ssl_mode: Literal["require", "verify-full"] = "require"
+    ssl_mode: SslMode = SslMode.REQUIRE
     """TLS always; verify-full also checks the server name (needs the Azure root CAs in the client image)."""
     backoff_limit: int = 4
     """Pod retries: covers a webhook/DNS/token race right after the cluster comes up."""
@@ -301,13 +310,21 @@ class PgvectorExtensionArgs:
 class PgvectorExtension(pulumi.ComponentResource):
     """A one-shot in-cluster Job that enables pgvector in the application database with an Entra token."""
 
+    app_role_name: str
+    """PostgreSQL role of the application (the Entra principal the Job connects as)."""
     job_name: pulumi.Output[str]
+    """Name of the one-shot Job that runs `CREATE EXTENSION vector`."""
     service_account_name: pulumi.Output[str]
+    """ServiceAccount the Job runs as (federated with the workload identity)."""
+    federated_subject: str
+    """Subject the identity's federated credential must carry for the Job's ServiceAccount."""
 
     def __init__(self, name: str, args: PgvectorExtensionArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        args = package.from_inputs(PgvectorExtensionArgs, args)
         args.validate()
         provider = _kubernetes_provider(opts, "PgvectorExtension", PgvectorExtensionConfigError)
-        super().__init__("inferforge:data:PgvectorExtension", name, None, opts)
+        super().__init__("inferforge:index:PgvectorExtension", name, None,
+                         package.aliased(opts, "inferforge:data:PgvectorExtension"))
         child = pulumi.ResourceOptions(parent=self, provider=provider)
         selector = {"app.kubernetes.io/name": "inferforge-pgvector", "app.kubernetes.io/instance": name}
         labels = {**selector, "app.kubernetes.io/part-of": "inferforge", "app.kubernetes.io/managed-by": "pulumi",
@@ -347,11 +364,12 @@ class PgvectorExtension(pulumi.ComponentResource):
         self.job_name = name_of(job)
         self.service_account_name = name_of(service_account)
         self.app_role_name = args.app_role_name
+        self.federated_subject = args.federated_subject
         self.register_outputs({
-            "app_role_name": args.app_role_name,
+            "app_role_name": self.app_role_name,
             "job_name": self.job_name,
             "service_account_name": self.service_account_name,
-            "federated_subject": args.federated_subject,
+            "federated_subject": self.federated_subject,
         })
 
     @staticmethod

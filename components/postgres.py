@@ -11,17 +11,32 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import pulumi
 import pulumi_random as random
 from pulumi_azure_native import dbforpostgresql, keyvault
 
+from . import package
 from .common import diagnostic_settings, resource_lock
+from .limits import limited
 from .naming import UNIQUE_SUFFIX_LEN
+
+
+class PostgresVersion(StrEnum):
+    """PostgreSQL major version of the flexible server."""
+
+    V13 = "13"
+    V14 = "14"
+    V15 = "15"
+    V16 = "16"
+    V17 = "17"
+
 
 ADMIN_LOGIN = "inferforgeadmin"
 
 
+@package.schema_args
 @dataclass
 class EntraAdmin:
     """An Entra principal made PostgreSQL administrator."""
@@ -34,6 +49,7 @@ class EntraAdmin:
     """ServicePrincipal: workloads authenticate as managed identities, never as human users or groups."""
 
 
+@package.schema_args
 @dataclass
 class PostgresPgvectorArgs:
     """Arguments of `PostgresPgvector`."""
@@ -54,17 +70,17 @@ class PostgresPgvectorArgs:
     """Workspace for PostgreSQL logs and metrics."""
     entra_admins: Sequence[EntraAdmin]
     """Entra administrators (the schema Job's identity, never the serving one: it gets a data-only role)."""
-    database_name: str = "app"
+    database_name: str = limited("app", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     """The application database."""
-    version: str = "16"
+    version: PostgresVersion = PostgresVersion.V16
     """PostgreSQL major version (pgvector is available on 13+)."""
-    sku_name: str = "Standard_B1ms"
+    sku_name: str = limited("Standard_B1ms", pattern=r"^Standard_[A-Za-z0-9_]+$")
     """Compute size; burstable for dev, general purpose for prod."""
     sku_tier: str = "Burstable"
     """Burstable, GeneralPurpose or MemoryOptimized (HA needs GeneralPurpose or MemoryOptimized)."""
-    storage_size_gb: int = 32
+    storage_size_gb: int = limited(32, ge=32, le=32768)
     """Storage; auto-grow is on so a full disk never takes the server read-only."""
-    backup_retention_days: int = 7
+    backup_retention_days: int = limited(7, ge=7, le=35)
     """7 days in dev; prod keeps 35 (the maximum)."""
     geo_redundant_backup: bool = False
     """Backups copied to the paired region (prod)."""
@@ -86,13 +102,19 @@ class PostgresPgvectorArgs:
 class PostgresPgvector(pulumi.ComponentResource):
     """A private, TLS-only PostgreSQL Flexible Server that allows the VECTOR extension."""
 
-    server: dbforpostgresql.Server
+    server_id: pulumi.Output[str]
+    """ARM id of the flexible server."""
     fqdn: pulumi.Output[str]
+    """Private FQDN of the server (resolves in the VNet's private DNS zone)."""
     database_name: str
+    """The application database."""
     admin_password: pulumi.Output[str] | None
+    """Generated password, only when password auth is on (kept in Key Vault; off in every shipped stack)."""
 
     def __init__(self, name: str, args: PostgresPgvectorArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:data:PostgresPgvector", name, None, opts)
+        args = package.from_inputs(PostgresPgvectorArgs, args)
+        super().__init__("inferforge:index:PostgresPgvector", name, None,
+                         package.aliased(opts, "inferforge:data:PostgresPgvector"))
         child = pulumi.ResourceOptions(parent=self)
         suffix = random.RandomString(f"{name}-suffix", length=UNIQUE_SUFFIX_LEN, special=False, upper=False,
                                      numeric=True, opts=child)
@@ -202,7 +224,8 @@ class PostgresPgvector(pulumi.ComponentResource):
             resource_lock(f"{name}-server", scope_resource=self.server, parent=self)
 
         self.fqdn = self.server.fully_qualified_domain_name
-        outputs: dict[str, object] = {"server_id": self.server.id, "fqdn": self.fqdn,
+        self.server_id = self.server.id
+        outputs: dict[str, object] = {"server_id": self.server_id, "fqdn": self.fqdn,
                                       "database_name": self.database_name}
         if self.admin_password is not None:
             outputs["admin_password"] = self.admin_password

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import pulumi
 import pulumi_random as random
 from pulumi_azure_native import redisenterprise
 
-from .common import LOGS_ONLY, METRICS_ONLY, diagnostic_settings, private_endpoint
+from . import package
+from .common import LOGS_ONLY, METRICS_ONLY, PublicNetworkAccess, diagnostic_settings, private_endpoint
+from .limits import limited
 from .naming import UNIQUE_SUFFIX_LEN
 
 REDIS_TLS_PORT = 10000
 
 
+@package.schema_args
 @dataclass
 class ManagedRedisArgs:
     """Arguments of `ManagedRedis`."""
@@ -38,11 +40,12 @@ class ManagedRedisArgs:
     """Workspace for connection logs and metrics."""
     data_access_principal_ids: Sequence[pulumi.Input[str]] = ()
     """Entra object ids granted the `default` data access policy (the inference workload identity)."""
-    sku_name: str = "Balanced_B0"
+    sku_name: str = limited("Balanced_B0", pattern=r"^(Balanced|MemoryOptimized|ComputeOptimized|FlashOptimized)_"
+                                                  r"[A-Z][0-9]+$")
     """Managed Redis SKU (Balanced_B0 is the smallest)."""
     high_availability: bool = True
     """Replicated shards with automatic failover; only a dev stack may turn it off to halve cost."""
-    public_network_access: Literal["Disabled", "Enabled"] = "Disabled"
+    public_network_access: PublicNetworkAccess = PublicNetworkAccess.DISABLED
     """Disabled: reachable only through the private endpoint. The exposure policy blocks Enabled in prod."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags required by the tagging policy."""
@@ -51,13 +54,17 @@ class ManagedRedisArgs:
 class ManagedRedis(pulumi.ComponentResource):
     """An Azure Managed Redis cluster with one database that accepts only TLS + Entra tokens."""
 
-    cluster: redisenterprise.RedisEnterprise
-    database: redisenterprise.Database
+    cluster_id: pulumi.Output[str]
+    """ARM id of the Managed Redis cluster."""
     host_name: pulumi.Output[str]
+    """Host name clients connect to (resolves to the private endpoint)."""
     port: int
+    """TLS port of the database (10000)."""
 
     def __init__(self, name: str, args: ManagedRedisArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:data:ManagedRedis", name, None, opts)
+        args = package.from_inputs(ManagedRedisArgs, args)
+        super().__init__("inferforge:index:ManagedRedis", name, None,
+                         package.aliased(opts, "inferforge:data:ManagedRedis"))
         suffix = random.RandomString(f"{name}-suffix", length=UNIQUE_SUFFIX_LEN, special=False, upper=False,
                                      numeric=True, opts=pulumi.ResourceOptions(parent=self))
         self.cluster = redisenterprise.RedisEnterprise(
@@ -114,4 +121,5 @@ class ManagedRedis(pulumi.ComponentResource):
 
         self.host_name = self.cluster.host_name
         self.port = REDIS_TLS_PORT
-        self.register_outputs({"cluster_id": self.cluster.id, "host_name": self.host_name, "port": self.port})
+        self.cluster_id = self.cluster.id
+        self.register_outputs({"cluster_id": self.cluster_id, "host_name": self.host_name, "port": self.port})

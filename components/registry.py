@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import pulumi
 from pulumi_azure_native import containerregistry
 
+from . import package
 from .common import (
     ROLE_ACR_PULL,
+    PublicNetworkAccess,
     diagnostic_settings,
     private_endpoint,
     resource_lock,
@@ -43,6 +44,7 @@ def login_server(registry_name: str) -> str:
     return f"{registry_name.lower()}.azurecr.io"
 
 
+@package.schema_args
 @dataclass
 class ContainerRegistryArgs:
     """Arguments of `ContainerRegistry`; defaults are the secure choice."""
@@ -63,7 +65,7 @@ class ContainerRegistryArgs:
     """Workspace for repository and login audit logs."""
     pull_principal_ids: Sequence[pulumi.Input[str]] = ()
     """Principals that get AcrPull (the AKS kubelet identity): pull only, nothing else."""
-    public_network_access: Literal["Disabled", "Enabled"] = "Disabled"
+    public_network_access: PublicNetworkAccess = PublicNetworkAccess.DISABLED
     """Disabled: only the private endpoint (and `az acr import`, a control-plane copy) reaches it."""
     lock: bool = False
     """CanNotDelete lock (prod): the images the cluster runs live here."""
@@ -74,12 +76,15 @@ class ContainerRegistryArgs:
 class ContainerRegistry(pulumi.ComponentResource):
     """A Premium, private Azure Container Registry that the AKS kubelet identity may pull from."""
 
-    registry: containerregistry.Registry
+    registry_id: pulumi.Output[str]
+    """ARM id of the registry."""
     login_server: str
-    pull_role_assignments: list[pulumi.Resource]
+    """Registry host images are pulled from (`<name>.azurecr.io`)."""
 
     def __init__(self, name: str, args: ContainerRegistryArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("inferforge:containers:ContainerRegistry", name, None, opts)
+        args = package.from_inputs(ContainerRegistryArgs, args)
+        super().__init__("inferforge:index:ContainerRegistry", name, None,
+                         package.aliased(opts, "inferforge:containers:ContainerRegistry"))
         self.registry = containerregistry.Registry(
             f"{name}-registry",
             registry_name=args.registry_name,
@@ -123,4 +128,5 @@ class ContainerRegistry(pulumi.ComponentResource):
             resource_lock(f"{name}-registry", scope_resource=self.registry, parent=self)
 
         self.login_server = login_server(args.registry_name)
-        self.register_outputs({"registry_id": self.registry.id, "login_server": self.login_server})
+        self.registry_id = self.registry.id
+        self.register_outputs({"registry_id": self.registry_id, "login_server": self.login_server})

@@ -17,9 +17,19 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from inferforge.components.aks import AksClusterArgs
 from inferforge.components.common import tag_problems
+from inferforge.components.egress import EgressFirewallArgs
+from inferforge.components.frontdoor import FrontDoorArgs
 from inferforge.components.gpu_sizes import GPU_VM_SIZES, allowed_tp_sizes
+from inferforge.components.inference_service import shm_problem
+from inferforge.components.keyvault import KeyVaultArgs
+from inferforge.components.model_store import ModelStoreArgs
 from inferforge.components.naming import DNS_1123_SUBDOMAIN, RULES, PlatformNames, node_label_problems
+from inferforge.components.observability import ObservabilityArgs
+from inferforge.components.postgres import PostgresPgvectorArgs
+from inferforge.components.redis import ManagedRedisArgs
+from inferforge.components.registry import ContainerRegistryArgs
 from inferforge.components.vm_local_disks import (
     GPU_OS_DISK_GB,
     SYSTEM_OS_DISK_GB,
@@ -37,6 +47,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel, to_snake
 
+from .component_sections import embed
 from .gpu_memory import KNOWN_MODELS, ModelShape, gib, known_model, plan_gpu_memory
 
 NAMESPACE = "inferforge"
@@ -165,22 +176,17 @@ class NetworkConfig(_Section):
         return self
 
 
-class KeyVaultConfig(_Section):
-    sku: Literal["standard", "premium"] = "standard"
-    public_network_access: Literal["Disabled", "Enabled"] = "Disabled"
-    soft_delete_retention_days: int = Field(90, ge=7, le=90)
+class KeyVaultConfig(embed(KeyVaultArgs, ("sku", "public_network_access", "soft_delete_retention_days"),
+                           base=_Section)):
+    """The Key Vault settings a stack chooses: `KeyVaultArgs`' own fields (components/keyvault.py)."""
 
 
-class PostgresConfig(_Section):
-    version: Literal["13", "14", "15", "16", "17"] = "16"
-    sku_name: str = Field("Standard_B1ms", pattern=r"^Standard_[A-Za-z0-9_]+$")
+class PostgresConfig(embed(PostgresPgvectorArgs, ("version", "sku_name", "storage_size_gb", "database_name",
+                                                  "backup_retention_days", "geo_redundant_backup",
+                                                  "zone_redundant_ha", "password_auth"), base=_Section)):
+    """`PostgresPgvectorArgs`' own fields (components/postgres.py), plus the SKU tier under its YAML name."""
+
     tier: Literal["Burstable", "GeneralPurpose", "MemoryOptimized"] = "Burstable"
-    storage_size_gb: int = Field(32, ge=32, le=32768)
-    database_name: str = Field("app", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
-    backup_retention_days: int = Field(7, ge=7, le=35)
-    geo_redundant_backup: bool = False
-    zone_redundant_ha: bool = False
-    password_auth: bool = False
 
     @model_validator(mode="after")
     def _ha_needs_non_burstable(self) -> PostgresConfig:
@@ -190,16 +196,13 @@ class PostgresConfig(_Section):
         return self
 
 
-class RedisConfig(_Section):
-    sku_name: str = Field("Balanced_B0", pattern=r"^(Balanced|MemoryOptimized|ComputeOptimized|FlashOptimized)_"
-                                                  r"[A-Z][0-9]+$")
-    high_availability: bool = True
-    public_network_access: Literal["Disabled", "Enabled"] = "Disabled"
+class RedisConfig(embed(ManagedRedisArgs, ("sku_name", "high_availability", "public_network_access"),
+                        base=_Section)):
+    """`ManagedRedisArgs`' own fields (components/redis.py)."""
 
 
-class FrontDoorConfig(_Section):
-    waf_mode: Literal["Detection", "Prevention"] = "Prevention"
-    rate_limit_per_minute: int = Field(600, ge=10, le=100000)
+class FrontDoorConfig(embed(FrontDoorArgs, ("waf_mode", "rate_limit_per_minute"), base=_Section)):
+    """`FrontDoorArgs`' own fields (components/frontdoor.py)."""
 
 
 # A stack that names no GPU pool (one created from the `pulumi new` template) gets one pool of this size:
@@ -302,26 +305,22 @@ class DevicePluginImageConfig(ImageConfig):
     tag: str | None = Field("v0.17.1", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
-class RegistryConfig(_Section):
+class RegistryConfig(embed(ContainerRegistryArgs, ("public_network_access",), base=_Section)):
+    """`ContainerRegistryArgs`' own fields (components/registry.py), plus the registry name (None: derived)."""
+
     name: str | None = Field(None, pattern=r"^[a-zA-Z0-9]{5,50}$")
-    public_network_access: Literal["Disabled", "Enabled"] = "Disabled"
 
 
-class AksConfig(_Section):
-    kubernetes_version: str = Field("1.33", pattern=r"^1\.\d{2}(\.\d+)?$")
-    sku_tier: Literal["Free", "Standard", "Premium"] = "Standard"
-    private_cluster: bool = True
-    authorized_ip_ranges: list[Cidr] = Field(default_factory=list)
-    system_vm_size: str = Field("Standard_D4ds_v5", pattern=r"^Standard_[A-Za-z0-9_]+$")
-    system_min_count: int = Field(1, ge=1, le=100)
-    system_max_count: int = Field(3, ge=1, le=100)
+class AksConfig(embed(AksClusterArgs, ("kubernetes_version", "sku_tier", "private_cluster", "system_vm_size",
+                                       "system_min_count", "system_max_count", "system_os_disk_type",
+                                       "encryption_at_host", "upgrade_channel", "node_os_upgrade_channel",
+                                       "authorized_ip_ranges", "admin_group_object_ids"),
+                      base=_Section)):
+    """`AksClusterArgs`' own fields (components/aks.py), plus what the stack narrows or derives."""
+
+    # Narrower than the component's: zone names, and None = derived from the VM size's temp disk.
     system_zones: list[Literal["1", "2", "3"]] | None = None
     system_os_disk_size_gb: int | None = Field(None, ge=30, le=2048)
-    system_os_disk_type: Literal["Ephemeral", "Managed"] = "Ephemeral"
-    encryption_at_host: bool = True
-    upgrade_channel: Literal["patch", "stable", "rapid", "node-image", "none"] = "patch"
-    node_os_upgrade_channel: Literal["NodeImage", "SecurityPatch", "Unmanaged", "None"] = "NodeImage"
-    admin_group_object_ids: list[str] = Field(default_factory=list)
     gpu_pools: list[GpuPoolConfig] = Field(default_factory=lambda: [GpuPoolConfig()], min_length=1)
     nvidia_device_plugin_image: DevicePluginImageConfig = Field(default_factory=DevicePluginImageConfig)
 
@@ -434,12 +433,11 @@ class ModelSourceConfig(_Section):
                      if self.storage_class.startswith(prefix)), None)
 
 
-class ModelStoreConfig(_Section):
-    """The platform's model store (components/model_store.py), used by inference.modelSource.kind modelStore."""
+class ModelStoreConfig(embed(ModelStoreArgs, ("container_name", "sku_name"), base=_Section)):
+    """The platform's model store (components/model_store.py), used by inference.modelSource.kind modelStore:
+    `ModelStoreArgs`' own fields, plus the account name (None: derived from the stack's names)."""
 
     account_name: str | None = Field(None, pattern=r"^[a-z0-9]{3,24}$")
-    container_name: str = "models"
-    sku_name: Literal["Premium_LRS", "Premium_ZRS"] = "Premium_LRS"
 
     @field_validator("container_name")
     @classmethod
@@ -537,9 +535,11 @@ class InferenceConfig(_Section):
 
     @model_validator(mode="after")
     def _shm_fits(self) -> InferenceConfig:
-        if self.shm_size_gi >= self.memory_gi:
-            raise ValueError(f"shmSizeGi {self.shm_size_gi} is not less than memoryGi {self.memory_gi}; allowed: "
-                             "shmSizeGi < memoryGi (/dev/shm is memory-backed and counts against the limit)")
+        # The component's rule, not a second one: a config that passes here deploys (issue 14).
+        problem = shm_problem(self.shm_size_gi, self.memory_gi, self.tp_size,
+                              keys=("shmSizeGi", "memoryGi", "tpSize"))
+        if problem:
+            raise ValueError(f"shmSizeGi {problem}")
         return self
 
 
@@ -551,9 +551,9 @@ _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
                     r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
 
 
-class FirewallConfig(_Section):
-    sku_tier: Literal["Basic", "Standard", "Premium"] = "Standard"
-    threat_intel_mode: Literal["Alert", "Deny"] = "Deny"
+class FirewallConfig(embed(EgressFirewallArgs, ("sku_tier", "threat_intel_mode"), base=_Section)):
+    """`EgressFirewallArgs`' own fields (components/egress.py), plus the firewall's subnets and zones."""
+
     # Beside the default network subnets (10.20.0.0/16); unused when hub is set (the hub's firewall is used).
     subnet: Cidr | None = "10.20.7.0/26"
     management_subnet: Cidr | None = "10.20.7.64/26"
@@ -659,9 +659,9 @@ class AlertsConfig(_Section):
         return value
 
 
-class ObservabilityConfig(_Section):
-    retention_days: int = Field(30, ge=30, le=730)
-    daily_quota_gb: float = Field(-1, ge=-1)
+class ObservabilityConfig(embed(ObservabilityArgs, ("retention_days", "daily_quota_gb"), base=_Section)):
+    """`ObservabilityArgs`' own fields (components/observability.py), plus the audit settings."""
+
     activity_log_export: bool = True
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import collections.abc
+import enum
 import sys
 import typing
 from typing import Any
@@ -24,10 +26,12 @@ def _type_name(annotation: Any) -> str:
     args = typing.get_args(annotation)
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):  # a component's choice (embedded Args)
+        return " \\| ".join(f"`{member.value}`" for member in annotation)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         names = [_type_name(a) for a in args if a is not type(None)]
         return " \\| ".join(names) + (" \\| null" if type(None) in args else "")
-    if origin in (list, tuple):
+    if origin in (list, tuple, collections.abc.Sequence):  # an embedded Args field may be a Sequence
         return f"list of {_type_name(args[0])}" if args else "list"
     if origin is dict:
         return "map"
@@ -78,8 +82,8 @@ def _rows(model: type[BaseModel], prefix: list[str]) -> list[str]:
             default = "" if nested else f"`{field.default_factory()}`"
         elif field.default is PydanticUndefined:
             default = ""
-        else:
-            default = f"`{field.default}`"
+        else:  # YAML has lists, not tuples (an embedded Args field defaults to `()`)
+            default = f"`{list(field.default) if isinstance(field.default, tuple) else field.default}`"
         dev, prod = (None, None) if nested else (_baseline(path, "dev"), _baseline(path, "prod"))
         env = "" if dev is None and prod is None else f"dev `{dev}`, prod `{prod}`"
         constraints = ", ".join(_constraint(m) for m in field.metadata)

@@ -89,11 +89,10 @@ def _egress(cfg: PlatformConfig, rg: pulumi.Input[str], net: Network, workspace_
         resource_group_name=rg, location=cfg.location, virtual_network_name=net.vnet.name,
         firewall_name=f"afw-{base}", policy_name=f"afwp-{base}", public_ip_name=f"pip-{base}-afw",
         subnet_prefix=firewall_cfg.subnet or "", source_prefixes=[cfg.network.aks_subnet],
-        sku_tier=firewall_cfg.sku_tier, threat_intel_mode=firewall_cfg.threat_intel_mode,
         management_subnet_prefix=firewall_cfg.management_subnet if basic else None,
         management_public_ip_name=f"pip-{base}-afw-mgmt" if basic else None, zones=firewall_cfg.zones,
         public_api_server=not cfg.aks.private_cluster, allowed_fqdns=cfg.egress.allowed_fqdns,
-        log_analytics_workspace_id=workspace_id, subnet_dependencies=[net], tags=tags))
+        log_analytics_workspace_id=workspace_id, subnet_dependencies=[net], tags=tags, **firewall_cfg.args()))
     return firewall.private_ip, firewall.public_ip_address, [firewall.firewall]
 
 
@@ -155,8 +154,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
 
     observability = Observability("observability", ObservabilityArgs(
         resource_group_name=rg, location=cfg.location, workspace_name=names.log_analytics,
-        retention_days=cfg.observability.retention_days, daily_quota_gb=cfg.observability.daily_quota_gb,
-        tags=tags))
+        tags=tags, **cfg.observability.args()))
     workspace_id = observability.workspace_id
 
     net, egress_public_ip, egress_ready = _network_and_egress(cfg, rg, workspace_id, tags)
@@ -165,8 +163,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         resource_group_name=rg, location=cfg.location, name_prefix=names.key_vault_prefix,
         tenant_id=client.tenant_id, private_endpoint_subnet_id=net.subnet_ids["private-endpoints"],
         private_dns_zone_id=net.dns_zone_ids["key_vault"], log_analytics_workspace_id=workspace_id,
-        sku=cfg.key_vault.sku, soft_delete_retention_days=cfg.key_vault.soft_delete_retention_days,
-        public_network_access=cfg.key_vault.public_network_access, lock=cfg.resource_locks, tags=tags))
+        lock=cfg.resource_locks, tags=tags, **cfg.key_vault.args()))
 
     aks = AksCluster("aks", AksClusterArgs(
         resource_group_name=rg, location=cfg.location, cluster_name=names.aks,
@@ -176,35 +173,28 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
                                os_disk_size_gb=p.effective_os_disk_size_gb, os_disk_type=p.os_disk_type,
                                labels=p.labels, zones=p.zones)
                    for p in cfg.aks.gpu_pools],
-        kubernetes_version=cfg.aks.kubernetes_version, admin_group_object_ids=cfg.aks.admin_group_object_ids,
-        system_vm_size=cfg.aks.system_vm_size, system_min_count=cfg.aks.system_min_count,
-        system_max_count=cfg.aks.system_max_count, system_zones=cfg.aks.system_zones,
-        private_cluster=cfg.aks.private_cluster, authorized_ip_ranges=cfg.aks.authorized_ip_ranges,
-        sku_tier=cfg.aks.sku_tier, upgrade_channel=cfg.aks.upgrade_channel,
-        node_os_upgrade_channel=cfg.aks.node_os_upgrade_channel,
-        system_os_disk_size_gb=cfg.aks.effective_system_os_disk_size_gb,
-        system_os_disk_type=cfg.aks.system_os_disk_type,
-        encryption_at_host=cfg.aks.encryption_at_host, outbound_type="userDefinedRouting",
+        system_zones=cfg.aks.system_zones, system_os_disk_size_gb=cfg.aks.effective_system_os_disk_size_gb,
+        outbound_type="userDefinedRouting",
         egress_public_ip=None if cfg.aks.private_cluster else egress_public_ip, outbound_dependencies=egress_ready,
         blob_csi_driver=cfg.inference.model_source.kind in ("modelStore", "pvc"),
         # The inference Service's internal LB frontend (snet-aks) and its Private Link Service NAT IPs.
         network_contributor_subnet_ids=[net.subnet_ids["aks"], net.subnet_ids["private-link"]],
-        subscription_id=client.subscription_id, tags=tags))
+        subscription_id=client.subscription_id, tags=tags, **cfg.aks.args()))
 
     registry = ContainerRegistry("registry", ContainerRegistryArgs(
         resource_group_name=rg, location=cfg.location, registry_name=cfg.registry_name,
         subscription_id=client.subscription_id, private_endpoint_subnet_id=net.subnet_ids["private-endpoints"],
         private_dns_zone_id=net.dns_zone_ids["container_registry"], log_analytics_workspace_id=workspace_id,
         pull_principal_ids=[aks.kubelet_identity_object_id],
-        public_network_access=cfg.registry.public_network_access, lock=cfg.resource_locks, tags=tags))
+        lock=cfg.resource_locks, tags=tags, **cfg.registry.args()))
 
     # Created in the first phase, so the weights can be uploaded before the workloads that mount them exist.
     model_store = ModelStore("model-store", ModelStoreArgs(
         resource_group_name=rg, location=cfg.location, account_name=cfg.model_store_account,
         subscription_id=client.subscription_id, private_endpoint_subnet_id=net.subnet_ids["private-endpoints"],
         private_dns_zone_id=net.dns_zone_ids["blob"], log_analytics_workspace_id=workspace_id,
-        container_name=cfg.model_store.container_name, reader_principal_ids=[aks.kubelet_identity_object_id],
-        sku_name=cfg.model_store.sku_name, lock=cfg.resource_locks, tags=tags)) if cfg.uses_model_store else None
+        reader_principal_ids=[aks.kubelet_identity_object_id], lock=cfg.resource_locks, tags=tags,
+        **cfg.model_store.args())) if cfg.uses_model_store else None
 
     identity = WorkloadIdentity("inference-identity", WorkloadIdentityArgs(
         resource_group_name=rg, location=cfg.location, identity_name=names.identity,
@@ -222,19 +212,14 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         tenant_id=client.tenant_id, delegated_subnet_id=net.subnet_ids["postgres"],
         private_dns_zone_id=net.dns_zone_ids["postgres"], log_analytics_workspace_id=workspace_id,
         entra_admins=[EntraAdmin(object_id=schema_identity.principal_id, principal_name=names.schema_identity)],
-        database_name=cfg.postgres.database_name, version=cfg.postgres.version, sku_name=cfg.postgres.sku_name,
-        sku_tier=cfg.postgres.tier, storage_size_gb=cfg.postgres.storage_size_gb,
-        backup_retention_days=cfg.postgres.backup_retention_days,
-        geo_redundant_backup=cfg.postgres.geo_redundant_backup, zone_redundant_ha=cfg.postgres.zone_redundant_ha,
-        password_auth=cfg.postgres.password_auth, key_vault_id=vault.vault_id, key_vault_name=vault.vault_name,
-        lock=cfg.resource_locks, tags=tags))
+        sku_tier=cfg.postgres.tier, key_vault_id=vault.vault_id, key_vault_name=vault.vault_name,
+        lock=cfg.resource_locks, tags=tags, **cfg.postgres.args()))
 
     redis = ManagedRedis("redis", ManagedRedisArgs(
         resource_group_name=rg, location=cfg.location, name_prefix=names.redis_prefix,
         private_endpoint_subnet_id=net.subnet_ids["private-endpoints"], private_dns_zone_id=net.dns_zone_ids["redis"],
         log_analytics_workspace_id=workspace_id, data_access_principal_ids=[identity.principal_id],
-        sku_name=cfg.redis.sku_name, high_availability=cfg.redis.high_availability,
-        public_network_access=cfg.redis.public_network_access, tags=tags))
+        tags=tags, **cfg.redis.args()))
 
     outputs: dict[str, Any] = {
         "resourceGroupName": rg,
@@ -280,8 +265,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         resource_group_name=rg, profile_name=names.front_door, endpoint_name=names.front_door_endpoint,
         waf_policy_name=names.waf_policy, private_link_service_id=pls_id, private_link_location=cfg.location,
         origin_host_name=cfg.inference.internal_load_balancer_ip, log_analytics_workspace_id=workspace_id,
-        waf_mode=cfg.front_door.waf_mode, rate_limit_per_minute=cfg.front_door.rate_limit_per_minute,
-        origin_port=80, origin_depends_on=[workloads.inference.service], tags=tags))
+        origin_port=80, origin_depends_on=[workloads.inference.service], tags=tags, **cfg.front_door.args()))
     _audit(cfg, rg, workspace_id, tags, front_door_profile_id=front_door.profile.id)
 
     return {

@@ -38,7 +38,7 @@ def test_component_reference_covers_every_component_and_field():
         args = reference.args_class(next(c for c in reference.discover() if c.__name__ == doc.name))
         assert [f.name for f in doc.inputs] == [f.name for f in dataclasses.fields(args)]
         assert doc.type_token.startswith("inferforge:") and doc.outputs
-    assert docs["KeyVault"].type_token == "inferforge:security:KeyVault"
+    assert docs["KeyVault"].type_token == "inferforge:index:KeyVault"
     assert ("GpuPoolArgs" in dict(docs["AksCluster"].nested))
 
 

@@ -69,7 +69,7 @@ def test_device_plugin_runs_on_every_gpu_pool_and_tolerates_its_taint(dev):
 def test_the_inference_deployment_waits_for_the_device_plugin_and_acr_pull(prod):
     # depends_on a component waits for its children: the SDK records the DaemonSet itself. The
     # component's children are registered only after it, so they wait too.
-    component = one(prod, "inferforge:inference:InferenceService")
+    component = one(prod, "inferforge:index:InferenceService")
     daemon_set = one(prod, "kubernetes:apps/v1:DaemonSet")
     acr_pull = one(prod, "azure-native:authorization:RoleAssignment", "registry-acrpull-0")
     assert daemon_set.urn in component.dependencies

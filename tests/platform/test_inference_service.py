@@ -229,7 +229,7 @@ def test_every_kubernetes_child_uses_the_provider_passed_in_opts() -> None:
     resources = render_service(prod_args())
     children = [r for r in resources if r.type.startswith("kubernetes:")]
     assert children and all(r.provider and "pulumi:providers:kubernetes::aks::" in r.provider for r in children)
-    assert [r.type for r in resources if r.type.startswith("inferforge:")] == ["inferforge:inference:InferenceService"]
+    assert [r.type for r in resources if r.type.startswith("inferforge:")] == ["inferforge:index:InferenceService"]
 
 
 def test_component_refuses_to_run_without_an_explicit_kubernetes_provider() -> None:
@@ -459,7 +459,8 @@ def test_outputs_name_namespace_service_deployment_pls_and_load_balancer_ip() ->
     ({"prestop_sleep_s": 30, "drain_timeout_s": 90, "termination_grace_period_s": 100},
      r"termination_grace_period_s=100 is invalid: must be >= prestop_sleep_s \(30\) \+ drain_timeout_s \(90\) = 120"),
     ({"memory_limit_gib": 16, "shm_size_gib": 16},
-     r"shm_size_gib=16 is invalid: /dev/shm is charged to the memory limit"),
+     r"shm_size_gib=16 is invalid: 16 leaves 0 GiB of memory_limit_gib 16 for 2 tensor-parallel rank\(s\), "
+     r"which need 2 GiB each outside /dev/shm"),
     ({"startup_period_s": 5, "startup_failure_threshold": 6}, r"startup_failure_threshold=6 is invalid"),
     ({"gpu_taints": ("sku=gpu",)}, r"gpu_taints='sku=gpu' is invalid"),
     ({"gpu_node_labels": {}}, r"gpu_node_labels=\{\} is invalid"),

@@ -215,5 +215,5 @@ def test_the_claim_binds_that_volume_and_the_server_reads_the_model_directory(pr
 def test_no_pod_starts_before_the_kubelet_identity_may_read_the_store(prod):
     grant = next(r for r in of_type(prod, ROLE_ASSIGNMENT) if r.inputs["roleDefinitionId"].endswith(
         STORAGE_BLOB_DATA_READER))
-    component = next(r for r in prod if r.type == "inferforge:inference:InferenceService")
+    component = next(r for r in prod if r.type == "inferforge:index:InferenceService")
     assert grant.urn in component.dependencies

@@ -13,10 +13,10 @@ from inferforge.stacks.render import REPO_ROOT, stack_config
 
 from tests.stack_overrides import WITH_WORKLOADS
 
-COMPONENT_TYPES = ["inferforge:network:Network", "inferforge:security:KeyVault", "inferforge:data:PostgresPgvector",
-                   "inferforge:data:ManagedRedis", "inferforge:edge:FrontDoor", "inferforge:compute:AksCluster",
-                   "inferforge:observability:Observability", "inferforge:identity:WorkloadIdentity",
-                   "inferforge:inference:InferenceService", "inferforge:data:PgvectorExtension"]
+COMPONENT_TYPES = ["inferforge:index:Network", "inferforge:index:KeyVault", "inferforge:index:PostgresPgvector",
+                   "inferforge:index:ManagedRedis", "inferforge:index:FrontDoor", "inferforge:index:AksCluster",
+                   "inferforge:index:Observability", "inferforge:index:WorkloadIdentity",
+                   "inferforge:index:InferenceService", "inferforge:index:PgvectorExtension"]
 
 
 def plan(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

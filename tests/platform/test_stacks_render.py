@@ -7,13 +7,13 @@ import pytest
 from tests.platform.conftest import of_type, one
 
 COMPONENTS = [
-    "inferforge:observability:Observability", "inferforge:network:Network", "inferforge:security:KeyVault",
-    "inferforge:compute:AksCluster", "inferforge:identity:WorkloadIdentity", "inferforge:data:PostgresPgvector",
-    "inferforge:data:ManagedRedis", "inferforge:edge:FrontDoor", "inferforge:inference:InferenceService",
-    "inferforge:data:PgvectorExtension", "inferforge:containers:ContainerRegistry",
-    "inferforge:compute:NvidiaDevicePlugin",
-    "inferforge:data:PgvectorExtension", "inferforge:network:EgressRouteTable", "inferforge:network:EgressFirewall",
-    "inferforge:observability:Audit", "inferforge:storage:ModelStore",
+    "inferforge:index:Observability", "inferforge:index:Network", "inferforge:index:KeyVault",
+    "inferforge:index:AksCluster", "inferforge:index:WorkloadIdentity", "inferforge:index:PostgresPgvector",
+    "inferforge:index:ManagedRedis", "inferforge:index:FrontDoor", "inferforge:index:InferenceService",
+    "inferforge:index:PgvectorExtension", "inferforge:index:ContainerRegistry",
+    "inferforge:index:NvidiaDevicePlugin",
+    "inferforge:index:PgvectorExtension", "inferforge:index:EgressRouteTable", "inferforge:index:EgressFirewall",
+    "inferforge:index:Audit", "inferforge:index:ModelStore",
 ]
 
 AZURE_TYPES = [
