@@ -88,6 +88,7 @@ from typing import Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
+from inferforge.inference import defaults as serving_defaults
 
 from .egress_endpoints import ENTRA_ID_IPV4_RANGES
 from .kubernetes import (
@@ -109,7 +110,7 @@ from .kubernetes import (
     restricted_container_security,
 )
 
-SERVING_PORT = 8000
+SERVING_PORT = serving_defaults.PORT
 """Port the inference server listens on (``--port``); also the metrics port."""
 SERVER_UID = NON_ROOT_UID
 """Non-root UID the inference image runs as."""
@@ -327,23 +328,25 @@ class InferenceServiceArgs:
     """ServiceAccount name; part of the federated credential subject."""
     kubernetes_version: str = "1.33"
     """Cluster minor version; pins the Pod Security Standard version so upgrades cannot loosen it silently."""
-    tp_size: int = 1
+    # Serving defaults come from inference/defaults.py (shared with the server CLI and the stack config) and
+    # are always passed as container arguments, so the pod runs what the plan shows whatever image it pulls.
+    tp_size: int = serving_defaults.TP_SIZE
     """Tensor-parallel size: GPUs per pod (requests = limits) and ranks the server launches."""
-    dtype: Dtype = "bfloat16"
+    dtype: Dtype = serving_defaults.DTYPE
     """Weights/activation dtype (``--dtype``)."""
-    max_batch_size: int | None = None
-    """Server's running-batch cap (``--max-batch-size``); None keeps the server default."""
-    max_waiting: int | None = None
+    max_batch_size: int = serving_defaults.MAX_BATCH_SIZE
+    """Server's running-batch cap (``--max-batch-size``): KV-cache slots preallocated on every GPU."""
+    max_waiting: int = serving_defaults.MAX_WAITING
     """Server's waiting-queue cap (``--max-waiting``); beyond it clients get 429."""
     max_model_len: int | None = None
-    """Context length cap (``--max-model-len``); None uses the model's."""
+    """Context length cap (``--max-model-len``); None: the model's, at most ``MAX_MODEL_LEN_CAP`` (4096)."""
     embeddings: Literal["served"] | None = None
     """``/v1/embeddings`` from the served model's pooled hidden states (``--embeddings served``, TP 1 only);
     None serves no embeddings (the endpoint answers 404)."""
-    embeddings_pooling: Literal["mean", "last"] = "last"
+    embeddings_pooling: Literal["mean", "last"] = serving_defaults.EMBEDDINGS_POOLING_SERVED
     """How token states become one vector (``--embeddings-pooling``): the last token's suits decoder models."""
-    tool_call_parser: Literal["hermes", "llama3_json", "mistral"] = "hermes"
-    """The tool-call syntax the model writes (``--tool-call-parser``; hermes, the server's default, is not passed)."""
+    tool_call_parser: Literal["hermes", "llama3_json", "mistral"] = serving_defaults.TOOL_CALL_PARSER
+    """The tool-call syntax the model writes (``--tool-call-parser``)."""
     replicas: int = 1
     """Pods (one TP group each) when autoscaling is off; ignored (left to KEDA) when it is on."""
     cpu: int = 8
@@ -372,10 +375,10 @@ class InferenceServiceArgs:
     """Consecutive /health failures before the kubelet restarts the container."""
     prestop_sleep_s: int = 15
     """preStop sleep so the load balancer stops routing before SIGTERM starts the drain."""
-    drain_timeout_s: int = 60
+    drain_timeout_s: int = serving_defaults.DRAIN_TIMEOUT_S
     """Server drain after SIGTERM (``--drain-timeout``): in-flight generations finish."""
-    termination_grace_period_s: int = 90
-    """Must be >= preStop + drain, or the kubelet SIGKILLs mid-generation."""
+    termination_grace_period_s: int = 15 + serving_defaults.DRAIN_TIMEOUT_S + 15
+    """Must be >= preStop + drain, or the kubelet SIGKILLs mid-generation; default preStop + drain + 15 s to exit."""
     service_port: int = 80
     """Port of the internal load balancer (Front Door's origin HTTP port over Private Link)."""
     pls_visibility: Sequence[str] = ()
@@ -808,15 +811,14 @@ class InferenceService(pulumi.ComponentResource):
             "--api-keys-keyvault-url", args.keyvault_url,
             "--api-keys-secret", args.api_keys_secret_name,
             "--drain-timeout", str(args.drain_timeout_s),
+            "--max-batch-size", str(args.max_batch_size),
+            "--max-waiting", str(args.max_waiting),
         ]
-        for flag, value in (("--max-batch-size", args.max_batch_size), ("--max-waiting", args.max_waiting),
-                            ("--max-model-len", args.max_model_len)):
-            if value is not None:
-                command += [flag, str(value)]
+        if args.max_model_len is not None:
+            command += ["--max-model-len", str(args.max_model_len)]
         if args.embeddings is not None:
             command += ["--embeddings", args.embeddings, "--embeddings-pooling", args.embeddings_pooling]
-        if args.tool_call_parser != "hermes":
-            command += ["--tool-call-parser", args.tool_call_parser]
+        command += ["--tool-call-parser", args.tool_call_parser]
         return command
 
     def _server_env(self) -> list[k8s.core.v1.EnvVarArgs]:

@@ -8,7 +8,8 @@ Where each column comes from, and why:
 - Fields, their order and inheritance: `dataclasses.fields` on the imported Args class (what Python uses).
 - Types and defaults: the field's annotation and default *as written in the source* (read with `ast`), because
   the modules use `from __future__ import annotations` (annotations are strings) and evaluating
-  `pulumi.Input[str]` yields an unreadable Union; a default that names a constant stays that name.
+  `pulumi.Input[str]` yields an unreadable Union; a default that names a constant stays that name (with its
+  value when that is a number or a string).
 - Docstrings: the string literal right after each field (dataclass fields have no `__doc__`).
 - Outputs: the keys of the dict the component passes to `self.register_outputs(...)` (read with `ast`): that is
   what Pulumi records as the component's outputs. The type is the class annotation of the public attribute of
@@ -143,7 +144,21 @@ def _default(node: ast.AnnAssign, field: dataclasses.Field[Any]) -> str:
         elif "default_factory" in keywords:
             factory = ast.unparse(keywords["default_factory"])
             return f"`{ {'dict': '{}', 'list': '[]', 'tuple': '()', 'set': 'set()'}.get(factory, factory + '()')}`"
-    return f"`{ast.unparse(value)}`" if value is not None else ""
+    if value is None:
+        return ""
+    written = f"`{ast.unparse(value)}`"
+    if isinstance(field.default, int | float | str) and not _is_literal(value):
+        # A shared constant (e.g. a serving default from inference/defaults.py): its name and its value.
+        return f"{written} = `{field.default!r}`"
+    return written
+
+
+def _is_literal(node: ast.expr) -> bool:
+    try:
+        ast.literal_eval(node)
+    except ValueError:
+        return False
+    return True
 
 
 def _nested_dataclasses(node: ast.expr, namespace: dict[str, Any]) -> list[type]:

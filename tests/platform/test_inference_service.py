@@ -245,6 +245,7 @@ def test_server_command_matches_the_inference_cli(prod: dict[str, dict[str, Any]
         "--model-dir": "/models", "--model-name": "qwen2.5-7b-instruct", "--tp-size": "2", "--dtype": "bfloat16",
         "--host": "0.0.0.0", "--port": "8000", "--api-keys-keyvault-url": "https://kv-inferforge-prod.vault.azure.net/",
         "--api-keys-secret": "inference-api-keys", "--drain-timeout": "60",
+        "--max-batch-size": "64", "--max-waiting": "128", "--tool-call-parser": "hermes",
     }
     assert "--allow-unauthenticated" not in command
 
