@@ -164,6 +164,6 @@ def public_ip_block(cidr: str) -> k8s.networking.v1.IPBlockArgs:
 
 
 def name_of(resource: k8s.core.v1.Namespace | k8s.core.v1.Service | k8s.core.v1.ServiceAccount
-            | k8s.apps.v1.Deployment | k8s.batch.v1.Job) -> pulumi.Output[str]:
+            | k8s.apps.v1.Deployment | k8s.apps.v1.DaemonSet | k8s.batch.v1.Job) -> pulumi.Output[str]:
     """metadata.name of a created object as an Output, so consumers depend on its creation."""
     return resource.metadata.apply(lambda meta: meta.name)
