@@ -32,7 +32,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from . import package
-from .inference_service import NodeTaint, _check_dns_label, _kubernetes_provider, name_of
+from .kubernetes import NodeTaint, check_dns_label, kubernetes_provider, name_of
 
 DEVICE_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 POOL_LABEL = "inferforge.io/pool"
@@ -60,8 +60,8 @@ class NvidiaDevicePluginArgs:
 
     def validate(self) -> None:
         """Reject settings the cluster would refuse later."""
-        _check_dns_label("namespace", self.namespace)
-        _check_dns_label("name", self.name)
+        check_dns_label("namespace", self.namespace)
+        check_dns_label("name", self.name)
         if not self.gpu_pools:
             raise ValueError("NvidiaDevicePluginArgs.gpu_pools needs at least one GPU pool name")
         for taint in self.gpu_taints:
@@ -79,7 +79,7 @@ class NvidiaDevicePlugin(pulumi.ComponentResource):
     def __init__(self, name: str, args: NvidiaDevicePluginArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         args = package.from_inputs(NvidiaDevicePluginArgs, args)
         args.validate()
-        provider = _kubernetes_provider(opts, "NvidiaDevicePlugin")
+        provider = kubernetes_provider(opts, "NvidiaDevicePlugin")
         super().__init__("inferforge:index:NvidiaDevicePlugin", name, None,
                          package.aliased(opts, "inferforge:compute:NvidiaDevicePlugin"))
         child = pulumi.ResourceOptions(parent=self, provider=provider)

@@ -88,39 +88,48 @@ from enum import StrEnum
 
 import pulumi
 import pulumi_kubernetes as k8s
+from inferforge.inference import defaults as serving_defaults
 
 from . import package
 from .egress_endpoints import ENTRA_ID_IPV4_RANGES
+from .kubernetes import (
+    NON_ROOT_UID,
+    WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION,
+    WORKLOAD_IDENTITY_USE_LABEL,
+    KubernetesArgsError,
+    NodeTaint,
+    check_cidr,
+    check_dns_label,
+    check_range,
+    dns_egress_rule,
+    fail,
+    federated_credential_subject,
+    kubernetes_provider,
+    name_of,
+    public_ip_block,
+    reported_as,
+    restricted_container_security,
+)
 
-SERVING_PORT = 8000
+SERVING_PORT = serving_defaults.PORT
 """Port the inference server listens on (``--port``); also the metrics port."""
-SERVER_UID = 10001
+SERVER_UID = NON_ROOT_UID
 """Non-root UID the inference image runs as."""
 MIN_HOST_MEMORY_PER_RANK_GIB = 2
 """Host RAM each tensor-parallel rank needs outside /dev/shm (Python, CUDA context, staging)."""
 MAX_TP_SIZE = 8
 """Largest tensor-parallel group one pod can hold (8 GPUs per Azure ND node)."""
 
-WORKLOAD_IDENTITY_USE_LABEL = "azure.workload.identity/use"
 # Await timeout the pulumi-kubernetes provider reads when no custom timeout is given; CustomTimeouts in
 # resource options take precedence (https://github.com/pulumi/pulumi-kubernetes/issues/672). Both are set.
 PULUMI_TIMEOUT_ANNOTATION = "pulumi.com/timeoutSeconds"
-WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION = "azure.workload.identity/client-id"
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?$")
 _REPOSITORY = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
 _GIT_SHA = re.compile(r"^[0-9a-f]{40}$")
-_TAINT = re.compile(
-    r"^(?P<key>[A-Za-z0-9./_-]+)(=(?P<value>[A-Za-z0-9._-]*))?:(?P<effect>NoSchedule|PreferNoSchedule|NoExecute)$"
-)
 _K8S_VERSION = re.compile(r"^1\.\d{2}$")
-
-# Ranges the public-HTTPS rule never reaches: RFC 1918 (in-VNet traffic has its own, narrower rules),
-# link-local (IMDS / wireserver: the node's identity) and the RFC 6598 shared space.
-_NON_PUBLIC_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")
 
 class Dtype(StrEnum):
     """Weights/activation dtype of the server (``--dtype``)."""
@@ -159,34 +168,8 @@ class ToolCallParser(StrEnum):
     MISTRAL = "mistral"
 
 
-class InferenceServiceConfigError(ValueError):
+class InferenceServiceConfigError(KubernetesArgsError):
     """Invalid InferenceService arguments; the message names the field, the value and what is allowed."""
-
-
-def _fail(field_name: str, value: object, allowed: str) -> InferenceServiceConfigError:
-    return InferenceServiceConfigError(f"{field_name}={value!r} is invalid: {allowed}")
-
-
-def _check_dns_label(field_name: str, value: str, max_len: int = 63) -> None:
-    if not (isinstance(value, str) and len(value) <= max_len and _DNS_LABEL.match(value)):
-        raise _fail(field_name, value, f"must be a DNS-1123 label (lowercase alphanumerics and '-', "
-                                       f"at most {max_len} characters)")
-
-
-def _check_cidr(field_name: str, value: str) -> ipaddress.IPv4Network:
-    try:
-        network = ipaddress.ip_network(value, strict=True)
-    except ValueError as error:
-        raise _fail(field_name, value, f"must be an IPv4 CIDR such as 10.10.0.0/24 ({error})") from None
-    if not isinstance(network, ipaddress.IPv4Network):
-        raise _fail(field_name, value, "must be an IPv4 CIDR")
-    return network
-
-
-def _check_range(field_name: str, value: int, low: int, high: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise _fail(field_name, value, f"must be an integer {bounds}")
 
 
 def shm_problem(shm_gib: int, memory_gib: int, tp_size: int, *, keys: tuple[str, str, str]) -> str | None:
@@ -204,35 +187,6 @@ def shm_problem(shm_gib: int, memory_gib: int, tp_size: int, *, keys: tuple[str,
             f"limit); allowed: {shm_key} <= {memory_key} - {MIN_HOST_MEMORY_PER_RANK_GIB} x {tp_key} = {most}")
 
 
-def federated_credential_subject(namespace: str, service_account_name: str) -> str:
-    """The ``subject`` the identity's federated credential must carry for this ServiceAccount."""
-    return f"system:serviceaccount:{namespace}:{service_account_name}"
-
-
-@dataclass(frozen=True)
-class NodeTaint:
-    """One node taint, parsed from the AKS ``key=value:Effect`` form (AgentPool ``node_taints``)."""
-
-    key: str
-    value: str | None
-    effect: str
-
-    @classmethod
-    def parse(cls, text: str, field_name: str = "gpu_taints") -> NodeTaint:
-        """Parse ``sku=gpu:NoSchedule``; errors name ``field_name``."""
-        match = _TAINT.match(text) if isinstance(text, str) else None
-        if not match:
-            raise _fail(field_name, text, "each taint must look like key=value:NoSchedule "
-                                            "(effect NoSchedule, PreferNoSchedule or NoExecute)")
-        return cls(key=match["key"], value=match["value"], effect=match["effect"])
-
-    def toleration(self) -> k8s.core.v1.TolerationArgs:
-        """The toleration that lets a pod onto nodes with this taint."""
-        if self.value is None:
-            return k8s.core.v1.TolerationArgs(key=self.key, operator="Exists", effect=self.effect)
-        return k8s.core.v1.TolerationArgs(key=self.key, operator="Equal", value=self.value, effect=self.effect)
-
-
 @dataclass(frozen=True)
 class PvcModelSource:
     """Weights on a PersistentVolumeClaim (Azure Blob/Files CSI), mounted read-only: the default."""
@@ -246,15 +200,16 @@ class PvcModelSource:
     sub_path: str = ""
     """Directory inside the volume that holds the model (config.json, safetensors); '' is the root."""
 
+    @reported_as(InferenceServiceConfigError)
     def validate(self) -> None:
         """Reject claim settings Kubernetes or the mount would refuse later."""
         if self.existing_claim is not None:
-            _check_dns_label("model_source.existing_claim", self.existing_claim, max_len=253)
+            check_dns_label("model_source.existing_claim", self.existing_claim, max_len=253)
         else:
-            _check_dns_label("model_source.storage_class", self.storage_class, max_len=253)
-            _check_range("model_source.size_gib", self.size_gib, 1)
+            check_dns_label("model_source.storage_class", self.storage_class, max_len=253)
+            check_range("model_source.size_gib", self.size_gib, 1)
         if self.sub_path.startswith("/") or ".." in self.sub_path.split("/"):
-            raise _fail("model_source.sub_path", self.sub_path, "must be a relative path without '..'")
+            raise fail("model_source.sub_path", self.sub_path, "must be a relative path without '..'")
 
 
 @dataclass(frozen=True)
@@ -270,17 +225,18 @@ class DownloadModelSource:
     egress_cidrs: Sequence[str] = ("0.0.0.0/0",)
     """Where the download may go on 443 (the Hub's CDN has no stable ranges); private ranges always excluded."""
 
+    @reported_as(InferenceServiceConfigError)
     def validate(self) -> None:
         """Reject unpinned revisions and malformed repository ids."""
         if not (isinstance(self.repo_id, str) and re.match(r"^[\w.-]+/[\w.-]+$", self.repo_id)):
-            raise _fail("model_source.repo_id", self.repo_id, "must look like 'owner/name'")
+            raise fail("model_source.repo_id", self.repo_id, "must look like 'owner/name'")
         if not (isinstance(self.revision, str) and _GIT_SHA.match(self.revision)):
-            raise _fail("model_source.revision", self.revision, "must be a 40-hex commit SHA, not a branch or tag")
-        _check_range("model_source.size_gib", self.size_gib, 1)
+            raise fail("model_source.revision", self.revision, "must be a 40-hex commit SHA, not a branch or tag")
+        check_range("model_source.size_gib", self.size_gib, 1)
         if not self.egress_cidrs:
-            raise _fail("model_source.egress_cidrs", self.egress_cidrs, "needs at least one CIDR")
+            raise fail("model_source.egress_cidrs", self.egress_cidrs, "needs at least one CIDR")
         for cidr in self.egress_cidrs:
-            _check_cidr("model_source.egress_cidrs", cidr)
+            check_cidr("model_source.egress_cidrs", cidr)
 
 
 _STORAGE_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
@@ -320,18 +276,19 @@ class ModelStoreSource:
     size_gib: int = 256
     """Nominal capacity of the PV and claim (Blob has no quota; Kubernetes needs a number to bind them)."""
 
+    @reported_as(InferenceServiceConfigError)
     def validate(self) -> None:
         """Reject names Azure or Kubernetes would refuse later."""
         if not (isinstance(self.storage_account, str) and _STORAGE_ACCOUNT.match(self.storage_account)):
-            raise _fail("model_source.storage_account", self.storage_account, "must be 3-24 lowercase alphanumerics")
+            raise fail("model_source.storage_account", self.storage_account, "must be 3-24 lowercase alphanumerics")
         if not (isinstance(self.container_name, str) and _BLOB_CONTAINER.match(self.container_name)):
-            raise _fail("model_source.container_name", self.container_name,
-                        "must be 3-63 lowercase letters, digits and single hyphens")
+            raise fail("model_source.container_name", self.container_name,
+                       "must be 3-63 lowercase letters, digits and single hyphens")
         if not (isinstance(self.resource_group, str) and self.resource_group):
-            raise _fail("model_source.resource_group", self.resource_group, "must name the account's resource group")
-        _check_range("model_source.size_gib", self.size_gib, 1)
+            raise fail("model_source.resource_group", self.resource_group, "must name the account's resource group")
+        check_range("model_source.size_gib", self.size_gib, 1)
         if self.sub_path.startswith("/") or ".." in self.sub_path.split("/"):
-            raise _fail("model_source.sub_path", self.sub_path, "must be a relative path without '..'")
+            raise fail("model_source.sub_path", self.sub_path, "must be a relative path without '..'")
 
 
 ModelSource = ModelStoreSource | PvcModelSource | DownloadModelSource
@@ -359,19 +316,20 @@ class KedaAutoscaling:
     scale_down_stabilization_s: int = 600
     """Window before removing a replica: a GPU pod costs minutes of model load to bring back."""
 
+    @reported_as(InferenceServiceConfigError)
     def validate(self) -> None:
         """Reject bounds that cannot work."""
         if not (isinstance(self.prometheus_server_address, str)
                 and self.prometheus_server_address.startswith(("https://", "http://"))):
-            raise _fail("autoscaling.prometheus_server_address", self.prometheus_server_address,
-                        "must be an http(s) URL of the Prometheus query API")
-        _check_range("autoscaling.min_replicas", self.min_replicas, 1)
-        _check_range("autoscaling.max_replicas", self.max_replicas, self.min_replicas)
-        _check_range("autoscaling.target_per_replica", self.target_per_replica, 1)
-        _check_range("autoscaling.polling_interval_s", self.polling_interval_s, 5)
-        _check_range("autoscaling.scale_down_stabilization_s", self.scale_down_stabilization_s, 0, 3600)
+            raise fail("autoscaling.prometheus_server_address", self.prometheus_server_address,
+                       "must be an http(s) URL of the Prometheus query API")
+        check_range("autoscaling.min_replicas", self.min_replicas, 1)
+        check_range("autoscaling.max_replicas", self.max_replicas, self.min_replicas)
+        check_range("autoscaling.target_per_replica", self.target_per_replica, 1)
+        check_range("autoscaling.polling_interval_s", self.polling_interval_s, 5)
+        check_range("autoscaling.scale_down_stabilization_s", self.scale_down_stabilization_s, 0, 3600)
         if self.authentication_ref is not None:
-            _check_dns_label("autoscaling.authentication_ref", self.authentication_ref, max_len=253)
+            check_dns_label("autoscaling.authentication_ref", self.authentication_ref, max_len=253)
 
 
 @package.schema_args
@@ -421,23 +379,25 @@ class InferenceServiceArgs:
     """ServiceAccount name; part of the federated credential subject."""
     kubernetes_version: str = "1.33"
     """Cluster minor version; pins the Pod Security Standard version so upgrades cannot loosen it silently."""
-    tp_size: int = 1
+    # Serving defaults come from inference/defaults.py (shared with the server CLI and the stack config) and
+    # are always passed as container arguments, so the pod runs what the plan shows whatever image it pulls.
+    tp_size: int = serving_defaults.TP_SIZE
     """Tensor-parallel size: GPUs per pod (requests = limits) and ranks the server launches."""
-    dtype: Dtype = Dtype.BFLOAT16
+    dtype: Dtype = Dtype(serving_defaults.DTYPE)
     """Weights/activation dtype (``--dtype``)."""
-    max_batch_size: int | None = None
-    """Server's running-batch cap (``--max-batch-size``); None keeps the server default."""
-    max_waiting: int | None = None
+    max_batch_size: int = serving_defaults.MAX_BATCH_SIZE
+    """Server's running-batch cap (``--max-batch-size``): KV-cache slots preallocated on every GPU."""
+    max_waiting: int = serving_defaults.MAX_WAITING
     """Server's waiting-queue cap (``--max-waiting``); beyond it clients get 429."""
     max_model_len: int | None = None
-    """Context length cap (``--max-model-len``); None uses the model's."""
+    """Context length cap (``--max-model-len``); None: the model's, at most ``MAX_MODEL_LEN_CAP`` (4096)."""
     embeddings: Embeddings | None = None
     """``/v1/embeddings`` from the served model's pooled hidden states (``--embeddings served``, TP 1 only);
     None serves no embeddings (the endpoint answers 404)."""
-    embeddings_pooling: EmbeddingsPooling = EmbeddingsPooling.LAST
+    embeddings_pooling: EmbeddingsPooling = EmbeddingsPooling(serving_defaults.EMBEDDINGS_POOLING_SERVED)
     """How token states become one vector (``--embeddings-pooling``): the last token's suits decoder models."""
-    tool_call_parser: ToolCallParser = ToolCallParser.HERMES
-    """The tool-call syntax the model writes (``--tool-call-parser``; hermes, the server's default, is not passed)."""
+    tool_call_parser: ToolCallParser = ToolCallParser(serving_defaults.TOOL_CALL_PARSER)
+    """The tool-call syntax the model writes (``--tool-call-parser``)."""
     replicas: int = 1
     """Pods (one TP group each) when autoscaling is off; ignored (left to KEDA) when it is on."""
     cpu: int = 8
@@ -466,10 +426,10 @@ class InferenceServiceArgs:
     """Consecutive /health failures before the kubelet restarts the container."""
     prestop_sleep_s: int = 15
     """preStop sleep so the load balancer stops routing before SIGTERM starts the drain."""
-    drain_timeout_s: int = 60
+    drain_timeout_s: int = serving_defaults.DRAIN_TIMEOUT_S
     """Server drain after SIGTERM (``--drain-timeout``): in-flight generations finish."""
-    termination_grace_period_s: int = 90
-    """Must be >= preStop + drain, or the kubelet SIGKILLs mid-generation."""
+    termination_grace_period_s: int = 15 + serving_defaults.DRAIN_TIMEOUT_S + 15
+    """Must be >= preStop + drain, or the kubelet SIGKILLs mid-generation; default preStop + drain + 15 s to exit."""
     service_port: int = 80
     """Port of the internal load balancer (Front Door's origin HTTP port over Private Link)."""
     pls_visibility: Sequence[str] = ()
@@ -540,116 +500,117 @@ class InferenceServiceArgs:
             return f"{MODEL_MOUNT}/model"
         return MODEL_MOUNT
 
+    @reported_as(InferenceServiceConfigError)
     def validate(self) -> None:
         """Check every argument; raise :class:`InferenceServiceConfigError` naming the first bad one."""
         self._validate_image()
         for name in ("name", "namespace", "service_account_name"):
-            _check_dns_label(name, getattr(self, name))
+            check_dns_label(name, getattr(self, name))
         if not isinstance(self.model_name, str) or not self.model_name.strip():
-            raise _fail("model_name", self.model_name, "must be a non-empty string")
+            raise fail("model_name", self.model_name, "must be a non-empty string")
         if not _K8S_VERSION.match(self.kubernetes_version):
-            raise _fail("kubernetes_version", self.kubernetes_version, "must be a minor version like '1.33'")
-        _check_range("tp_size", self.tp_size, 1, MAX_TP_SIZE)
+            raise fail("kubernetes_version", self.kubernetes_version, "must be a minor version like '1.33'")
+        check_range("tp_size", self.tp_size, 1, MAX_TP_SIZE)
         if self.embeddings not in (None, "served"):
-            raise _fail("embeddings", self.embeddings, "must be None or 'served'")
+            raise fail("embeddings", self.embeddings, "must be None or 'served'")
         if self.embeddings == "served" and self.tp_size != 1:
-            raise _fail("embeddings", self.embeddings, "'served' pools the model's own states on one rank: "
-                        "tp_size must be 1")
+            raise fail("embeddings", self.embeddings, "'served' pools the model's own states on one rank: "
+                       "tp_size must be 1")
         if self.embeddings_pooling not in ("mean", "last"):
-            raise _fail("embeddings_pooling", self.embeddings_pooling, "must be 'mean' or 'last'")
+            raise fail("embeddings_pooling", self.embeddings_pooling, "must be 'mean' or 'last'")
         if self.tool_call_parser not in ("hermes", "llama3_json", "mistral"):
-            raise _fail("tool_call_parser", self.tool_call_parser, "must be 'hermes', 'llama3_json' or 'mistral'")
+            raise fail("tool_call_parser", self.tool_call_parser, "must be 'hermes', 'llama3_json' or 'mistral'")
         if self.dtype not in ("bfloat16", "float16", "float32"):
-            raise _fail("dtype", self.dtype, "must be bfloat16, float16 or float32")
+            raise fail("dtype", self.dtype, "must be bfloat16, float16 or float32")
         for name in ("max_batch_size", "max_waiting", "max_model_len"):
             if getattr(self, name) is not None:
-                _check_range(name, getattr(self, name), 1)
-        _check_range("replicas", self.replicas, 1)
-        _check_range("cpu", self.cpu, 1)
+                check_range(name, getattr(self, name), 1)
+        check_range("replicas", self.replicas, 1)
+        check_range("cpu", self.cpu, 1)
         self._validate_memory()
         self._validate_probes()
         self._validate_network()
         if not self.gpu_node_labels:
-            raise _fail("gpu_node_labels", self.gpu_node_labels, "needs at least one label of the GPU pool")
+            raise fail("gpu_node_labels", self.gpu_node_labels, "needs at least one label of the GPU pool")
         if not self.gpu_taints:
-            raise _fail("gpu_taints", self.gpu_taints, "needs the GPU pool's taint (e.g. sku=gpu:NoSchedule)")
+            raise fail("gpu_taints", self.gpu_taints, "needs the GPU pool's taint (e.g. sku=gpu:NoSchedule)")
         for taint in self.gpu_taints:
             NodeTaint.parse(taint)
         self.model_source.validate()
-        _check_range("node_provision_budget_s", self.node_provision_budget_s, 0)
-        _check_range("image_pull_budget_s", self.image_pull_budget_s, 0)
-        _check_range("pdb_max_unavailable", self.pdb_max_unavailable, 1)
-        _check_range("rollout_max_surge", self.rollout_max_surge, 0)
+        check_range("node_provision_budget_s", self.node_provision_budget_s, 0)
+        check_range("image_pull_budget_s", self.image_pull_budget_s, 0)
+        check_range("pdb_max_unavailable", self.pdb_max_unavailable, 1)
+        check_range("rollout_max_surge", self.rollout_max_surge, 0)
         if self.autoscaling is not None:
             self.autoscaling.validate()
 
     def _validate_image(self) -> None:
         if not (isinstance(self.image_registry, str) and _REGISTRY.match(self.image_registry)):
-            raise _fail("image_registry", self.image_registry, "must be a registry host such as myacr.azurecr.io")
+            raise fail("image_registry", self.image_registry, "must be a registry host such as myacr.azurecr.io")
         if not (isinstance(self.image_repository, str) and _REPOSITORY.match(self.image_repository)):
-            raise _fail("image_repository", self.image_repository, "must be a lowercase repository path")
+            raise fail("image_repository", self.image_repository, "must be a lowercase repository path")
         if self.image_digest is not None and not _DIGEST.match(self.image_digest):
-            raise _fail("image_digest", self.image_digest, "must be 'sha256:' followed by 64 lowercase hex digits")
+            raise fail("image_digest", self.image_digest, "must be 'sha256:' followed by 64 lowercase hex digits")
         if self.image_digest is None:
             if not self.allow_image_tags:
-                raise _fail("image_digest", None, "a digest (sha256:<64 hex>) is required; tags are only "
+                raise fail("image_digest", None, "a digest (sha256:<64 hex>) is required; tags are only "
                                                   "accepted when allow_image_tags is true (dev)")
             if self.image_tag is None or not _TAG.match(self.image_tag):
-                raise _fail("image_tag", self.image_tag, "must be a Docker tag when no digest is given")
+                raise fail("image_tag", self.image_tag, "must be a Docker tag when no digest is given")
 
     def _validate_memory(self) -> None:
-        _check_range("memory_limit_gib", self.memory_limit_gib, 1)
-        _check_range("shm_size_gib", self.shm_size_gib, 1)
-        _check_range("tmp_size_gib", self.tmp_size_gib, 1)
-        _check_range("cache_size_gib", self.cache_size_gib, 1)
+        check_range("memory_limit_gib", self.memory_limit_gib, 1)
+        check_range("shm_size_gib", self.shm_size_gib, 1)
+        check_range("tmp_size_gib", self.tmp_size_gib, 1)
+        check_range("cache_size_gib", self.cache_size_gib, 1)
         problem = shm_problem(self.shm_size_gib, self.memory_limit_gib, self.tp_size,
                               keys=("shm_size_gib", "memory_limit_gib", "tp_size"))
         if problem:
-            raise _fail("shm_size_gib", self.shm_size_gib, problem)
+            raise fail("shm_size_gib", self.shm_size_gib, problem)
 
     def _validate_probes(self) -> None:
-        _check_range("startup_period_s", self.startup_period_s, 1)
-        _check_range("startup_failure_threshold", self.startup_failure_threshold, 1)
+        check_range("startup_period_s", self.startup_period_s, 1)
+        check_range("startup_failure_threshold", self.startup_failure_threshold, 1)
         if self.startup_budget_s < 60:
-            raise _fail("startup_failure_threshold", self.startup_failure_threshold,
-                        f"startup_period_s x startup_failure_threshold = {self.startup_budget_s}s; a model "
-                        "load needs at least 60s")
-        _check_range("readiness_period_s", self.readiness_period_s, 1)
-        _check_range("liveness_period_s", self.liveness_period_s, 1)
-        _check_range("liveness_failure_threshold", self.liveness_failure_threshold, 1)
-        _check_range("prestop_sleep_s", self.prestop_sleep_s, 0)
-        _check_range("drain_timeout_s", self.drain_timeout_s, 0)
-        _check_range("termination_grace_period_s", self.termination_grace_period_s, 1)
+            raise fail("startup_failure_threshold", self.startup_failure_threshold,
+                       f"startup_period_s x startup_failure_threshold = {self.startup_budget_s}s; a model "
+                       "load needs at least 60s")
+        check_range("readiness_period_s", self.readiness_period_s, 1)
+        check_range("liveness_period_s", self.liveness_period_s, 1)
+        check_range("liveness_failure_threshold", self.liveness_failure_threshold, 1)
+        check_range("prestop_sleep_s", self.prestop_sleep_s, 0)
+        check_range("drain_timeout_s", self.drain_timeout_s, 0)
+        check_range("termination_grace_period_s", self.termination_grace_period_s, 1)
         needed = self.prestop_sleep_s + self.drain_timeout_s
         if self.termination_grace_period_s < needed:
-            raise _fail("termination_grace_period_s", self.termination_grace_period_s,
-                        f"must be >= prestop_sleep_s ({self.prestop_sleep_s}) + drain_timeout_s "
-                        f"({self.drain_timeout_s}) = {needed}, or the kubelet kills the server mid-drain")
+            raise fail("termination_grace_period_s", self.termination_grace_period_s,
+                       f"must be >= prestop_sleep_s ({self.prestop_sleep_s}) + drain_timeout_s "
+                       f"({self.drain_timeout_s}) = {needed}, or the kubelet kills the server mid-drain")
 
     def _validate_network(self) -> None:
-        _check_dns_label("pls_name", self.pls_name, max_len=80)
+        check_dns_label("pls_name", self.pls_name, max_len=80)
         if not (isinstance(self.pls_subnet_name, str) and re.match(r"^[\w.-]{1,80}$", self.pls_subnet_name)):
-            raise _fail("pls_subnet_name", self.pls_subnet_name, "must be an Azure subnet name")
+            raise fail("pls_subnet_name", self.pls_subnet_name, "must be an Azure subnet name")
         for name in ("pls_subnet_cidr", "node_cidr", "private_endpoint_subnet_cidr"):
-            _check_cidr(name, getattr(self, name))
+            check_cidr(name, getattr(self, name))
         if not self.entra_egress_cidrs:
-            raise _fail("entra_egress_cidrs", self.entra_egress_cidrs, "needs at least one CIDR")
+            raise fail("entra_egress_cidrs", self.entra_egress_cidrs, "needs at least one CIDR")
         for cidr in self.entra_egress_cidrs:
-            _check_cidr("entra_egress_cidrs", cidr)
-        _check_range("redis_port", self.redis_port, 1, 65535)
-        _check_range("service_port", self.service_port, 1, 65535)
-        _check_range("pls_nat_ip_count", self.pls_nat_ip_count, 1, 8)
-        _check_dns_label("metrics_scraper_namespace", self.metrics_scraper_namespace)
+            check_cidr("entra_egress_cidrs", cidr)
+        check_range("redis_port", self.redis_port, 1, 65535)
+        check_range("service_port", self.service_port, 1, 65535)
+        check_range("pls_nat_ip_count", self.pls_nat_ip_count, 1, 8)
+        check_dns_label("metrics_scraper_namespace", self.metrics_scraper_namespace)
         if self.internal_lb_ip is not None:
             try:
                 address = ipaddress.IPv4Address(self.internal_lb_ip)
             except ValueError:
-                raise _fail("internal_lb_ip", self.internal_lb_ip, "must be an IPv4 address") from None
+                raise fail("internal_lb_ip", self.internal_lb_ip, "must be an IPv4 address") from None
             if not address.is_private:
-                raise _fail("internal_lb_ip", self.internal_lb_ip, "must be a private address (internal LB)")
+                raise fail("internal_lb_ip", self.internal_lb_ip, "must be a private address (internal LB)")
         for subscription in self.pls_visibility:
             if subscription != "*" and not re.match(r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$", subscription):
-                raise _fail("pls_visibility", subscription, "entries must be subscription GUIDs or '*'")
+                raise fail("pls_visibility", subscription, "entries must be subscription GUIDs or '*'")
 
 
 MODEL_MOUNT = "/models"
@@ -658,67 +619,10 @@ CACHE_MOUNT = "/cache"
 SHM_MOUNT = "/dev/shm"
 
 
-def dns_egress_rule() -> k8s.networking.v1.NetworkPolicyEgressRuleArgs:
-    """Egress to the cluster DNS (kube-dns in kube-system) on port 53, UDP and TCP."""
-    np = k8s.networking.v1
-    return np.NetworkPolicyEgressRuleArgs(
-        to=[np.NetworkPolicyPeerArgs(
-            namespace_selector=k8s.meta.v1.LabelSelectorArgs(
-                match_labels={"kubernetes.io/metadata.name": "kube-system"}),
-            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}))],
-        ports=[np.NetworkPolicyPortArgs(protocol="UDP", port=53), np.NetworkPolicyPortArgs(protocol="TCP", port=53)],
-    )
-
-
-def public_ip_block(cidr: str) -> k8s.networking.v1.IPBlockArgs:
-    """An ipBlock for ``cidr`` minus every private/link-local range inside it (never IMDS)."""
-    network = ipaddress.ip_network(cidr)
-    excluded = [r for r in _NON_PUBLIC_V4 if ipaddress.ip_network(r).subnet_of(network)  # type: ignore[arg-type]
-                and ipaddress.ip_network(r) != network]
-    return k8s.networking.v1.IPBlockArgs(cidr=cidr, except_=excluded or None)
-
-
-def _restricted_container_security() -> k8s.core.v1.SecurityContextArgs:
-    return k8s.core.v1.SecurityContextArgs(
-        run_as_non_root=True,
-        run_as_user=SERVER_UID,
-        run_as_group=SERVER_UID,
-        allow_privilege_escalation=False,
-        privileged=False,
-        read_only_root_filesystem=True,
-        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-    )
-
-
-def name_of(resource: k8s.core.v1.Namespace | k8s.core.v1.Service | k8s.core.v1.ServiceAccount
-            | k8s.apps.v1.Deployment | k8s.batch.v1.Job) -> pulumi.Output[str]:
-    """metadata.name of a created object as an Output, so consumers depend on its creation."""
-    return resource.metadata.apply(lambda meta: meta.name)
-
-
 def _first_ingress_ip(status: object) -> str | None:
     """``status.loadBalancer.ingress[0].ip`` of a Service, or None before the cloud provider assigned it."""
     ingress = getattr(getattr(status, "load_balancer", None), "ingress", None) if status is not None else None
     return ingress[0].ip if ingress else None
-
-
-def _kubernetes_provider(opts: pulumi.ResourceOptions | None, component: str,
-                         error: type[InferenceServiceConfigError] = InferenceServiceConfigError) -> k8s.Provider:
-    """The explicit Kubernetes provider from ``opts``; refuse the ambient kubeconfig."""
-    if opts is not None:
-        if isinstance(opts.provider, k8s.Provider):
-            return opts.provider
-        providers = opts.providers
-        if isinstance(providers, Mapping) and isinstance(providers.get("kubernetes"), k8s.Provider):
-            return providers["kubernetes"]
-        if isinstance(providers, Sequence):
-            for candidate in providers:
-                if isinstance(candidate, k8s.Provider):
-                    return candidate
-    raise error(
-        f"{component} needs an explicit pulumi_kubernetes.Provider in opts (provider=...) built from the AKS "
-        "cluster credentials; refusing to deploy to the ambient kubeconfig")
 
 
 class InferenceService(pulumi.ComponentResource):
@@ -742,7 +646,7 @@ class InferenceService(pulumi.ComponentResource):
     def __init__(self, name: str, args: InferenceServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         args = package.from_inputs(InferenceServiceArgs, args)
         args.validate()  # dataclasses can be mutated after __post_init__; check what is actually deployed
-        provider = _kubernetes_provider(opts, "InferenceService")
+        provider = kubernetes_provider(opts, "InferenceService", InferenceServiceConfigError)
         super().__init__("inferforge:index:InferenceService", name, None,
                          package.aliased(opts, "inferforge:inference:InferenceService"))
         self._args = args
@@ -966,15 +870,14 @@ class InferenceService(pulumi.ComponentResource):
             "--api-keys-keyvault-url", args.keyvault_url,
             "--api-keys-secret", args.api_keys_secret_name,
             "--drain-timeout", str(args.drain_timeout_s),
+            "--max-batch-size", str(args.max_batch_size),
+            "--max-waiting", str(args.max_waiting),
         ]
-        for flag, value in (("--max-batch-size", args.max_batch_size), ("--max-waiting", args.max_waiting),
-                            ("--max-model-len", args.max_model_len)):
-            if value is not None:
-                command += [flag, str(value)]
+        if args.max_model_len is not None:
+            command += ["--max-model-len", str(args.max_model_len)]
         if args.embeddings is not None:
             command += ["--embeddings", args.embeddings, "--embeddings-pooling", args.embeddings_pooling]
-        if args.tool_call_parser != "hermes":
-            command += ["--tool-call-parser", args.tool_call_parser]
+        command += ["--tool-call-parser", args.tool_call_parser]
         return command
 
     def _server_env(self) -> list[k8s.core.v1.EnvVarArgs]:
@@ -1041,7 +944,7 @@ class InferenceService(pulumi.ComponentResource):
                                                            limits={"cpu": "2", "memory": "4Gi"}),
             volume_mounts=[k8s.core.v1.VolumeMountArgs(name="model", mount_path=MODEL_MOUNT),
                            *self._scratch_mounts()],
-            security_context=_restricted_container_security(),
+            security_context=restricted_container_security(),
             termination_message_policy="FallbackToLogsOnError",
         )
 
@@ -1084,7 +987,7 @@ class InferenceService(pulumi.ComponentResource):
             # The kubelet's sleep action needs no shell or binary in the image.
             lifecycle=k8s.core.v1.LifecycleArgs(pre_stop=k8s.core.v1.LifecycleHandlerArgs(
                 sleep=k8s.core.v1.SleepActionArgs(seconds=args.prestop_sleep_s))),
-            security_context=_restricted_container_security(),
+            security_context=restricted_container_security(),
             termination_message_policy="FallbackToLogsOnError",
         )
 

@@ -72,21 +72,23 @@ import pulumi_kubernetes as k8s
 
 from . import package
 from .egress_endpoints import ENTRA_ID_IPV4_RANGES
-from .inference_service import (
-    SERVER_UID,
+from .kubernetes import (
+    NON_ROOT_UID,
     WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION,
     WORKLOAD_IDENTITY_USE_LABEL,
-    InferenceServiceConfigError,
+    KubernetesArgsError,
     NodeTaint,
-    _check_cidr,
-    _check_dns_label,
-    _check_range,
-    _fail,
-    _kubernetes_provider,
-    _restricted_container_security,
+    check_cidr,
+    check_dns_label,
+    check_range,
     dns_egress_rule,
+    fail,
+    federated_credential_subject,
+    kubernetes_provider,
     name_of,
     public_ip_block,
+    reported_as,
+    restricted_container_security,
 )
 
 
@@ -200,7 +202,7 @@ SERVER_ROLE_SCRIPT = (
 )
 
 
-class PgvectorExtensionConfigError(InferenceServiceConfigError):
+class PgvectorExtensionConfigError(KubernetesArgsError):
     """Invalid PgvectorExtension arguments; the message names the field, the value and what is allowed."""
 
 
@@ -262,49 +264,45 @@ class PgvectorExtensionArgs:
     @property
     def federated_subject(self) -> str:
         """Subject of the federated credential the identity needs for the Job's ServiceAccount."""
-        return f"system:serviceaccount:{self.namespace}:{self.service_account_name}"
+        return federated_credential_subject(self.namespace, self.service_account_name)
 
+    @reported_as(PgvectorExtensionConfigError)
     def validate(self) -> None:
         """Check every argument; raise :class:`PgvectorExtensionConfigError` naming the first bad one."""
-        try:
-            _check_dns_label("namespace", self.namespace)
-            _check_dns_label("service_account_name", self.service_account_name, max_len=253)
-            for name in ("azure_cli_image", "postgres_client_image"):
-                image = getattr(self, name)
-                if _PINNED_IMAGE.match(image or ""):
-                    continue
-                if not self.allow_image_tags:
-                    raise _fail(name, image, "must be pinned by digest (<repository>@sha256:<64 hex>); tags are "
-                                             "only accepted when allow_image_tags is true (dev)")
-                if not _TAGGED_IMAGE.match(image or ""):
-                    raise _fail(name, image, "must be an image reference such as registry/repository:tag")
-            if (self.app_role_name is None) != (self.app_principal_object_id is None):
-                raise _fail("app_role_name", self.app_role_name, "and app_principal_object_id must be set together "
-                                                                 "(the role maps to that Entra object id)")
-            if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.app_schema or ""):
-                raise _fail("app_schema", self.app_schema, "must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, "
-                                                           "at most 63 characters)")
-            if self.embedding_dimensions is not None:
-                _check_range("embedding_dimensions", self.embedding_dimensions, 1, MAX_HNSW_DIMENSIONS)
-                if self.app_role_name is None:
-                    raise _fail("embedding_dimensions", self.embedding_dimensions,
-                                "needs app_role_name (the table is created in app_schema with the serving role)")
-            if self.ssl_mode not in ("require", "verify-full"):
-                raise _fail("ssl_mode", self.ssl_mode, "must be 'require' or 'verify-full' (TLS is mandatory)")
-            _check_cidr("postgres_subnet_cidr", self.postgres_subnet_cidr)
-            if not self.entra_egress_cidrs:
-                raise _fail("entra_egress_cidrs", self.entra_egress_cidrs, "needs at least one CIDR")
-            for cidr in self.entra_egress_cidrs:
-                _check_cidr("entra_egress_cidrs", cidr)
-            _check_range("backoff_limit", self.backoff_limit, 0, 10)
-            _check_range("active_deadline_s", self.active_deadline_s, 30)
-            _check_range("ttl_seconds_after_finished", self.ttl_seconds_after_finished, 0)
-            for taint in self.tolerations:
-                NodeTaint.parse(taint, "tolerations")
-        except PgvectorExtensionConfigError:
-            raise
-        except InferenceServiceConfigError as error:
-            raise PgvectorExtensionConfigError(str(error)) from None
+        check_dns_label("namespace", self.namespace)
+        check_dns_label("service_account_name", self.service_account_name, max_len=253)
+        for name in ("azure_cli_image", "postgres_client_image"):
+            image = getattr(self, name)
+            if _PINNED_IMAGE.match(image or ""):
+                continue
+            if not self.allow_image_tags:
+                raise fail(name, image, "must be pinned by digest (<repository>@sha256:<64 hex>); tags are "
+                                        "only accepted when allow_image_tags is true (dev)")
+            if not _TAGGED_IMAGE.match(image or ""):
+                raise fail(name, image, "must be an image reference such as registry/repository:tag")
+        if (self.app_role_name is None) != (self.app_principal_object_id is None):
+            raise fail("app_role_name", self.app_role_name, "and app_principal_object_id must be set together "
+                                                            "(the role maps to that Entra object id)")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.app_schema or ""):
+            raise fail("app_schema", self.app_schema, "must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, "
+                                                      "at most 63 characters)")
+        if self.embedding_dimensions is not None:
+            check_range("embedding_dimensions", self.embedding_dimensions, 1, MAX_HNSW_DIMENSIONS)
+            if self.app_role_name is None:
+                raise fail("embedding_dimensions", self.embedding_dimensions,
+                           "needs app_role_name (the table is created in app_schema with the serving role)")
+        if self.ssl_mode not in ("require", "verify-full"):
+            raise fail("ssl_mode", self.ssl_mode, "must be 'require' or 'verify-full' (TLS is mandatory)")
+        check_cidr("postgres_subnet_cidr", self.postgres_subnet_cidr)
+        if not self.entra_egress_cidrs:
+            raise fail("entra_egress_cidrs", self.entra_egress_cidrs, "needs at least one CIDR")
+        for cidr in self.entra_egress_cidrs:
+            check_cidr("entra_egress_cidrs", cidr)
+        check_range("backoff_limit", self.backoff_limit, 0, 10)
+        check_range("active_deadline_s", self.active_deadline_s, 30)
+        check_range("ttl_seconds_after_finished", self.ttl_seconds_after_finished, 0)
+        for taint in self.tolerations:
+            NodeTaint.parse(taint, "tolerations")
 
 
 class PgvectorExtension(pulumi.ComponentResource):
@@ -322,7 +320,7 @@ class PgvectorExtension(pulumi.ComponentResource):
     def __init__(self, name: str, args: PgvectorExtensionArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         args = package.from_inputs(PgvectorExtensionArgs, args)
         args.validate()
-        provider = _kubernetes_provider(opts, "PgvectorExtension", PgvectorExtensionConfigError)
+        provider = kubernetes_provider(opts, "PgvectorExtension", PgvectorExtensionConfigError)
         super().__init__("inferforge:index:PgvectorExtension", name, None,
                          package.aliased(opts, "inferforge:data:PgvectorExtension"))
         child = pulumi.ResourceOptions(parent=self, provider=provider)
@@ -389,7 +387,7 @@ class PgvectorExtension(pulumi.ComponentResource):
             resources=core.ResourceRequirementsArgs(requests={"cpu": "250m", "memory": "512Mi"},
                                                     limits={"cpu": "500m", "memory": "512Mi"}),
             volume_mounts=[token_mount, tmp_mount],
-            security_context=_restricted_container_security(),
+            security_context=restricted_container_security(),
             termination_message_policy="FallbackToLogsOnError",
         )
         psql = core.ContainerArgs(
@@ -410,7 +408,7 @@ class PgvectorExtension(pulumi.ComponentResource):
             resources=core.ResourceRequirementsArgs(requests={"cpu": "100m", "memory": "128Mi"},
                                                     limits={"cpu": "250m", "memory": "128Mi"}),
             volume_mounts=[core.VolumeMountArgs(name="pgtoken", mount_path=TOKEN_DIR, read_only=True), tmp_mount],
-            security_context=_restricted_container_security(),
+            security_context=restricted_container_security(),
             termination_message_policy="FallbackToLogsOnError",
         )
         return k8s.batch.v1.JobSpecArgs(
@@ -428,7 +426,7 @@ class PgvectorExtension(pulumi.ComponentResource):
                     automount_service_account_token=False,
                     enable_service_links=False,
                     security_context=core.PodSecurityContextArgs(
-                        run_as_non_root=True, run_as_user=SERVER_UID, run_as_group=SERVER_UID,
+                        run_as_non_root=True, run_as_user=NON_ROOT_UID, run_as_group=NON_ROOT_UID,
                         seccomp_profile=core.SeccompProfileArgs(type="RuntimeDefault")),
                     node_selector={"kubernetes.io/os": "linux"},
                     tolerations=[NodeTaint.parse(t).toleration() for t in args.tolerations] or None,

@@ -7,8 +7,8 @@ why the default is the secure one) and the outputs.
 Where each column comes from, and why:
 - Fields, their order and inheritance: `dataclasses.fields` on the imported Args class (what Python uses).
 - Types and defaults: the field's annotation and default *as written in the source* (read with `ast`), because
-  evaluating `pulumi.Input[str]` yields an unreadable Union; a default that names a constant stays that name,
-  an Enum type is listed with its values.
+  evaluating `pulumi.Input[str]` yields an unreadable Union; a default that names a constant stays that name
+  (with its value when that is a number or a string), an Enum type is listed with its values.
 - Docstrings: the string literal right after each field (dataclass fields have no `__doc__`).
 - Outputs: the keys of the dict the component passes to `self.register_outputs(...)` (read with `ast`): that is
   what Pulumi records as the component's outputs. The type is the class annotation of the public attribute of
@@ -146,7 +146,24 @@ def _default(node: ast.AnnAssign, field: dataclasses.Field[Any]) -> str:
             factory = ast.unparse(keywords["default_factory"])
             return f"`{ {'dict': '{}', 'list': '[]', 'tuple': '()', 'set': 'set()'}.get(factory, factory + '()')}`" \
                 + python_only
-    return (f"`{ast.unparse(value)}`" + python_only) if value is not None else ""
+    if value is None:
+        return ""
+    written = f"`{ast.unparse(value)}`"
+    if isinstance(field.default, enum.Enum):
+        if isinstance(value, ast.Call):  # Enum(a shared constant): the member it makes
+            return f"{written} = `{field.default.value!r}`" + python_only
+    elif isinstance(field.default, int | float | str) and not _is_literal(value):
+        # A shared constant (e.g. a serving default from inference/defaults.py): its name and its value.
+        return f"{written} = `{field.default!r}`" + python_only
+    return written + python_only
+
+
+def _is_literal(node: ast.expr) -> bool:
+    try:
+        ast.literal_eval(node)
+    except ValueError:
+        return False
+    return True
 
 
 def _nested_dataclasses(node: ast.expr, namespace: dict[str, Any]) -> list[type]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from . import errors, json_body
+from . import defaults, errors, json_body
 
 if TYPE_CHECKING:
     from .server import OpenAIServer
@@ -89,7 +89,7 @@ class EmbeddingConfig:
 
     model_dir: Path
     model_name: str
-    pooling: str = "mean"
+    pooling: str = defaults.EMBEDDINGS_POOLING_MODEL_DIR
     matryoshka: bool = False
     """The model was trained for truncated embeddings: `dimensions` < its width is allowed."""
     max_input_tokens: int | None = None

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from . import autotp_fixes, cpu_gemm, fused, kv_cache, structured_output
+from . import autotp_fixes, cpu_gemm, defaults, fused, kv_cache, structured_output
 from .distributed import (
     CMD_BARRIER,
     CMD_HEARTBEAT,
@@ -98,16 +98,17 @@ class EngineConfig:
     """Local Hugging Face model directory (config.json, safetensors, tokenizer)."""
     model_name: str | None = None
     """Name served to clients (`/v1/models`); defaults to the directory name."""
-    dtype: str = "bfloat16"
+    # Defaults: inference/defaults.py owns them (the CLI, the Kubernetes component and the stack config share them).
+    dtype: str = defaults.DTYPE
     """Weights and activations dtype: float32, bfloat16, float16, or auto (bf16 where the hardware
     multiplies it natively: CUDA, AVX512-BF16/AMX CPUs; fp32 on other CPUs)."""
-    max_batch_size: int = 64
+    max_batch_size: int = defaults.MAX_BATCH_SIZE
     """Most sequences decoding at once (KV-cache slots)."""
-    max_waiting: int = 256
+    max_waiting: int = defaults.MAX_WAITING
     """Most requests queued for a slot; beyond it admission raises QueueFullError (HTTP 429)."""
     max_model_len: int | None = None
-    """Prompt + generated tokens per sequence; default min(max_position_embeddings, 4096)."""
-    max_num_batched_tokens: int = 2048
+    """Prompt + generated tokens per sequence; default min(max_position_embeddings, defaults.MAX_MODEL_LEN_CAP)."""
+    max_num_batched_tokens: int = defaults.MAX_NUM_BATCHED_TOKENS
     """Token budget of one forward (decode tokens + prompt chunks); >= max_batch_size."""
     collective_timeout_s: float = 60.0
     """A collective or step slower than this means a rank is dead (must exceed the longest step)."""
@@ -218,8 +219,8 @@ class ModelRunner:
         self.dtype = resolve_dtype(cfg.dtype, device.type)
         config = AutoConfig.from_pretrained(cfg.model_dir)
         self.hf_config = config
-        limit = getattr(config, "max_position_embeddings", None) or 4096
-        self.max_model_len = cfg.max_model_len or min(limit, 4096)
+        limit = getattr(config, "max_position_embeddings", None) or defaults.MAX_MODEL_LEN_CAP
+        self.max_model_len = cfg.max_model_len or min(limit, defaults.MAX_MODEL_LEN_CAP)
         if self.max_model_len > limit:
             raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's max_position_embeddings {limit}")
         model = AutoModelForCausalLM.from_pretrained(

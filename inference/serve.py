@@ -35,7 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import shm_op
+from . import defaults, shm_op
 from .auth import APIKeys, KeyLoadError, load_keys_from_file, load_keys_from_key_vault
 from .shm_op import StartupWaitTimeout
 from .supervisor import RANK_LOST_SIGNAL, run_ranks  # RANK_LOST_SIGNAL: fail everything, exit 1
@@ -116,35 +116,39 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local Hugging Face model directory (config.json, safetensors, tokenizer)")
     serve.add_argument("--model-name", default=None,
                        help="name clients use in `model` (default: the model directory's name)")
-    serve.add_argument("--tp-size", type=_positive_int, default=1,
-                       help="tensor-parallel ranks (GPUs) for one model replica (default 1)")
-    serve.add_argument("--dtype", choices=DTYPES, default="auto",
-                       help="compute dtype; auto = bfloat16 on GPUs and CPUs with native bf16, else float32")
+    serve.add_argument("--tp-size", type=_positive_int, default=defaults.TP_SIZE,
+                       help="tensor-parallel ranks (GPUs) for one model replica (default %(default)s)")
+    serve.add_argument("--dtype", choices=DTYPES, default=defaults.DTYPE,
+                       help="compute dtype (default %(default)s); auto = bfloat16 on GPUs and CPUs with native "
+                            "bf16, else float32 (faster on CPUs without bf16 instructions)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="bind address (default 127.0.0.1; 0.0.0.0 in a container)")
-    serve.add_argument("--port", type=_port, default=8000)
-    serve.add_argument("--max-batch-size", type=_positive_int, default=32,
-                       help="sequences decoded together per step")
-    serve.add_argument("--max-waiting", type=_positive_int, default=128,
-                       help="queued requests before new ones get 429")
+    serve.add_argument("--port", type=_port, default=defaults.PORT, help="listening port (default %(default)s)")
+    serve.add_argument("--max-batch-size", type=_positive_int, default=defaults.MAX_BATCH_SIZE,
+                       help="sequences decoded together per step (default %(default)s)")
+    serve.add_argument("--max-waiting", type=_positive_int, default=defaults.MAX_WAITING,
+                       help="queued requests before new ones get 429 (default %(default)s)")
     serve.add_argument("--max-model-len", type=_positive_int, default=None,
-                       help="context length: prompt + max_tokens (default: the model's)")
+                       help="context length: prompt + max_tokens (default the model's max_position_embeddings, "
+                            f"at most {defaults.MAX_MODEL_LEN_CAP})")
     serve.add_argument("--cpu-widen-min-rows", type=_nonnegative_int, default=None,
                        help="CPUs without native bf16/fp16 GEMM: compute 16-bit linear products of at least "
                             "this many token rows in fp32 (default 8; 0 disables)")
     serve.add_argument("--chat-template", default=None,
                        help="chat template replacing the tokenizer's: a file path or the Jinja text itself")
-    serve.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS, default="hermes",
+    serve.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS, default=defaults.TOOL_CALL_PARSER,
                        help="the tool-call syntax the model writes (as vLLM's flag): hermes (Hermes, Qwen2.5, "
-                            "Qwen3), llama3_json (Llama 3.1/3.2/3.3), mistral ([TOOL_CALLS])")
+                            "Qwen3), llama3_json (Llama 3.1/3.2/3.3), mistral ([TOOL_CALLS]) (default %(default)s)")
     embed = serve.add_argument_group("embeddings (POST /v1/embeddings; off unless a source is given)")
     embed.add_argument("--embeddings", choices=("served",), default=None,
                        help="served: pool the served model's own hidden states (--tp-size 1 only)")
     embed.add_argument("--embeddings-model-dir", type=Path, default=None,
                        help="a separate Hugging Face embedding model directory, loaded on rank 0")
-    embed.add_argument("--embeddings-pooling", choices=("mean", "last"), default="mean",
+    embed.add_argument("--embeddings-pooling", choices=("mean", "last"), default=None,
                        help="mean of the input's token states (BERT-style models) or the last token's "
-                            "(decoder embedding models); L2-normalised either way (default mean)")
+                            "(decoder embedding models); L2-normalised either way (default "
+                            f"{defaults.EMBEDDINGS_POOLING_SERVED} with --embeddings served, "
+                            f"{defaults.EMBEDDINGS_POOLING_MODEL_DIR} with --embeddings-model-dir)")
     embed.add_argument("--embeddings-matryoshka", action="store_true",
                        help="the embedding model is Matryoshka-trained: requests may ask for fewer "
                             "`dimensions` (truncated and renormalised)")
@@ -157,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="name of the Key Vault secret holding the keys")
     keys.add_argument("--allow-unauthenticated", action="store_true",
                       help="serve without API keys (only for local development)")
-    serve.add_argument("--drain-timeout", type=_seconds, default=30.0,
-                       help="seconds to finish in-flight requests after SIGTERM (default 30)")
+    serve.add_argument("--drain-timeout", type=_seconds, default=float(defaults.DRAIN_TIMEOUT_S),
+                       help="seconds to finish in-flight requests after SIGTERM (default %(default)g)")
 
     make_model = sub.add_parser("make-model", help="write a small seeded model + tokenizer (tests, benchmarks)",
                                 add_help=False)
@@ -212,6 +216,10 @@ def _validate_embedding_args(args: argparse.Namespace) -> None:
     if args.embeddings_model_dir is not None and not (args.embeddings_model_dir / "config.json").is_file():
         raise UsageError(f"--embeddings-model-dir {args.embeddings_model_dir} has no config.json; expected a "
                          "Hugging Face model directory")
+    if args.embeddings_pooling is None:
+        # The right pooling depends on the source: a decoder's last token, a BERT-style model's mean.
+        args.embeddings_pooling = (defaults.EMBEDDINGS_POOLING_SERVED if args.embeddings == "served"
+                                   else defaults.EMBEDDINGS_POOLING_MODEL_DIR)
 
 
 def load_embedding_service(args: argparse.Namespace, engine: Any) -> Any:
@@ -436,7 +444,7 @@ def _engine_config(args: argparse.Namespace) -> Any:
         max_waiting=args.max_waiting,
         max_model_len=args.max_model_len,
         # The step token budget must hold one decode token per batch slot.
-        max_num_batched_tokens=max(2048, args.max_batch_size),
+        max_num_batched_tokens=max(defaults.MAX_NUM_BATCHED_TOKENS, args.max_batch_size),
         **({} if args.cpu_widen_min_rows is None else {"cpu_widen_min_rows": args.cpu_widen_min_rows}),
     )
 

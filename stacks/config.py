@@ -37,6 +37,7 @@ from inferforge.components.vm_local_disks import (
     default_ephemeral_os_disk_gb,
     ephemeral_os_disk_problem,
 )
+from inferforge.inference import defaults as serving_defaults
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -500,17 +501,19 @@ class InferenceConfig(_Section):
     model_shape: ModelShapeConfig | None = None
     # The server image (inference/Dockerfile) as pushed to the platform registry.
     image: ImageConfig = Field(default_factory=lambda: ImageConfig(repository="inferforge/inference", tag="0.1.0"))
-    tp_size: int = Field(1, ge=1, le=8)
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # Serving defaults (tpSize, dtype, maxModelLen, maxBatchSize, drainTimeoutSeconds, embeddingsPooling,
+    # toolCallParser) come from inference/defaults.py, shared with the server CLI and the component.
+    tp_size: int = Field(serving_defaults.TP_SIZE, ge=1, le=8)
+    dtype: Literal["bfloat16", "float16", "float32"] = serving_defaults.DTYPE
     replicas: int = Field(1, ge=1, le=100)
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     cpu: int = Field(8, ge=1, le=512)
     memory_gi: int = Field(64, ge=1, le=4096)
     shm_size_gi: int = Field(16, ge=1, le=1024)
-    max_model_len: int = Field(4096, ge=128, le=1048576)
-    max_batch_size: int = Field(64, ge=1, le=1024)
+    max_model_len: int = Field(serving_defaults.MAX_MODEL_LEN_CAP, ge=128, le=1048576)
+    max_batch_size: int = Field(serving_defaults.MAX_BATCH_SIZE, ge=1, le=1024)
     startup_timeout_seconds: int = Field(1800, ge=60, le=7200)
-    drain_timeout_seconds: int = Field(60, ge=5, le=3600)
+    drain_timeout_seconds: int = Field(serving_defaults.DRAIN_TIMEOUT_S, ge=5, le=3600)
     pre_stop_sleep_seconds: int = Field(15, ge=0, le=300)
     api_key_secret_name: str = Field("inference-api-keys", pattern=r"^[0-9A-Za-z-]{1,127}$")
     # Near the top of the default network.aksSubnet (10.20.0.0/22), away from the nodes' and pods' addresses.
@@ -521,10 +524,10 @@ class InferenceConfig(_Section):
     embedding_dimensions: int | None = Field(None, ge=1, le=2000)
     # `served`: the server answers /v1/embeddings with the served model's pooled hidden states (TP 1 only).
     embeddings: Literal["off", "served"] = "off"
-    embeddings_pooling: Literal["mean", "last"] = "last"
+    embeddings_pooling: Literal["mean", "last"] = serving_defaults.EMBEDDINGS_POOLING_SERVED
     # The tool-call syntax the served model writes (the server's --tool-call-parser): hermes for
     # Hermes/Qwen2.5/Qwen3, llama3_json for Llama 3.x, mistral for Mistral ([TOOL_CALLS]).
-    tool_call_parser: Literal["hermes", "llama3_json", "mistral"] = "hermes"
+    tool_call_parser: Literal["hermes", "llama3_json", "mistral"] = serving_defaults.TOOL_CALL_PARSER
 
     @model_validator(mode="after")
     def _embeddings_fit(self) -> InferenceConfig:

@@ -21,6 +21,8 @@ from pulumi.runtime.mocks import MockMonitor
 SUBSCRIPTION_ID = "00000000-0000-0000-0000-000000000000"
 TENANT_ID = "11111111-1111-1111-1111-111111111111"
 DEPLOYER_OBJECT_ID = "22222222-2222-2222-2222-222222222222"
+# The Service annotation that asks the Azure cloud provider for a static load-balancer frontend address.
+ILB_IPV4_ANNOTATION = "service.beta.kubernetes.io/azure-load-balancer-ipv4"
 
 # Pulumi type token -> ARM path template under the resource group. `{x}` reads the input `x`
 # (the resource's name inputs); `{_name}` is the resource's own name.
@@ -141,6 +143,8 @@ class Registration:
     dependencies: list[str] = field(default_factory=list)
     property_dependencies: dict[str, list[str]] = field(default_factory=dict)
     custom_timeouts: dict[str, str] = field(default_factory=dict)
+    provider: str | None = None
+    aliases: list[str] = field(default_factory=list)  # the types of the aliases, as the engine receives them
 
 
 class RecordingMonitor(MockMonitor):
@@ -165,6 +169,8 @@ class RecordingMonitor(MockMonitor):
         timeouts = request.customTimeouts
         recorded.custom_timeouts = {op: getattr(timeouts, op) for op in ("create", "update", "delete")
                                     if getattr(timeouts, op)}
+        recorded.provider = request.provider or None
+        recorded.aliases = [alias.spec.type for alias in request.aliases if alias.spec.type]
         self.registrations.append(recorded)
         return response
 
@@ -267,6 +273,11 @@ class AzureMocks(pulumi.runtime.Mocks):
             metadata.setdefault("name", args.name)
             extra["metadata"] = metadata
             extra.pop("name")
+            ipv4 = (metadata.get("annotations") or {}).get(ILB_IPV4_ANNOTATION)
+            load_balancer = (inputs.get("spec") or {}).get("type") == "LoadBalancer"
+            if typ == "kubernetes:core/v1:Service" and load_balancer and ipv4:
+                # What the Azure cloud provider reports once it created the frontend at the requested address.
+                extra["status"] = {"loadBalancer": {"ingress": [{"ip": ipv4}]}}
         return {**inputs, **extra}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:

@@ -39,12 +39,13 @@ from inferforge.components.observability import Observability, ObservabilityArgs
 from inferforge.components.postgres import EntraAdmin, PostgresPgvector, PostgresPgvectorArgs
 from inferforge.components.redis import ManagedRedis, ManagedRedisArgs
 from inferforge.components.registry import ContainerRegistry, ContainerRegistryArgs
+from inferforge.inference import defaults as serving_defaults
 from pulumi_azure_native import authorization, containerservice, resources
 
 from .config import NAMESPACE, ConfigError, PlatformConfig, parse_stack_config
 from .workloads import ModelStoreMount, deploy_workloads, federated_subjects, schema_job_subjects
 
-SERVING_PORT = 8000
+SERVING_PORT = serving_defaults.PORT
 
 
 def stack_config_values() -> dict[str, Any]:

@@ -1,14 +1,15 @@
 """Run the real program for a stack under Pulumi's mock runtime and collect what it registers.
 
 No CLI, no credentials, nothing created: the program, components and policies run for real, only
-the cloud answers from stacks/mocks.py. `plan`, the tests and the offline policy check use this.
+the cloud answers from stacks/mocks.py. `plan`, the tests (whole stacks and single components) and the
+offline policy check use this, and no other mock harness.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ class RenderedResource:
     """Per input: the URNs it was computed from, as the engine records them."""
     custom_timeouts: dict[str, str] = field(default_factory=dict)
     """create/update/delete timeouts as registered (Go durations such as '45m0s')."""
+    provider: str | None = None
+    """Provider reference (``<provider urn>::<id>``) the resource was registered with; None: the default one."""
 
 
 class StackFileError(Exception):
@@ -132,6 +135,29 @@ def render_stack(stack: str, config_overrides: Mapping[str, Any] | None = None, 
 
     Bad config raises ConfigError before any resource is registered.
     """
+    config = engine_config(stack_config(stack, config_overrides, root))
+    cfg = parse_stack_config(config)  # validated before the runtime exists: nothing is half-registered
+
+    def run() -> None:
+        import pulumi
+
+        from . import program
+
+        for key, value in program.build_platform(cfg).items():
+            pulumi.export(key, value)
+
+    return render_program(run, stack=stack, config=config, location=cfg.location)
+
+
+def render_program(build: Callable[[], object], *, stack: str = "test", config: Mapping[str, str] | None = None,
+                   location: str = "westeurope") -> list[RenderedResource]:
+    """Run ``build`` as a Pulumi program under the Azure mocks (stacks/mocks.py); every registration, sorted by URN.
+
+    The one mock harness: `plan` renders whole stacks through it, and tests render single components
+    (``build`` creates them) through it, so both see the same Azure-shaped outputs and record the same
+    fields. ``config`` is the engine-encoded config (see :func:`engine_config`); an exception raised by
+    ``build`` propagates.
+    """
     from . import sdk_loading
 
     sdk_loading.install()  # before the program imports the SDK packages it uses
@@ -141,29 +167,22 @@ def render_stack(stack: str, config_overrides: Mapping[str, Any] | None = None, 
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
-    from . import program
     from .mocks import AzureMocks, RecordingMonitor
 
-    config = engine_config(stack_config(stack, config_overrides, root))
-    cfg = parse_stack_config(config)  # validated before the runtime exists: nothing is half-registered
-
     ensure_main_thread_event_loop()
-    mocks = AzureMocks(location=cfg.location)
+    mocks = AzureMocks(location=location)
     monitor = RecordingMonitor(mocks)
-    pulumi.runtime.set_all_config(config)
+    pulumi.runtime.set_all_config(dict(config or {}))
     pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=True, monitor=monitor)
     try:
-        def run() -> None:
-            for key, value in program.build_platform(cfg).items():
-                pulumi.export(key, value)
-
-        _sync_await(run_pulumi_func(run))
+        _sync_await(run_pulumi_func(build))
     finally:
         pulumi.runtime.set_all_config({})
     # Sorted by URN: registration order depends on async timing, and plans are diffed in PRs.
     return [RenderedResource(type=r.type, name=r.name, urn=r.urn, parent_urn=r.parent_urn,
                              inputs=_plain(r.inputs), custom=r.custom, id=r.id, dependencies=r.dependencies,
-                             property_dependencies=r.property_dependencies, custom_timeouts=r.custom_timeouts)
+                             property_dependencies=r.property_dependencies, custom_timeouts=r.custom_timeouts,
+                             provider=r.provider)
             for r in sorted(monitor.registrations, key=lambda r: r.urn)]
 
 
@@ -197,5 +216,5 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["ConfigError", "RenderedResource", "SecretValue", "StackFileError", "available_stacks", "render_stack",
-           "stack_config", "validate_stack"]
+__all__ = ["ConfigError", "RenderedResource", "SecretValue", "StackFileError", "available_stacks", "render_program",
+           "render_stack", "stack_config", "validate_stack"]

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import defaults
 from ..bench.errors import BenchmarkError
 
 PROMPT_FORMATS = ("ids", "text")
@@ -166,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--dtype",
         choices=DTYPES,
-        default="bfloat16",
-        help="HF baseline dtype; match the server's --dtype (default bfloat16)",
+        default=defaults.DTYPE,  # the server's own default: the baseline computes in the same dtype
+        help="HF baseline dtype; match the server's --dtype (default %(default)s)",
     )
     compare.add_argument(
         "--threads",

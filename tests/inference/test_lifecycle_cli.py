@@ -58,9 +58,9 @@ def test_serve_help_lists_the_flags_the_kubernetes_component_uses() -> None:
 
 def test_defaults_are_the_secure_and_documented_ones(tmp_path: Path) -> None:
     args = build_parser().parse_args(["serve", "--model-dir", str(tmp_path)])
-    assert (args.host, args.port, args.tp_size, args.dtype) == ("127.0.0.1", 8000, 1, "auto")
+    assert (args.host, args.port, args.tp_size, args.dtype) == ("127.0.0.1", 8000, 1, "bfloat16")
     assert args.allow_unauthenticated is False
-    assert args.drain_timeout == 30.0
+    assert args.drain_timeout == 60.0  # the shared serving defaults: tests/test_serving_defaults.py
     assert args.tool_call_parser == "hermes"
     assert build_parser().parse_args(["serve", "--model-dir", str(tmp_path), "--tool-call-parser",
                                       "mistral"]).tool_call_parser == "mistral"

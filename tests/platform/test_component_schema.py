@@ -19,6 +19,7 @@ import pulumi
 import pytest
 import yaml
 from inferforge.components import package, reference
+from inferforge.stacks.mocks import AzureMocks, RecordingMonitor
 from inferforge.stacks.render import ensure_main_thread_event_loop
 from pulumi.provider.experimental.component import ComponentProvider
 from pulumi.provider.experimental.util import camel_case
@@ -125,30 +126,11 @@ def test_every_component_uses_the_package_token():
         assert reference.document(component).type_token == f"inferforge:index:{component.__name__}"
 
 
-class _RecordingMonitor(pulumi_mocks.MockMonitor):
-    """The mock engine, also keeping each registration request (type, aliases) as the engine receives it."""
-
-    def __init__(self, mocks: pulumi_mocks.Mocks) -> None:
-        super().__init__(mocks)
-        self.requests: list = []
-
-    def RegisterResource(self, request):  # noqa: N802 - gRPC method name
-        self.requests.append(request)
-        return super().RegisterResource(request)
-
-
-class _Mocks(pulumi_mocks.Mocks):
-    def new_resource(self, args: pulumi_mocks.MockResourceArgs):
-        return f"{args.name}-id", {**args.inputs, "customerId": "cust-1", "result": "abc12"}
-
-    def call(self, args: pulumi_mocks.MockCallArgs):
-        return {}
-
-
-def _run_under_mocks(program) -> tuple[_RecordingMonitor, object]:
+def _run_under_mocks(program) -> tuple[RecordingMonitor, object]:
+    """The shared harness's mocks and monitor (stacks/mocks.py), keeping what `program` returns."""
     ensure_main_thread_event_loop()
-    mocks = _Mocks()
-    monitor = _RecordingMonitor(mocks)
+    mocks = AzureMocks()
+    monitor = RecordingMonitor(mocks)
     pulumi_mocks.set_mocks(mocks, project="consumer", stack="dev", preview=False, monitor=monitor)
     result: list = []
 
@@ -157,6 +139,10 @@ def _run_under_mocks(program) -> tuple[_RecordingMonitor, object]:
 
     _sync_await(run_pulumi_func(run))
     return monitor, result[0]
+
+
+def _registered(monitor: RecordingMonitor, type_suffix: str):
+    return next(r for r in monitor.registrations if r.type.endswith(type_suffix))
 
 
 def _resolved(value):
@@ -173,11 +159,11 @@ def test_the_host_constructs_a_component_from_what_another_language_sends():
     monitor, result = _run_under_mocks(lambda: provider.construct(
         "logs", "inferforge:index:Observability", inputs, pulumi.ResourceOptions()))
 
-    workspace = next(r for r in monitor.requests if r.type == "azure-native:operationalinsights:Workspace")
-    assert workspace.object["retentionInDays"] == 60  # the dataclass default of 30 was overridden
-    assert workspace.object["workspaceCapping"]["dailyQuotaGb"] == -1  # omitted: the Python default
-    assert _resolved(result.state["workspaceId"]) == "logs-workspace-id"
-    assert _resolved(result.state["customerId"]) == "cust-1"
+    workspace = _registered(monitor, ":operationalinsights:Workspace")
+    assert workspace.inputs["retentionInDays"] == 60  # the dataclass default of 30 was overridden
+    assert workspace.inputs["workspaceCapping"]["dailyQuotaGb"] == -1  # omitted: the Python default
+    assert _resolved(result.state["workspaceId"]) == workspace.id
+    assert _resolved(result.state["customerId"])  # an output the mocks compute, returned through the host
 
 
 def test_the_host_turns_enum_strings_into_the_python_choices_and_enforces_declared_limits():
@@ -189,8 +175,8 @@ def test_the_host_turns_enum_strings_into_the_python_choices_and_enforces_declar
     monitor, _ = _run_under_mocks(lambda: provider.construct(
         "kv", "inferforge:index:KeyVault", inputs, pulumi.ResourceOptions()))
 
-    vault = next(r for r in monitor.requests if r.type == "azure-native:keyvault:Vault")
-    assert vault.object["properties"]["sku"]["name"] == "premium"
+    vault = _registered(monitor, ":keyvault:Vault")
+    assert vault.inputs["properties"]["sku"]["name"] == "premium"
     with pytest.raises(ComponentInitError, match=r"soft_delete_retention_days=3 is invalid: allowed: >= 7"):
         # 3.0 on the wire: the integer input arrives as an int, the message shows what the caller wrote
         _run_under_mocks(lambda: provider.construct(
@@ -206,9 +192,9 @@ def test_state_under_the_old_token_is_adopted_not_replaced():
                                                 workspace_name="log-x-dev")
     monitor, _ = _run_under_mocks(lambda: observability("logs", args))
 
-    registered = next(r for r in monitor.requests if r.type.endswith(":Observability"))
+    registered = _registered(monitor, ":Observability")
     assert registered.type == "inferforge:index:Observability"
-    assert [a.spec.type for a in registered.aliases] == ["inferforge:observability:Observability"]
+    assert registered.aliases == ["inferforge:observability:Observability"]
 
 
 def test_the_host_builds_nested_args_and_fills_python_defaults():

@@ -7,8 +7,7 @@ of the cluster version with kubernetes-validate in strict mode (unknown fields f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema
@@ -25,66 +24,21 @@ from inferforge.components.inference_service import (
     PvcModelSource,
 )
 from inferforge.policies.offline import config_path_for, evaluate
-from inferforge.stacks.render import ensure_main_thread_event_loop
+from inferforge.stacks.render import RenderedResource, render_program
 
 CLUSTER_VERSION = "1.33"
 PROD_DIGEST = "sha256:" + "0123456789abcdef" * 4
 INTERNAL_LB_IP = "10.20.0.250"
 
 
-@dataclass
-class RecordedResource:
-    """One registered resource, shaped like stacks.render.RenderedResource (what policies/offline reads)."""
+def render(build: Callable[[k8s.Provider], object]) -> list[RenderedResource]:
+    """Run ``build(provider)`` under the stacks' mocks, with a Kubernetes provider; return what it registered."""
 
-    type: str
-    name: str
-    urn: str
-    parent_urn: str | None
-    inputs: Mapping[str, Any]
-    custom: bool
-    id: str | None
-    provider: str | None
-
-
-class RecordingMocks(pulumi.runtime.Mocks):
-    """Records the type, inputs and provider of every registered resource; outputs echo the inputs."""
-
-    def __init__(self) -> None:
-        self.resources: list[RecordedResource] = []
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
-        resource_id = f"{args.name}-id"
-        urn = f"urn:pulumi:test::inferforge::{args.typ}::{args.name}"
-        self.resources.append(RecordedResource(
-            type=args.typ, name=args.name, urn=urn, parent_urn=None, inputs=args.inputs,
-            custom=args.custom if args.custom is not None else True, id=resource_id, provider=args.provider))
-        outputs = dict(args.inputs)
-        metadata = outputs.get("metadata")
-        if args.typ.startswith("kubernetes:") and isinstance(metadata, dict) and "name" not in metadata:
-            # pulumi-kubernetes auto-names objects without metadata.name (resource name + random suffix).
-            outputs["metadata"] = {**metadata, "name": f"{args.name}-a1b2c3d4"}
-        if args.typ == "kubernetes:core/v1:Service" and outputs.get("spec", {}).get("type") == "LoadBalancer":
-            # What the Azure cloud provider reports once the internal load balancer exists.
-            outputs["status"] = {"loadBalancer": {"ingress": [{"ip": INTERNAL_LB_IP}]}}
-        return resource_id, outputs
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
-        return {}
-
-
-def render(build: Callable[[k8s.Provider], object]) -> list[RecordedResource]:
-    """Run ``build(provider)`` under mocks, with a Kubernetes provider, and return what it registered."""
-    mocks = RecordingMocks()
-    ensure_main_thread_event_loop()
-    pulumi.runtime.set_mocks(mocks, project="inferforge", stack="test", preview=False)
-
-    @pulumi.runtime.test
     def program() -> None:
         provider = k8s.Provider("aks", kubeconfig="{}")  # the stack builds it from the AKS credentials
         build(provider)
 
-    program()
-    return mocks.resources
+    return render_program(program)
 
 
 def integral(value: Any) -> Any:
@@ -98,7 +52,7 @@ def integral(value: Any) -> Any:
     return value
 
 
-def manifests(resources: list[RecordedResource]) -> dict[str, dict[str, Any]]:
+def manifests(resources: list[RenderedResource]) -> dict[str, dict[str, Any]]:
     """Kubernetes objects by kind (one of each kind in these renders)."""
     out: dict[str, dict[str, Any]] = {}
     for resource in resources:
@@ -183,7 +137,7 @@ def prod_args(**overrides: Any) -> InferenceServiceArgs:
     return InferenceServiceArgs(**values)
 
 
-def render_service(args: InferenceServiceArgs) -> list[RecordedResource]:
+def render_service(args: InferenceServiceArgs) -> list[RenderedResource]:
     return render(lambda provider: InferenceService("inference", args, pulumi.ResourceOptions(provider=provider)))
 
 
@@ -291,6 +245,7 @@ def test_server_command_matches_the_inference_cli(prod: dict[str, dict[str, Any]
         "--model-dir": "/models", "--model-name": "qwen2.5-7b-instruct", "--tp-size": "2", "--dtype": "bfloat16",
         "--host": "0.0.0.0", "--port": "8000", "--api-keys-keyvault-url": "https://kv-inferforge-prod.vault.azure.net/",
         "--api-keys-secret": "inference-api-keys", "--drain-timeout": "60",
+        "--max-batch-size": "64", "--max-waiting": "128", "--tool-call-parser": "hermes",
     }
     assert "--allow-unauthenticated" not in command
 
@@ -441,7 +396,8 @@ def test_outputs_name_namespace_service_deployment_pls_and_load_balancer_ip() ->
     outputs: dict[str, Any] = {}
 
     def build(provider: k8s.Provider) -> None:
-        service = InferenceService("inference", prod_args(), pulumi.ResourceOptions(provider=provider))
+        service = InferenceService("inference", prod_args(internal_lb_ip=INTERNAL_LB_IP),
+                                   pulumi.ResourceOptions(provider=provider))
         pulumi.Output.all(service.namespace, service.service_name, service.deployment_name,
                           service.pls_name, service.load_balancer_ip).apply(lambda v: outputs.update(values=v))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +18,10 @@ import pulumi
 import pytest
 from inferforge.policies.offline import Violation, evaluate
 from inferforge.policies.pack import ALL_POLICIES
-from inferforge.stacks.render import ensure_main_thread_event_loop
+from inferforge.stacks.render import RenderedResource, render_program
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "policies" / "config"
-SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
-
-
-@dataclass(frozen=True)
-class Resource:
-    """Same fields as stacks.render.RenderedResource, for resources rendered by these fixtures."""
-
-    type: str
-    name: str
-    urn: str
-    parent_urn: str | None
-    inputs: dict[str, Any]
-    custom: bool
-    id: str | None
 
 
 def policy(name: str) -> Any:
@@ -89,44 +75,12 @@ def set_path(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return mutate
 
 
-class _CaptureMocks(pulumi.runtime.Mocks):
-    def __init__(self, project: str, stack: str) -> None:
-        self.project, self.stack = project, stack
-        self.captured: list[Resource] = []
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        resource_id = (
-            f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-test/providers/Mock/{args.name}"
-            if args.typ.startswith("azure-native:")
-            else f"{args.name}-id"
-        )
-        self.captured.append(
-            Resource(
-                type=args.typ,
-                name=args.name,
-                urn=f"urn:pulumi:{self.stack}::{self.project}::{args.typ}::{args.name}",
-                parent_urn=None,
-                inputs=json.loads(json.dumps(args.inputs, default=str)),
-                custom=args.custom if hasattr(args, "custom") else True,
-                id=resource_id,
-            )
-        )
-        return resource_id, dict(args.inputs)
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list]:
-        return {}, []
+def render_component(build: Callable[[], Any], stack: str = "test") -> list[RenderedResource]:
+    """Run ``build`` (which creates one component) under the stacks' mocks; return what it registered."""
+    return render_program(build, stack=stack)
 
 
-def render_component(build: Callable[[], Any], stack: str = "test") -> list[Resource]:
-    """Run ``build`` (which creates one component) under mocks; return the custom resources it made."""
-    mocks = _CaptureMocks("inferforge", stack)
-    ensure_main_thread_event_loop()
-    pulumi.runtime.set_mocks(mocks, project="inferforge", stack=stack, preview=False)
-    pulumi.runtime.test(build)()
-    return list(mocks.captured)
-
-
-def render_inference_service(**overrides: Any) -> list[Resource]:
+def render_inference_service(**overrides: Any) -> list[RenderedResource]:
     """The InferenceService component's resources with production-shaped arguments."""
     import pulumi_kubernetes as k8s
     from inferforge.components.inference_service import InferenceService, InferenceServiceArgs
@@ -157,7 +111,7 @@ def render_inference_service(**overrides: Any) -> list[Resource]:
 
 
 @pytest.fixture(scope="session")
-def inference_service_resources() -> list[Resource]:
+def inference_service_resources() -> list[RenderedResource]:
     """InferenceService output (tensor-parallel size 2, image pinned by digest), rendered once."""
     return render_inference_service()
 

@@ -17,22 +17,23 @@ from inferforge.policies.offline import (
     load_pack_config,
 )
 from inferforge.policies.pack import ALL_POLICIES
+from inferforge.stacks.render import RenderedResource
 from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, Severity
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 
-from .conftest import CONFIG_DIR, Resource
+from .conftest import CONFIG_DIR
 
 VAULT = "azure-native:keyvault:Vault"
 
 
-def vault(**properties: Any) -> Resource:
+def vault(**properties: Any) -> RenderedResource:
     base = {
         "enableRbacAuthorization": True,
         "enablePurgeProtection": True,
         "publicNetworkAccess": "disabled",
         "networkAcls": {"defaultAction": "Deny"},
     }
-    return Resource(
+    return RenderedResource(
         type=VAULT,
         name="kv",
         urn=f"urn:pulumi:test::inferforge::{VAULT}::kv",
@@ -171,7 +172,7 @@ def test_policies_see_values_as_the_analyzer_server_delivers_them(tmp_path) -> N
         severity=Severity.LOW,
         config_schema=PolicyConfigSchema(properties={"limit": {"type": "integer", "default": 3}}),
     )
-    resource = Resource("test:index:Thing", "t", "urn:t", None, {"count": 2, "nested": {"a": 1}}, True, "t")
+    resource = RenderedResource("test:index:Thing", "t", "urn:t", None, {"count": 2, "nested": {"a": 1}}, True, "t")
 
     evaluate([resource], write(tmp_path, {}), "test", policies=[probe])
 

@@ -57,17 +57,18 @@ def test_go_durations_are_read_as_the_engine_sends_them(text: str, seconds: floa
 
 def test_a_keda_scaled_object_passes_with_the_add_on_and_a_trigger_authentication(prod_resources, tmp_path) -> None:
     from inferforge.components.inference_service import KedaAutoscaling
+    from inferforge.stacks.render import RenderedResource
 
-    from .conftest import Resource, render_inference_service
+    from .conftest import render_inference_service
 
     scaled = [r for r in render_inference_service(autoscaling=KedaAutoscaling(
         prometheus_server_address="https://amw-x.westeurope.prometheus.monitor.azure.com",
         authentication_ref="keda-azure-monitor")) if r.type.endswith(":ScaledObject")]
-    auth = Resource(type="kubernetes:keda.sh/v1alpha1:TriggerAuthentication", name="keda-auth",
-                    urn="urn:pulumi:test::inferforge::kubernetes:keda.sh/v1alpha1:TriggerAuthentication::keda-auth",
-                    parent_urn=None, custom=True, id="keda-auth",
-                    inputs={"metadata": {"name": "keda-azure-monitor"},
-                            "spec": {"podIdentity": {"provider": "azure-workload"}}})
+    auth = RenderedResource(type="kubernetes:keda.sh/v1alpha1:TriggerAuthentication", name="keda-auth",
+                            urn="urn:pulumi:test::inferforge::kubernetes:keda.sh/v1alpha1:TriggerAuthentication::keda-auth",
+                            parent_urn=None, custom=True, id="keda-auth",
+                            inputs={"metadata": {"name": "keda-azure-monitor"},
+                                    "spec": {"podIdentity": {"provider": "azure-workload"}}})
     keda_on = break_property(prod_resources, of_type(AKS),
                              lambda i: i.__setitem__("workloadAutoScalerProfile", {"keda": {"enabled": True}}))
 

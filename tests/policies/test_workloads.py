@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -107,6 +108,11 @@ BROKEN = {
 }
 
 
+# The component sets Pulumi's await twice: CustomTimeouts (which win) and the annotation the provider reads
+# otherwise. These cases break the annotation on a Deployment registered without custom timeouts.
+WITHOUT_CUSTOM_TIMEOUTS = {"await shorter than the model load", "no await setting at all (10 min default)"}
+
+
 @pytest.mark.parametrize("name", WORKLOAD_POLICIES)
 def test_inference_service_output_is_compliant(name: str, inference_service_resources, tmp_path) -> None:
     assert run_policy(name, inference_service_resources, tmp_path) == []
@@ -116,6 +122,8 @@ def test_inference_service_output_is_compliant(name: str, inference_service_reso
 def test_breaking_one_property_is_caught(case: str, inference_service_resources, tmp_path) -> None:
     name, mutate = BROKEN[case]
     broken = break_property(inference_service_resources, of_type(DEPLOYMENT), mutate)
+    if case in WITHOUT_CUSTOM_TIMEOUTS:
+        broken = [replace(r, custom_timeouts={}) if r.type == DEPLOYMENT else r for r in broken]
 
     violations = run_policy(name, broken, tmp_path, {"maxReplicas": 8} if "replicas" in name else None)
 
@@ -152,9 +160,9 @@ def test_keda_max_replicas_above_the_cap_is_caught(tmp_path) -> None:
 
 
 def test_workload_policies_ignore_non_inference_gpu_free_jobs(tmp_path) -> None:
-    from .conftest import Resource
+    from inferforge.stacks.render import RenderedResource
 
-    job = Resource(
+    job = RenderedResource(
         type="kubernetes:batch/v1:Job",
         name="pgvector",
         urn="urn:pulumi:test::inferforge::kubernetes:batch/v1:Job::pgvector",

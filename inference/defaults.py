@@ -1,0 +1,59 @@
+"""Serving defaults, owned here and nowhere else.
+
+The server's command line (inference/serve.py), the engine (``EngineConfig``), the Kubernetes component
+(components/inference_service.py, which passes them to the pod as container arguments) and the stack
+config (stacks/config.py) all take their defaults from this module, so a setting left unset means the
+same thing on a laptop, in the pod and in the plan's GPU-memory check.
+
+Plain constants only: the platform side imports this as ``inferforge.inference.defaults`` on a deploy
+machine without torch or DeepSpeed (tests/test_serving_defaults.py checks that importing it loads neither).
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+TP_SIZE: Final = 1
+"""Tensor-parallel ranks (GPUs) per model replica: one GPU unless a model needs more."""
+
+DTYPE: Final[Literal["bfloat16"]] = "bfloat16"
+"""Weights and activations dtype. bfloat16 is what every GPU we deploy (A100, H100) computes natively, and the
+dtype the stack's GPU-memory check prices (2 bytes per weight); a local run gets the same numerics as the pod.
+The server's ``auto`` (bf16 where the hardware has it, fp32 on CPUs without native bf16) stays available for
+CPU development, but is not the default: it would make the same command mean different things per host."""
+
+MAX_BATCH_SIZE: Final = 64
+"""Sequences decoded together (KV-cache slots, preallocated for (this + 1) x max_model_len tokens). 64 keeps a
+7B model's KV cache at 4096 tokens to ~14 GiB on one GPU, and it is the value the stack's GPU-memory check
+has priced (stacks/gpu_memory.py); the CLI's former 32 left half of those slots unused."""
+
+MAX_WAITING: Final = 128
+"""Requests queued for a slot before new ones get 429 + Retry-After. Two full batches: a client waits at most
+about two generations before being told to back off, instead of queueing past its own timeout (the engine's
+former 256). 128 is what deployed pods already ran with (the component did not pass it; the CLI said 128)."""
+
+MAX_MODEL_LEN_CAP: Final = 4096
+"""Context length (prompt + generated tokens) when none is given: the model's ``max_position_embeddings``,
+capped here, so a 128k-context model does not preallocate 32x the KV cache by default. The stack config,
+which must price the KV cache before deploying, uses this value itself."""
+
+MAX_NUM_BATCHED_TOKENS: Final = 2048
+"""Token budget of one forward step (decode tokens + prompt chunks); raised to max_batch_size when smaller."""
+
+DRAIN_TIMEOUT_S: Final = 60
+"""Seconds in-flight requests get to finish after SIGTERM. 60 s lets a ~1,000-token answer finish at
+~20 tokens/s; the pod's terminationGracePeriodSeconds is derived from it (preStop + drain + headroom)."""
+
+PORT: Final = 8000
+"""Port the server listens on, also for /metrics; the component's containerPort and probes use it."""
+
+TOOL_CALL_PARSER: Final[Literal["hermes"]] = "hermes"
+"""Tool-call syntax the model writes: Hermes, which Qwen2.5/Qwen3 and Hermes models use (vLLM's flag name)."""
+
+EMBEDDINGS_POOLING_SERVED: Final[Literal["last"]] = "last"
+"""Pooling of ``--embeddings served`` (the served decoder's own states): a causal model's last token is the
+only one that has seen the whole input."""
+
+EMBEDDINGS_POOLING_MODEL_DIR: Final[Literal["mean"]] = "mean"
+"""Pooling of a separate embedding model (``--embeddings-model-dir``): mean over tokens, as BERT-style
+sentence-embedding models are trained."""
