@@ -7,7 +7,7 @@ compare the JSON files: greedy tokens must match and logits agree within float t
     deepspeed --num_accelerators 2 --bind_cores_to_rank --module inference.engine_probe \\
         --model DIR --dtype float32 --out tp2.json
 
-`--mode tp-check` (default): rank 0 first drives raw steps (prefill + greedy decode in slot 0,
+`--mode tp-check` (default): rank 0 first drives raw steps (prefill + greedy decode in the first KV blocks,
 recording each step's logits), then starts the engine and generates every prompt greedily in one
 concurrent batch. `--mode serve-until-dead`: rank 0 prints READY, keeps generating, and when the
 engine reports a dead rank prints DEAD and exits with status 5 (what the server does).
@@ -39,17 +39,19 @@ def probe_prompts(vocab_size: int, count: int = 4, seed: int = 1234) -> list[lis
 
 
 def raw_greedy(ctx: RankContext, prompt: list[int], steps: int) -> tuple[list[int], list[list[float]]]:
-    """Prefill `prompt` into slot 0 and decode `steps` greedy tokens, returning tokens and logits."""
+    """Prefill `prompt` into the first KV blocks and decode `steps` greedy tokens, returning tokens and logits."""
     tokens: list[int] = []
     all_logits: list[list[float]] = []
     n = len(prompt)
-    step = WireStep([], 0, [(0, 0, n, True)], torch.tensor(prompt), torch.arange(n))
+    block_size = ctx.runner.kv_pool.block_size
+    table = list(range(-(-(n + steps) // block_size)))
+    step = WireStep(0, [(0, n, True)], [table], torch.tensor(prompt), torch.arange(n))
     for i in range(steps):
         ctx.channel.send(CMD_STEP, step, i + 1)
         logits = ctx.runner.execute(step)[0]
         all_logits.append(logits.tolist())
         tokens.append(int(logits.argmax()))
-        step = WireStep([], 1, [], torch.tensor([tokens[-1]]), torch.tensor([n + i]))
+        step = WireStep(1, [], [table], torch.tensor([tokens[-1]]), torch.tensor([n + i]))
     return tokens, all_logits
 
 
