@@ -117,6 +117,9 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     """CUDA only, when kv_cache_memory_gib is unset: the share of the GPU this server may fill
     (weights + KV pool + KV_ACTIVATION_RESERVE_BYTES for activations), as vLLM's flag of that name."""
+    num_kv_blocks: int | None = None
+    """Fixes the pool's block count instead of deriving it from the memory budget (vLLM's
+    num_gpu_blocks_override): for tests and comparisons that need the same pool at any TP size."""
     kv_block_size: int = 16
     """Tokens per KV block (vLLM's default block size)."""
     enable_prefix_caching: bool = True
@@ -166,6 +169,8 @@ class EngineConfig:
             raise ValueError(f"kv_cache_memory_gib must be > 0 (GiB per rank), got {self.kv_cache_memory_gib}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
         if not 1 <= self.kv_block_size <= 1024:
             raise ValueError(f"kv_block_size must be in [1, 1024] tokens, got {self.kv_block_size}")
         if self.max_num_batched_tokens < self.max_batch_size:
@@ -252,13 +257,15 @@ class KVPoolPlan:
 def plan_kv_pool(
     *, num_layers: int, kv_heads: int, head_dim: int, dtype_bytes: int, world_size: int, budget_bytes: int,
     block_size: int, max_batch_size: int, model_max_len: int, requested_max_model_len: int | None,
+    num_blocks_override: int | None = None,
 ) -> KVPoolPlan:
     """Blocks that fit `budget_bytes` on one rank, and the context length that results.
 
     A rank holds ceil(kv_heads / world_size) KV heads (AutoTP gives the first ranks the extra head
     when tp does not divide them; the largest shard is what must fit). The pool never exceeds what
     max_batch_size sequences of max_model_len tokens can use at once. Raises ValueError naming the
-    numbers when an explicit max_model_len does not fit the pool.
+    numbers when an explicit max_model_len does not fit the pool. `num_blocks_override` replaces
+    the budget arithmetic (and the cap).
     """
     local_heads = -(-kv_heads // world_size)
     per_token = kv_cache.kv_bytes_per_token(num_layers, local_heads, head_dim, dtype_bytes)
@@ -267,6 +274,9 @@ def plan_kv_pool(
         raise ValueError(f"max_model_len {wanted_len} exceeds the model's max_position_embeddings {model_max_len}")
     blocks_per_seq = -(-wanted_len // block_size)
     num_blocks = min(budget_bytes // (per_token * block_size), max_batch_size * blocks_per_seq)
+    if num_blocks_override is not None:
+        num_blocks = num_blocks_override
+        budget_bytes = num_blocks * block_size * per_token
     if num_blocks < 1:
         raise ValueError(
             f"the KV cache budget of {budget_bytes / GIB:.3f} GiB per rank holds no block of {block_size} tokens "
@@ -354,7 +364,7 @@ class ModelRunner:
             head_dim=head_dim, dtype_bytes=torch.empty((), dtype=self.dtype).element_size(),
             world_size=env.world_size, budget_bytes=kv_budget_bytes(cfg, device, group),
             block_size=cfg.kv_block_size, max_batch_size=cfg.max_batch_size, model_max_len=limit,
-            requested_max_model_len=cfg.max_model_len,
+            requested_max_model_len=cfg.max_model_len, num_blocks_override=cfg.num_kv_blocks,
         )
         self.max_model_len = self.kv_pool.max_model_len
         self.cache = kv_cache.PagedKVCache(
@@ -477,6 +487,16 @@ class InferenceEngine:
         return len(self._inbox) + len(self._scheduler.waiting)
 
     @property
+    def num_preemptions(self) -> int:
+        """Sequences preempted (and recomputed later) because the KV pool was full, since start."""
+        return self._scheduler.num_preemptions
+
+    @property
+    def prefix_cache_hit_tokens(self) -> int:
+        """Prompt tokens whose prefill was skipped because their K/V were in the prefix cache."""
+        return self.kv_blocks.hits
+
+    @property
     def is_ready(self) -> bool:
         return self._ready and self._dead is None and self._thread.is_alive()
 
@@ -502,9 +522,14 @@ class InferenceEngine:
         if params.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {params.max_tokens}")
         if len(prompt) + params.max_tokens > self.max_model_len:
+            pool = self._runner.kv_pool
+            why = ""
+            if self.max_model_len == pool.capacity_tokens:
+                why = (f" (all the KV cache holds: {pool.num_blocks} blocks of {pool.block_size} tokens; "
+                       "the server's --kv-cache-memory sets it)")
             raise ValueError(
                 f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's "
-                f"context of {self.max_model_len} tokens"
+                f"context of {self.max_model_len} tokens{why}"
             )
         if min(prompt) < 0 or max(prompt) >= self.vocab_size:
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
