@@ -176,8 +176,9 @@ class Scheduler:
 
         preempted: list[Sequence] = []
         decoders: list[Sequence] = []
+        # Oldest first (running is in admission order), so the victims, the youngest, come later.
         for seq in [s for s in self.running if not s.is_prefilling]:
-            if seq not in self.running:
+            if seq in preempted:
                 continue  # preempted for an older sequence's block
             # The decode token is written at position num_computed.
             while len(seq.block_table) * blocks.block_size <= seq.num_computed:
@@ -189,9 +190,8 @@ class Scheduler:
                 preempted.append(victim)
                 if victim is seq:
                     break
-            if seq in self.running:
+            if seq not in preempted:
                 decoders.append(seq)
-        decoders = [s for s in decoders if s in self.running]
         budget = self.max_num_batched_tokens - len(decoders)
 
         prefill: list[PrefillWork] = []
