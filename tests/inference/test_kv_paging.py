@@ -250,6 +250,12 @@ def test_greedy_tokens_are_the_same_with_prefix_caching_and_preemption_as_withou
     try:
         run_workload(engine, [prompts[0], prompts[1]], [1, 1], concurrent=False)  # warm the two system prompts
         batched = run_workload(engine, prompts, lengths, concurrent=True)
+        # Three unrelated 120-token prompts need all 24 blocks: every cached system-prompt block is evicted
+        # (and overwritten); the system prompts must then be recomputed, not read from stale blocks.
+        generator = torch.Generator().manual_seed(5)
+        flush = [torch.randint(3, 512, (120,), generator=generator).tolist() for _ in range(3)]
+        run_workload(engine, flush, [8, 8, 8], concurrent=True)
+        again = run_workload(engine, prompts[:4], lengths[:4], concurrent=False)
         wait_idle(engine)
         blocks = engine.kv_blocks
         hits, preemptions = engine.prefix_cache_hit_tokens, engine.num_preemptions
@@ -259,6 +265,7 @@ def test_greedy_tokens_are_the_same_with_prefix_caching_and_preemption_as_withou
         asyncio.run(engine.shutdown())
 
     assert batched == reference
+    assert again == reference[:4]
     assert hits >= 32  # at least the first request reused its system prompt's two full blocks
     assert free_after == num_blocks  # no block leaked
     print(f"prefix-cache hit tokens {hits}, preemptions {preemptions}")  # forced and asserted in the TP probe
