@@ -15,10 +15,10 @@ replace_with_kernel_inject=False)` (AutoTP). AutoTP slices each Linear on the ho
 rank's shard to the accelerator (`LinearLayer`/`LinearAllreduce`), then moves the small unsharded
 rest (embeddings, norms); so a GPU never holds a full copy, though host RAM briefly does on each
 rank. Kernel injection is not used: it swaps the attention module for DeepSpeed's fused one with
-its own single-batch KV cache, which cannot serve a continuously batched slot cache.
+its own single-batch KV cache, which cannot serve a continuously batched paged cache.
 Attention runs through `inference.kv_cache.paged_attention`, registered as a transformers attention
 implementation, so the model's own modules (sharded or not) run every step; K/V live in a paged block
-pool sized from a memory budget (`kv_pool_plan`), whose blocks rank 0 hands out per sequence.
+pool sized from a memory budget (`plan_kv_pool`), whose blocks rank 0 hands out per sequence.
 
 Threads: the step loop runs in a background thread on rank 0, so the HTTP event loop never waits on
 a forward; token events are handed back to the event loop once per step.
@@ -104,7 +104,7 @@ class EngineConfig:
     """Weights and activations dtype: float32, bfloat16, float16, or auto (bf16 where the hardware
     multiplies it natively: CUDA, AVX512-BF16/AMX CPUs; fp32 on other CPUs)."""
     max_batch_size: int = 64
-    """Most sequences decoding at once (KV-cache slots)."""
+    """Most sequences running at once (fewer when the KV pool has no free blocks for more)."""
     max_waiting: int = 256
     """Most requests queued for a slot; beyond it admission raises QueueFullError (HTTP 429)."""
     max_model_len: int | None = None
@@ -595,7 +595,7 @@ class InferenceEngine:
                 self.abort(request.request_id)
 
     def abort(self, request_id: str) -> None:
-        """Stop a request; its slot is freed at the next step and it ends with finish_reason "abort"."""
+        """Stop a request; its KV blocks are freed at the next step and it ends with finish_reason "abort"."""
         self._aborts.append(request_id)
         self._wakeup.set()
 
