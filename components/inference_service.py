@@ -390,7 +390,8 @@ class InferenceServiceArgs:
     max_waiting: int = serving_defaults.MAX_WAITING
     """Server's waiting-queue cap (``--max-waiting``); beyond it clients get 429."""
     max_model_len: int | None = None
-    """Context length cap (``--max-model-len``); None: the model's, at most ``MAX_MODEL_LEN_CAP`` (4096)."""
+    """Context length cap (``--max-model-len``); None: the model's max_position_embeddings, lowered to what the
+    KV pool holds."""
     embeddings: Embeddings | None = None
     """``/v1/embeddings`` from the served model's pooled hidden states (``--embeddings served``, TP 1 only);
     None serves no embeddings (the endpoint answers 404)."""

@@ -32,10 +32,23 @@ MAX_WAITING: Final = 128
 about two generations before being told to back off, instead of queueing past its own timeout (the engine's
 former 256). 128 is what deployed pods already ran with (the component did not pass it; the CLI said 128)."""
 
-MAX_MODEL_LEN_CAP: Final = 4096
-"""Context length (prompt + generated tokens) when none is given: the model's ``max_position_embeddings``,
-capped here, so a 128k-context model does not preallocate 32x the KV cache by default. The stack config,
-which must price the KV cache before deploying, uses this value itself."""
+STACK_MAX_MODEL_LEN: Final = 4096
+"""Context length (prompt + generated tokens) a stack deploys with unless its config says otherwise: the stack
+config prices GPU memory before deploying, so it needs a number (stacks/gpu_memory.py). The server itself, given
+no ``--max-model-len``, uses the model's ``max_position_embeddings``, lowered to what its paged KV pool holds."""
+
+KV_BLOCK_SIZE: Final = 16
+"""Tokens per paged KV block (vLLM's default): small enough that a sequence wastes under one block."""
+
+GPU_MEMORY_UTILIZATION: Final = 0.9
+"""Share of a GPU the server fills (weights + KV pool + activation reserve) without --kv-cache-memory (vLLM's
+default for its flag of that name)."""
+
+CPU_KV_CACHE_GIB: Final = 4.0
+"""KV pool per rank on the CPU without --kv-cache-memory (vLLM's VLLM_CPU_KVCACHE_SPACE default)."""
+
+ENABLE_PREFIX_CACHING: Final = True
+"""Share the KV blocks of identical prompt prefixes (system prompts, RAG templates) between requests."""
 
 MAX_NUM_BATCHED_TOKENS: Final = 2048
 """Token budget of one forward step (decode tokens + prompt chunks); raised to max_batch_size when smaller."""

@@ -131,41 +131,49 @@ def init_process_groups(env: LaunchEnv, device_type: str, timeout_s: float) -> d
 
 @dataclass
 class WireStep:
-    """One step as every rank sees it: slot moves, then a packed batch of tokens."""
+    """One step as every rank sees it: a packed batch of tokens and each row's KV block table."""
 
-    moves: list[tuple[int, int, int]]  # (src_slot, dst_slot, length)
-    num_decode: int  # decode tokens come first, one per slot 0..num_decode-1
-    prefills: list[tuple[int, int, int, bool]]  # (slot, start, length, wants_logits)
+    num_decode: int  # decode tokens come first, one per decoding sequence
+    prefills: list[tuple[int, int, bool]]  # (start, length, wants_logits)
+    block_tables: list[list[int]]  # one per row: the num_decode decoders, then the prefills
     token_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64
 
     def encode(self, step_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        table_ints = sum(len(t) for t in self.block_tables)
         header = torch.tensor(
-            [CMD_STEP, len(self.moves), self.num_decode, len(self.prefills), self.token_ids.numel(), step_id, 0, 0],
+            [CMD_STEP, self.num_decode, len(self.prefills), self.token_ids.numel(), step_id, table_ints, 0, 0],
             dtype=torch.int64,
         )
         parts = [
-            torch.tensor([v for move in self.moves for v in move], dtype=torch.int64),
             torch.tensor([int(v) for chunk in self.prefills for v in chunk], dtype=torch.int64),
+            torch.tensor([len(t) for t in self.block_tables], dtype=torch.int64),
+            torch.tensor([b for t in self.block_tables for b in t], dtype=torch.int64),
             self.token_ids,
             self.positions,
         ]
         return header, torch.cat(parts)
 
+    @staticmethod
+    def payload_len(header: list[int]) -> int:
+        num_decode, n_prefills, n_tokens, table_ints = header[1], header[2], header[3], header[5]
+        return 3 * n_prefills + (num_decode + n_prefills) + table_ints + 2 * n_tokens
+
     @classmethod
     def decode(cls, header: list[int], payload: torch.Tensor) -> WireStep:
-        _, n_moves, num_decode, n_prefills, n_tokens = header[:5]
-        values = payload[: 3 * n_moves + 4 * n_prefills].tolist()
-        moves = [tuple(values[3 * i : 3 * i + 3]) for i in range(n_moves)]
-        base = 3 * n_moves
-        prefills = [
-            (values[base + 4 * i], values[base + 4 * i + 1], values[base + 4 * i + 2], bool(values[base + 4 * i + 3]))
-            for i in range(n_prefills)
-        ]
-        start = 3 * n_moves + 4 * n_prefills
-        token_ids = payload[start : start + n_tokens]
-        positions = payload[start + n_tokens : start + 2 * n_tokens]
-        return cls(moves, num_decode, prefills, token_ids, positions)  # type: ignore[arg-type]
+        num_decode, n_prefills, n_tokens, table_ints = header[1], header[2], header[3], header[5]
+        n_rows = num_decode + n_prefills
+        head = 3 * n_prefills + n_rows + table_ints
+        values = payload[:head].tolist()
+        prefills = [(values[3 * i], values[3 * i + 1], bool(values[3 * i + 2])) for i in range(n_prefills)]
+        lengths = values[3 * n_prefills : 3 * n_prefills + n_rows]
+        tables, at = [], 3 * n_prefills + n_rows
+        for length in lengths:
+            tables.append(values[at : at + length])
+            at += length
+        token_ids = payload[head : head + n_tokens]
+        positions = payload[head + n_tokens : head + 2 * n_tokens]
+        return cls(num_decode, prefills, tables, token_ids, positions)  # type: ignore[arg-type]
 
 
 class StepChannel:
@@ -200,8 +208,7 @@ class StepChannel:
         command = header[0]
         if command != CMD_STEP:
             return command, None
-        n_moves, n_prefills, n_tokens = header[1], header[3], header[4]
-        payload = torch.empty(3 * n_moves + 4 * n_prefills + 2 * n_tokens, dtype=torch.int64)
+        payload = torch.empty(WireStep.payload_len(header), dtype=torch.int64)
         dist.broadcast(payload, src=0, group=self.group)
         return command, WireStep.decode(header, payload)
 

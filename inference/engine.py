@@ -15,9 +15,10 @@ replace_with_kernel_inject=False)` (AutoTP). AutoTP slices each Linear on the ho
 rank's shard to the accelerator (`LinearLayer`/`LinearAllreduce`), then moves the small unsharded
 rest (embeddings, norms); so a GPU never holds a full copy, though host RAM briefly does on each
 rank. Kernel injection is not used: it swaps the attention module for DeepSpeed's fused one with
-its own single-batch KV cache, which cannot serve a continuously batched slot cache.
-Attention runs through `inference.kv_cache.slot_attention`, registered as a transformers attention
-implementation, so the model's own modules (sharded or not) run every step.
+its own single-batch KV cache, which cannot serve a continuously batched paged cache.
+Attention runs through `inference.kv_cache.paged_attention`, registered as a transformers attention
+implementation, so the model's own modules (sharded or not) run every step; K/V live in a paged block
+pool sized from a memory budget (`plan_kv_pool`), whose blocks rank 0 hands out per sequence.
 
 Threads: the step loop runs in a background thread on rank 0, so the HTTP event loop never waits on
 a forward; token events are handed back to the event loop once per step.
@@ -39,6 +40,7 @@ from pathlib import Path
 import torch
 
 from . import autotp_fixes, cpu_gemm, defaults, fused, kv_cache, structured_output
+from .block_manager import BlockManager
 from .distributed import (
     CMD_BARRIER,
     CMD_HEARTBEAT,
@@ -103,11 +105,26 @@ class EngineConfig:
     """Weights and activations dtype: float32, bfloat16, float16, or auto (bf16 where the hardware
     multiplies it natively: CUDA, AVX512-BF16/AMX CPUs; fp32 on other CPUs)."""
     max_batch_size: int = defaults.MAX_BATCH_SIZE
-    """Most sequences decoding at once (KV-cache slots)."""
+    """Most sequences running at once (fewer when the KV pool has no free blocks for more)."""
     max_waiting: int = defaults.MAX_WAITING
     """Most requests queued for a slot; beyond it admission raises QueueFullError (HTTP 429)."""
     max_model_len: int | None = None
-    """Prompt + generated tokens per sequence; default min(max_position_embeddings, defaults.MAX_MODEL_LEN_CAP)."""
+    """Prompt + generated tokens per sequence; default the model's max_position_embeddings, lowered to
+    what the KV pool holds (an explicit value the pool cannot hold is an error at start)."""
+    kv_cache_memory_gib: float | None = None
+    """KV block pool per rank in GiB; default: on CUDA what gpu_memory_utilization leaves after the
+    weights, on the CPU 4 GiB (vLLM's VLLM_CPU_KVCACHE_SPACE default). Never more than
+    max_batch_size sequences of max_model_len tokens need."""
+    gpu_memory_utilization: float = defaults.GPU_MEMORY_UTILIZATION
+    """CUDA only, when kv_cache_memory_gib is unset: the share of the GPU this server may fill
+    (weights + KV pool + KV_ACTIVATION_RESERVE_BYTES for activations), as vLLM's flag of that name."""
+    num_kv_blocks: int | None = None
+    """Fixes the pool's block count instead of deriving it from the memory budget (vLLM's
+    num_gpu_blocks_override): for tests and comparisons that need the same pool at any TP size."""
+    kv_block_size: int = defaults.KV_BLOCK_SIZE
+    """Tokens per KV block (vLLM's default block size)."""
+    enable_prefix_caching: bool = defaults.ENABLE_PREFIX_CACHING
+    """Share the KV blocks of identical prompt prefixes between requests (and keep them after)."""
     max_num_batched_tokens: int = defaults.MAX_NUM_BATCHED_TOKENS
     """Token budget of one forward (decode tokens + prompt chunks); >= max_batch_size."""
     collective_timeout_s: float = 60.0
@@ -149,6 +166,14 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.kv_cache_memory_gib is not None and not self.kv_cache_memory_gib > 0:
+            raise ValueError(f"kv_cache_memory_gib must be > 0 (GiB per rank), got {self.kv_cache_memory_gib}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+        if not 1 <= self.kv_block_size <= 1024:
+            raise ValueError(f"kv_block_size must be in [1, 1024] tokens, got {self.kv_block_size}")
         if self.max_num_batched_tokens < self.max_batch_size:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_batch_size "
@@ -209,20 +234,101 @@ def model_eos_token_ids(model_dir: str | Path, hf_config: object) -> tuple[int, 
     return tuple(sorted(ids))
 
 
+GIB = 1024**3
+CPU_KV_CACHE_DEFAULT_BYTES = int(defaults.CPU_KV_CACHE_GIB * GIB)
+# CUDA: room left, inside gpu_memory_utilization, for one step's activations, logits and the
+# cuBLAS/NCCL workspaces (vLLM profiles a forward for this; a fixed reserve keeps start-up simple).
+KV_ACTIVATION_RESERVE_BYTES = 2 * GIB
+
+
+@dataclass(frozen=True)
+class KVPoolPlan:
+    """The KV block pool of every rank and the context length it allows."""
+
+    num_blocks: int
+    block_size: int
+    bytes_per_token: int  # on one rank (its share of the KV heads)
+    max_model_len: int
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+
+def plan_kv_pool(
+    *, num_layers: int, kv_heads: int, head_dim: int, dtype_bytes: int, world_size: int, budget_bytes: int,
+    block_size: int, max_batch_size: int, model_max_len: int, requested_max_model_len: int | None,
+    num_blocks_override: int | None = None,
+) -> KVPoolPlan:
+    """Blocks that fit `budget_bytes` on one rank, and the context length that results.
+
+    A rank holds ceil(kv_heads / world_size) KV heads (AutoTP gives the first ranks the extra head
+    when tp does not divide them; the largest shard is what must fit). The pool never exceeds what
+    max_batch_size sequences of max_model_len tokens can use at once. Raises ValueError naming the
+    numbers when an explicit max_model_len does not fit the pool. `num_blocks_override` replaces
+    the budget arithmetic (and the cap).
+    """
+    local_heads = -(-kv_heads // world_size)
+    per_token = kv_cache.kv_bytes_per_token(num_layers, local_heads, head_dim, dtype_bytes)
+    wanted_len = requested_max_model_len or model_max_len
+    if wanted_len > model_max_len:
+        raise ValueError(f"max_model_len {wanted_len} exceeds the model's max_position_embeddings {model_max_len}")
+    blocks_per_seq = -(-wanted_len // block_size)
+    num_blocks = min(budget_bytes // (per_token * block_size), max_batch_size * blocks_per_seq)
+    if num_blocks_override is not None:
+        num_blocks = num_blocks_override
+        budget_bytes = num_blocks * block_size * per_token
+    if num_blocks < 1:
+        raise ValueError(
+            f"the KV cache budget of {budget_bytes / GIB:.3f} GiB per rank holds no block of {block_size} tokens "
+            f"({per_token * block_size} bytes); raise --kv-cache-memory (or --gpu-memory-utilization)"
+        )
+    capacity = num_blocks * block_size
+    if wanted_len > capacity:
+        if requested_max_model_len is not None:
+            raise ValueError(
+                f"max_model_len {wanted_len} needs {blocks_per_seq} KV blocks of {block_size} tokens "
+                f"({wanted_len * per_token / GIB:.3f} GiB per rank) but the KV cache holds {num_blocks} blocks "
+                f"({capacity} tokens, {budget_bytes / GIB:.3f} GiB budget); raise --kv-cache-memory or lower "
+                "--max-model-len"
+            )
+        log.warning("max_model_len lowered from the model's %d to %d tokens: all the KV cache holds "
+                    "(raise --kv-cache-memory for more)", wanted_len, capacity)
+        wanted_len = capacity
+    return KVPoolPlan(num_blocks, block_size, per_token, wanted_len)
+
+
+def kv_budget_bytes(cfg: EngineConfig, device: torch.device, group: object | None) -> int:
+    """This TP group's KV budget per rank: explicit, or measured on CUDA (the minimum over ranks)."""
+    if cfg.kv_cache_memory_gib is not None:
+        return int(cfg.kv_cache_memory_gib * GIB)
+    if device.type != "cuda":
+        return CPU_KV_CACHE_DEFAULT_BYTES
+    free, total = torch.cuda.mem_get_info(device)
+    budget = int(cfg.gpu_memory_utilization * total) - (total - free) - KV_ACTIVATION_RESERVE_BYTES
+    if group is not None:
+        # Ranks measure slightly different usage; every rank must size the same pool.
+        import torch.distributed as dist
+
+        shared = torch.tensor([budget], dtype=torch.int64)
+        dist.all_reduce(shared, op=dist.ReduceOp.MIN, group=group)
+        budget = int(shared.item())
+    return max(budget, 0)
+
+
 class ModelRunner:
     """Loads (and shards) the model on this rank and runs one packed forward per step."""
 
-    def __init__(self, cfg: EngineConfig, env: LaunchEnv, device: torch.device) -> None:
+    def __init__(self, cfg: EngineConfig, env: LaunchEnv, device: torch.device, group: object | None = None) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         self.device = device
         self.dtype = resolve_dtype(cfg.dtype, device.type)
         config = AutoConfig.from_pretrained(cfg.model_dir)
         self.hf_config = config
-        limit = getattr(config, "max_position_embeddings", None) or defaults.MAX_MODEL_LEN_CAP
-        self.max_model_len = cfg.max_model_len or min(limit, defaults.MAX_MODEL_LEN_CAP)
-        if self.max_model_len > limit:
-            raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's max_position_embeddings {limit}")
+        limit = getattr(config, "max_position_embeddings", None) or defaults.STACK_MAX_MODEL_LEN
+        if cfg.max_model_len is not None and cfg.max_model_len > limit:
+            raise ValueError(f"max_model_len {cfg.max_model_len} exceeds the model's max_position_embeddings {limit}")
         model = AutoModelForCausalLM.from_pretrained(
             cfg.model_dir, dtype=self.dtype, attn_implementation=kv_cache.ATTENTION_NAME
         )
@@ -252,55 +358,72 @@ class ModelRunner:
         self.vocab_size = config.vocab_size
         # Steps with fewer token rows keep the 16-bit kernel (bandwidth-bound matrix-vector products).
         self.widen_min_rows = cfg.cpu_widen_min_rows if cpu_gemm.widening_applies(device, self.dtype) else 0
-        self.cache = kv_cache.SlotKVCache(
-            config.num_hidden_layers, cfg.max_batch_size, self.max_model_len, self.dtype, device
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        self.kv_pool = plan_kv_pool(
+            num_layers=config.num_hidden_layers, kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=head_dim, dtype_bytes=torch.empty((), dtype=self.dtype).element_size(),
+            world_size=env.world_size, budget_bytes=kv_budget_bytes(cfg, device, group),
+            block_size=cfg.kv_block_size, max_batch_size=cfg.max_batch_size, model_max_len=limit,
+            requested_max_model_len=cfg.max_model_len, num_blocks_override=cfg.num_kv_blocks,
         )
+        self.max_model_len = self.kv_pool.max_model_len
+        self.cache = kv_cache.PagedKVCache(
+            config.num_hidden_layers, self.kv_pool.num_blocks, self.kv_pool.block_size, self.dtype, device
+        )
+        log.info("KV cache: %d blocks of %d tokens (%d tokens, %.3f GiB per rank, %d bytes per token), "
+                 "max_model_len %d", self.kv_pool.num_blocks, self.kv_pool.block_size, self.kv_pool.capacity_tokens,
+                 self.kv_pool.capacity_tokens * self.kv_pool.bytes_per_token / GIB, self.kv_pool.bytes_per_token,
+                 self.max_model_len)
 
     @torch.inference_mode()
     def execute(self, step: WireStep) -> torch.Tensor:
-        """Apply the slot moves, run the forward; returns float32 CPU logits of the rows that want them."""
-        for src, dst, length in step.moves:
-            self.cache.move(src, dst, length)
+        """Run the forward of one step; returns float32 CPU logits of the rows that want them."""
         num_tokens = step.token_ids.numel()
         if num_tokens == 0:
             return torch.empty((0, self.vocab_size))
+        block_size = self.cache.block_size
         n = step.num_decode
-        slots = [torch.arange(n, dtype=torch.int64)]
+        positions = step.positions
+        rows = []
         keep = list(range(n))
-        chunks: list[kv_cache.PrefillChunk] = []
-        groups: list[kv_cache.FreshPromptGroup] = []
+        meta = kv_cache.StepAttention(cache=self.cache, token_rows=positions, num_decode=n)
+        if n:
+            # Decode rows: one [n, max_blocks] table tensor; a row's positions past its length read
+            # row 0 of the pool (finite values) and are masked out below.
+            tables = step.block_tables[:n]
+            width = max(len(t) for t in tables)
+            table = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int64)
+            decode_positions = positions[:n]
+            hi = int(decode_positions.max())
+            rows.append(table[torch.arange(n), decode_positions // block_size] * block_size
+                        + decode_positions % block_size)
+            span = torch.arange(hi + 1)
+            meta.decode_rows = (table[:, span // block_size] * block_size + span % block_size).flatten().to(self.device)
+            meta.decode_kv_len = hi + 1
+            if int(decode_positions.min()) != hi:
+                visible = span.unsqueeze(0) <= decode_positions.unsqueeze(1)
+                meta.decode_mask = visible.view(n, 1, 1, hi + 1).to(self.device)
         offset = n
-        for slot, start, length, wants_logits in step.prefills:
-            slots.append(torch.full((length,), slot, dtype=torch.int64))
+        for (start, length, wants_logits), blocks in zip(step.prefills, step.block_tables[n:], strict=True):
+            table = torch.tensor(blocks, dtype=torch.int64)
+            chunk_rows = kv_cache.block_rows(table, torch.arange(start + length), block_size)
+            rows.append(chunk_rows[start:])
             if start > 0:
                 # Chunk rows sit at positions start..start+length-1 and see every earlier position.
-                rows = torch.arange(start, start + length).unsqueeze(1)
-                mask = (torch.arange(start + length).unsqueeze(0) <= rows).to(self.device)
-                chunks.append(kv_cache.PrefillChunk(slot, start, length, offset, mask))
-            elif groups and groups[-1].length == length and groups[-1].offset + groups[-1].count * length == offset:
-                last = groups[-1]
-                groups[-1] = kv_cache.FreshPromptGroup(last.offset, last.count + 1, length)
+                query_positions = torch.arange(start, start + length).unsqueeze(1)
+                mask = (torch.arange(start + length).unsqueeze(0) <= query_positions).to(self.device)
+                meta.prefills.append(kv_cache.PrefillChunk(start, length, offset, chunk_rows.to(self.device), mask))
+            elif (meta.fresh_groups and meta.fresh_groups[-1].length == length
+                  and meta.fresh_groups[-1].offset + meta.fresh_groups[-1].count * length == offset):
+                last = meta.fresh_groups[-1]
+                meta.fresh_groups[-1] = kv_cache.FreshPromptGroup(last.offset, last.count + 1, length)
             else:
-                groups.append(kv_cache.FreshPromptGroup(offset, 1, length))
+                meta.fresh_groups.append(kv_cache.FreshPromptGroup(offset, 1, length))
             if wants_logits:
                 keep.append(offset + length - 1)
             offset += length
-        positions = step.positions
-        meta = kv_cache.StepAttention(
-            cache=self.cache,
-            token_slots=torch.cat(slots).to(self.device),
-            token_positions=positions.to(self.device),
-            num_decode=n,
-            prefills=chunks,
-            fresh_groups=groups,
-        )
-        if n:
-            decode_positions = positions[:n]
-            lo, hi = int(decode_positions.min()), int(decode_positions.max())
-            meta.decode_kv_len = hi + 1
-            if lo != hi:
-                visible = torch.arange(hi + 1).unsqueeze(0) <= decode_positions.unsqueeze(1)
-                meta.decode_mask = visible.view(n, 1, 1, hi + 1).to(self.device)
+        meta.token_rows = torch.cat(rows).to(self.device)
         widen = self.widen_min_rows and num_tokens >= self.widen_min_rows
         with cpu_gemm.WidenedGemm(self.widen_min_rows) if widen else contextlib.nullcontext():
             out = self.model(
@@ -313,8 +436,8 @@ class ModelRunner:
         return out.logits[0].float().cpu()
 
     def warm_up_step(self) -> WireStep:
-        """A one-token prefill in slot 0: allocates the KV cache and warms the kernels on every rank."""
-        return WireStep([], 0, [(0, 0, 1, True)], torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
+        """A one-token prefill into block 0: allocates the KV pool and warms the kernels on every rank."""
+        return WireStep(0, [(0, 1, True)], [[0]], torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
 
 
 _Item = TokenEvent | BaseException
@@ -333,7 +456,9 @@ class InferenceEngine:
         self.vocab_size = runner.vocab_size
         self._runner = runner
         self._channel = channel
-        self._scheduler = Scheduler(cfg.max_batch_size, cfg.max_waiting, cfg.max_num_batched_tokens)
+        pool = runner.kv_pool
+        self.kv_blocks = BlockManager(pool.num_blocks, pool.block_size, cfg.enable_prefix_caching)
+        self._scheduler = Scheduler(cfg.max_batch_size, cfg.max_waiting, cfg.max_num_batched_tokens, self.kv_blocks)
         eos = cfg.eos_token_ids
         if eos is None:
             eos = model_eos_token_ids(cfg.model_dir, runner.hf_config)
@@ -363,6 +488,16 @@ class InferenceEngine:
         return len(self._inbox) + len(self._scheduler.waiting)
 
     @property
+    def num_preemptions(self) -> int:
+        """Sequences preempted (and recomputed later) because the KV pool was full, since start."""
+        return self._scheduler.num_preemptions
+
+    @property
+    def prefix_cache_hit_tokens(self) -> int:
+        """Prompt tokens whose prefill was skipped because their K/V were in the prefix cache."""
+        return self.kv_blocks.hits
+
+    @property
     def is_ready(self) -> bool:
         return self._ready and self._dead is None and self._thread.is_alive()
 
@@ -388,9 +523,14 @@ class InferenceEngine:
         if params.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {params.max_tokens}")
         if len(prompt) + params.max_tokens > self.max_model_len:
+            pool = self._runner.kv_pool
+            why = ""
+            if self.max_model_len == pool.capacity_tokens:
+                why = (f" (all the KV cache holds: {pool.num_blocks} blocks of {pool.block_size} tokens; "
+                       "the server's --kv-cache-memory sets it)")
             raise ValueError(
                 f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's "
-                f"context of {self.max_model_len} tokens"
+                f"context of {self.max_model_len} tokens{why}"
             )
         if min(prompt) < 0 or max(prompt) >= self.vocab_size:
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
@@ -456,7 +596,7 @@ class InferenceEngine:
                 self.abort(request.request_id)
 
     def abort(self, request_id: str) -> None:
-        """Stop a request; its slot is freed at the next step and it ends with finish_reason "abort"."""
+        """Stop a request; its KV blocks are freed at the next step and it ends with finish_reason "abort"."""
         self._aborts.append(request_id)
         self._wakeup.set()
 
@@ -532,7 +672,10 @@ class InferenceEngine:
             if seq.aborted and seq.finish_reason is None:
                 seq.finish_reason = "abort"
                 events[seq] = TokenEvent(None, "abort")
-        if plan.num_tokens or plan.moves:
+        if plan.preempted:
+            log.info("KV cache full: preempted %d sequence(s) for recomputation (%d so far)",
+                     len(plan.preempted), self._scheduler.num_preemptions)
+        if plan.num_tokens:
             wire = self._to_wire(plan)
             self._step_id += 1
             self._guarded(self._channel.send, CMD_STEP, wire, self._step_id)
@@ -544,15 +687,17 @@ class InferenceEngine:
     def _to_wire(plan: StepPlan) -> WireStep:
         token_ids = [seq.output[-1] for seq in plan.decode]
         positions = [seq.num_computed for seq in plan.decode]
+        tables = [seq.block_table for seq in plan.decode]
         prefills = []
         for work in plan.prefill:
-            token_ids.extend(work.seq.prompt[work.start : work.start + work.length])
+            token_ids.extend(work.seq.tokens(work.start, work.start + work.length))
             positions.extend(range(work.start, work.start + work.length))
-            prefills.append((work.seq.slot, work.start, work.length, work.completes_prompt))
+            prefills.append((work.start, work.length, work.wants_logits))
+            tables.append(work.seq.block_table)
         return WireStep(
-            moves=plan.moves,
             num_decode=len(plan.decode),
             prefills=prefills,
+            block_tables=tables,
             token_ids=torch.tensor(token_ids, dtype=torch.int64),
             positions=torch.tensor(positions, dtype=torch.int64),
         )
@@ -563,7 +708,7 @@ class InferenceEngine:
             seq.num_computed += 1
         for work in plan.prefill:
             work.seq.num_computed += work.length
-        rows = plan.decode + [w.seq for w in plan.prefill if w.completes_prompt]
+        rows = plan.decode + [w.seq for w in plan.prefill if w.wants_logits]
         if not rows:
             return
         constraints = [s.constraint for s in rows]
@@ -726,7 +871,7 @@ def load_rank(cfg: EngineConfig, environ: dict[str, str] | None = None) -> RankC
         # Before the model, so rank 0's first step follows its model load as closely as the
         # followers' first wait follows theirs (that wait is bounded by collective_timeout_s).
         tokenizer = AutoTokenizer.from_pretrained(cfg.model_dir)
-    runner = ModelRunner(cfg, env, device)
+    runner = ModelRunner(cfg, env, device, channel.group)
     log.info(
         "rank %d/%d loaded %s (%s, %d threads)",
         env.rank, env.world_size, cfg.model_dir, runner.dtype, torch.get_num_threads(),

@@ -8,7 +8,11 @@
 For each batch size B it submits B requests at once (random prompt ids of --prompt-len tokens,
 --output-len tokens each with ignore_eos), after one warm-up round, and prints one JSON line:
 output tokens/s over the whole run, decode tokens/s after the last first token (steady state),
-mean time to first token and mean time per output token.
+mean time to first token and mean time per output token, the most requests running at once and
+the KV preemptions. KV capacity at a fixed memory (tiny model, 8 MiB of KV, 200 requests at once):
+
+    python -m inference.engine_bench --model /tmp/tiny --dtype float32 --batch 200 \
+        --kv-cache-memory 0.0078125 --max-model-len 1024
 """
 
 from __future__ import annotations
@@ -49,8 +53,21 @@ async def run_batch(
         ends.append(time.perf_counter())
         counts.append(n)
 
+    peak_running = 0
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal peak_running
+        while not done.is_set():
+            peak_running = max(peak_running, engine.num_running)
+            await asyncio.sleep(0.002)
+
+    preempted_before = engine.num_preemptions
+    watcher = asyncio.create_task(watch())
     await asyncio.gather(*(one(i) for i in range(batch)))
     end = time.perf_counter()
+    done.set()
+    await watcher
     total = sum(counts)
     last_first = max(first)
     decode_tokens = total - batch
@@ -66,6 +83,8 @@ async def run_batch(
         "steady_decode_tok_per_s": round(decode_tokens / (end - last_first), 1) if end > last_first else 0.0,
         "mean_ttft_ms": round(1000 * statistics.mean(ttfts), 1),
         "mean_tpot_ms": round(1000 * statistics.mean(tpots), 2),
+        "peak_running": peak_running,
+        "preemptions": engine.num_preemptions - preempted_before,
     }
 
 
@@ -95,16 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: cores/ranks)")
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    parser.add_argument("--kv-cache-memory", type=float, default=None, help="KV pool GiB per rank (engine default)")
+    parser.add_argument("--max-model-len", type=int, default=None, help="default: prompt + output + 8 tokens")
+    parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                        help="(default on; the warm-up round uses the largest batch's prompts)")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the DeepSpeed launcher
     args = parser.parse_args(argv)
     if min(args.batch) < 1 or args.prompt_len < 1 or args.output_len < 1:
         parser.error("--batch, --prompt-len and --output-len must be >= 1")
+    if args.kv_cache_memory is not None and not args.kv_cache_memory > 0:
+        parser.error(f"--kv-cache-memory must be > 0 GiB, got {args.kv_cache_memory}")
     cfg = EngineConfig(
         model_dir=args.model,
         dtype=args.dtype,
         max_batch_size=max(args.batch),
         max_waiting=max(args.batch),
-        max_model_len=args.prompt_len + args.output_len + 8,
+        max_model_len=args.max_model_len or args.prompt_len + args.output_len + 8,
+        kv_cache_memory_gib=args.kv_cache_memory,
+        enable_prefix_caching=args.enable_prefix_caching,
         max_num_batched_tokens=max(args.max_num_batched_tokens, max(args.batch)),
         num_threads=args.threads,
         device=args.device,

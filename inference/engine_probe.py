@@ -7,10 +7,13 @@ compare the JSON files: greedy tokens must match and logits agree within float t
     deepspeed --num_accelerators 2 --bind_cores_to_rank --module inference.engine_probe \\
         --model DIR --dtype float32 --out tp2.json
 
-`--mode tp-check` (default): rank 0 first drives raw steps (prefill + greedy decode in slot 0,
+`--mode tp-check` (default): rank 0 first drives raw steps (prefill + greedy decode in the first KV blocks,
 recording each step's logits), then starts the engine and generates every prompt greedily in one
-concurrent batch. `--mode serve-until-dead`: rank 0 prints READY, keeps generating, and when the
-engine reports a dead rank prints DEAD and exits with status 5 (what the server does).
+concurrent batch; then two KV-cache rounds against their own raw runs: prompts sharing a 40-token
+prefix after that prefix was served once (prefix-cache hits), and two long requests in a pool too
+small for both (the younger is preempted and recomputed). `--mode serve-until-dead`: rank 0
+prints READY, keeps generating, and when the engine reports a dead rank prints DEAD and exits with
+status 5 (what the server does).
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from .engine import EngineConfig, InferenceEngine, RankContext, load_rank, run_r
 from .engine_api import GenerationRequest, SamplingParams
 
 DEAD_EXIT_CODE = 5
+KV_BLOCKS = 14
+# Prompts of 5 and 12 tokens + 140 generated: 9 and 10 blocks of 16, each fits the 14-block pool alone, the
+# two together cannot, whenever the second one starts in the first one's first 70 steps.
+LONG_STEPS = 140
 
 
 def probe_prompts(vocab_size: int, count: int = 4, seed: int = 1234) -> list[list[int]]:
@@ -39,21 +46,23 @@ def probe_prompts(vocab_size: int, count: int = 4, seed: int = 1234) -> list[lis
 
 
 def raw_greedy(ctx: RankContext, prompt: list[int], steps: int) -> tuple[list[int], list[list[float]]]:
-    """Prefill `prompt` into slot 0 and decode `steps` greedy tokens, returning tokens and logits."""
+    """Prefill `prompt` into the first KV blocks and decode `steps` greedy tokens, returning tokens and logits."""
     tokens: list[int] = []
     all_logits: list[list[float]] = []
     n = len(prompt)
-    step = WireStep([], 0, [(0, 0, n, True)], torch.tensor(prompt), torch.arange(n))
+    block_size = ctx.runner.kv_pool.block_size
+    table = list(range(-(-(n + steps) // block_size)))
+    step = WireStep(0, [(0, n, True)], [table], torch.tensor(prompt), torch.arange(n))
     for i in range(steps):
         ctx.channel.send(CMD_STEP, step, i + 1)
         logits = ctx.runner.execute(step)[0]
         all_logits.append(logits.tolist())
         tokens.append(int(logits.argmax()))
-        step = WireStep([], 1, [], torch.tensor([tokens[-1]]), torch.tensor([n + i]))
+        step = WireStep(1, [], [table], torch.tensor([tokens[-1]]), torch.tensor([n + i]))
     return tokens, all_logits
 
 
-async def engine_greedy(engine: InferenceEngine, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+async def engine_batch(engine: InferenceEngine, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
     async def one(i: int, prompt: list[int]) -> list[int]:
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
         return [
@@ -62,9 +71,49 @@ async def engine_greedy(engine: InferenceEngine, prompts: list[list[int]], max_t
             if ev.token_id is not None
         ]
 
-    outputs = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
-    await engine.shutdown()
-    return list(outputs)
+    return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
+
+
+def shared_prefix_prompts(vocab_size: int, seed: int = 99) -> tuple[list[int], list[list[int]]]:
+    """A 40-token prefix and four prompts that extend it by 3, 6, 9 and 12 tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(3, vocab_size, (40,), generator=generator).tolist()
+    return prefix, [prefix + torch.randint(3, vocab_size, (3 * (i + 1),), generator=generator).tolist()
+                    for i in range(4)]
+
+
+async def kv_rounds(engine: InferenceEngine, prefix: list[int], shared: list[list[int]], long: list[list[int]],
+                    steps: int, long_steps: int) -> dict:
+    """Prefix caching and preemption rounds; returns their tokens and the KV counters."""
+    def greedy(n: int) -> SamplingParams:
+        return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+
+    async def tokens(request_id: str, prompt: list[int], n: int, started: asyncio.Event | None = None) -> list[int]:
+        out = []
+        async for ev in engine.generate(GenerationRequest(request_id, prompt, greedy(n))):
+            if ev.token_id is not None:
+                out.append(ev.token_id)
+                if started is not None:
+                    started.set()
+        return out
+
+    await tokens("prefix", prefix, steps)  # its full blocks are now in the prefix cache
+    hits_before = engine.prefix_cache_hit_tokens
+    shared_tokens = await asyncio.gather(*(tokens(f"shared-{i}", p, steps) for i, p in enumerate(shared)))
+    hits = engine.prefix_cache_hit_tokens - hits_before
+
+    # The second long request joins once the first is decoding, so both run and outgrow the pool.
+    first_token = asyncio.Event()
+    first = asyncio.create_task(tokens("long-0", long[0], long_steps, first_token))
+    await first_token.wait()
+    second = await tokens("long-1", long[1], long_steps)
+    long_tokens = [await first, second]
+    await asyncio.sleep(0.2)  # let the step loop free the last sequence's blocks
+    blocks = engine.kv_blocks
+    return {
+        "shared_tokens": shared_tokens, "prefix_hit_tokens": hits, "long_tokens": long_tokens,
+        "preemptions": engine.num_preemptions, "num_blocks": blocks.num_blocks, "free_blocks_after": blocks.num_free,
+    }
 
 
 async def serve_until_dead(engine: InferenceEngine) -> None:
@@ -107,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         dtype=args.dtype,
         max_batch_size=8,
         max_num_batched_tokens=64,
-        max_model_len=256,
+        max_model_len=160,
+        num_kv_blocks=KV_BLOCKS,  # 224 tokens: one long request fits, two do not
         collective_timeout_s=args.collective_timeout,
     )
     ctx = load_rank(cfg)
@@ -120,17 +170,31 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve_until_dead(engine))
         return 0
     prompts = probe_prompts(ctx.runner.vocab_size)
+    prefix, shared = shared_prefix_prompts(ctx.runner.vocab_size)
+    long = probe_prompts(ctx.runner.vocab_size, count=2, seed=5)
     raw = [raw_greedy(ctx, p, args.steps) for p in prompts]
+    raw_shared = [raw_greedy(ctx, p, args.steps)[0] for p in shared]
+    raw_long = [raw_greedy(ctx, p, LONG_STEPS)[0] for p in long]
     engine = run_rank(ctx)
     assert engine is not None
     time.sleep(args.idle_s)
-    batched = asyncio.run(engine_greedy(engine, prompts, args.steps))
+
+    async def rounds() -> tuple[list[list[int]], dict]:
+        batched = await engine_batch(engine, prompts, args.steps)
+        kv = await kv_rounds(engine, prefix, shared, long, args.steps, LONG_STEPS)
+        await engine.shutdown()
+        return batched, kv
+
+    batched, kv = asyncio.run(rounds())
     result = {
         "world_size": ctx.env.world_size,
         "prompts": prompts,
         "raw_tokens": [tokens for tokens, _ in raw],
         "raw_logits": [logits for _, logits in raw],
         "engine_tokens": batched,
+        "raw_shared_tokens": raw_shared,
+        "raw_long_tokens": raw_long,
+        **kv,
         # Which projection classes rank 0 runs and how many layers run the fused forward (inference.fused).
         "q_proj_class": type(_query_projection(ctx.runner.model.model.layers[0].self_attn)).__name__,
         "fused_attention_layers": sum(hasattr(m, "inferforge_qkv_weight") for m in ctx.runner.model.modules()),

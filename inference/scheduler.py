@@ -4,11 +4,16 @@ Requests wait in a bounded FIFO queue and join the running batch between steps; 
 aborted ones leave at the next step. Each step is bounded by a token budget
 (`max_num_batched_tokens`): every decoding sequence contributes one token, and what remains goes
 to prompt chunks (partially read prompts first, then newly admitted ones), so a long prompt is
-prefilled over several steps while the others keep decoding. Each running sequence owns a slot of
-the KV cache (see `inference.kv_cache`); the scheduler keeps decoding sequences in slots
-`0..num_decode-1` so decode attention reads one contiguous view, and emits the few slot moves that
-restore this layout when sequences finish or finish their prompt. The scheduler is pure Python on
-rank 0; its `StepPlan` is what rank 0 broadcasts to the other ranks.
+prefilled over several steps while the others keep decoding.
+
+KV memory is a pool of blocks (`inference.kv_cache`, books kept by `inference.block_manager`):
+a request is admitted only when the blocks for its prompt plus one decode token are free (after
+counting the prompt's prefix already in the prefix cache, which it skips); a decoding sequence takes
+one more block each time it crosses a block boundary. When none is free, the youngest running
+sequence is preempted by recomputation (vLLM's default): its blocks are freed and it goes back to
+the front of the queue, to prefill its prompt and the tokens it already generated when blocks are
+free again; its client sees no difference but a pause. The scheduler is pure Python on rank 0; its
+`StepPlan` (with every row's block table) is what rank 0 broadcasts to the other ranks.
 
 Why not transformers' own continuous batching (`transformers.generation.continuous_batching`,
 transformers 5.23)? Findings from reading its source and trying it:
@@ -42,6 +47,7 @@ from typing import Any
 
 import torch
 
+from .block_manager import BlockManager, prompt_block_hashes
 from .engine_api import FinishReason, SamplingParams
 
 
@@ -57,40 +63,63 @@ class Sequence:
     constraint: Any = None  # per-sequence grammar matcher (inference.structured_output.Constraint)
     output: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
-    slot: int = -1
+    prefill_len: int = -1  # tokens to compute before decoding: the prompt, + output[:-1] after a preemption
+    block_table: list[int] = field(default_factory=list)  # KV pool blocks holding positions 0, 1, ...
+    block_hashes: list[bytes] | None = None  # prefix-cache keys of the prompt's full blocks
+    num_registered: int = 0  # full prompt blocks already offered to the prefix cache
+    arrival: int = -1  # admission order (set by the scheduler); the largest is preempted first
+    num_preemptions: int = 0
     aborted: bool = False
     finish_reason: FinishReason | None = None
 
+    def __post_init__(self) -> None:
+        if self.prefill_len < 0:
+            self.prefill_len = len(self.prompt)
+
     @property
     def is_prefilling(self) -> bool:
-        return self.num_computed < len(self.prompt)
+        return self.num_computed < self.prefill_len
 
     @property
     def total_len(self) -> int:
         return len(self.prompt) + len(self.output)
 
+    def tokens(self, start: int, end: int) -> list[int]:
+        """Token ids at positions start..end-1 (prompt, then generated tokens)."""
+        if end <= len(self.prompt):
+            return self.prompt[start:end]
+        return (self.prompt + self.output)[start:end]
+
 
 @dataclass
 class PrefillWork:
-    """A prompt chunk for one sequence in this step."""
+    """A chunk of tokens to prefill for one sequence in this step."""
 
     seq: Sequence
     start: int
     length: int
 
     @property
-    def completes_prompt(self) -> bool:
-        return self.start + self.length == len(self.seq.prompt)
+    def completes_prefill(self) -> bool:
+        return self.start + self.length == self.seq.prefill_len
+
+    @property
+    def wants_logits(self) -> bool:
+        """The chunk ends the prompt: its last row's logits give the first generated token.
+
+        A sequence re-prefilling after a preemption already has that token (and every later one).
+        """
+        return self.completes_prefill and not self.seq.output
 
 
 @dataclass
 class StepPlan:
     """Everything every rank needs to run one identical forward; rank 0 also keeps `decode`/`prefill`."""
 
-    moves: list[tuple[int, int, int]]  # (src_slot, dst_slot, length) applied in order before the forward
-    decode: list[Sequence]  # in slot order 0..len-1
+    decode: list[Sequence]
     prefill: list[PrefillWork]
     freed: list[Sequence] = field(default_factory=list)  # left the batch before this step
+    preempted: list[Sequence] = field(default_factory=list)  # sent back to the queue before this step
 
     @property
     def num_tokens(self) -> int:
@@ -98,9 +127,10 @@ class StepPlan:
 
 
 class Scheduler:
-    """Admission, slot assignment and per-step token budgeting (rank 0 only)."""
+    """Admission against free KV blocks, preemption, and per-step token budgeting (rank 0 only)."""
 
-    def __init__(self, max_batch_size: int, max_waiting: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, max_batch_size: int, max_waiting: int, max_num_batched_tokens: int,
+                 blocks: BlockManager) -> None:
         if max_num_batched_tokens < max_batch_size:
             raise ValueError(
                 f"max_num_batched_tokens ({max_num_batched_tokens}) must be >= max_batch_size "
@@ -109,9 +139,11 @@ class Scheduler:
         self.max_batch_size = max_batch_size
         self.max_waiting = max_waiting
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.blocks = blocks
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self._slots: list[Sequence | None] = [None] * max_batch_size
+        self._arrivals = 0
+        self.num_preemptions = 0
 
     @property
     def has_work(self) -> bool:
@@ -133,72 +165,82 @@ class Scheduler:
         return None
 
     def schedule(self) -> StepPlan | None:
-        """Drop finished sequences, compact slots, admit new ones; None when there is nothing to run."""
+        """Free finished sequences, grow or preempt decoders, admit new ones; None when idle."""
+        blocks = self.blocks
         freed = [s for s in self.running if s.finish_reason is not None or s.aborted]
         for seq in freed:
-            self._slots[seq.slot] = None
-            seq.slot = -1
-        self.running = [s for s in self.running if s.slot >= 0]
+            blocks.free(seq.block_table)
+        self.running = [s for s in self.running if s.finish_reason is None and not s.aborted]
+        for seq in self.running:
+            self._offer_to_prefix_cache(seq)
 
-        decoders = sorted((s for s in self.running if not s.is_prefilling), key=lambda s: s.slot)
-        moves = self._compact(decoders)
-        decoders.sort(key=lambda s: s.slot)
+        preempted: list[Sequence] = []
+        decoders: list[Sequence] = []
+        # Oldest first (running is in admission order), so the victims, the youngest, come later.
+        for seq in [s for s in self.running if not s.is_prefilling]:
+            if seq in preempted:
+                continue  # preempted for an older sequence's block
+            # The decode token is written at position num_computed.
+            while len(seq.block_table) * blocks.block_size <= seq.num_computed:
+                if blocks.num_free:
+                    blocks.append_block(seq.block_table)
+                    continue
+                victim = max(self.running, key=lambda s: s.arrival)
+                self._preempt(victim)
+                preempted.append(victim)
+                if victim is seq:
+                    break
+            if seq not in preempted:
+                decoders.append(seq)
         budget = self.max_num_batched_tokens - len(decoders)
 
         prefill: list[PrefillWork] = []
         for seq in self.running:
             if seq.is_prefilling and budget > 0:
-                length = min(len(seq.prompt) - seq.num_computed, budget)
+                length = min(seq.prefill_len - seq.num_computed, budget)
                 prefill.append(PrefillWork(seq, seq.num_computed, length))
                 budget -= length
         while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
-            seq = self.waiting.popleft()
-            seq.slot = self._slots.index(None)  # lowest free slot, >= len(decoders) after compaction
-            self._slots[seq.slot] = seq
+            seq = self.waiting[0]
+            if seq.block_hashes is None:
+                caching = blocks.enable_prefix_caching
+                seq.block_hashes = prompt_block_hashes(seq.prompt, blocks.block_size) if caching else []
+            cached = blocks.cached_prefix(seq.block_hashes, seq.prefill_len)
+            # Blocks for the whole prefill plus the first decode token: a running prompt never waits for memory.
+            if blocks.blocks_needed(cached, seq.prefill_len + 1) > blocks.num_free:
+                break  # FIFO: later requests wait behind it, as in vLLM
+            self.waiting.popleft()
+            seq.block_table = blocks.allocate(cached, seq.prefill_len + 1)
+            seq.num_computed = len(cached) * blocks.block_size
+            seq.num_registered = len(cached)
+            self._arrivals += 1
+            seq.arrival = self._arrivals
             self.running.append(seq)
-            length = min(len(seq.prompt), budget)
-            prefill.append(PrefillWork(seq, 0, length))
+            length = min(seq.prefill_len - seq.num_computed, budget)
+            prefill.append(PrefillWork(seq, seq.num_computed, length))
             budget -= length
 
         if not decoders and not prefill:
-            return None if not freed else StepPlan(moves, [], [], freed)
-        return StepPlan(moves, decoders, prefill, freed)
+            return None if not (freed or preempted) else StepPlan([], [], freed, preempted)
+        return StepPlan(decoders, prefill, freed, preempted)
 
-    def _compact(self, decoders: list[Sequence]) -> list[tuple[int, int, int]]:
-        """Assign decoders to slots 0..n-1 and prefilling sequences to slots >= n; return the moves."""
-        n = len(decoders)
-        target: dict[int, int] = {}  # id(seq) -> new slot
-        taken = {s.slot for s in decoders if s.slot < n}
-        free_low = iter(sorted(set(range(n)) - taken))
-        for seq in decoders:
-            target[id(seq)] = seq.slot if seq.slot < n else next(free_low)
-        prefilling = [s for s in self.running if s.is_prefilling]
-        taken_high = {s.slot for s in prefilling if s.slot >= n}
-        free_high = iter(sorted(set(range(n, self.max_batch_size)) - taken_high))
-        for seq in prefilling:
-            target[id(seq)] = seq.slot if seq.slot >= n else next(free_high)
+    def _offer_to_prefix_cache(self, seq: Sequence) -> None:
+        """Register the prompt blocks whose K/V the last step completed."""
+        if not seq.block_hashes:
+            return
+        full = min(seq.num_computed, len(seq.prompt)) // self.blocks.block_size
+        if full > seq.num_registered:
+            self.blocks.register(seq.block_table, seq.block_hashes, full)
+            seq.num_registered = full
 
-        pending = [s for s in self.running if target[id(s)] != s.slot]
-        occupied: dict[int, Sequence] = {s.slot: s for s in self.running}
-        moves: list[tuple[int, int, int]] = []
-        scratch = self.max_batch_size
-        while pending:
-            ready = next((s for s in pending if target[id(s)] not in occupied), None)
-            if ready is None:
-                # Every destination is held by another mover: a cycle. Park one in the scratch slot.
-                ready = pending[0]
-                moves.append((ready.slot, scratch, ready.num_computed))
-                del occupied[ready.slot]
-                ready.slot = scratch
-                occupied[scratch] = ready
-                continue
-            dst = target[id(ready)]
-            moves.append((ready.slot, dst, ready.num_computed))
-            del occupied[ready.slot]
-            ready.slot = dst
-            occupied[dst] = ready
-            pending.remove(ready)
-        self._slots = [None] * self.max_batch_size
-        for seq in self.running:
-            self._slots[seq.slot] = seq
-        return moves
+    def _preempt(self, seq: Sequence) -> None:
+        """Free a running sequence's blocks and queue it first, to recompute its K/V later."""
+        self.blocks.free(seq.block_table)
+        self.running.remove(seq)
+        seq.num_computed = 0
+        seq.num_registered = 0
+        # The last generated token is the next decode input; everything before it is recomputed.
+        seq.prefill_len = len(seq.prompt) + max(len(seq.output) - 1, 0)
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)

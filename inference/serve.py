@@ -96,6 +96,33 @@ def _port(text: str) -> int:
     return value
 
 
+def _gib(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GiB") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of GiB > 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _block_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > 1024:
+        raise argparse.ArgumentTypeError(f"must be in 1..1024 tokens, got {value}")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -130,7 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="queued requests before new ones get 429 (default %(default)s)")
     serve.add_argument("--max-model-len", type=_positive_int, default=None,
                        help="context length: prompt + max_tokens (default the model's max_position_embeddings, "
-                            f"at most {defaults.MAX_MODEL_LEN_CAP})")
+                            "lowered to what the KV pool holds)")
+    kv = serve.add_argument_group("KV cache (paged; see inference/README.md, KV cache)")
+    kv.add_argument("--kv-cache-memory", type=_gib, default=None, metavar="GIB",
+                    help="KV block pool per rank in GiB (default: on GPUs what --gpu-memory-utilization leaves "
+                         f"after the weights, on CPUs {defaults.CPU_KV_CACHE_GIB:g})")
+    kv.add_argument("--gpu-memory-utilization", type=_fraction, default=None, metavar="FRACTION",
+                    help="GPUs, without --kv-cache-memory: the share of GPU memory the server fills, weights + "
+                         f"KV pool + a 2 GiB activation reserve (default {defaults.GPU_MEMORY_UTILIZATION})")
+    kv.add_argument("--block-size", type=_block_size, default=None,
+                    help=f"tokens per KV block (default {defaults.KV_BLOCK_SIZE})")
+    kv.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                    help="reuse the KV blocks of identical prompt prefixes across requests "
+                         f"(default {'on' if defaults.ENABLE_PREFIX_CACHING else 'off'})")
     serve.add_argument("--cpu-widen-min-rows", type=_nonnegative_int, default=None,
                        help="CPUs without native bf16/fp16 GEMM: compute 16-bit linear products of at least "
                             "this many token rows in fp32 (default 8; 0 disables)")
@@ -446,7 +485,14 @@ def _engine_config(args: argparse.Namespace) -> Any:
         # The step token budget must hold one decode token per batch slot.
         max_num_batched_tokens=max(defaults.MAX_NUM_BATCHED_TOKENS, args.max_batch_size),
         **({} if args.cpu_widen_min_rows is None else {"cpu_widen_min_rows": args.cpu_widen_min_rows}),
+        **_given({"kv_cache_memory_gib": args.kv_cache_memory, "gpu_memory_utilization": args.gpu_memory_utilization,
+                  "kv_block_size": args.block_size, "enable_prefix_caching": args.enable_prefix_caching}),
     )
+
+
+def _given(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings a flag set (None = not given: EngineConfig's default applies)."""
+    return {name: value for name, value in settings.items() if value is not None}
 
 
 async def _serve_rank0(args: argparse.Namespace, engine: Any, api_keys: APIKeys | None) -> int:
@@ -486,6 +532,8 @@ def _run_rank(args: argparse.Namespace) -> int:
     # return None at shutdown (SystemExit(3) if rank 0 is lost).
     try:
         engine = start_engine(config)
+    except ValueError as exc:  # what the config asks for does not fit this model or machine (the KV pool)
+        raise UsageError(str(exc)) from None
     except StartupWaitTimeout as exc:
         log.error("start-up wait timed out", extra={"fields": {"error": str(exc)}})
         return EXIT_ENGINE_FAILED

@@ -510,7 +510,7 @@ class InferenceConfig(_Section):
     cpu: int = Field(8, ge=1, le=512)
     memory_gi: int = Field(64, ge=1, le=4096)
     shm_size_gi: int = Field(16, ge=1, le=1024)
-    max_model_len: int = Field(serving_defaults.MAX_MODEL_LEN_CAP, ge=128, le=1048576)
+    max_model_len: int = Field(serving_defaults.STACK_MAX_MODEL_LEN, ge=128, le=1048576)
     max_batch_size: int = Field(serving_defaults.MAX_BATCH_SIZE, ge=1, le=1024)
     startup_timeout_seconds: int = Field(1800, ge=60, le=7200)
     drain_timeout_seconds: int = Field(serving_defaults.DRAIN_TIMEOUT_S, ge=5, le=3600)

@@ -5,11 +5,12 @@ Per rank (one GPU of a tensor-parallel group), as the inference server allocates
 * weights / tp: DeepSpeed AutoTP shards every Linear and Embedding across the ranks
   (deepspeed/module_inject/auto_tp.py: ``nn.Embedding: self._slice_embedding``); the engine loads
   the weights in ``dtype``, so weight bytes = parameters x dtype bytes.
-* KV cache, preallocated in full (inference/kv_cache.py ``SlotKVCache._allocate``): per layer a K
-  and a V tensor of shape ``[max_batch_size + 1, kv_heads_on_this_rank, max_model_len, head_dim]``
-  (the extra row is the scratch slot), i.e. layers x 2 x ceil(kv_heads / tp) x head_dim x dtype
-  bytes per token, times (max_batch_size + 1) x max_model_len tokens. AutoTP shards KV heads
-  unevenly when tp does not divide them, so the largest shard (the ceiling) is what must fit.
+* KV cache: layers x 2 x ceil(kv_heads / tp) x head_dim x dtype bytes per token (what
+  inference/engine.py ``plan_kv_pool`` computes; AutoTP shards KV heads unevenly when tp does not
+  divide them, so the largest shard, the ceiling, is what must fit). The server's paged pool grows
+  to what ``--gpu-memory-utilization`` leaves and admits requests against free blocks; this plan
+  checks the stricter case that (max_batch_size + 1) x max_model_len tokens fit (a full batch at
+  full context, plus one sequence of headroom, never preempted).
 * runtime margin: CUDA context, cuBLAS/NCCL workspaces, activations and logits of one step. Like
   vLLM's default ``gpu_memory_utilization=0.9``, 10 % of the GPU, at least 2 GiB.
 

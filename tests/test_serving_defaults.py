@@ -43,7 +43,7 @@ def test_the_server_cli_defaults_are_the_shared_ones(tmp_path: Path) -> None:
     args = build_parser().parse_args(["serve", "--model-dir", str(tmp_path)])
     assert (args.tp_size, args.dtype, args.port) == (defaults.TP_SIZE, defaults.DTYPE, defaults.PORT)
     assert (args.max_batch_size, args.max_waiting) == (defaults.MAX_BATCH_SIZE, defaults.MAX_WAITING)
-    assert args.max_model_len is None  # the model's own, capped at MAX_MODEL_LEN_CAP by the engine
+    assert args.max_model_len is None  # the model's own, lowered to what the KV pool holds
     assert args.drain_timeout == defaults.DRAIN_TIMEOUT_S
     assert args.tool_call_parser == defaults.TOOL_CALL_PARSER
 
@@ -70,7 +70,8 @@ def serve_help() -> dict[str, str]:
 @pytest.mark.parametrize(("flag", "value"), [
     ("--tp-size", defaults.TP_SIZE), ("--dtype", defaults.DTYPE), ("--port", defaults.PORT),
     ("--max-batch-size", defaults.MAX_BATCH_SIZE), ("--max-waiting", defaults.MAX_WAITING),
-    ("--max-model-len", f"at most {defaults.MAX_MODEL_LEN_CAP}"), ("--drain-timeout", defaults.DRAIN_TIMEOUT_S),
+    ("--block-size", defaults.KV_BLOCK_SIZE), ("--gpu-memory-utilization", defaults.GPU_MEMORY_UTILIZATION),
+    ("--drain-timeout", defaults.DRAIN_TIMEOUT_S),
     ("--tool-call-parser", defaults.TOOL_CALL_PARSER),
     ("--embeddings-pooling", f"{defaults.EMBEDDINGS_POOLING_SERVED} with --embeddings served"),
     ("--embeddings-pooling", f"{defaults.EMBEDDINGS_POOLING_MODEL_DIR} with --embeddings-model-dir"),
@@ -104,7 +105,7 @@ def test_stack_config_defaults_are_the_shared_ones() -> None:
     assert (config["tp_size"], config["dtype"]) == (defaults.TP_SIZE, defaults.DTYPE)
     assert config["max_batch_size"] == defaults.MAX_BATCH_SIZE
     # The config prices the KV cache before deploying, so it needs a number: the engine's cap.
-    assert config["max_model_len"] == defaults.MAX_MODEL_LEN_CAP
+    assert config["max_model_len"] == defaults.STACK_MAX_MODEL_LEN
     assert config["drain_timeout_seconds"] == defaults.DRAIN_TIMEOUT_S
     assert config["tool_call_parser"] == defaults.TOOL_CALL_PARSER
     assert config["embeddings_pooling"] == defaults.EMBEDDINGS_POOLING_SERVED

@@ -98,6 +98,9 @@ def existing_dir(text: str) -> Path:
 def _add_workload_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-len", type=positive_int, default=32, help="prompt tokens (default 32)")
     parser.add_argument("--output-len", type=positive_int, default=64, help="generated tokens (default 64)")
+    parser.add_argument("--random-prefix-len", type=non_negative_int, default=0,
+                        help="a prefix of this many random tokens shared by every prompt, before its own "
+                             "--input-len tokens (as vLLM's flag; default 0)")
     parser.add_argument("--num-prompts", type=positive_int, default=64, help="measured requests (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed for prompts and arrivals (default 0)")
     parser.add_argument(

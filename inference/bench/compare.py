@@ -192,7 +192,7 @@ def run_compare(args: argparse.Namespace) -> int:
                     print(f"server at max concurrency {concurrency} ...", flush=True)
                     config, run = asyncio.run(benchmark_server(args, prompts, concurrency, math.inf, is_alive))
                     print(format_metrics_table(name, run.metrics, args.percentiles))
-                    for note in describe_mismatches(run, args.input_len):
+                    for note in describe_mismatches(run, args.input_len + args.random_prefix_len):
                         print(note)
                     one["ours"][name] = run_summary(config, run)
                 ours_metrics = {k: v["metrics"] for k, v in one["ours"].items()}

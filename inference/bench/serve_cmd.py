@@ -29,7 +29,8 @@ def load_tokenizer(path: Path) -> Any:
 
 def make_prompts(tokenizer: Any, args: argparse.Namespace) -> list[Prompt]:
     """The run's prompts, the same for every system that is compared."""
-    return build_prompts(tokenizer, args.num_prompts, args.input_len, args.seed, args.prompt_format)
+    return build_prompts(tokenizer, args.num_prompts, args.input_len, args.seed, args.prompt_format,
+                         getattr(args, "random_prefix_len", 0))
 
 
 async def resolve_model_name(base_url: str, api_key: str | None) -> str:
@@ -118,11 +119,13 @@ def run_serve(args: argparse.Namespace) -> int:
     prompts = make_prompts(tokenizer, args)
     config, run = asyncio.run(benchmark_server(args, prompts, args.max_concurrency, args.request_rate))
     print(format_metrics_table("Serving Benchmark Result", run.metrics, args.percentiles))
-    for warning in describe_mismatches(run, args.input_len if args.prompt_format == "ids" else None):
+    prompt_len = args.input_len + args.random_prefix_len
+    for warning in describe_mismatches(run, prompt_len if args.prompt_format == "ids" else None):
         print(warning)
     if args.out:
         workload = {
             "input_len": args.input_len,
+            "random_prefix_len": args.random_prefix_len,
             "output_len": args.output_len,
             "num_prompts": args.num_prompts,
             "prompt_format": args.prompt_format,

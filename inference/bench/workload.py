@@ -49,8 +49,12 @@ def build_prompts(
     input_len: int,
     seed: int,
     prompt_format: str = "ids",
+    prefix_len: int = 0,
 ) -> list[Prompt]:
     """Prompts from a Hugging Face tokenizer: token ids sent as-is, or their decoded text.
+
+    With `prefix_len`, every prompt starts with the same `prefix_len` random ids (a system prompt
+    or RAG template, as vLLM's `--random-prefix-len`), then has `input_len` ids of its own.
 
     Token ids make the length exact on any server that accepts OpenAI's list-of-ints prompt.
     Text is decoded from the same ids and re-encoded; the length the server reports is checked
@@ -58,8 +62,12 @@ def build_prompts(
     """
     vocab_size = len(tokenizer)
     id_lists = random_token_prompts(num_prompts, input_len, vocab_size, tokenizer.all_special_ids, seed)
+    if prefix_len:
+        # Another seed than the prompts', so the prefix is not the first prompt's own tokens.
+        prefix = random_token_prompts(1, prefix_len, vocab_size, tokenizer.all_special_ids, seed + 1_000_003)[0]
+        id_lists = [prefix + ids for ids in id_lists]
     if prompt_format == "ids":
-        return [Prompt(ids, input_len, ids) for ids in id_lists]
+        return [Prompt(ids, prefix_len + input_len, ids) for ids in id_lists]
     if prompt_format == "text":
         prompts = []
         for ids in id_lists:

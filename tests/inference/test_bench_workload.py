@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from inference.bench.workload import arrival_offsets, random_token_prompts
+from inference.bench.workload import arrival_offsets, build_prompts, random_token_prompts
 
 
 def test_same_seed_gives_the_same_arrivals_and_another_seed_different_ones():
@@ -67,3 +67,17 @@ def test_random_prompts_are_seeded_so_baselines_see_the_same_tokens():
 def test_a_vocabulary_of_only_special_tokens_is_refused():
     with pytest.raises(ValueError, match="special"):
         random_token_prompts(1, 4, vocab_size=3, excluded_ids={0, 1, 2})
+
+
+def test_a_random_prefix_is_shared_by_every_prompt_and_counted_in_its_length() -> None:
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)},
+                                                                                    unk_token="w0")))
+    prompts = build_prompts(tokenizer, num_prompts=3, input_len=5, seed=2, prefix_len=20)
+
+    assert all(p.prompt_len == 25 and len(p.token_ids) == 25 for p in prompts)
+    assert prompts[0].token_ids[:20] == prompts[1].token_ids[:20] == prompts[2].token_ids[:20]
+    assert len({tuple(p.token_ids[20:]) for p in prompts}) == 3
+    assert [p.token_ids[20:] for p in prompts] == [p.token_ids for p in build_prompts(tokenizer, 3, 5, seed=2)]

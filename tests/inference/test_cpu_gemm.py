@@ -125,7 +125,7 @@ def test_runner_widens_large_steps_only_and_matches_the_plain_bf16_forward(
     assert (plain.widen_min_rows, widened.widen_min_rows) == (0, 8)
 
     prompt = torch.randint(3, 500, (24,), generator=torch.Generator().manual_seed(0))
-    prefill = WireStep([], 0, [(0, 0, 24, True)], prompt, torch.arange(24))
+    prefill = WireStep(0, [(0, 24, True)], [[0, 1]], prompt, torch.arange(24))
     _CountingGemm.instances.clear()
     reference = plain.execute(prefill)
     assert _CountingGemm.instances == []
@@ -137,7 +137,7 @@ def test_runner_widens_large_steps_only_and_matches_the_plain_bf16_forward(
     assert logits.argmax(-1).tolist() == reference.argmax(-1).tolist()
     torch.testing.assert_close(logits, reference, atol=0.1, rtol=0.02)
 
-    decode = WireStep([], 1, [], torch.tensor([7]), torch.tensor([24]))
+    decode = WireStep(1, [], [[0, 1]], torch.tensor([7]), torch.tensor([24]))
     _CountingGemm.instances.clear()
     widened.execute(decode)
     assert _CountingGemm.instances == []  # one row: the bandwidth-bound bf16 kernel

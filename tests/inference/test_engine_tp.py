@@ -125,6 +125,15 @@ def test_tp2_gives_the_same_greedy_tokens_and_close_logits_as_tp1(tiny_model_dir
     torch.testing.assert_close(
         torch.tensor(tp2["raw_logits"]), torch.tensor(tp1["raw_logits"]), atol=LOGITS_ATOL, rtol=LOGITS_RTOL
     )
+    # Paged KV under TP=2: prompts served from the prefix cache, and a preempted and recomputed
+    # request, give the tokens of their uncached, unbatched raw runs; every block is free at the end.
+    for result in (tp1, tp2):
+        assert result["prefix_hit_tokens"] == 4 * 32  # two full 16-token blocks of the shared prefix, per prompt
+        assert result["preemptions"] >= 1
+        assert result["shared_tokens"] == tp1["raw_shared_tokens"]
+        assert result["long_tokens"] == tp1["raw_long_tokens"]
+        assert result["free_blocks_after"] == result["num_blocks"]
+    assert tp2["raw_shared_tokens"] == tp1["raw_shared_tokens"] and tp2["raw_long_tokens"] == tp1["raw_long_tokens"]
 
 
 @pytest.mark.parametrize(("victim", "survivor", "expected_code"), [(1, 0, DEAD_EXIT_CODE),

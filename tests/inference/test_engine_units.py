@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from inference import engine as engine_module
+from inference.block_manager import BlockManager
 from inference.distributed import LaunchEnv, WireStep
 from inference.engine_api import SamplingParams
 from inference.sampling import sample_tokens
@@ -25,12 +26,16 @@ def run_step(scheduler: Scheduler) -> None:
         s.output.append(7)
     for work in plan.prefill:
         work.seq.num_computed += work.length
-        if work.completes_prompt:
+        if work.wants_logits:
             work.seq.output.append(7)
 
 
+def new_scheduler(max_batch_size: int, max_num_batched_tokens: int, num_blocks: int = 64) -> Scheduler:
+    return Scheduler(max_batch_size, 8, max_num_batched_tokens, BlockManager(num_blocks, block_size=4))
+
+
 def test_a_step_never_exceeds_the_token_budget_and_long_prompts_are_chunked() -> None:
-    scheduler = Scheduler(max_batch_size=4, max_waiting=8, max_num_batched_tokens=16)
+    scheduler = new_scheduler(max_batch_size=4, max_num_batched_tokens=16)
     for i in range(3):
         scheduler.add(seq(f"r{i}", 10))
 
@@ -40,62 +45,24 @@ def test_a_step_never_exceeds_the_token_budget_and_long_prompts_are_chunked() ->
     assert first.num_tokens == 16
 
 
-def test_decoding_sequences_keep_their_slots_contiguous_after_others_finish() -> None:
-    scheduler = Scheduler(max_batch_size=4, max_waiting=8, max_num_batched_tokens=64)
-    seqs = [seq(f"r{i}", 3) for i in range(4)]
-    for s in seqs:
-        scheduler.add(s)
-    run_step(scheduler)  # all four prefilled into slots 0..3
-    seqs[0].finish_reason = "length"
-    seqs[2].finish_reason = "stop"
-
-    plan = scheduler.schedule()
-
-    assert plan is not None
-    assert [s.slot for s in plan.decode] == [0, 1]
-    assert {s.request_id for s in plan.decode} == {"r1", "r3"}
-    # r3 fills the hole at slot 0, copying its 3 cached positions (its sampled token is not cached yet).
-    assert plan.moves == [(3, 0, 3)]
-    assert set(plan.freed) == {seqs[0], seqs[2]}
-
-
-def test_a_sequence_finishing_its_prompt_moves_below_a_still_prefilling_one() -> None:
-    scheduler = Scheduler(max_batch_size=3, max_waiting=8, max_num_batched_tokens=8)
+def test_a_sequence_waiting_for_the_budget_joins_once_it_is_free() -> None:
+    scheduler = new_scheduler(max_batch_size=3, max_num_batched_tokens=8)
     long, short = seq("long", 20), seq("short", 2)
     scheduler.add(long)
     scheduler.add(short)
     run_step(scheduler)  # long takes 8 tokens of the budget; short waits
     run_step(scheduler)  # long continues; short still waits (budget spent)
-    assert short.slot == -1
-    run_step(scheduler)  # long's last 4 tokens, short joins in slot 1 and completes its prompt
-    assert (long.slot, short.slot) == (0, 1)
+    assert short in scheduler.waiting
+    run_step(scheduler)  # long's last 4 tokens, short joins and completes its prompt
 
     plan = scheduler.schedule()
     assert plan is not None
     assert [s.request_id for s in plan.decode] == ["long", "short"]
 
 
-def test_slot_cycles_are_broken_through_the_scratch_slot() -> None:
-    scheduler = Scheduler(max_batch_size=2, max_waiting=8, max_num_batched_tokens=8)
-    a, b = seq("a", 5), seq("b", 1)
-    scheduler.add(a)
-    scheduler.add(b)
-    run_step(scheduler)
-    # Force the awkward layout: a prefilling sequence in slot 0, a decoder in slot 1.
-    a.num_computed, a.output = 2, []
-    a.slot, b.slot = 0, 1
-    scheduler._slots = [a, b]
-
-    plan = scheduler.schedule()
-
-    assert plan is not None
-    assert plan.moves == [(0, 2, 2), (1, 0, 1), (2, 1, 2)]  # a -> scratch, b -> 0, a -> 1
-    assert (b.slot, a.slot) == (0, 1)
-
-
 def test_scheduler_rejects_a_budget_smaller_than_the_batch() -> None:
     with pytest.raises(ValueError, match="max_num_batched_tokens"):
-        Scheduler(max_batch_size=8, max_waiting=1, max_num_batched_tokens=4)
+        Scheduler(max_batch_size=8, max_waiting=1, max_num_batched_tokens=4, blocks=BlockManager(8, 4))
 
 
 def test_greedy_rows_take_the_argmax() -> None:
@@ -196,14 +163,15 @@ def test_top_k_and_min_p_apply_per_row() -> None:
 
 def test_wire_step_round_trips() -> None:
     step = WireStep(
-        moves=[(3, 0, 17)], num_decode=2, prefills=[(5, 0, 3, True), (6, 8, 2, False)],
+        num_decode=2, prefills=[(0, 3, True), (8, 2, False)], block_tables=[[4, 9], [0], [3], [7, 1, 2]],
         token_ids=torch.tensor([11, 12, 1, 2, 3, 9, 10]), positions=torch.tensor([17, 4, 0, 1, 2, 8, 9]),
     )
 
     header, payload = step.encode(step_id=41)
     decoded = WireStep.decode(header.tolist(), payload)
 
-    assert decoded.moves == step.moves and decoded.num_decode == 2 and decoded.prefills == step.prefills
+    assert len(payload) == WireStep.payload_len(header.tolist())
+    assert decoded.num_decode == 2 and decoded.prefills == step.prefills and decoded.block_tables == step.block_tables
     assert torch.equal(decoded.token_ids, step.token_ids) and torch.equal(decoded.positions, step.positions)
 
 

@@ -19,15 +19,18 @@ def _runner(model_dir: Path, dtype: str, fuse: bool) -> ModelRunner:
     return ModelRunner(cfg, LaunchEnv.from_environ({}, "cpu"), torch.device("cpu"))
 
 
+TABLES = [[0, 1], [4, 5]]  # KV blocks of the two sequences (16-token blocks; positions < 32)
+
+
 def _steps() -> list[WireStep]:
     """Two prompts prefilled together (one continued in a second chunk), then batched decode steps."""
     prompt = torch.randint(3, 500, (20,), generator=torch.Generator().manual_seed(3))
     steps = [
-        WireStep([], 0, [(0, 0, 12, True), (1, 0, 8, False)], prompt, torch.cat([torch.arange(12), torch.arange(8)])),
-        WireStep([], 1, [(1, 8, 4, True)], torch.tensor([7, 9, 10, 11, 12]), torch.tensor([12, 8, 9, 10, 11])),
+        WireStep(0, [(0, 12, True), (0, 8, False)], TABLES, prompt, torch.cat([torch.arange(12), torch.arange(8)])),
+        WireStep(1, [(8, 4, True)], TABLES, torch.tensor([7, 9, 10, 11, 12]), torch.tensor([12, 8, 9, 10, 11])),
     ]
     for i in range(4):
-        steps.append(WireStep([], 2, [], torch.tensor([20 + i, 30 + i]), torch.tensor([13 + i, 12 + i])))
+        steps.append(WireStep(2, [], TABLES, torch.tensor([20 + i, 30 + i]), torch.tensor([13 + i, 12 + i])))
     return steps
 
 

@@ -35,6 +35,12 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     (["serve", "--model-dir", "/nonexistent/model", "--allow-unauthenticated"], "is not a directory"),
     (["serve", "--model-dir", "{empty}", "--allow-unauthenticated"], "no config.json"),
     (["serve", "--model-dir", "{model}", "--allow-unauthenticated", "--max-model-len", "1"], "max_model_len"),
+    (["serve", "--model-dir", "{model}", "--kv-cache-memory", "0"], "GiB > 0"),
+    (["serve", "--model-dir", "{model}", "--gpu-memory-utilization", "1.5"], "must be in (0, 1]"),
+    (["serve", "--model-dir", "{model}", "--block-size", "4096"], "1..1024 tokens"),
+    # 0.0001 GiB = 104,857 bytes: 12 blocks of 16 tokens x 512 bytes, less than 1,024 tokens.
+    (["serve", "--model-dir", "{model}", "--allow-unauthenticated", "--dtype", "float32", "--kv-cache-memory",
+      "0.0001", "--max-model-len", "1024"], "max_model_len 1024 needs 64 KV blocks of 16 tokens"),
     (["teleport"], "invalid choice: 'teleport'"),
 ])
 def test_argument_errors_exit_2_with_a_message_and_no_traceback(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from inferforge.components.gpu_sizes import GPU_VM_SIZES
 from inferforge.stacks.config import ConfigError
-from inferforge.stacks.gpu_memory import GIB, KNOWN_MODELS, ModelShape, known_model, plan_gpu_memory
+from inferforge.stacks.gpu_memory import DTYPE_BYTES, GIB, KNOWN_MODELS, ModelShape, known_model, plan_gpu_memory
 from inferforge.stacks.render import validate_stack
 
 H100_NVL_PAIR = "Standard_NC80adis_H100_v5"
@@ -110,12 +110,17 @@ def test_kv_heads_that_tp_does_not_divide_count_the_largest_shard():
 def test_kv_estimate_equals_what_the_engine_allocates(tp_size, dtype):
     import torch
 
-    from inference.kv_cache import SlotKVCache
+    from inference.engine import plan_kv_pool
+    from inference.kv_cache import PagedKVCache
 
     shape = ModelShape(num_layers=3, num_kv_heads=4, head_dim=16, num_params=10**6)
     plan = plan_gpu_memory(shape, tp_size=tp_size, dtype=dtype, max_batch_size=5, max_model_len=32,
                            gpu_bytes=10**12)
-    cache = SlotKVCache(shape.num_layers, num_slots=5, max_len=32, dtype=getattr(torch, dtype),
-                        device=torch.device("cpu"))
-    cache._allocate(kv_heads=shape.num_kv_heads // tp_size, head_dim=shape.head_dim)  # the rank's local heads
+    # The engine's pool for the same tokens: (5 + 1) x 32 tokens = 12 blocks of 16.
+    pool = plan_kv_pool(num_layers=3, kv_heads=4, head_dim=16, dtype_bytes=DTYPE_BYTES[dtype], world_size=tp_size,
+                        budget_bytes=plan.kv_bytes, block_size=16, max_batch_size=6, model_max_len=32,
+                        requested_max_model_len=32)
+    cache = PagedKVCache(shape.num_layers, pool.num_blocks, 16, dtype=getattr(torch, dtype), device=torch.device("cpu"))
+    cache.allocate(kv_heads=shape.num_kv_heads // tp_size, head_dim=shape.head_dim)  # the rank's local heads
+    assert pool.bytes_per_token == plan.kv_bytes_per_token
     assert plan.kv_bytes == cache.nbytes()
