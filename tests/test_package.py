@@ -204,7 +204,7 @@ def test_a_consumer_program_outside_the_repo_builds_the_components_under_mocks(i
     by_type: dict[str, list[dict]] = {}
     for resource in registered:
         by_type.setdefault(resource["type"], []).append(resource)
-    assert {"inferforge:security:KeyVault", "azure-native:keyvault:Vault", "azure-native:network:VirtualNetwork",
+    assert {"inferforge:index:KeyVault", "azure-native:keyvault:Vault", "azure-native:network:VirtualNetwork",
             "azure-native:network:PrivateEndpoint", "azure-native:operationalinsights:Workspace"} <= set(by_type)
     (vault,) = by_type["azure-native:keyvault:Vault"]
     properties = vault["inputs"]["properties"]
