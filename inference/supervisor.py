@@ -23,6 +23,7 @@ clients hung until the SIGKILL dropped their connections. Here the two events ha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 
 log = logging.getLogger("inference.supervisor")
@@ -180,10 +182,33 @@ class Supervisor:
         return 0 if all(p.returncode == 0 for p in self.ranks) else EXIT_RANK_FAILED
 
 
+SHM_DIR = Path("/dev/shm")
+
+
+def shm_segments(master_port: int, master_addr: str = "127.0.0.1") -> list[Path]:
+    """The shared-memory segments DeepSpeed's CPU all-reduce op made for the group at master_addr:port.
+
+    Named ``deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` (deepspeed/ops/csrc/cpu/comm/shm.cpp,
+    shm_initialize). DeepSpeed never unlinks them (its shared_close() is never called), so every TP start
+    on the CPU left ~70 MB per rank in /dev/shm until the machine ran out of memory.
+    """
+    return sorted(SHM_DIR.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_{master_addr}_{master_port}_*"))
+
+
+def remove_shm_segments(master_port: int) -> None:
+    """Unlink the group's segments once its ranks are gone (a mapping still open stays valid until unmapped)."""
+    for path in shm_segments(master_port):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 def run_ranks(tp_size: int, serve_argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     """Start `tp_size` ranks of `python -m inference <serve_argv>` and supervise them."""
     base = os.environ if environ is None else environ
     port = free_port()
     command = rank_command(serve_argv)
-    return Supervisor([command] * tp_size,
-                      [rank_environment(base, rank, tp_size, port) for rank in range(tp_size)]).run()
+    try:
+        return Supervisor([command] * tp_size,
+                          [rank_environment(base, rank, tp_size, port) for rank in range(tp_size)]).run()
+    finally:
+        remove_shm_segments(port)

@@ -119,3 +119,31 @@ def test_a_group_wide_signal_reaches_only_the_supervisor(tmp_path: Path) -> None
     code, _ = wait_exit(proc, PROMPT_S)
     assert code == 0
     assert signals_of_rank0(tmp_path) == ["SIGTERM"]
+
+
+def test_the_groups_deepspeed_shm_segments_are_unlinked_when_the_ranks_are_gone(monkeypatch) -> None:
+    # DeepSpeed's CPU all-reduce op creates one /dev/shm segment per rank and never unlinks it.
+    made: list[Path] = []
+    other = supervisor.SHM_DIR / f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_1_0"  # another group's
+
+    class RanksThatMadeSegments:
+        def __init__(self, commands, environments) -> None:
+            self.environments = environments
+
+        def run(self) -> int:
+            for env in self.environments:
+                path = supervisor.SHM_DIR / (f"deepspeed_allreduce_buffer_{os.getuid()}_{env['MASTER_ADDR']}_"
+                                             f"{env['MASTER_PORT']}_{env['RANK']}")
+                path.write_bytes(b"\0" * 64)
+                made.append(path)
+            return 0
+
+    other.write_bytes(b"\0")
+    monkeypatch.setattr(supervisor, "Supervisor", RanksThatMadeSegments)
+    try:
+        assert supervisor.run_ranks(2, ["serve"], environ={}) == 0
+        assert len(made) == 2 and not any(p.exists() for p in made)
+        assert other.exists()
+    finally:
+        for path in [*made, other]:
+            path.unlink(missing_ok=True)
