@@ -96,24 +96,23 @@ def _port(text: str) -> int:
     return value
 
 
-def _gib(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GiB") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of GiB > 0, got {text}")
-    return value
+def _float_within(what: str, allowed: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse type: a number that `ok` accepts; errors say `what` it is and what is `allowed`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
+        return value
+
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
+_gib = _float_within("a number of GiB", "a finite number of GiB > 0", lambda v: 0 < v < float("inf"))
+_fraction = _float_within("a number", "in (0, 1]", lambda v: 0 < v <= 1)
 
 
 def _block_size(text: str) -> int:

@@ -15,6 +15,7 @@ from inference.block_manager import BlockManager, OutOfBlocksError, prompt_block
 from inference.engine import GIB, EngineConfig, InferenceEngine, plan_kv_pool, start_engine
 from inference.engine_api import GenerationRequest, SamplingParams
 from inference.scheduler import Scheduler, Sequence
+from tests.inference.test_engine_units import run_step
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -129,17 +130,8 @@ def seq(request_id: str, prompt: list[int], max_tokens: int = 64) -> Sequence:
 
 
 def run(scheduler: Scheduler, steps: int = 1) -> None:
-    """Pretend the forward ran, the way the engine accounts it (sampling token 7)."""
     for _ in range(steps):
-        plan = scheduler.schedule()
-        assert plan is not None
-        for s in plan.decode:
-            s.num_computed += 1
-            s.output.append(7)
-        for work in plan.prefill:
-            work.seq.num_computed += work.length
-            if work.wants_logits:
-                work.seq.output.append(7)
+        run_step(scheduler)
 
 
 def test_a_request_waits_until_blocks_for_its_prompt_and_a_decode_token_are_free() -> None:
