@@ -23,10 +23,11 @@ Every wait logs what it waits for, where, and for how long, every `LOG_EVERY_S`.
 DeepSpeed's own `build_shm_op()` finds the module in its op cache and takes no lock again.
 
 Whether a start uses the op at all is `INFERFORGE_SHM_OP` (`prepare()`):
-  * `auto` (default): use the op when it is already built here (loading a build is a no-op rebuild
-    check); otherwise run tensor parallelism with DeepSpeed's fallback, torch.distributed's all-reduce
-    over gloo (same results, slower), and log how to build the op. A start never compiles C++
-    unasked: a cold build took 30 s on an idle machine here and ran past 10 minutes on a busy CI one.
+  * `auto` (default): use the op when an up-to-date build is here (newer than every source and header,
+    so loading it compiles nothing); otherwise run tensor parallelism with DeepSpeed's fallback,
+    torch.distributed's all-reduce over gloo (same results, slower), and log how to build the op. A
+    start never compiles C++ unasked: a cold build took 30 s on an idle machine here and ran past 10
+    minutes on a busy CI one.
   * `build`: load it, building it first if needed, within the bound (what `python -m inference.shm_op
     build` does ahead of time).
   * `off`: never use it.
@@ -240,8 +241,26 @@ def ensure_loaded(timeout_s: float | None = None, *, load: Callable[[], Any] | N
     log.info("DeepSpeed's shm all-reduce op is loaded (%.1fs)", deadline.waited_s)
 
 
-def is_built(build_dir: Path, name: str = OP_NAME) -> bool:
-    return (build_dir / f"{name}.so").is_file()
+def op_inputs(builder: Any) -> list[Path]:
+    """The files a build of the op compiles: its sources and the headers of its include directories."""
+    files = [Path(builder.deepspeed_src_path(source)) for source in builder.sources()]
+    for include in builder.include_paths():
+        root = Path(builder.deepspeed_src_path(include))
+        files += [path for path in root.rglob("*") if path.is_file()]
+    return files
+
+
+def is_built(build_dir: Path, inputs: list[Path], name: str = OP_NAME) -> bool:
+    """A build whose load compiles nothing: the library exists and is newer than every input.
+
+    Loading a build older than its sources (DeepSpeed reinstalled, so every source has a new mtime)
+    makes ninja recompile it: that is a build, which `auto` must not start.
+    """
+    library = build_dir / f"{name}.so"
+    if not library.is_file():
+        return False
+    built_at = library.stat().st_mtime
+    return all(path.stat().st_mtime <= built_at for path in inputs if path.exists())
 
 
 def _skip_in_deepspeed(name: str) -> None:
@@ -263,10 +282,10 @@ def prepare(timeout_s: float | None = None, environ: dict[str, str] | None = Non
         return False
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(default_extensions_root()))
     build_dir = build_directory(builder.NAME)
-    if mode == "off" or (mode == "auto" and not is_built(build_dir, builder.NAME)):
+    if mode == "off" or (mode == "auto" and not is_built(build_dir, op_inputs(builder), builder.NAME)):
         _skip_in_deepspeed(builder.NAME)
         why = (f"{MODE_ENV}=off" if mode == "off" else
-               f"it is not built in {build_dir} (build it with `python -m inference.shm_op build`, or "
+               f"no up-to-date build in {build_dir} (build it with `python -m inference.shm_op build`, or "
                f"set {MODE_ENV}=build to build it at start)")
         log.warning("tensor parallelism all-reduces over gloo, without DeepSpeed's shm op: %s", why)
         return False

@@ -168,10 +168,11 @@ def test_the_mode_is_read_from_the_environment_and_a_typo_names_the_choices() ->
         shm_op.mode_from_env({shm_op.MODE_ENV: "always"})
 
 
-@pytest.mark.parametrize(("mode", "built", "loads"), [("auto", False, False), ("auto", True, True),
-                                                       ("off", True, False), ("build", False, True)])
+@pytest.mark.parametrize(("mode", "built", "loads"), [
+    ("auto", None, False), ("auto", "fresh", True), ("auto", "stale", False),  # stale: loading would recompile
+    ("off", "fresh", False), ("build", None, True)])
 def test_prepare_loads_the_op_only_when_built_or_asked_and_otherwise_makes_deepspeed_skip_it(
-        mode: str, built: bool, loads: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        mode: str, built: str | None, loads: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         compatible_ops: dict[str, bool], caplog: pytest.LogCaptureFixture) -> None:
     from deepspeed.comm.torch import build_shm_op
 
@@ -180,7 +181,10 @@ def test_prepare_loads_the_op_only_when_built_or_asked_and_otherwise_makes_deeps
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     if built:
         (tmp_path / shm_op.OP_NAME).mkdir()
-        (tmp_path / shm_op.OP_NAME / f"{shm_op.OP_NAME}.so").touch()
+        library = tmp_path / shm_op.OP_NAME / f"{shm_op.OP_NAME}.so"
+        library.touch()
+        if built == "stale":  # older than DeepSpeed's sources, as after DeepSpeed is reinstalled
+            os.utime(library, (0, 0))
     calls: list[float | None] = []
     monkeypatch.setattr(shm_op, "ensure_loaded", calls.append)
     with caplog.at_level(logging.INFO, logger="inference.shm_op"):
