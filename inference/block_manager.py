@@ -61,12 +61,18 @@ class BlockManager:
         self._hash_of: dict[int, bytes] = {}  # block -> its prefix hash, for cached blocks
         self._cached: dict[bytes, int] = {}  # prefix hash -> block
         self._evictable: OrderedDict[int, None] = OrderedDict()  # cached blocks with refcount 0, LRU first
-        self.hits = 0  # prompt tokens served from the cache (a counter for logs and tests)
+        self.hits = 0  # prompt tokens served from the cache (a counter for logs, tests and /metrics)
+        self.queries = 0  # prompt tokens looked up in the cache (vLLM's prefix_cache_queries)
 
     @property
     def num_free(self) -> int:
         """Blocks an allocation may take now (free, plus cached blocks no sequence uses)."""
         return len(self._free) + len(self._evictable)
+
+    @property
+    def usage(self) -> float:
+        """Share of the pool in use by sequences (cached blocks nobody uses count as free, as in vLLM)."""
+        return 1.0 - self.num_free / self.num_blocks
 
     @property
     def num_cached(self) -> int:
@@ -93,10 +99,15 @@ class BlockManager:
         reused_evictable = sum(1 for b in cached if self._refcount[b] == 0)
         return blocks_for(num_tokens, self.block_size) - len(cached) + reused_evictable
 
-    def allocate(self, cached: list[int], num_tokens: int) -> list[int]:
-        """A block table for `num_tokens` tokens: `cached` shared (refcount + 1), the rest new."""
+    def allocate(self, cached: list[int], num_tokens: int, prompt_len: int = 0) -> list[int]:
+        """A block table for `num_tokens` tokens: `cached` shared (refcount + 1), the rest new.
+
+        `prompt_len` is what the prefix cache was asked for (counted in `queries` when caching is on).
+        """
         if self.blocks_needed(cached, num_tokens) > self.num_free:
             raise OutOfBlocksError(f"{num_tokens} tokens need more than the {self.num_free} free blocks")
+        if self.enable_prefix_caching:
+            self.queries += prompt_len
         for block in cached:
             if self._refcount[block] == 0:
                 del self._evictable[block]

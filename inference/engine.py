@@ -498,6 +498,16 @@ class InferenceEngine:
         return self.kv_blocks.hits
 
     @property
+    def prefix_cache_query_tokens(self) -> int:
+        """Prompt tokens looked up in the prefix cache (0 with prefix caching off)."""
+        return self.kv_blocks.queries
+
+    @property
+    def kv_cache_usage(self) -> float:
+        """Share of the KV block pool in use by running sequences, 0..1."""
+        return self.kv_blocks.usage
+
+    @property
     def is_ready(self) -> bool:
         return self._ready and self._dead is None and self._thread.is_alive()
 

@@ -7,6 +7,11 @@ Names (all labelled with `model_name`, as in vLLM):
   vllm:e2e_request_latency_seconds                        histogram
   vllm:prompt_tokens_total / vllm:generation_tokens_total counters
   vllm:request_success_total{finished_reason}             counter (stop | length | abort)
+  vllm:kv_cache_usage_perc                                gauge 0..1: share of the KV block pool in use
+  vllm:num_preemptions_total                              counter: sequences preempted for KV memory
+  vllm:prefix_cache_queries_total / _hits_total           counters, in prompt tokens
+                                                          (these four read at scrape from an engine
+                                                          with a paged KV cache; absent otherwise)
   inferforge:requests_rejected_total{reason}              counter (queue_full | draining | invalid | ...)
   inferforge:request_ignored_fields_total{field}          counter: unknown request fields accepted and
                                                           ignored, by name (at most MAX_FIELD_LABELS
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,7 +34,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 
 from .engine_api import AsyncEngine
 
@@ -85,6 +93,8 @@ class ServerMetrics:
                                 [*labels, "field"], registry=self.registry)
         self._ignored_labels: set[str] = set()
         self._model_name = model_name
+        if hasattr(engine, "kv_cache_usage"):
+            self.registry.register(_KVCacheCollector(engine, model_name))
 
     def request_finished(self, finish_reason: str) -> None:
         """Count one finished request."""
@@ -106,6 +116,31 @@ class ServerMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class _KVCacheCollector(Collector):
+    """vLLM's KV cache metrics, read from the engine at scrape time (the engine owns the counts)."""
+
+    def __init__(self, engine: object, model_name: str) -> None:
+        self._engine = engine
+        self._model_name = model_name
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        engine, labels = self._engine, ["model_name"]
+        usage = GaugeMetricFamily("vllm:kv_cache_usage_perc", "KV cache usage (1 = every block in use).",
+                                  labels=labels)
+        usage.add_metric([self._model_name], engine.kv_cache_usage)  # type: ignore[attr-defined]
+        yield usage
+        for name, doc, value in (
+                ("vllm:num_preemptions", "Sequences preempted (recomputed later) for KV memory.",
+                 engine.num_preemptions),  # type: ignore[attr-defined]
+                ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+                 engine.prefix_cache_query_tokens),  # type: ignore[attr-defined]
+                ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
+                 engine.prefix_cache_hit_tokens)):  # type: ignore[attr-defined]
+            counter = CounterMetricFamily(name, doc, labels=labels)
+            counter.add_metric([self._model_name], value)
+            yield counter
 
 
 class RequestTimer:

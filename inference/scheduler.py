@@ -169,6 +169,9 @@ class Scheduler:
         blocks = self.blocks
         freed = [s for s in self.running if s.finish_reason is not None or s.aborted]
         for seq in freed:
+            # Its last step's K/V are written: offer them before freeing, or a request that ends at its
+            # first token (max_tokens=1, a classifier call) never leaves its prompt in the cache.
+            self._offer_to_prefix_cache(seq)
             blocks.free(seq.block_table)
         self.running = [s for s in self.running if s.finish_reason is None and not s.aborted]
         for seq in self.running:
@@ -210,7 +213,7 @@ class Scheduler:
             if blocks.blocks_needed(cached, seq.prefill_len + 1) > blocks.num_free:
                 break  # FIFO: later requests wait behind it, as in vLLM
             self.waiting.popleft()
-            seq.block_table = blocks.allocate(cached, seq.prefill_len + 1)
+            seq.block_table = blocks.allocate(cached, seq.prefill_len + 1, prompt_len=seq.prefill_len)
             seq.num_computed = len(cached) * blocks.block_size
             seq.num_registered = len(cached)
             self._arrivals += 1

@@ -228,6 +228,30 @@ def test_metrics_use_vllm_names_and_count_requests(server: str, client: openai.O
     assert f"vllm:num_requests_waiting{label}" in samples
 
 
+def _samples(server: str) -> dict[str, float]:
+    samples = {}
+    for line in httpx.get(f"{server}/metrics").text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_kv_cache_metrics_use_vllm_names_and_count_prefix_hits(server: str, client: openai.OpenAI,
+                                                               model: str) -> None:
+    label = f'{{model_name="{model}"}}'
+    before = _samples(server)
+    prompt = [11 + i % 50 for i in range(80)]  # 5 full 16-token blocks: a repeat finds 4 of them cached
+    for _ in range(2):
+        client.completions.create(model=model, prompt=prompt, max_tokens=1, temperature=0)
+    after = _samples(server)
+    assert 0.0 <= after[f"vllm:kv_cache_usage_perc{label}"] <= 1.0
+    assert after[f"vllm:prefix_cache_queries_total{label}"] - before[f"vllm:prefix_cache_queries_total{label}"] >= 160
+    hits = after[f"vllm:prefix_cache_hits_total{label}"] - before[f"vllm:prefix_cache_hits_total{label}"]
+    assert hits >= 64  # the second request's cached blocks (the last prompt token is always computed)
+    assert f"vllm:num_preemptions_total{label}" in after
+
+
 def test_context_overflow_on_the_real_engine_is_a_400(client: openai.OpenAI, model: str) -> None:
     with pytest.raises(openai.BadRequestError) as excinfo:
         client.completions.create(model=model, prompt=[5] * MAX_MODEL_LEN, max_tokens=1)
