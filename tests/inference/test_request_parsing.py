@@ -40,11 +40,6 @@ def client(fake: RunningFake) -> Iterator[httpx.Client]:
         yield c
 
 
-@pytest.fixture()
-def oai(fake: RunningFake) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{fake.url}/v1", api_key="unused", max_retries=0, timeout=30)
-
-
 def rendered_prompt(fake: RunningFake, tokenizer: Any) -> str:
     """The text of the prompt the server sent to the engine for the last request."""
     return tokenizer.decode(fake.engine.requests[-1].prompt_token_ids)

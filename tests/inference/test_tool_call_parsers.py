@@ -198,22 +198,6 @@ def fake(request: pytest.FixtureRequest, tokenizer: Any) -> Iterator[RunningFake
         yield running
 
 
-@pytest.fixture()
-def oai(fake: RunningFake) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{fake.url}/v1", api_key="unused", max_retries=0, timeout=30)
-
-
-@pytest.fixture()
-def model_writes(fake: RunningFake, tokenizer: Any) -> Iterator[Any]:
-    original = fake.engine.script
-
-    def set_output(text: str) -> None:
-        fake.engine.script = tokenizer.encode(text, add_special_tokens=False)
-
-    yield set_output
-    fake.engine.script = original
-
-
 def test_calls_of_the_selected_format_are_parsed(oai: openai.OpenAI, model_writes: Any, fake: RunningFake) -> None:
     name = fake.state.tool_format.name
     model_writes(TWO_CALLS[name])

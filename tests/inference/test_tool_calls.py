@@ -80,23 +80,6 @@ def fake(tokenizer: Any) -> Iterator[RunningFake]:
         yield running
 
 
-@pytest.fixture()
-def oai(fake: RunningFake) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{fake.url}/v1", api_key="unused", max_retries=0, timeout=30)
-
-
-@pytest.fixture()
-def model_writes(fake: RunningFake, tokenizer: Any) -> Iterator[Any]:
-    """Set what the scripted model writes (then EOS) for the duration of one test."""
-    original = fake.engine.script
-
-    def set_output(text: str) -> None:
-        fake.engine.script = tokenizer.encode(text, add_special_tokens=False)
-
-    yield set_output
-    fake.engine.script = original
-
-
 def test_auto_tool_calls_are_parsed_with_finish_reason_tool_calls(oai: openai.OpenAI, model_writes: Any,
                                                                   fake: RunningFake, tokenizer: Any) -> None:
     model_writes(TWO_CALLS)

@@ -43,3 +43,15 @@ def one(resources: Sequence[RenderedResource], type_: str, name: str | None = No
     found = [r for r in of_type(resources, type_) if name is None or r.name == name]
     assert len(found) == 1, f"expected one {type_} {name or ''}, found {[r.name for r in found]}"
     return found[0]
+
+
+def assert_private_endpoint_in_zone(resources: Sequence[RenderedResource], target: RenderedResource,
+                                    endpoint_name: str, group_id: str, zone_name: str) -> None:
+    """`endpoint_name` connects to `target`'s `group_id` and registers in the private DNS zone `zone_name`."""
+    endpoint = one(resources, "azure-native:network:PrivateEndpoint", endpoint_name)
+    connection = endpoint.inputs["privateLinkServiceConnections"][0]
+    assert connection["privateLinkServiceId"] == target.id and connection["groupIds"] == [group_id]
+    zone = next(z for z in of_type(resources, "azure-native:privatedns:PrivateZone")
+                if z.inputs["privateZoneName"] == zone_name)
+    group = one(resources, "azure-native:network:PrivateDnsZoneGroup", f"{endpoint_name}-dns")
+    assert group.inputs["privateDnsZoneConfigs"][0]["privateDnsZoneId"] == zone.id

@@ -3,7 +3,7 @@ permissions, Front Door ordering, await timeouts, and the two-phase first deploy
 
 from __future__ import annotations
 
-from tests.platform.conftest import of_type, one
+from tests.platform.conftest import assert_private_endpoint_in_zone, of_type, one
 
 ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 NETWORK_CONTRIBUTOR = "4d97b98b-1d4f-4787-a291-c67834d212e7"
@@ -24,14 +24,8 @@ def test_registry_is_premium_private_and_without_shared_or_anonymous_access(prod
 
 
 def test_registry_private_endpoint_registers_in_the_azurecr_zone(prod):
-    registry = one(prod, "azure-native:containerregistry:Registry")
-    endpoint = one(prod, "azure-native:network:PrivateEndpoint", "registry-pe")
-    connection = endpoint.inputs["privateLinkServiceConnections"][0]
-    assert connection["privateLinkServiceId"] == registry.id and connection["groupIds"] == ["registry"]
-    zone = next(z for z in of_type(prod, "azure-native:privatedns:PrivateZone")
-                if z.inputs["privateZoneName"] == "privatelink.azurecr.io")
-    group = one(prod, "azure-native:network:PrivateDnsZoneGroup", "registry-pe-dns")
-    assert group.inputs["privateDnsZoneConfigs"][0]["privateDnsZoneId"] == zone.id
+    assert_private_endpoint_in_zone(prod, one(prod, "azure-native:containerregistry:Registry"), "registry-pe",
+                                    "registry", "privatelink.azurecr.io")
 
 
 def test_kubelet_identity_and_only_it_gets_acr_pull_on_the_registry(prod):

@@ -14,7 +14,7 @@ import pytest
 from inferforge.stacks.config import ConfigError
 from inferforge.stacks.render import render_stack, validate_stack
 
-from tests.platform.conftest import of_type, one
+from tests.platform.conftest import assert_private_endpoint_in_zone, of_type, one
 
 ACCOUNT = "azure-native:storage:StorageAccount"
 CONTAINER = "azure-native:storage:BlobContainer"
@@ -123,14 +123,8 @@ def test_the_account_is_private_keyless_and_tls_only(prod):
 
 
 def test_the_account_is_reached_through_a_blob_private_endpoint_in_the_blob_zone(prod):
-    account = one(prod, ACCOUNT)
-    endpoint = one(prod, "azure-native:network:PrivateEndpoint", "model-store-pe")
-    connection = endpoint.inputs["privateLinkServiceConnections"][0]
-    assert connection["privateLinkServiceId"] == account.id and connection["groupIds"] == ["blob"]
-    zone = next(z for z in of_type(prod, "azure-native:privatedns:PrivateZone")
-                if z.inputs["privateZoneName"] == "privatelink.blob.core.windows.net")
-    group = one(prod, "azure-native:network:PrivateDnsZoneGroup", "model-store-pe-dns")
-    assert group.inputs["privateDnsZoneConfigs"][0]["privateDnsZoneId"] == zone.id
+    assert_private_endpoint_in_zone(prod, one(prod, ACCOUNT), "model-store-pe", "blob",
+                                    "privatelink.blob.core.windows.net")
 
 
 def test_a_hub_blob_zone_is_used_instead_of_a_new_one():
