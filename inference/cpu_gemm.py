@@ -1,4 +1,25 @@
-"""Fast bf16/fp16 GEMMs on CPUs that have no bf16/fp16 instructions (e.g. AVX2-only x86).
+"""CPU GEMM paths: oneDNN with prepacked weights, and widened 16-bit products on CPUs without 16-bit math.
+
+**Prepacked oneDNN linears (`pack_linears`).** `F.linear` on the CPU multiplies through MKL's
+sgemm against the weight in its checkpoint layout, which on AMD EPYC runs far below the CPU's rate
+(MKL takes a generic path there). Reordering each weight once, at load, into oneDNN's blocked
+layout and calling oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`, the op Inductor's CPU
+freezing path emits; vLLM's CPU backend does the same through its own oneDNN binding, also with a
+32-row hint) is measured on this project's 2-core AMD EPYC (AVX-512), fp32, roofline preset shapes:
+
+| weight (out x in) | rows | F.linear | oneDNN prepacked |
+|---|---|---|---|
+| 5632 x 1024 (gate/up) | 1 | 1.10 ms | 0.20 ms |
+| 5632 x 1024 | 64 | 7.8 ms (94 GFLOP/s) | 3.6 ms (205 GFLOP/s) |
+| 32000 x 1024 (LM head) | 64 | 46 ms | 20 ms |
+
+and whole decode steps: roofline preset 387 -> 250 ms at 64 sequences and 67 -> 50 ms at one;
+bench preset 53 -> 39 ms and 12.3 -> 8.1 ms. The packed copy replaces the original weight (freed),
+so memory does not grow, except for an LM head tied to the input embedding, which keeps both.
+Applies in fp32 and, on CPUs with native bf16/fp16 math, in those dtypes; results match
+`F.linear` up to summation order.
+
+**Widened 16-bit GEMMs on CPUs that have no bf16/fp16 instructions (e.g. AVX2-only x86).**
 
 On such CPUs PyTorch multiplies bf16 matrices with its generic fallback kernel: it accumulates in
 fp32 but runs far below the CPU's fp32 rate. Measured on this project's 2-core AVX2 machine with the
@@ -21,6 +42,7 @@ copy exists only for the duration of one product.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -28,6 +50,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
+PACK_ROWS_HINT = 32
+"""Rows oneDNN tunes its packed weight layout for; measured within a few % of the best hint at 1-2,048 rows."""
 DEFAULT_MIN_ROWS = 8
 """Rows from which widening beats the 16-bit kernel (crossover measured at about 7-9 rows)."""
 
@@ -106,3 +130,88 @@ class WidenedGemm(TorchFunctionMode):
                 self.widened += 1
                 return torch.matmul(x.float(), w.float()).to(x.dtype)
         return func(*args, **kwargs)
+
+
+def packing_applies(device: torch.device, dtype: torch.dtype, flags: set[str] | None = None) -> bool:
+    """Whether `pack_linears` runs: a CPU with oneDNN, in fp32 or a 16-bit dtype the CPU multiplies natively."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return dtype == torch.float32 or cpu_has_native(dtype, flags)
+
+
+class PackedLinear:
+    """`x @ weight.T + bias` with the weight reordered once into oneDNN's blocked layout.
+
+    Holds its own (opaque oneDNN) copy of the weight: the caller frees the original.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.out_features, self.in_features = weight.shape
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS_HINT)
+        self.bias = None if bias is None else bias.detach()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
+
+
+def _release(param: torch.Tensor | None) -> None:
+    if param is not None:
+        param.data = param.data.new_empty(0)
+
+
+def _linear_forward(module: torch.nn.Module, shared: set[int]):
+    """A packed replacement for `module.forward`, or None when the module is not a plain (or AutoTP) linear."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.numel() == 0:
+        return None
+    kind = type(module).__name__
+    bias = getattr(module, "bias", None)
+    if type(module).forward is torch.nn.Linear.forward or (kind == "LinearLayer" and not module.gather_output):
+        # AutoTP's column-parallel LinearLayer runs no collective in inference: a plain product.
+        packed = PackedLinear(weight, bias)
+        forward = packed
+    elif kind == "LinearAllreduce":
+        # Row-parallel: local product, all-reduce across the TP group, then the (replicated) bias,
+        # as DeepSpeed's own forward does.
+        packed = PackedLinear(weight, None)
+        row_parallel = sys.modules[type(module).__module__].RowParallel
+        group = module.mp_group
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            out = row_parallel.apply(group, packed(x), True)
+            return out if bias is None else out.add_(bias)
+    else:
+        return None
+    if weight.untyped_storage().data_ptr() not in shared:
+        _release(weight)
+    return forward
+
+
+def pack_linears(model: torch.nn.Module) -> int:
+    """Compute every linear product of `model` with prepacked oneDNN weights; returns how many.
+
+    Covers `nn.Linear`, DeepSpeed AutoTP's `LinearLayer`/`LinearAllreduce` and the fused
+    projections of `inference.fused`; other modules keep their forward. Weights shared with a
+    non-linear module (an LM head tied to the input embedding) are kept; others are freed.
+    """
+    from .fused import FusedLinear
+
+    count = 0
+    for module in model.modules():
+        for value in list(vars(module).values()):
+            if isinstance(value, FusedLinear) and value.kernel is None:
+                value.replace_kernel(PackedLinear(value.weight, value.bias))
+                count += 1
+    linear_kinds = ("LinearLayer", "LinearAllreduce")
+    shared = {
+        param.untyped_storage().data_ptr()
+        for module in model.modules()
+        if not isinstance(module, torch.nn.Linear) and type(module).__name__ not in linear_kinds
+        for param in module.parameters(recurse=False)
+    }
+    for module in model.modules():
+        forward = _linear_forward(module, shared)
+        if forward is not None:
+            module.forward = forward
+            count += 1
+    return count

@@ -152,6 +152,10 @@ class EngineConfig:
     fuse_projections: bool = True
     """One GEMM for q/k/v and one for gate/up in Llama-architecture layers (`inference.fused`; same
     results, ~8% faster decode at batch 1 on the CPU); other architectures are left as they are."""
+    pack_cpu_weights: bool = True
+    """On the CPU (fp32, or bf16/fp16 where the CPU multiplies them natively), reorder every linear
+    weight once into oneDNN's blocked layout and multiply with oneDNN (`inference.cpu_gemm`: 1.5-5x
+    faster products than F.linear's MKL path on AMD EPYC; the original weights are freed)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field and what is allowed."""
@@ -354,6 +358,8 @@ class ModelRunner:
             model.to(device)
         if cfg.fuse_projections:
             fused.fuse_projections(model)  # after sharding: each rank fuses its own shards
+        if cfg.pack_cpu_weights and cpu_gemm.packing_applies(device, self.dtype):
+            log.info("oneDNN prepacked weights: %d linear products", cpu_gemm.pack_linears(model))
         self.model = model
         self.vocab_size = config.vocab_size
         # Steps with fewer token rows keep the 16-bit kernel (bandwidth-bound matrix-vector products).

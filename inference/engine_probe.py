@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         **kv,
         # Which projection classes rank 0 runs and how many layers run the fused forward (inference.fused).
         "q_proj_class": type(_query_projection(ctx.runner.model.model.layers[0].self_attn)).__name__,
-        "fused_attention_layers": sum(hasattr(m, "inferforge_qkv_weight") for m in ctx.runner.model.modules()),
-        "fused_mlp_layers": sum(hasattr(m, "inferforge_gate_up_weight") for m in ctx.runner.model.modules()),
+        "fused_attention_layers": sum(hasattr(m, "inferforge_qkv") for m in ctx.runner.model.modules()),
+        "fused_mlp_layers": sum(hasattr(m, "inferforge_gate_up") for m in ctx.runner.model.modules()),
     }
     args.out.write_text(json.dumps(result))
     return 0

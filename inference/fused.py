@@ -10,7 +10,9 @@ Measured on the bench model (bf16, batch 1, 2 cores): 13.7 -> 12.6 ms per decode
 bit-identical to the unfused forward.
 
 No memory is duplicated: the original `q_proj`/`k_proj`/`v_proj` (`gate_proj`/`up_proj`) weights
-become views into the fused tensor, so checkpoint saving and `state_dict` still see them.
+become views into the fused tensor, so checkpoint saving and `state_dict` still see them. The fused
+product is a `FusedLinear` (a plain object, so `state_dict` gains no names), whose kernel
+`inference.cpu_gemm.pack_linears` may swap for a prepacked oneDNN one on the CPU.
 
 Works under DeepSpeed AutoTP: the q/k/v and gate/up projections are column-parallel
 (`LinearLayer`, an identity collective in inference), so concatenating each rank's local shards gives
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import types
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +41,36 @@ from transformers.models.llama.modeling_llama import (
 log = logging.getLogger("inferforge.fused")
 
 _PARALLEL_LINEAR_NAMES = ("LinearLayer",)  # DeepSpeed AutoTP column-parallel linear (inference: no collective)
+
+
+@dataclass(eq=False)
+class FusedLinear:
+    """One product for several projections: `x @ weight.T + bias`, split by `sizes` afterwards.
+
+    `parts` are the original projection modules, whose weights are views into `weight`.
+    `kernel` computes the product (default `F.linear` on `weight`); `replace_kernel` swaps it for
+    one that holds its own copy of the weights (e.g. prepacked) and releases `weight` and the views.
+    """
+
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    sizes: list[int]
+    parts: list[torch.nn.Module]
+    kernel: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is not None:
+            return self.kernel(x)
+        return F.linear(x, self.weight, self.bias)
+
+    def replace_kernel(self, kernel: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Compute with `kernel` from now on and free the fused weight (and the parts' views of it)."""
+        self.kernel = kernel
+        self.weight = None
+        for part in self.parts:
+            part.weight.data = part.weight.data.new_empty(0)
+            if part.bias is not None:
+                part.bias.data = part.bias.data.new_empty(0)
 
 
 def _projection_weights(projections: list[torch.nn.Module]) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
@@ -61,9 +95,7 @@ def _projection_weights(projections: list[torch.nn.Module]) -> tuple[list[torch.
 
 
 @torch.no_grad()
-def _fuse(
-    projections: list[torch.nn.Module], size_multiple: int = 1
-) -> tuple[torch.Tensor, torch.Tensor | None, list[int]] | None:
+def _fuse(projections: list[torch.nn.Module], size_multiple: int = 1) -> FusedLinear | None:
     """Concatenate the projections' weights (and biases) and re-point each one at its slice; None
     (nothing changed) when they cannot be fused or an output size is not a multiple of `size_multiple`."""
     found = _projection_weights(projections)
@@ -81,7 +113,7 @@ def _fuse(
         if fused_bias is not None:
             proj.bias.data = fused_bias[start : start + size]
         start += size
-    return fused_weight, fused_bias, sizes
+    return FusedLinear(fused_weight, fused_bias, sizes, list(projections))
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -100,8 +132,8 @@ def _fused_attention_forward(
     """transformers' LlamaAttention.forward with one q/k/v GEMM and one rotary pass over q and k."""
     input_shape = hidden_states.shape[:-1]
     head_dim = self.head_dim
-    q_size, k_size, _ = self.inferforge_qkv_sizes
-    qkv = F.linear(hidden_states, self.inferforge_qkv_weight, self.inferforge_qkv_bias)
+    q_size, k_size, _ = self.inferforge_qkv.sizes
+    qkv = self.inferforge_qkv(hidden_states)
     cos, sin = position_embeddings
     if cos.shape[-1] == head_dim:
         # [B, T, q_heads + kv_heads, D]: the same elementwise rotation as apply_rotary_pos_emb, once.
@@ -127,9 +159,7 @@ def _fused_attention_forward(
 
 def _fused_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
     """transformers' LlamaMLP.forward with one gate/up GEMM."""
-    gate, up = F.linear(x, self.inferforge_gate_up_weight, self.inferforge_gate_up_bias).split(
-        self.inferforge_gate_up_sizes, dim=-1
-    )
+    gate, up = self.inferforge_gate_up(x).split(self.inferforge_gate_up.sizes, dim=-1)
     return self.down_proj(self.act_fn(gate) * up)
 
 
@@ -142,17 +172,14 @@ def fuse_projections(model: torch.nn.Module) -> tuple[int, int]:
             fused = _fuse([module.q_proj, module.k_proj, module.v_proj], size_multiple=module.head_dim)
             if fused is None:
                 continue
-            weight, bias, sizes = fused
-            module.inferforge_qkv_weight, module.inferforge_qkv_bias, module.inferforge_qkv_sizes = weight, bias, sizes
+            module.inferforge_qkv = fused
             module.forward = types.MethodType(_fused_attention_forward, module)
             attention += 1
         elif type(module).forward is LlamaMLP.forward:
             fused = _fuse([module.gate_proj, module.up_proj])
             if fused is None:
                 continue
-            weight, bias, sizes = fused
-            module.inferforge_gate_up_weight, module.inferforge_gate_up_bias = weight, bias
-            module.inferforge_gate_up_sizes = sizes
+            module.inferforge_gate_up = fused
             module.forward = types.MethodType(_fused_mlp_forward, module)
             mlp += 1
     log.info("fused projections: %d attention, %d MLP modules", attention, mlp)

@@ -15,7 +15,9 @@ from inference.fused import fuse_projections
 
 
 def _runner(model_dir: Path, dtype: str, fuse: bool) -> ModelRunner:
-    cfg = EngineConfig(model_dir=model_dir, dtype=dtype, fuse_projections=fuse, cpu_widen_min_rows=0)
+    # Unpacked weights: this compares fusion alone (inference.cpu_gemm's packing has its own tests).
+    cfg = EngineConfig(model_dir=model_dir, dtype=dtype, fuse_projections=fuse, cpu_widen_min_rows=0,
+                       pack_cpu_weights=False)
     return ModelRunner(cfg, LaunchEnv.from_environ({}, "cpu"), torch.device("cpu"))
 
 
@@ -39,9 +41,9 @@ def test_fused_runner_matches_the_unfused_forward(tiny_model_dir: Path, dtype: s
     plain = _runner(tiny_model_dir, dtype, fuse=False)
     fused = _runner(tiny_model_dir, dtype, fuse=True)
     layers = fused.hf_config.num_hidden_layers
-    fused_modules = [m for m in fused.model.modules() if hasattr(m, "inferforge_qkv_weight")]
+    fused_modules = [m for m in fused.model.modules() if hasattr(m, "inferforge_qkv")]
     assert len(fused_modules) == layers
-    assert not any(hasattr(m, "inferforge_qkv_weight") for m in plain.model.modules())
+    assert not any(hasattr(m, "inferforge_qkv") for m in plain.model.modules())
     for step in _steps():
         torch.testing.assert_close(fused.execute(step), plain.execute(step), atol=1e-5, rtol=0)
 
@@ -50,11 +52,11 @@ def test_fusing_keeps_one_copy_of_the_weights(tiny_model_dir: Path) -> None:
     runner = _runner(tiny_model_dir, "float32", fuse=True)
     attention = runner.model.model.layers[0].self_attn
     mlp = runner.model.model.layers[0].mlp
-    fused_qkv = attention.inferforge_qkv_weight
+    fused_qkv = attention.inferforge_qkv.weight
     assert attention.q_proj.weight.data_ptr() == fused_qkv.data_ptr()
     offset = attention.q_proj.weight.numel() * fused_qkv.element_size()
     assert attention.k_proj.weight.data_ptr() == fused_qkv.data_ptr() + offset
-    assert mlp.gate_proj.weight.data_ptr() == mlp.inferforge_gate_up_weight.data_ptr()
+    assert mlp.gate_proj.weight.data_ptr() == mlp.inferforge_gate_up.weight.data_ptr()
     # The checkpoint view is unchanged: same names, same shapes.
     names = {name: tuple(t.shape) for name, t in runner.model.state_dict().items()}
     assert names["model.layers.0.self_attn.k_proj.weight"] == tuple(attention.k_proj.weight.shape)
@@ -72,5 +74,5 @@ def test_modules_with_their_own_forward_are_left_alone() -> None:
     model = LlamaForCausalLM(config)
     model.model.layers[1].self_attn.__class__ = _CustomAttention
     assert fuse_projections(model) == (1, 2)
-    assert not hasattr(model.model.layers[1].self_attn, "inferforge_qkv_weight")
+    assert not hasattr(model.model.layers[1].self_attn, "inferforge_qkv")
     assert "forward" not in vars(model.model.layers[1].self_attn)
