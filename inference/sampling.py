@@ -2,11 +2,17 @@
 
 Greedy rows (temperature 0) take the argmax. Sampled rows apply temperature, then top-k, nucleus
 (top-p, over the top-k renormalised mass) and min-p filtering with batched tensor ops (vLLM's
-semantics; ties at the k-th probability are kept), then draw with the exponential race: `argmax(p_i / E_i)` with
-`E_i ~ Exp(1)` i.i.d. is an exact sample from `p`. The race makes batch independence easy: the
-only per-row work is drawing `E` from the request's own `torch.Generator` (exactly `vocab` draws
-per step), so a seeded request samples the same tokens whatever else is in the batch. Rows
-without a seed share the engine's generator in one call.
+semantics; ties at the k-th probability are kept), then draw by inverse transform: one uniform
+`u` per row, scaled by the row's remaining mass, picks the first token whose cumulative
+probability (summed in float64) exceeds it, an exact sample from the filtered distribution
+(tokens filtered to 0 can never be picked). One draw per row keeps batch independence easy: a
+seeded request draws its `u` from its own `torch.Generator`, so it samples the same tokens
+whatever else is in the batch; rows without a seed share the engine's generator in one call.
+
+Why not the exponential race (`argmax(p_i / E_i)`, `E_i ~ Exp(1)`) used before: it needs `vocab`
+random draws per row and step, and `exponential_` costs 9.7 ms for 64 rows of 8,000 tokens on this
+project's 2-core CPU (13% of a 64-sequence decode step of the bench preset under load), against
+about 1 ms for the cumulative sums and one draw per row.
 """
 
 from __future__ import annotations
@@ -66,15 +72,19 @@ def sample_tokens(
         # Relative to the most likely token, which always stays.
         probs.index_copy_(0, rows, sub.masked_fill(sub < min_p * sub.max(dim=-1, keepdim=True).values, 0.0))
 
-    noise = torch.empty_like(probs)
+    uniform = torch.empty((len(sampled), 1), dtype=torch.float64)
     shared_rows = [j for j, i in enumerate(sampled) if generators[i] is None]
     if shared_rows:
-        draws = torch.empty((len(shared_rows), vocab)).exponential_(generator=shared_generator)
-        noise.index_copy_(0, torch.tensor(shared_rows, dtype=torch.long), draws)
+        draws = torch.rand((len(shared_rows), 1), generator=shared_generator, dtype=torch.float64)
+        uniform.index_copy_(0, torch.tensor(shared_rows, dtype=torch.long), draws)
     for j, i in enumerate(sampled):
         generator = generators[i]
         if generator is not None:
-            noise[j].exponential_(generator=generator)
-    choice = (probs / noise).argmax(dim=-1)
+            uniform[j] = torch.rand((1,), generator=generator, dtype=torch.float64)
+    cumulative = probs.double().cumsum_(dim=-1)
+    # u in [0, mass): the first token whose cumulative sum exceeds it (right=True skips tokens of
+    # probability 0, whose sum equals their predecessor's).
+    target = uniform * cumulative[:, -1:]
+    choice = torch.searchsorted(cumulative, target, right=True).clamp_(max=vocab - 1).squeeze(1)
     tokens.index_copy_(0, index, choice)
     return tokens.tolist()

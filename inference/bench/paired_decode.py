@@ -47,16 +47,25 @@ class Side:
         cfg = engine.EngineConfig(model_dir=model, dtype="float32", max_batch_size=batch, max_model_len=max_len,
                                   max_num_batched_tokens=max(2048, batch * max_len))
         self.runner = engine.ModelRunner(cfg, distributed.LaunchEnv(), torch.device("cpu"))
+        # Both checkouts register their attention under the same transformers name: each side
+        # re-registers its own before it runs (`activate`).
+        self.kv_cache = sys.modules[engine.__name__.rpartition(".")[0] + ".kv_cache"]
         self.wire = distributed.WireStep
         self.slots = "moves" in {f.name for f in dataclasses.fields(self.wire)}
         blocks = -(-max_len // 16)
         self.tables = [list(range(i * blocks, (i + 1) * blocks)) for i in range(batch)]
+
+    def activate(self) -> None:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(self.kv_cache.ATTENTION_NAME, self.kv_cache.paged_attention)
 
     def prefill(self, ids: torch.Tensor, positions: torch.Tensor, batch: int, length: int) -> None:
         if self.slots:
             step = self.wire([], 0, [(i, 0, length, True) for i in range(batch)], ids, positions)
         else:
             step = self.wire(0, [(0, length, True)] * batch, self.tables, ids, positions)
+        self.activate()
         self.runner.execute(step)
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> object:
@@ -98,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 logits = {}
                 for side in (old, new) if step % 2 else (new, old):
                     wire = side.decode(tokens, at)
+                    side.activate()
                     start = time.perf_counter()
                     logits[id(side)] = side.runner.execute(wire)
                     times[id(side)].append(time.perf_counter() - start)

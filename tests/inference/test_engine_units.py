@@ -93,6 +93,16 @@ def test_sampling_follows_the_softmax_distribution() -> None:
     assert torch.allclose(frequencies, probs, atol=0.032)
 
 
+@pytest.mark.parametrize("allowed", [[0], [2], [4], [1, 3]])
+def test_tokens_of_probability_zero_are_never_drawn(allowed: list[int]) -> None:
+    logits = torch.full((2000, 5), float("-inf"))
+    logits[:, allowed] = 0.0
+
+    tokens = sample_tokens(logits, [1.0] * 2000, [1.0] * 2000, [None] * 2000, torch.Generator().manual_seed(0))
+
+    assert set(tokens) == set(allowed)
+
+
 def test_top_p_renormalises_over_the_nucleus() -> None:
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log().repeat(4000, 1)
