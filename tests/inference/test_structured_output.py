@@ -92,12 +92,20 @@ def test_parse_with_a_pydantic_schema_always_validates_when_sampling(client: ope
 
 
 def test_json_object_replies_are_json_objects(client: openai.OpenAI, model: str) -> None:
-    for seed in range(3):
+    # A random model under a free-form object grammar may write one string value for hundreds of
+    # tokens, so whether a seed ends within max_tokens is luck: every reply that ends must be an
+    # object, one cut at max_tokens must be the start of one, and most must end.
+    stopped = 0
+    for seed in range(6):
         reply = client.chat.completions.create(model=model, messages=MESSAGES, seed=seed,
                                                response_format={"type": "json_object"}, **SAMPLED)
         choice = reply.choices[0]
-        assert choice.finish_reason == "stop"
-        assert isinstance(json.loads(choice.message.content), dict)
+        if choice.finish_reason == "stop":
+            stopped += 1
+            assert isinstance(json.loads(choice.message.content), dict)
+        else:
+            assert choice.finish_reason == "length" and choice.message.content.lstrip().startswith("{")
+    assert stopped >= 4, stopped
 
 
 def test_streamed_structured_reply_validates(client: openai.OpenAI, model: str) -> None:
