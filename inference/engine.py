@@ -645,7 +645,10 @@ class InferenceEngine:
         self._thread.start()
 
     def _run(self) -> None:
+        # PyTorch initializes a thread's OpenMP setting lazily, at its first parallel op, from the
+        # process-wide value, which any other thread may have changed by then: settle it now.
         torch.set_num_threads(self._num_threads)
+        torch.get_num_threads()
         try:
             while True:
                 self._wakeup.clear()

@@ -538,11 +538,6 @@ def _run_rank(args: argparse.Namespace) -> int:
         return EXIT_ENGINE_FAILED
     if engine is None:
         return EXIT_OK
-    # This thread now runs the event loop; a stray parallel torch op here would give OpenMP a
-    # second worker pool and slow every op of the step thread (see engine._in_passing_thread).
-    import torch
-
-    torch.set_num_threads(1)
     return asyncio.run(_serve_rank0(args, engine, api_keys))
 
 

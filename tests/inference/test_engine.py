@@ -364,3 +364,30 @@ def test_a_step_stuck_past_the_timeout_is_declared_dead_instead_of_hanging(tiny_
         release.set()
 
     assert elapsed < 5
+
+
+def test_the_step_thread_uses_the_configured_threads_and_loading_leaves_no_thread_behind(tiny_model_dir: Path) -> None:
+    # 3 differs from any default a 1- or 2-core machine gives a new thread, so a step thread that
+    # forgot the setting is seen. Loading runs in a thread that ended (engine._in_passing_thread).
+    caller_threads = torch.get_num_threads()
+    engine = make_engine(tiny_model_dir, num_threads=3)
+    try:
+        assert torch.get_num_threads() == caller_threads
+        assert not any(t.name == "inferforge-load" for t in threading.enumerate())
+        seen: list[tuple[str, int]] = []
+        execute = engine._runner.execute
+
+        def spy(step):
+            seen.append((threading.current_thread().name, torch.get_num_threads()))
+            return execute(step)
+
+        engine._runner.execute = spy
+        asyncio.run(collect(engine, "threads", [5, 6, 7], greedy(3)))
+        assert seen and set(seen) == {("inferforge-engine", 3)}
+    finally:
+        asyncio.run(engine.shutdown())
+
+
+def test_a_failure_while_loading_reaches_the_caller(tiny_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="max_model_len 99999 exceeds the model's max_position_embeddings"):
+        make_engine(tiny_model_dir, max_model_len=99999)
