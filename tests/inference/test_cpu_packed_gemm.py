@@ -44,6 +44,18 @@ def test_packed_linear_matches_f_linear(shape: tuple[int, ...], with_bias: bool)
     torch.testing.assert_close(out, F.linear(x, w, b), atol=1e-4, rtol=1e-5)
 
 
+def test_packed_linear_in_bf16_matches_f_linear_within_bf16_rounding() -> None:
+    # Packing applies to bf16 only on CPUs that multiply it natively, but oneDNN computes it anywhere.
+    generator = torch.Generator().manual_seed(9)
+    x = torch.randn(1, 16, 96, generator=generator).bfloat16()
+    w = torch.randn(80, 96, generator=generator).bfloat16()
+    b = torch.randn(80, generator=generator).bfloat16()
+    out = cpu_gemm.PackedLinear(w, b)(x)
+    assert out.dtype == torch.bfloat16
+    exact = F.linear(x.double(), w.double(), b.double())
+    assert (out.double() - exact).abs().max() <= 0.02 * exact.abs().max()
+
+
 def test_packed_linear_accepts_a_non_contiguous_input() -> None:
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(96, 12, generator=generator).t()  # [12, 96], column-major
