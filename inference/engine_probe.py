@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch
 from .distributed import CMD_STEP, WireStep
 from .engine import EngineConfig, InferenceEngine, RankContext, load_rank, run_rank
 from .engine_api import GenerationRequest, SamplingParams
+from .supervisor import exit_now
 
 DEAD_EXIT_CODE = 5
 KV_BLOCKS = 14
@@ -205,4 +205,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # as the server does: no interpreter teardown of the process group

@@ -38,7 +38,7 @@ from typing import Any
 from . import defaults, shm_op
 from .auth import APIKeys, KeyLoadError, load_keys_from_file, load_keys_from_key_vault
 from .shm_op import StartupWaitTimeout
-from .supervisor import RANK_LOST_SIGNAL, run_ranks  # RANK_LOST_SIGNAL: fail everything, exit 1
+from .supervisor import RANK_LOST_SIGNAL, exit_now, run_ranks  # RANK_LOST_SIGNAL: fail everything, exit 1
 from .tool_calls import FORMATS as TOOL_CALL_FORMATS
 
 log = logging.getLogger("inference.serve")
@@ -460,14 +460,6 @@ async def serve_app(app: Any, engine: Any, cfg: LifecycleConfig) -> int:
     return await _Server(app, engine, cfg).run()
 
 
-def _exit_now(code: int) -> None:
-    """Exit even if a library left a non-daemon thread behind (a hung process never restarts)."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 # ---- engine start-up (the engine's own module owns the details) -----------------------------------------
 
 
@@ -573,5 +565,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     # The server ran: exit now rather than wait on interpreter teardown of torch/DeepSpeed state
     # (seconds), or on a thread a library forgot to mark as daemon.
-    _exit_now(code)
+    exit_now(code)
     return code  # pragma: no cover

@@ -212,3 +212,14 @@ def run_ranks(tp_size: int, serve_argv: Sequence[str], environ: Mapping[str, str
                           [rank_environment(base, rank, tp_size, port) for rank in range(tp_size)]).run()
     finally:
         remove_shm_segments(port)
+
+
+def exit_now(code: int) -> None:
+    """Exit a rank that is done, skipping interpreter teardown: a library may have left a non-daemon
+    thread behind (a hung process never restarts), and tearing down a process group whose C++ threads
+    still run can abort the process ("terminate called without an active exception", seen once on a
+    follower that had finished cleanly)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
