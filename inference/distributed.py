@@ -11,9 +11,8 @@ launcher; both set `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_SIZE`, `MASTER_ADD
 
 `--bind_cores_to_rank` needs `numactl` on the PATH (Debian package `numactl`); without it drop the
 flag and the engine divides the visible cores between the ranks itself (`torch.set_num_threads`).
-On CPU, `python -m inference` sets `GOMP_SPINCOUNT=3000` before torch loads (unless `OMP_WAIT_POLICY` or
-`GOMP_SPINCOUNT` is already set): OpenMP workers spin only briefly between the ops of a step instead of
-stealing the core that rank 0's HTTP event loop needs (see inference/__main__.py for the figures).
+OpenMP waits with GNU OpenMP's defaults (see "One OpenMP pool" in inference/README.md for why no
+`GOMP_SPINCOUNT` is set any more); `OMP_WAIT_POLICY`/`GOMP_SPINCOUNT` set by the launcher apply.
 Any launcher that sets the same variables works (torchrun does not set `LOCAL_SIZE`: add it).
 Without `WORLD_SIZE` the process runs alone (TP=1). On CPU `LOCAL_SIZE` is required for TP>1:
 DeepSpeed's shared-memory all-reduce uses it and crashes without it.
