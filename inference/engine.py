@@ -21,7 +21,9 @@ implementation, so the model's own modules (sharded or not) run every step; K/V 
 pool sized from a memory budget (`plan_kv_pool`), whose blocks rank 0 hands out per sequence.
 
 Threads: the step loop runs in a background thread on rank 0, so the HTTP event loop never waits on
-a forward; token events are handed back to the event loop once per step.
+a forward; token events are handed back to the event loop once per step. On the CPU the model is
+loaded in a thread that ends before serving (`_in_passing_thread`), so that only the step thread
+keeps an OpenMP worker pool.
 """
 
 from __future__ import annotations
