@@ -13,8 +13,9 @@ freezing path emits; vLLM's CPU backend does the same through its own oneDNN bin
 | 5632 x 1024 | 64 | 7.8 ms (94 GFLOP/s) | 3.6 ms (205 GFLOP/s) |
 | 32000 x 1024 (LM head) | 64 | 46 ms | 20 ms |
 
-and whole decode steps: roofline preset 387 -> 250 ms at 64 sequences and 67 -> 50 ms at one;
-bench preset 53 -> 39 ms and 12.3 -> 8.1 ms. The packed copy replaces the original weight (freed),
+(each product timed alone on random operands, median of 30 calls) and whole decode steps, 48 cached
+tokens (`python -m inference.bench.decode_step [--no-pack]`): roofline preset 332 -> 249 ms at 64
+sequences and 79 -> 50 ms at one; bench preset 54 -> 36 ms and 12.2 -> 8.0 ms. The packed copy replaces the original weight (freed),
 so memory does not grow, except for an LM head tied to the input embedding, which keeps both.
 Applies in fp32 and, on CPUs with native bf16/fp16 math, in those dtypes; results match
 `F.linear` up to summation order.
@@ -146,7 +147,6 @@ class PackedLinear:
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        self.out_features, self.in_features = weight.shape
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS_HINT)
         self.bias = None if bias is None else bias.detach()
 
@@ -168,8 +168,7 @@ def _linear_forward(module: torch.nn.Module, shared: set[int]):
     bias = getattr(module, "bias", None)
     if type(module).forward is torch.nn.Linear.forward or (kind == "LinearLayer" and not module.gather_output):
         # AutoTP's column-parallel LinearLayer runs no collective in inference: a plain product.
-        packed = PackedLinear(weight, bias)
-        forward = packed
+        forward = PackedLinear(weight, bias)
     elif kind == "LinearAllreduce":
         # Row-parallel: local product, all-reduce across the TP group, then the (replicated) bias,
         # as DeepSpeed's own forward does.

@@ -52,9 +52,10 @@ from transformers import AttentionInterface
 ATTENTION_NAME = "inferforge_paged"
 STEP_KWARG = "inferforge_step"
 # Per K or V scratch buffer. Small enough that a group's gathered K/V is still in the last-level
-# cache when SDPA reads it: decode steps of the roofline preset at 64 sequences (fp32, 2 cores,
-# 32 MiB L3) took 250 / 226 / 211 / 221 ms at 64 / 16 / 4 / 2 MiB with 48 cached tokens, and
-# 493 / 390 / 357 / 756 ms with 400 (at 2 MiB one sequence per group: per-call overhead wins).
+# cache when attention reads it. Roofline preset, 64 sequences, fp32, 2 cores, 32 MiB L3
+# (`python -m inference.bench.decode_step --batch 64 --context 48|400`): 239 -> 202 ms per step at
+# 48 cached tokens and 480 -> 348 ms at 400, 64 MiB -> 4 MiB. An earlier sweep the same day also had
+# 16 MiB (226 / 390 ms) and 2 MiB (221 / 756 ms: one sequence per group, per-call overhead wins).
 GATHER_LIMIT_BYTES = 4 * 2**20
 
 
