@@ -17,8 +17,8 @@ freezing path emits; vLLM's CPU backend does the same through its own oneDNN bin
 tokens (`python -m inference.bench.decode_step [--no-pack]`): roofline preset 332 -> 249 ms at 64
 sequences and 79 -> 50 ms at one; bench preset 54 -> 36 ms and 12.2 -> 8.0 ms. The packed copy
 replaces the original weight (freed), so memory does not grow, except for an LM head tied to the
-input embedding, which keeps both. Applies in fp32 and, on CPUs with native bf16/fp16 math, in those dtypes; results match
-`F.linear` up to summation order.
+input embedding, which keeps both. Applies in fp32 and, on CPUs with native bf16/fp16 math, in
+those dtypes; results match `F.linear` up to summation order.
 
 **Widened 16-bit GEMMs on CPUs that have no bf16/fp16 instructions (e.g. AVX2-only x86).**
 
