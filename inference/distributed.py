@@ -124,6 +124,9 @@ def init_process_groups(env: LaunchEnv, device_type: str, timeout_s: float) -> d
              os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), backend, timeout_s)
     deepspeed.init_distributed(dist_backend=backend, timeout=timeout, auto_mpi_discovery=False, verbose=False)
     if backend == "gloo":
+        dist.barrier()  # every rank has mapped every rank's shm workspace: its name can go
+        if shm_op.unlink_buffer(env.rank):
+            log.info("rank %d: shm all-reduce workspace mapped by all ranks; its /dev/shm name removed", env.rank)
         return dist.group.WORLD
     return dist.new_group(backend="gloo", timeout=timeout)
 

@@ -43,9 +43,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def ranks(args: list[str], world_size: int, log_dir: Path) -> Iterator[list[subprocess.Popen]]:
+def ranks(args: list[str], world_size: int, log_dir: Path, port: int | None = None
+          ) -> Iterator[list[subprocess.Popen]]:
     """Start `python -m inference.engine_probe ARGS` once per rank; kill leftovers on exit."""
-    port = free_port()
+    port = port or free_port()
     procs: list[subprocess.Popen] = []
     try:
         for rank in range(world_size):
@@ -104,8 +105,12 @@ def run_probe(model_dir: Path, world_size: int, tmp_path: Path) -> dict:
     # follower waiting instead of timing out.
     args = ["--model", str(model_dir), "--dtype", "float32", "--steps", "8", "--out", str(out),
             "--collective-timeout", "3", "--idle-s", "7"]
-    with ranks(args, world_size, log_dir) as procs:
+    port = free_port()
+    with ranks(args, world_size, log_dir, port) as procs:
         wait_all(procs, 240, log_dir)
+    # Where DeepSpeed's shm all-reduce op is built, its per-rank /dev/shm workspaces were used; their
+    # names must not outlive the ranks (inference/shm_op.py unlink_buffer).
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     return json.loads(out.read_text())
 
 

@@ -193,3 +193,33 @@ def test_prepare_loads_the_op_only_when_built_or_asked_and_otherwise_makes_deeps
     if not loads:
         assert build_shm_op() is None  # DeepSpeed's own loader now skips it: no compile, no lock
         assert "all-reduces over gloo" in caplog.text
+
+
+def test_the_buffer_name_is_the_one_deepspeeds_shm_initialize_creates() -> None:
+    import deepspeed
+
+    source = (Path(deepspeed.__file__).parent / "ops/csrc/cpu/comm/shm.cpp").read_text()
+    assert f'#define SHM_BUFFER_NAME "{shm_op.SHM_BUFFER_NAME}"' in source
+    # prefix = SHM_BUFFER_NAME _ uid _ MASTER_ADDR _ MASTER_PORT; a rank's own = prefix _ rank
+    assert '"%s_%d_%s_%s",\n             SHM_BUFFER_NAME,\n             getuid(),\n             addr_string,' in source
+    assert 'snprintf(shm_name, NAME_BUF_SIZE, "%s_%d", shm_name_prefix, rank);' in source
+    path = shm_op.buffer_path(1, {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
+    assert path == Path(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_29500_1")
+
+
+def test_a_ranks_buffer_name_is_removed_and_its_mapping_stays_valid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mmap
+
+    monkeypatch.setattr(shm_op, "SHM_DIR", tmp_path)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "4242")
+    path = shm_op.buffer_path(0)
+    path.write_bytes(b"\0" * 4096)
+    with path.open("r+b") as handle, mmap.mmap(handle.fileno(), 4096) as mapped:
+        assert shm_op.unlink_buffer(0)
+        assert not path.exists()
+        mapped[:5] = b"still"
+        assert mapped[:5] == b"still"
+    assert not shm_op.unlink_buffer(0)  # nothing there (gloo all-reduce, or already removed)
