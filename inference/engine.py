@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from . import autotp_fixes, cpu_gemm, defaults, fused, kv_cache, structured_output
+from . import autotp_fixes, cpu_attention, cpu_gemm, defaults, fused, kv_cache, structured_output
 from .block_manager import BlockManager
 from .distributed import (
     CMD_BARRIER,
@@ -158,6 +158,9 @@ class EngineConfig:
     """On the CPU (fp32, or bf16/fp16 where the CPU multiplies them natively), reorder every linear
     weight once into oneDNN's blocked layout and multiply with oneDNN (`inference.cpu_gemm`: 1.5-5x
     faster products than F.linear's MKL path on AMD EPYC; the original weights are freed)."""
+    cpu_attention_kernel: bool = True
+    """On the CPU in fp32, decode attention reads K/V in place from the paged pool in one compiled
+    pass (`inference.cpu_attention`) instead of gathering it into a buffer for two matmuls."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field and what is allowed."""
@@ -376,8 +379,12 @@ class ModelRunner:
             requested_max_model_len=cfg.max_model_len, num_blocks_override=cfg.num_kv_blocks,
         )
         self.max_model_len = self.kv_pool.max_model_len
+        cpu_kernel = cfg.cpu_attention_kernel and cpu_attention.applies(device, self.dtype)
+        if cpu_kernel:
+            cpu_attention.warm_up()  # compile now, not in the first request's step
         self.cache = kv_cache.PagedKVCache(
-            config.num_hidden_layers, self.kv_pool.num_blocks, self.kv_pool.block_size, self.dtype, device
+            config.num_hidden_layers, self.kv_pool.num_blocks, self.kv_pool.block_size, self.dtype, device,
+            cpu_decode_kernel=cpu_kernel,
         )
         log.info("KV cache: %d blocks of %d tokens (%d tokens, %.3f GiB per rank, %d bytes per token), "
                  "max_model_len %d", self.kv_pool.num_blocks, self.kv_pool.block_size, self.kv_pool.capacity_tokens,
@@ -409,6 +416,7 @@ class ModelRunner:
             span = torch.arange(hi + 1)
             meta.decode_rows = (table[:, span // block_size] * block_size + span % block_size).flatten().to(self.device)
             meta.decode_kv_len = hi + 1
+            meta.decode_lengths = (decode_positions + 1).to(self.device)
             if int(decode_positions.min()) != hi:
                 visible = span.unsqueeze(0) <= decode_positions.unsqueeze(1)
                 meta.decode_mask = visible.view(n, 1, 1, hi + 1).to(self.device)

@@ -26,9 +26,10 @@ A step is one forward over a *packed* batch of tokens (`[1, T]`, no padding): fi
 token for each decoding sequence, then the prefill chunks of sequences still reading their
 prompt. Attention is computed as:
 
-* decode tokens: one batched `scaled_dot_product_attention` over the decoding sequences' K/V,
-  gathered through their block tables into `[n, kv_heads, kv_len, head_dim]` (positions past a
-  sequence's length point at row 0 and are masked out when the lengths differ);
+* decode tokens: on the CPU in fp32, `inference.cpu_attention`'s kernel reads each sequence's K/V
+  in place through its pool rows (one pass, no copy); elsewhere two batched matmuls over the
+  decoding sequences' K/V gathered into `[kv_heads, n * kv_len, head_dim]` (`_decode_attention`;
+  positions past a sequence's length point at row 0 and are masked out when the lengths differ);
 * prompt chunks that start at position 0: batched causal SDPA over this step's own K/V, one call
   per run of equal-length chunks (`FreshPromptGroup`);
 * chunks that continue a cached prefix (chunked prefill, or a prompt whose prefix was found in the
@@ -48,6 +49,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
+
+from . import cpu_attention
 
 ATTENTION_NAME = "inferforge_paged"
 STEP_KWARG = "inferforge_step"
@@ -98,6 +101,7 @@ class StepAttention:
     num_decode: int
     decode_rows: torch.Tensor | None = None  # [num_decode * decode_kv_len] int64 pool rows to read
     decode_kv_len: int = 0
+    decode_lengths: torch.Tensor | None = None  # [num_decode] int64 cached positions each token sees
     decode_mask: torch.Tensor | None = None  # [num_decode, 1, 1, decode_kv_len] bool, None if all equal
     prefills: list[PrefillChunk] = field(default_factory=list)  # chunks that continue a cached prefix
     fresh_groups: list[FreshPromptGroup] = field(default_factory=list)
@@ -106,12 +110,17 @@ class StepAttention:
 class PagedKVCache:
     """A pool of `num_blocks` K/V blocks of `block_size` tokens per layer on one rank."""
 
-    def __init__(self, num_layers: int, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self, num_layers: int, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device,
+        cpu_decode_kernel: bool = False,
+    ):
         self.num_layers = num_layers
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.dtype = dtype
         self.device = device
+        # Decode attention through `cpu_attention` (one pass over the pool) instead of gather + matmuls.
+        self.cpu_decode_kernel = cpu_decode_kernel
         self.keys: list[torch.Tensor] = []  # per layer [kv_heads, num_blocks * block_size, head_dim]
         self.values: list[torch.Tensor] = []
         # Gather buffers reused by every layer and step: fresh multi-MiB tensors cost page faults each
@@ -239,6 +248,10 @@ def _decode_attention(
     kv_heads = cache.keys[layer].shape[0]
     group = heads // kv_heads
     scale = head_dim**-0.5 if scaling is None else scaling
+    if cache.cpu_decode_kernel:
+        rows = step.decode_rows.view(n, kv_len)
+        cpu_attention.decode_attention(query, cache.keys[layer], cache.values[layer], rows, step.decode_lengths, scale, out)
+        return
     q_all = query.view(kv_heads, group, n, head_dim)
     per_gather = cache.rows_per_gather(kv_len)
     for lo in range(0, n, per_gather):
