@@ -250,7 +250,8 @@ def _decode_attention(
     scale = head_dim**-0.5 if scaling is None else scaling
     if cache.cpu_decode_kernel:
         rows = step.decode_rows.view(n, kv_len)
-        cpu_attention.decode_attention(query, cache.keys[layer], cache.values[layer], rows, step.decode_lengths, scale, out)
+        keys, values = cache.keys[layer], cache.values[layer]
+        cpu_attention.decode_attention(query, keys, values, rows, step.decode_lengths, scale, out)
         return
     q_all = query.view(kv_heads, group, n, head_dim)
     per_gather = cache.rows_per_gather(kv_len)

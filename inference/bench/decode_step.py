@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             runner = _in_thread(_load, *load_args)
             result = _in_thread(_time_steps, runner, *run_args)
         profile = result.pop("profile", None)
-        print(json.dumps({**result, "pack": args.pack, "cpu_attention": args.cpu_attention, "thread": args.thread}), flush=True)
+        flags = {"pack": args.pack, "cpu_attention": args.cpu_attention, "thread": args.thread}
+        print(json.dumps({**result, **flags}), flush=True)
         if profile:
             print(profile, flush=True)
     return 0
