@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -218,3 +220,22 @@ def test_auto_dtype_uses_bf16_on_cpu_only_where_the_hardware_has_it(
 
     assert engine_module.resolve_dtype("auto", "cpu") == expected
     assert engine_module.resolve_dtype("bfloat16", "cpu") == torch.bfloat16  # an explicit choice is kept
+
+
+def test_a_batch_mixing_greedy_and_sampled_rows_treats_each_row_as_if_alone() -> None:
+    logits = torch.randn(5, 300, generator=torch.Generator().manual_seed(9))
+    temperatures = [0.0, 0.5, 0.0, 1.0, 1e-4]
+    seeds = [None, 7, None, 8, 9]
+    batched = sample_tokens(logits, temperatures, [1.0] * 5,
+                            [None if s is None else torch.Generator().manual_seed(s) for s in seeds], torch.Generator())
+    for i, (temperature, seed) in enumerate(zip(temperatures, seeds, strict=True)):
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        alone = sample_tokens(logits[i : i + 1], [temperature], [1.0], [generator], torch.Generator())
+        assert batched[i] == alone[0], i
+    assert batched[0] == int(logits[0].argmax()) and batched[2] == int(logits[2].argmax())
+    assert batched[4] == int(logits[4].argmax())  # a temperature of 1e-4 leaves only the top token
+    # The temperature is applied: two tokens at odds 1:3 become 1:9 at temperature 0.5.
+    pair = torch.tensor([[0.0, math.log(3.0)]])
+    draws = [sample_tokens(pair, [0.5], [1.0], [torch.Generator().manual_seed(s)], torch.Generator())[0]
+             for s in range(400)]
+    assert abs(draws.count(1) / 400 - 0.9) < 0.045  # at temperature 1 it would be 0.75
