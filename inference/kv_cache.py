@@ -12,8 +12,8 @@ Pool layout per layer and tensor: `[kv_heads_on_this_rank, num_blocks * block_si
 i.e. `[num_blocks, kv_heads, block_size, head_dim]` blocks with the head dimension taken outside,
 so a token's K/V is column `block * block_size + offset` of every head, and
 
-* writing a step's new K/V is one `index_copy_` per layer per tensor (the "slot mapping": each
-  packed token's column), straight from the projections' `[kv_heads, T, head_dim]`;
+* writing a step's new K/V is one `index_put_` per layer per tensor (the "slot mapping": each
+  packed token's column of each head), from the projections' `[kv_heads, T, head_dim]`;
 * reading n sequences' first L positions is one `index_select` of n x L columns into a reused
   scratch buffer, whose `[n, kv_heads, L, head_dim]` view has contiguous `[L, head_dim]` rows per
   head, as SDPA's CPU kernel wants. Measured on 2 cores (32 sequences x 576 positions, 4 KV heads
@@ -101,6 +101,7 @@ class StepAttention:
     num_decode: int
     decode_rows: torch.Tensor | None = None  # [num_decode * decode_kv_len] int64 pool rows to read
     decode_kv_len: int = 0
+    head_token_rows: torch.Tensor | None = None  # [kv_heads * T], derived from token_rows at the first write
     decode_lengths: torch.Tensor | None = None  # [num_decode] int64 cached positions each token sees
     decode_mask: torch.Tensor | None = None  # [num_decode, 1, 1, decode_kv_len] bool, None if all equal
     prefills: list[PrefillChunk] = field(default_factory=list)  # chunks that continue a cached prefix
@@ -148,8 +149,17 @@ class PagedKVCache:
         """Store this step's K/V ([1, kv_heads, T, head_dim]) at each token's pool row."""
         if not self.allocated:
             self.allocate(key.shape[1], key.shape[3])
-        self.keys[layer].index_copy_(1, step.token_rows, key[0])
-        self.values[layer].index_copy_(1, step.token_rows, value[0])
+        keys, values = self.keys[layer], self.values[layer]
+        heads, pool_rows, head_dim = keys.shape
+        if step.head_token_rows is None:
+            # Row of (head, token) in the pool seen as [heads * pool_rows, head_dim]. index_put_ over
+            # these contiguous rows: on the CPU (8 heads x 64 tokens of 64 fp32) 23 us against 103 us
+            # for index_copy_ along dim 0 and ~130 us along dim 1 (rows are distinct: no accumulation).
+            offsets = torch.arange(heads, device=keys.device).unsqueeze(1) * pool_rows
+            step.head_token_rows = (offsets + step.token_rows).flatten()
+        rows = (step.head_token_rows,)
+        keys.view(-1, head_dim).index_put_(rows, key[0].reshape(-1, head_dim))
+        values.view(-1, head_dim).index_put_(rows, value[0].reshape(-1, head_dim))
 
     def gather_rows(self, layer: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V at pool `rows` as `[kv_heads, len(rows), head_dim]` views of the scratch buffers
