@@ -7,9 +7,10 @@ sequences the gather was most of the attention time. This kernel is one pass: fo
 KV head) it walks the sequence's pool rows, takes the query heads sharing that KV head (GQA costs
 no copy), and computes scores, softmax and the weighted sum of V straight from the pool.
 
-Measured on 2 cores (roofline preset, 64 sequences, fp32, one decode step of the whole model,
-`python -m inference.bench.decode_step --model <roofline> --batch 64 --context 48|400 [--no-cpu-attention]`):
-see `inference/README.md` for the figures of the day.
+Measured on 2 cores, one decode step of the whole roofline-preset model, 64 sequences, fp32
+(`python -m inference.bench.decode_step --model <roofline> --batch 64 --context 48|400
+[--no-cpu-attention]`, 2026-11-30): 199 against 214-252 ms at 48 cached tokens, 240 against 688 ms
+at 400 (inference/README.md, CPU performance notes).
 
 It is compiled with Numba (LLVM, no C++ toolchain), in parallel over (sequence, KV head) on
 Numba's OpenMP threads, once per process (`warm_up`, at model load) and cached on disk where

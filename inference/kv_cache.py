@@ -99,9 +99,9 @@ class StepAttention:
     cache: PagedKVCache
     token_rows: torch.Tensor  # [T] int64 pool row each packed token's K/V is written to
     num_decode: int
+    head_token_rows: torch.Tensor | None = None  # [kv_heads * T], derived from token_rows at the first write
     decode_rows: torch.Tensor | None = None  # [num_decode * decode_kv_len] int64 pool rows to read
     decode_kv_len: int = 0
-    head_token_rows: torch.Tensor | None = None  # [kv_heads * T], derived from token_rows at the first write
     decode_lengths: torch.Tensor | None = None  # [num_decode] int64 cached positions each token sees
     decode_mask: torch.Tensor | None = None  # [num_decode, 1, 1, decode_kv_len] bool, None if all equal
     prefills: list[PrefillChunk] = field(default_factory=list)  # chunks that continue a cached prefix
