@@ -12,17 +12,18 @@ Measured on 2 cores, one decode step of the whole roofline-preset model, 64 sequ
 [--no-cpu-attention]`, 2026-11-30): 199 against 214-252 ms at 48 cached tokens, 240 against 688 ms
 at 400 (inference/README.md, CPU performance notes).
 
-It is compiled with Numba (LLVM, no C++ toolchain), in parallel over (sequence, KV head) on
-Numba's OpenMP threads, once per process (`warm_up`, at model load) and cached on disk where
-Numba finds a writable cache directory. It covers float32 only: Numba has no bfloat16, and 16-bit
-CPU serving keeps the portable path.
+It is compiled with Numba (`inference.numba_jit`), in parallel over (sequence, KV head), at model
+load (`warm_up`). It covers float32 only: Numba has no bfloat16, and 16-bit CPU serving keeps the
+portable path.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import prange
+
+from .numba_jit import compile_kernel
 
 
 def applies(device: torch.device, dtype: torch.dtype) -> bool:
@@ -59,15 +60,7 @@ def _kernel(query, keys, values, rows, lengths, scale, out):  # pragma: no cover
         out[seq, head] = acc
 
 
-def _compile(fn):
-    options = {"parallel": True, "fastmath": True, "nogil": True, "error_model": "numpy"}
-    try:
-        return njit(cache=True, **options)(fn)
-    except RuntimeError:  # no writable cache directory (read-only install, no home): compile per process
-        return njit(cache=False, **options)(fn)
-
-
-_decode_kernel = _compile(_kernel)
+_decode_kernel = compile_kernel(_kernel)
 
 
 def decode_attention(

@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from . import cpu_gemv
+
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 PACK_ROWS_HINT = 32
 """Rows oneDNN tunes its packed weight layout for; measured within a few % of the best hint at 1-2,048 rows."""
@@ -143,14 +145,21 @@ def packing_applies(device: torch.device, dtype: torch.dtype, flags: set[str] | 
 class PackedLinear:
     """`x @ weight.T + bias` with the weight reordered once into oneDNN's blocked layout.
 
-    Holds its own (opaque oneDNN) copy of the weight: the caller frees the original.
+    Holds its own (opaque oneDNN) copy of the weight: the caller frees the original. With
+    `matvec_kernel`, products of at most `cpu_gemv.MAX_ROWS` rows read that copy in place with
+    `inference.cpu_gemv`'s kernel (fp32, where the layout is the one it knows) instead of oneDNN.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, matvec_kernel: bool = False) -> None:
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS_HINT)
         self.bias = None if bias is None else bias.detach()
+        self.out_features = weight.shape[0]
+        self.blocks = cpu_gemv.blocked_view(self.weight, weight) if matvec_kernel else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.blocks is not None and _rows(x) <= cpu_gemv.MAX_ROWS:
+            out = cpu_gemv.matvec(self.blocks, self.out_features, x)
+            return out if self.bias is None else out.add_(self.bias)
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
 
 
@@ -159,7 +168,7 @@ def _release(param: torch.Tensor | None) -> None:
         param.data = param.data.new_empty(0)
 
 
-def _linear_forward(module: torch.nn.Module, shared: set[int]):
+def _linear_forward(module: torch.nn.Module, shared: set[int], matvec_kernel: bool):
     """A packed replacement for `module.forward`, or None when the module is not a plain (or AutoTP) linear."""
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.numel() == 0:
@@ -168,11 +177,11 @@ def _linear_forward(module: torch.nn.Module, shared: set[int]):
     bias = getattr(module, "bias", None)
     if type(module).forward is torch.nn.Linear.forward or (kind == "LinearLayer" and not module.gather_output):
         # AutoTP's column-parallel LinearLayer runs no collective in inference: a plain product.
-        forward = PackedLinear(weight, bias)
+        forward = PackedLinear(weight, bias, matvec_kernel)
     elif kind == "LinearAllreduce":
         # Row-parallel: local product, all-reduce across the TP group, then the (replicated) bias,
         # as DeepSpeed's own forward does.
-        packed = PackedLinear(weight, None)
+        packed = PackedLinear(weight, None, matvec_kernel)
         row_parallel = sys.modules[type(module).__module__].RowParallel
         group = module.mp_group
 
@@ -186,20 +195,23 @@ def _linear_forward(module: torch.nn.Module, shared: set[int]):
     return forward
 
 
-def pack_linears(model: torch.nn.Module) -> int:
+def pack_linears(model: torch.nn.Module, matvec_kernel: bool = False) -> int:
     """Compute every linear product of `model` with prepacked oneDNN weights; returns how many.
 
     Covers `nn.Linear`, DeepSpeed AutoTP's `LinearLayer`/`LinearAllreduce` and the fused
     projections of `inference.fused`; other modules keep their forward. Weights shared with a
     non-linear module (an LM head tied to the input embedding) are kept; others are freed.
+    `matvec_kernel`: products of 1-2 rows by `inference.cpu_gemv` (see `PackedLinear`), compiled here.
     """
+    if matvec_kernel:  # compile now (or load from Numba's cache), not in the first request's step
+        PackedLinear(torch.ones(64, 16), None, True)(torch.ones(1, 16))
     from .fused import FusedLinear
 
     count = 0
     for module in model.modules():
         for value in list(vars(module).values()):
             if isinstance(value, FusedLinear) and value.kernel is None:
-                value.replace_kernel(PackedLinear(value.weight, value.bias))
+                value.replace_kernel(PackedLinear(value.weight, value.bias, matvec_kernel))
                 count += 1
     linear_kinds = ("LinearLayer", "LinearAllreduce")
     shared = {
@@ -209,7 +221,7 @@ def pack_linears(model: torch.nn.Module) -> int:
         for param in module.parameters(recurse=False)
     }
     for module in model.modules():
-        forward = _linear_forward(module, shared)
+        forward = _linear_forward(module, shared, matvec_kernel)
         if forward is not None:
             module.forward = forward
             count += 1

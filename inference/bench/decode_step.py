@@ -4,6 +4,7 @@
     python -m inference.bench.decode_step --model /tmp/m --batch 1 64 --context 48
     python -m inference.bench.decode_step --model /tmp/m --batch 64 --no-pack      # F.linear (MKL) products
     python -m inference.bench.decode_step --model /tmp/m --batch 64 --no-cpu-attention  # gather + matmuls
+    python -m inference.bench.decode_step --model /tmp/m --batch 1 --no-matvec  # oneDNN at 1-2 rows too
     python -m inference.bench.decode_step --model /tmp/m --batch 1 --thread main  # compare: step thread
 
 Prefills `batch` sequences of `context` random tokens, then times `--steps` decode steps (the
@@ -25,20 +26,23 @@ from pathlib import Path
 
 import torch
 
+from .. import numba_jit
 from ..distributed import LaunchEnv, WireStep
 from ..engine import EngineConfig, ModelRunner
 
 
-def _load(model: Path, batch: int, max_len: int, pack: bool, cpu_attention: bool, threads: int) -> ModelRunner:
+def _load(model: Path, batch: int, max_len: int, pack: bool, cpu_attention: bool, matvec: bool,
+          threads: int) -> ModelRunner:
     torch.set_num_threads(threads)
     cfg = EngineConfig(model_dir=model, dtype="float32", max_batch_size=batch, max_model_len=max_len,
                        max_num_batched_tokens=max(2048, batch * max_len), pack_cpu_weights=pack,
-                       cpu_attention_kernel=cpu_attention)
+                       cpu_attention_kernel=cpu_attention, cpu_matvec_kernel=matvec)
     return ModelRunner(cfg, LaunchEnv(), torch.device("cpu"))
 
 
 def _time_steps(runner: ModelRunner, batch: int, context: int, steps: int, threads: int, profile: bool) -> dict:
     torch.set_num_threads(threads)
+    numba_jit.match_torch_threads()
     blocks = -(-(context + steps + 16) // runner.cache.block_size)
     tables = [list(range(i * blocks, (i + 1) * blocks)) for i in range(batch)]
     generator = torch.Generator().manual_seed(batch)
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pack", dest="pack", action="store_false", help="F.linear instead of prepacked oneDNN")
     parser.add_argument("--no-cpu-attention", dest="cpu_attention", action="store_false",
                         help="decode attention by gather + matmuls instead of inference.cpu_attention's kernel")
+    parser.add_argument("--no-matvec", dest="matvec", action="store_false",
+                        help="oneDNN for 1-2 row products too, instead of inference.cpu_gemv's kernel")
     parser.add_argument("--thread", choices=["passing", "main"], default="passing",
                         help="passing: load in a thread that ends, step in another (as served); main: one thread")
     parser.add_argument("--profile", action="store_true")
@@ -91,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.batch) < 1 or args.context < 1 or args.steps < 6 or args.threads < 1:
         parser.error("--batch, --context and --threads must be >= 1 and --steps >= 6")
     for batch in args.batch:
-        load_args = (args.model, batch, args.context + args.steps + 32, args.pack, args.cpu_attention, args.threads)
+        load_args = (args.model, batch, args.context + args.steps + 32, args.pack, args.cpu_attention, args.matvec,
+                     args.threads)
         run_args = (batch, args.context, args.steps, args.threads, args.profile)
         if args.thread == "main":
             result = _time_steps(_load(*load_args), *run_args)
@@ -99,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             runner = _in_thread(_load, *load_args)
             result = _in_thread(_time_steps, runner, *run_args)
         profile = result.pop("profile", None)
-        flags = {"pack": args.pack, "cpu_attention": args.cpu_attention, "thread": args.thread}
+        flags = {"pack": args.pack, "cpu_attention": args.cpu_attention, "matvec": args.matvec,
+                 "thread": args.thread}
         print(json.dumps({**result, **flags}), flush=True)
         if profile:
             print(profile, flush=True)

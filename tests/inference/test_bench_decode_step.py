@@ -10,14 +10,15 @@ import pytest
 from inference.bench import decode_step
 
 
-@pytest.mark.parametrize("extra", [[], ["--no-pack", "--thread", "main"]])
+@pytest.mark.parametrize("extra", [[], ["--no-pack", "--thread", "main"], ["--no-matvec"]])
 def test_prints_a_median_step_time_per_batch(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str],
                                              extra: list[str]) -> None:
     args = ["--model", str(tiny_model_dir), "--batch", "1", "3", "--context", "5", "--steps", "6", "--threads", "1"]
     assert decode_step.main(args + extra) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["batch"] for line in lines] == [1, 3]
-    assert all(line["median_step_ms"] > 0 and line["pack"] is not bool(extra) for line in lines)
+    assert all(line["median_step_ms"] > 0 and line["pack"] is ("--no-pack" not in extra) for line in lines)
+    assert all(line["matvec"] is ("--no-matvec" not in extra) for line in lines)
 
 
 @pytest.mark.parametrize(("args", "message"), [
