@@ -14,19 +14,41 @@ Understands the slot-cache step format (before paging) and the block-table one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
 import json
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
 HERE = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def private_numba_cache() -> Iterator[Path]:
+    """Numba caches the kernels of packages imported meanwhile in a temporary directory.
+
+    Numba's on-disk cache (next to the source, in `__pycache__`) pickles the name of the module it
+    compiled for. A checkout imported here as `inference_baseline` would leave entries that its own
+    server, importing it as `inference`, then fails to load (ModuleNotFoundError at model load).
+    """
+    from numba.core import config
+
+    before = config.CACHE_DIR
+    with tempfile.TemporaryDirectory(prefix="paired-decode-numba-") as directory:
+        config.CACHE_DIR = directory
+        try:
+            yield Path(directory)
+        finally:
+            config.CACHE_DIR = before
 
 
 def load_checkout(name: str, root: Path) -> tuple[ModuleType, ModuleType]:
@@ -87,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    with private_numba_cache():
+        _compare(args)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> None:
     old_modules = load_checkout("inference_baseline", args.baseline.resolve())
     new_modules = load_checkout("inference_checkout", HERE)
     for context in args.context:
@@ -120,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
                 "median_ratio": round(statistics.median(n / o for n, o in zip(t_new, t_old, strict=True)), 3),
             }
         print(json.dumps(result), flush=True)
-    return 0
 
 
 if __name__ == "__main__":
