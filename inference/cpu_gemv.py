@@ -6,8 +6,8 @@ over the prepacked layout (`inference.cpu_gemm.PackedLinear`) reads it at ~21-26
 project's 2-core AMD EPYC, against ~30-35 GB/s for a plain streaming loop over the same bytes.
 
 The packed layout `_reorder_linear_weight` picks here stores the weight in blocks of `b` output rows
-(b = 64 here, also with oneDNN held to AVX2): block after block, each input column's `b` weights contiguous, the input
-dimension padded. So `y[block] = sum_k x[k] * W[block, k, :]` streams each block front to back
+(b = 64 here, also with oneDNN held to AVX2): block after block, each input column's `b` weights
+contiguous, the input dimension padded. So `y[block] = sum_k x[k] * W[block, k, :]` streams each block front to back
 with `b` accumulators, and the blocks split across threads. This module views the opaque oneDNN
 buffer as `[blocks, padded_in, b]` (`blocked_view`: only after checking, element by element against
 the dense weight, that this is the layout; any other returns None and oneDNN keeps the product) and
@@ -94,4 +94,3 @@ def matvec(blocks: np.ndarray, out_features: int, x: torch.Tensor) -> torch.Tens
     _matvec_kernel(blocks, rows.numpy(), out.numpy())
     flat = out.view(nb * b) if rows.shape[0] == 1 else out.permute(1, 0, 2).reshape(rows.shape[0], nb * b)
     return flat[..., :out_features].reshape(*x.shape[:-1], out_features)
-

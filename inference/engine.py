@@ -367,7 +367,8 @@ class ModelRunner:
         if cfg.fuse_projections:
             fused.fuse_projections(model)  # after sharding: each rank fuses its own shards
         if cfg.pack_cpu_weights and cpu_gemm.packing_applies(device, self.dtype):
-            count = cpu_gemm.pack_linears(model, cfg.cpu_matvec_kernel)
+            # The matrix-vector kernel reads fp32 weights only (Numba has no bfloat16).
+            count = cpu_gemm.pack_linears(model, cfg.cpu_matvec_kernel and self.dtype == torch.float32)
             log.info("oneDNN prepacked weights: %d linear products", count)
         self.model = model
         self.vocab_size = config.vocab_size

@@ -88,8 +88,12 @@ def summarize(results: list[Round]) -> list[dict]:
     return lines
 
 
-def _cores() -> list[int]:
-    return sorted(os.sched_getaffinity(0))
+def _core_list() -> str:
+    """The cores this process may use, as vLLM's VLLM_CPU_OMP_THREADS_BIND spells them ("0-1" or "0,2,5")."""
+    cores = sorted(os.sched_getaffinity(0))
+    if cores == list(range(cores[0], cores[-1] + 1)):
+        return f"{cores[0]}-{cores[-1]}"
+    return ",".join(map(str, cores))
 
 
 def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -177,11 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     wrapper = args.out / "vllm_cli.py"
     wrapper.write_text(VLLM_CLI_WRAPPER)
-    cores = _cores()
     vllm_port, our_port = args.ports
     vllm_env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib),
-                "VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[-1]}" if cores == list(
-                    range(cores[0], cores[-1] + 1)) else ",".join(map(str, cores))}
+                "VLLM_CPU_OMP_THREADS_BIND": _core_list()}
     servers = {
         "vllm": (vllm_port, [str(args.vllm_python), str(wrapper), "serve", str(args.model), "--dtype", "float32",
                              "--port", str(vllm_port), "--served-model-name", "m", "--max-model-len", "2048"],
