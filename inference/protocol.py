@@ -52,9 +52,12 @@ def ignored_fields(model: BaseModel) -> list[str]:
 
 
 class StreamOptions(_Strict):
-    """`stream_options`: ask for a final chunk carrying token usage."""
+    """`stream_options`: ask for a final chunk carrying token usage (and, as vLLM's extension
+    `continuous_usage_stats`, the usage so far on every chunk: what a metering proxy such as the
+    gateway needs to charge a stream the client left mid-way)."""
 
     include_usage: bool = False
+    continuous_usage_stats: bool = False
 
 
 def _check_stop(value: Any) -> Any:
@@ -117,6 +120,11 @@ class _SamplingFields(_Strict):
     def include_usage_chunk(self) -> bool:
         """Whether a streamed response ends with the usage-only chunk of `stream_options`."""
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        """Whether every streamed chunk carries the usage so far (vLLM: needs include_usage too)."""
+        return self.include_usage_chunk and bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
 
 class CompletionRequest(_SamplingFields):

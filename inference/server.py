@@ -640,12 +640,15 @@ class OpenAIServer:
         head = (f'data: {{"id":"{request_id}","object":"text_completion","created":{created},'
                 f'"model":{json.dumps(model)},"choices":[{{"index":')
         tail = ',"finish_reason":null}],"usage":null}\n\n'
+        continuous = req.continuous_usage
         formatters = {gen.index: LogprobFormatter(self.state.tokenizer.backend_tokenizer) for gen in gens}
         finished = 0
         async for gen, delta in _interleaved(gens):
             if delta is not None:
                 logprobs = (json.dumps(formatters[gen.index].completion(gen.take_logprobs()))
                             if gen.wants_logprobs else "null")
+                if continuous:
+                    tail = f',"finish_reason":null}}],"usage":{_usage(gens).model_dump_json()}}}\n\n'
                 yield f'{head}{gen.index},"text":{json.dumps(delta)},"logprobs":{logprobs}{tail}'
             else:
                 # Without include_usage a finishing chunk carries the usage (an extension clients
@@ -656,7 +659,7 @@ class OpenAIServer:
                 final = CompletionResponse(
                     id=request_id, created=created, model=model,
                     choices=[CompletionChoice(index=gen.index, text="", finish_reason=gen.finish_reason)],
-                    usage=_usage(gens) if last and not req.include_usage_chunk else None,
+                    usage=_usage(gens) if continuous or (last and not req.include_usage_chunk) else None,
                 )
                 yield _sse(final.model_dump_json())
         if req.include_usage_chunk:
@@ -667,13 +670,15 @@ class OpenAIServer:
 
     async def _chat_chunks(self, request_id: str, gens: list[Generation], req: ChatCompletionRequest,
                            created: int, model: str) -> AsyncIterator[str]:
+        continuous = req.continuous_usage
+
         def chunk(index: int, delta: ChatDelta, finish: str | None = None, usage: UsageInfo | None = None,
                   choices: bool = True, logprobs: dict[str, Any] | None = None) -> str:
             return _sse(ChatCompletionChunk(
                 id=request_id, created=created, model=model,
                 choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)]
                 if choices else [],
-                usage=usage,
+                usage=usage if usage is not None or not continuous else _usage(gens),
             ).model_dump_json(exclude_none=False))
 
         for gen in gens:
@@ -690,6 +695,8 @@ class OpenAIServer:
         async for gen, delta in _interleaved(gens):
             logprobs = formatter.chat(gen.take_logprobs()) if gen.wants_logprobs and delta is not None else None
             if mode == "none" and delta is not None:
+                if continuous:
+                    tail = f',"finish_reason":null}}],"usage":{_usage(gens).model_dump_json()}}}\n\n'
                 yield (f'{head}{gen.index},"delta":{{"role":null,"content":{json.dumps(delta)}}},'
                        f'"logprobs":{json.dumps(logprobs)}{tail}')
                 continue

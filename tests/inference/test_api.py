@@ -126,6 +126,32 @@ def test_streamed_completion_equals_the_whole_one_and_ends_with_usage(client: op
     assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
 
 
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_continuous_usage_stats_count_every_chunk_so_far(client: openai.OpenAI, model: str, endpoint: str) -> None:
+    # vLLM's stream_options.continuous_usage_stats: the gateway charges a stream its client left
+    # mid-way from the last chunk it saw, so each chunk's count must be the tokens generated so far.
+    opts = {"include_usage": True, "continuous_usage_stats": True}
+    if endpoint == "completions":
+        chunks = list(client.completions.create(model=model, prompt="Metered streams", max_tokens=12,
+                                                temperature=0, extra_body={"ignore_eos": True}, stream=True,
+                                                stream_options=opts))
+        text_chunks = [c for c in chunks if c.choices and c.choices[0].text]
+    else:
+        chunks = list(client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Metered streams"}], max_completion_tokens=12,
+            temperature=0, extra_body={"ignore_eos": True}, stream=True, stream_options=opts))
+        text_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert all(c.usage is not None for c in chunks)
+    counts = [c.usage.completion_tokens for c in text_chunks]
+    assert counts == sorted(counts) and counts[-1] <= 12 and counts[0] >= 1
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+    assert all(c.usage.prompt_tokens == chunks[-1].usage.prompt_tokens for c in chunks)
+    # Without the flag, content chunks carry no usage (OpenAI's shape).
+    plain = list(client.completions.create(model=model, prompt="Metered streams", max_tokens=4, temperature=0,
+                                           stream=True, stream_options={"include_usage": True}))
+    assert all(c.usage is None for c in plain[:-1])
+
+
 def test_prompt_as_token_ids_equals_the_string_prompt(client: openai.OpenAI, model: str, tokenizer) -> None:
     prompt = "Tensor parallelism splits attention heads"
     by_text = client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0)
