@@ -430,6 +430,9 @@ class TokenizeChatRequest(_ChatRendering):
     """POST /tokenize with messages, rendered as /v1/chat/completions renders them (vLLM's shape)."""
 
     model: str | None = None
+    # The chat template renders the tools into the prompt, so a count without them would be short
+    # (the gateway reserves exactly this count before admitting a chat request).
+    tools: list[Tool] | None = None
     # The chat template already holds the special tokens.
     add_special_tokens: bool = False
     return_token_strs: bool = False

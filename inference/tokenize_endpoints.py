@@ -53,6 +53,7 @@ def tokenize_handler(server: OpenAIServer) -> Handler:
         if isinstance(req, TokenizeChatRequest):
             ids = chat_template.render_prompt_ids(
                 tokenizer, req.messages, override=state.chat_template,
+                tools=[tool.model_dump(exclude_none=True) for tool in req.tools] if req.tools else None,
                 add_generation_prompt=req.add_generation_prompt,
                 continue_final_message=req.continue_final_message,
                 add_special_tokens=req.add_special_tokens,

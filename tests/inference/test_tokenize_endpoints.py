@@ -59,6 +59,18 @@ def test_tokenize_messages_gives_exactly_the_chat_prompt(client: httpx.Client, f
     assert tokens == fake.engine.requests[-1].prompt_token_ids
 
 
+def test_tokenize_messages_with_tools_counts_the_rendered_tools(client: httpx.Client, fake: RunningFake) -> None:
+    # The gateway reserves this count before admitting a chat request with tools.
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                                "parameters": {"type": "object",
+                                                               "properties": {"city": {"type": "string"}}}}}]
+    with_tools = client.post("/tokenize", json={"messages": MESSAGES, "tools": tools}).json()["tokens"]
+    assert client.post("/v1/chat/completions", json={"messages": MESSAGES, "tools": tools,
+                                                     "max_tokens": 1}).status_code == 200
+    assert with_tools == fake.engine.requests[-1].prompt_token_ids
+    assert len(with_tools) > len(client.post("/tokenize", json={"messages": MESSAGES}).json()["tokens"])
+
+
 def test_tokenize_continue_final_message(client: httpx.Client, tokenizer: Any) -> None:
     messages = [*MESSAGES, {"role": "assistant", "content": "Sure, it"}]
     body = {"messages": messages, "add_generation_prompt": False, "continue_final_message": True}
