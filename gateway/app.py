@@ -1,0 +1,767 @@
+"""The gateway's HTTP service: authenticate -> count -> admit -> cache -> safety -> proxy -> settle.
+
+Routes: `POST /v1/chat/completions` and `POST /v1/completions` (proxied to the upstream named by
+the request's `model`), `GET /v1/models` (what the caller may use), and the public probes `/health`,
+`/ready` and `/metrics`. Every other path needs a credential too (fail closed).
+
+Settlement of a stream runs in a task of its own: when the client disconnects, Starlette cancels the
+response generator, and work awaited in its `finally` would be cancelled with it; the tokens the
+upstream generated until then (its per-chunk usage) are still charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from . import cache as response_cache
+from . import errors, metrics
+from .entra import EntraValidator, TokenError
+from .keys import key_id_of, matches
+from .limits import Limiter, LimiterUnavailable, Refusal, Reservation, open_reservation
+from .model import Caller
+from .safety import SafetyProvider, SafetyUnavailable
+from .store import Store, UsageRecord, audit_event
+
+log = logging.getLogger("gateway")
+
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+MAX_BODY_BYTES = 16 * 1024 * 1024
+SAFETY_STRIDE_CHARS = 200  # streamed output is checked (and held back) in steps of this many characters
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+
+
+@dataclass
+class Upstream:
+    """One model deployment, known only by its URL (and the revision it reports)."""
+
+    name: str
+    url: str
+    client: httpx.AsyncClient
+    revision: str = ""
+    created: int = 0
+
+
+@dataclass
+class GatewaySettings:
+    max_tokens_cap: int = 4096
+    upstream_api_key: str | None = None
+    default_max_tokens: dict[str, int | None] = field(
+        default_factory=lambda: {"completions": 16, "chat": None})
+
+
+@dataclass
+class Flight:
+    """One request on its way through the gateway: what the usage record and audit event need."""
+
+    request_id: str
+    endpoint: str
+    started: float
+    caller: Caller | None = None
+    model: str = ""
+    reservation: Reservation | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    ttft_ms: float | None = None
+    cache_hit: bool = False
+    finish_reason: str | None = None
+    status: int = 200
+
+
+def _json_response(body: dict[str, Any], request_id: str, status: int = 200,
+                   headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json",
+                    headers={"X-Request-Id": request_id, **(headers or {})})
+
+
+def _refusal_error(refusal: Refusal) -> errors.GatewayError:
+    retry_s = max(1, -(-refusal.retry_after_ms // 1000))
+    headers = {"Retry-After": str(retry_s)}
+    if refusal.reason == "rpm":
+        headers.update({"x-ratelimit-limit-requests": str(refusal.limit), "x-ratelimit-remaining-requests": "0",
+                        "x-ratelimit-reset-requests": f"{retry_s}s"})
+    elif refusal.reason == "tpm":
+        headers.update({"x-ratelimit-limit-tokens": str(refusal.limit),
+                        "x-ratelimit-remaining-tokens": str(refusal.remaining),
+                        "x-ratelimit-reset-tokens": f"{retry_s}s"})
+    scope = "your API key's" if refusal.scope == "key" else "your tenant's"
+    if refusal.reason == "budget":
+        del headers["Retry-After"]  # waiting a few seconds does not help; the next month does
+        return errors.GatewayError(
+            429, f"You exceeded {scope} monthly token budget ({refusal.limit} tokens; {refusal.remaining} left, "
+            "less than this prompt needs).", "insufficient_quota", "insufficient_quota", headers)
+    if refusal.reason == "revoked":
+        return errors.unauthorized("This API key has been revoked.")
+    what = {"rpm": f"requests per minute ({refusal.limit})", "tpm": f"tokens per minute ({refusal.limit}; "
+            f"{refusal.remaining} left in this window, the request reserves its prompt plus max_tokens)",
+            "concurrency": f"concurrent requests ({refusal.limit})"}[refusal.reason]
+    return errors.GatewayError(429, f"Rate limit reached for {scope} {what}. Retry after {retry_s} s.",
+                               "requests", "rate_limit_exceeded", headers)
+
+
+def _choice_texts(response: dict[str, Any]) -> dict[int, str]:
+    texts: dict[int, str] = {}
+    for choice in response.get("choices") or []:
+        message = choice.get("message")
+        text = (message or {}).get("content") if message is not None else choice.get("text")
+        texts[choice.get("index", 0)] = text or ""
+    return texts
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    """The text a content check reads from a request: message contents (text parts) or prompts."""
+    parts: list[str] = []
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        parts.append(prompt)
+    elif isinstance(prompt, list):
+        parts.extend(p for p in prompt if isinstance(p, str))
+    return "\n".join(parts)
+
+
+class Gateway:
+    def __init__(self, *, store: Store, limiter: Limiter, cache: response_cache.ResponseCache,
+                 upstreams: dict[str, Upstream], pepper: bytes, settings: GatewaySettings,
+                 entra: EntraValidator | None = None, safety: SafetyProvider | None = None) -> None:
+        self.store = store
+        self.limiter = limiter
+        self.cache = cache
+        self.upstreams = upstreams
+        self.pepper = pepper
+        self.settings = settings
+        self.entra = entra
+        self.safety = safety
+        self._background: set[asyncio.Task] = set()
+
+    # ---- identity ---------------------------------------------------------------------------
+
+    async def authenticate(self, request: Request) -> Caller:
+        header = request.headers.get("authorization", "")
+        scheme, _, credential = header.partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            raise errors.unauthorized("Missing credentials: send `Authorization: Bearer <API key or Entra token>`.")
+        credential = credential.strip()
+        if credential.startswith("ifg_"):
+            key_id = key_id_of(credential)
+            record = await self.store.key(key_id) if key_id else None
+            if record is None or not matches(self.pepper, credential, record.key_hash):
+                raise errors.unauthorized("Incorrect API key provided.")
+            if record.revoked:
+                raise errors.unauthorized("This API key has been revoked.")
+            return Caller(record.tenant, f"key:{record.key_id}", record.key_id,
+                          {"rpm": record.rpm, "tpm": record.tpm})
+        if self.entra is None:
+            raise errors.unauthorized("Incorrect API key provided.")
+        try:
+            identity = await self.entra.validate(credential)
+        except TokenError as exc:
+            raise errors.unauthorized(f"Invalid Entra ID token: {exc}.") from exc
+        tenant = await self.store.tenant_for_app(identity.app_id)
+        if tenant is None:
+            raise errors.unauthorized("The token's client application is not registered with any gateway tenant.")
+        return Caller(tenant, f"entra:{identity.object_id}")
+
+    # ---- counting ---------------------------------------------------------------------------
+
+    async def _tokenize(self, upstream: Upstream, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await upstream.client.post(f"{upstream.url}/tokenize", json=payload,
+                                                  headers=self._upstream_headers(None))
+        except httpx.HTTPError as exc:
+            metrics.UPSTREAM_ERRORS.labels(upstream.name).inc()
+            raise errors.upstream_failed(f"The model `{upstream.name}` could not be reached.") from exc
+        if response.status_code == 400:
+            # The model server refused the request's shape; its message names the field.
+            raise errors.GatewayError(400, response.json().get("error", {}).get("message", "invalid request"),
+                                      "invalid_request_error", "invalid_request")
+        if response.status_code != 200:
+            metrics.UPSTREAM_ERRORS.labels(upstream.name).inc()
+            raise errors.upstream_failed(f"The model `{upstream.name}` could not count the prompt "
+                                         f"({response.status_code}).")
+        return response.json()
+
+    async def count_prompt(self, upstream: Upstream, endpoint: str, body: dict[str, Any]) -> tuple[int, int, int]:
+        """(prompt tokens, number of prompts, the model's context length), exactly as the model counts."""
+        if endpoint == "chat":
+            payload = {k: body[k] for k in ("messages", "tools", "add_generation_prompt", "continue_final_message")
+                       if k in body}
+            result = await self._tokenize(upstream, payload)
+            return int(result["count"]), 1, int(result["max_model_len"])
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            prompts: list[Any] = [prompt]
+        elif isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+            prompts = [prompt]
+        elif isinstance(prompt, list) and prompt:
+            prompts = prompt
+        else:
+            raise errors.bad_request("prompt must be a string, a list of strings, or token ids")
+        texts = [p for p in prompts if isinstance(p, str)]
+        counted = await asyncio.gather(*(self._tokenize(upstream, {"prompt": t}) for t in texts)) if texts else []
+        if texts:
+            max_model_len = int(counted[0]["max_model_len"])
+        else:
+            max_model_len = int((await self._tokenize(upstream, {"prompt": ""}))["max_model_len"])
+        total = sum(int(c["count"]) for c in counted)
+        for p in prompts:
+            if isinstance(p, list):
+                total += len(p)
+            elif not isinstance(p, str):
+                raise errors.bad_request("prompt must be a string, a list of strings, or token ids")
+        return total, len(prompts), max_model_len
+
+    # ---- admission --------------------------------------------------------------------------
+
+    async def admit(self, flight: Flight, prompt_tokens: int, completion_wanted: int, choices: int) -> Reservation:
+        caller = flight.caller
+        assert caller is not None
+        try:
+            outcome = await self.limiter.admit(caller, flight.request_id, prompt_tokens, completion_wanted, choices)
+            metrics.REDIS_UP.set(1)
+        except LimiterUnavailable as exc:
+            metrics.REDIS_UP.set(0)
+            metrics.REDIS_ERRORS.inc()
+            if not caller.tenant.fail_open:
+                self._audit(flight, "deny", "limits_unavailable", 503)
+                raise errors.unavailable("The gateway cannot check your limits right now; retry shortly.",
+                                         "limits_unavailable") from exc
+            metrics.FAILED_OPEN.labels(metrics.tenant_label(caller.tenant.name)).inc()
+            log.warning("redis unavailable, admitting fail-open tenant %s: %s", caller.tenant.name, str(exc)[:200])
+            return open_reservation(flight.request_id, prompt_tokens, completion_wanted)
+        if isinstance(outcome, Refusal):
+            tenant = metrics.tenant_label(caller.tenant.name)
+            metrics.REFUSED.labels(tenant, outcome.reason).inc()
+            if outcome.reason == "budget":
+                metrics.BUDGET_EXHAUSTED.labels(tenant).inc()
+            error = _refusal_error(outcome)
+            self._audit(flight, "deny", f"{outcome.reason}:{outcome.scope}", error.status)
+            raise error
+        return outcome
+
+    @staticmethod
+    def _rate_headers(flight: Flight) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers for the tenant's per-minute limits, on every admitted answer."""
+        reservation, tenant = flight.reservation, flight.caller.tenant if flight.caller else None
+        headers: dict[str, str] = {}
+        if reservation is None or tenant is None:
+            return headers
+        reset = f"{max(1, -(-reservation.reset_ms // 1000))}s"
+        if tenant.rpm and reservation.remaining_requests >= 0:
+            headers.update({"x-ratelimit-limit-requests": str(tenant.rpm),
+                            "x-ratelimit-remaining-requests": str(reservation.remaining_requests),
+                            "x-ratelimit-reset-requests": reset})
+        if tenant.tpm and reservation.remaining_tokens >= 0:
+            headers.update({"x-ratelimit-limit-tokens": str(tenant.tpm),
+                            "x-ratelimit-remaining-tokens": str(reservation.remaining_tokens),
+                            "x-ratelimit-reset-tokens": reset})
+        return headers
+
+    async def _settle(self, flight: Flight) -> None:
+        if flight.reservation is None:
+            return
+        used = 0 if flight.cache_hit else flight.prompt_tokens + flight.completion_tokens
+        try:
+            await self.limiter.settle(flight.reservation, used)
+        except LimiterUnavailable as exc:
+            metrics.REDIS_UP.set(0)
+            metrics.REDIS_ERRORS.inc()
+            log.warning("settlement of %s failed (its reservation stands until the window ends): %s",
+                        flight.request_id, str(exc)[:200])
+
+    # ---- records ----------------------------------------------------------------------------
+
+    def _audit(self, flight: Flight, decision: str, reason: str, status: int) -> None:
+        caller = flight.caller
+        self.store.record_audit(audit_event(
+            ENDPOINTS_ACTION[flight.endpoint], decision, reason, request_id=flight.request_id,
+            tenant=caller.tenant.name if caller else None, principal=caller.principal if caller else None,
+            model=flight.model or None, status=status))
+
+    def _record(self, flight: Flight) -> None:
+        caller = flight.caller
+        if caller is None:
+            return
+        tenant = metrics.tenant_label(caller.tenant.name)
+        metrics.REQUESTS.labels(tenant, flight.model, str(flight.status)).inc()
+        if not flight.cache_hit:
+            metrics.TOKENS.labels(tenant, flight.model, "prompt").inc(flight.prompt_tokens)
+            metrics.TOKENS.labels(tenant, flight.model, "completion").inc(flight.completion_tokens)
+        self.store.record_usage(UsageRecord(
+            flight.request_id, dt.datetime.now(dt.UTC), caller.tenant.name, caller.principal, caller.key_id,
+            flight.model, flight.endpoint, flight.prompt_tokens, flight.cached_tokens, flight.completion_tokens,
+            flight.ttft_ms, (time.monotonic() - flight.started) * 1000, flight.status, flight.cache_hit,
+            flight.finish_reason))
+
+    async def _finish(self, flight: Flight) -> None:
+        await self._settle(flight)
+        self._record(flight)
+        self._audit(flight, "allow", "completed" if flight.status < 400 else f"status_{flight.status}", flight.status)
+
+    def _finish_later(self, flight: Flight, response: httpx.Response) -> None:
+        async def close_then_finish() -> None:
+            try:
+                await response.aclose()
+            finally:
+                await self._finish(flight)
+
+        task = asyncio.ensure_future(close_then_finish())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- safety -----------------------------------------------------------------------------
+
+    async def _blocked(self, caller: Caller, text: str, stage: str) -> str | None:
+        """The category that blocks this text for the caller's tenant, or None."""
+        if self.safety is None or not text:
+            return None
+        try:
+            verdict = await self.safety.analyze(text)
+        except SafetyUnavailable as exc:
+            if caller.tenant.safety_fail_open:
+                log.warning("content safety unavailable, letting %s through for a fail-open tenant", stage)
+                return None
+            raise errors.unavailable("Content safety is unavailable; retry shortly.", "content_safety_unavailable") \
+                from exc
+        category = verdict.blocked_category(caller.tenant.safety_threshold)
+        if category is not None:
+            metrics.SAFETY.labels(stage, category).inc()
+        return category
+
+    # ---- the proxied endpoints ----------------------------------------------------------------
+
+    def _upstream_headers(self, request_id: str | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.settings.upstream_api_key:
+            headers["Authorization"] = f"Bearer {self.settings.upstream_api_key}"
+        if request_id:
+            headers["X-Request-Id"] = request_id
+        return headers
+
+    async def _read_body(self, request: Request) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise errors.GatewayError(413, f"Request body over {MAX_BODY_BYTES} bytes.", "invalid_request_error",
+                                      "request_too_large")
+        raw = b""
+        async for part in request.stream():
+            raw += part
+            if len(raw) > MAX_BODY_BYTES:
+                raise errors.GatewayError(413, f"Request body over {MAX_BODY_BYTES} bytes.",
+                                          "invalid_request_error", "request_too_large")
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise errors.bad_request("The request body is not valid JSON.") from exc
+        if not isinstance(body, dict):
+            raise errors.bad_request("The request body must be a JSON object.")
+        return body
+
+    async def proxy(self, request: Request) -> Response:
+        endpoint = ENDPOINTS[request.url.path]
+        flight = Flight(f"gw-{uuid.uuid4().hex}", endpoint, time.monotonic())
+        try:
+            return await self._proxy(request, flight)
+        except errors.GatewayError as error:
+            flight.status = error.status
+            if flight.reservation is not None:
+                await self._finish(flight)
+            elif error.status == 401:
+                self._audit(flight, "deny", error.code, 401)
+            return error.response(flight.request_id)
+
+    async def _proxy(self, request: Request, flight: Flight) -> Response:
+        flight.caller = caller = await self.authenticate(request)
+        body = await self._read_body(request)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise errors.bad_request("`model` is required: one of the models GET /v1/models lists.", "model_required")
+        flight.model = model
+        upstream = self.upstreams.get(model)
+        if upstream is None or model not in caller.tenant.models:
+            self._audit(flight, "deny", "model_not_allowed", 404)
+            raise errors.model_not_found(model)
+        stream = body.get("stream") is True
+        stream_options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+        wants_usage = stream and bool(stream_options.get("include_usage"))
+        wants_continuous = wants_usage and bool(stream_options.get("continuous_usage_stats"))
+
+        # The response cache, before anything is counted: a hit costs no tokens.
+        cache_key = None
+        if caller.tenant.cache_enabled and response_cache.cacheable(body, request.headers.get("cache-control")):
+            cache_key = response_cache.cache_key(caller.tenant.name, upstream.revision, body)
+            cached = await self.cache.get(cache_key)
+            metrics.CACHE.labels("hit" if cached else "miss").inc()
+            if cached is not None:
+                return await self._cache_hit(flight, cached, stream, wants_usage)
+
+        blocked = await self._blocked(caller, _prompt_text(body), "prompt")
+        if blocked is not None:
+            self._audit(flight, "deny", f"content_filter:prompt:{blocked}", 400)
+            flight.status = 400
+            raise errors.content_filtered(blocked, "prompt")
+
+        prompt_tokens, prompts, max_model_len = await self.count_prompt(upstream, flight.endpoint, body)
+        choices = self._choices(body) * prompts
+        wanted = self._completion_wanted(body, flight.endpoint, prompt_tokens // max(prompts, 1), max_model_len)
+        flight.prompt_tokens = prompt_tokens
+        flight.reservation = reservation = await self.admit(flight, prompt_tokens, wanted * choices, choices)
+        per_choice = reservation.completion_allowance // choices
+        if per_choice < wanted or self._requested_max_tokens(body) is None:
+            body = self._with_max_tokens(body, per_choice)
+        if stream:
+            body = {**body, "stream_options": {**stream_options, "include_usage": True,
+                                               "continuous_usage_stats": True}}
+        metrics.OVERHEAD.observe(time.monotonic() - flight.started)
+        if stream:
+            return await self._stream(flight, upstream, body, wants_usage, wants_continuous, cache_key)
+        return await self._whole(flight, upstream, body, cache_key)
+
+    @staticmethod
+    def _choices(body: dict[str, Any]) -> int:
+        n = body.get("n", 1)
+        return n if isinstance(n, int) and n >= 1 else 1
+
+    @staticmethod
+    def _requested_max_tokens(body: dict[str, Any]) -> int | None:
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = body.get(name)
+            if value is not None:
+                return value
+        return None
+
+    def _completion_wanted(self, body: dict[str, Any], endpoint: str, longest_prompt: int, max_model_len: int) -> int:
+        requested = self._requested_max_tokens(body)
+        if requested is None:
+            requested = self.settings.default_max_tokens.get(endpoint)
+        room = max(max_model_len - longest_prompt, 0)
+        if requested is None:
+            return max(min(self.settings.max_tokens_cap, room), 0)
+        if not isinstance(requested, int) or isinstance(requested, bool) or requested < 0:
+            raise errors.bad_request("max_tokens must be a non-negative integer")
+        return min(requested, self.settings.max_tokens_cap, room) if room else requested
+
+    @staticmethod
+    def _with_max_tokens(body: dict[str, Any], per_choice: int) -> dict[str, Any]:
+        body = {**body, "max_tokens": per_choice}
+        if "max_completion_tokens" in body:
+            body["max_completion_tokens"] = per_choice
+        return body
+
+    async def _cache_hit(self, flight: Flight, cached: dict[str, Any], stream: bool, wants_usage: bool) -> Response:
+        flight.cache_hit = True
+        usage = cached.get("usage") or {}
+        flight.prompt_tokens = int(usage.get("prompt_tokens", 0))
+        flight.completion_tokens = int(usage.get("completion_tokens", 0))
+        flight.cached_tokens = flight.prompt_tokens + flight.completion_tokens
+        # Counted against requests per minute and concurrency, not tokens (none were generated).
+        flight.reservation = await self.admit(flight, 0, 0, 1)
+        await self._finish(flight)
+        if stream:
+            return StreamingResponse(iter(response_cache.replay_stream(cached, flight.request_id, wants_usage)),
+                                     media_type="text/event-stream",
+                                     headers={"X-Request-Id": flight.request_id, "X-Cache": "hit"})
+        return _json_response(response_cache.replay(cached, flight.request_id), flight.request_id,
+                              headers={"X-Cache": "hit"})
+
+    async def _whole(self, flight: Flight, upstream: Upstream, body: dict[str, Any], cache_key: str | None) -> Response:
+        assert flight.caller is not None
+        try:
+            try:
+                response = await upstream.client.post(f"{upstream.url}{_PATHS[flight.endpoint]}", json=body,
+                                                      headers=self._upstream_headers(flight.request_id))
+            except httpx.HTTPError as exc:
+                metrics.UPSTREAM_ERRORS.labels(upstream.name).inc()
+                raise errors.upstream_failed(f"The model `{upstream.name}` could not be reached.") from exc
+            flight.ttft_ms = (time.monotonic() - flight.started) * 1000
+            if response.status_code != 200:
+                flight.status = response.status_code
+                flight.prompt_tokens = 0  # nothing was generated; the reservation is refunded
+                return Response(response.content, status_code=response.status_code, media_type="application/json",
+                                headers={"X-Request-Id": flight.request_id,
+                                         **({"Retry-After": response.headers["retry-after"]}
+                                            if "retry-after" in response.headers else {})})
+            data = response.json()
+            usage = data.get("usage") or {}
+            flight.prompt_tokens = int(usage.get("prompt_tokens", flight.prompt_tokens))
+            flight.completion_tokens = int(usage.get("completion_tokens", 0))
+            flight.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+            filtered = False
+            for choice in data.get("choices") or []:
+                text = _choice_texts({"choices": [choice]}).get(choice.get("index", 0), "")
+                if await self._blocked(flight.caller, text, "output"):
+                    filtered = True
+                    choice["finish_reason"] = "content_filter"
+                    if "message" in choice:
+                        choice["message"] = {"role": "assistant", "content": None}
+                    else:
+                        choice["text"] = ""
+            reasons = [c.get("finish_reason") for c in data.get("choices") or []]
+            flight.finish_reason = reasons[0] if reasons else None
+            if cache_key and not filtered:
+                await self.cache.put(cache_key, data)
+                metrics.CACHE.labels("store").inc()
+            return _json_response(data, flight.request_id, headers=self._rate_headers(flight))
+        except errors.GatewayError as error:
+            flight.status = error.status
+            raise
+        finally:
+            await self._finish(flight)
+            flight.reservation = None  # settled: the error path in proxy() must not settle again
+
+    async def _stream(self, flight: Flight, upstream: Upstream, body: dict[str, Any], wants_usage: bool,
+                      wants_continuous: bool, cache_key: str | None) -> Response:
+        request = upstream.client.build_request("POST", f"{upstream.url}{_PATHS[flight.endpoint]}", json=body,
+                                                headers=self._upstream_headers(flight.request_id))
+        try:
+            response = await upstream.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            metrics.UPSTREAM_ERRORS.labels(upstream.name).inc()
+            flight.prompt_tokens = 0
+            raise errors.upstream_failed(f"The model `{upstream.name}` could not be reached.") from exc
+        if response.status_code != 200:
+            content = await response.aread()
+            await response.aclose()
+            flight.status = response.status_code
+            flight.prompt_tokens = 0
+            await self._finish(flight)
+            flight.reservation = None
+            return Response(content, status_code=response.status_code, media_type="application/json",
+                            headers={"X-Request-Id": flight.request_id})
+        relay = StreamRelay(self, flight, response, wants_usage, wants_continuous, cache_key)
+        return StreamingResponse(relay.events(), media_type="text/event-stream",
+                                 headers={"X-Request-Id": flight.request_id, "Cache-Control": "no-cache",
+                                          **self._rate_headers(flight)})
+
+    # ---- other routes -----------------------------------------------------------------------
+
+    async def models(self, request: Request) -> Response:
+        try:
+            caller = await self.authenticate(request)
+        except errors.GatewayError as error:
+            return error.response()
+        data = [{"id": name, "object": "model", "created": up.created, "owned_by": "inferforge"}
+                for name, up in sorted(self.upstreams.items()) if name in caller.tenant.models]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        return JSONResponse({"status": "ready", "models": sorted(self.upstreams)})
+
+    async def metrics_route(self, request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def not_found(self, request: Request) -> Response:
+        try:
+            await self.authenticate(request)
+        except errors.GatewayError as error:
+            return error.response()
+        return errors.GatewayError(404, f"No route {errors.clip(request.url.path)}.", "invalid_request_error",
+                                   "not_found").response()
+
+
+_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+ENDPOINTS_ACTION = {"chat": "chat.completions", "completions": "completions"}
+
+
+class StreamRelay:
+    """Relays one upstream SSE stream to the client, unbuffered unless output safety holds it back.
+
+    It tracks the usage the upstream reports on every chunk (requested with continuous usage
+    stats), strips what the client did not ask for, checks the output in steps when a safety
+    provider is set (ending with `finish_reason: "content_filter"` when it blocks), and assembles
+    the whole answer when it is to be cached.
+    """
+
+    def __init__(self, gateway: Gateway, flight: Flight, response: httpx.Response, wants_usage: bool,
+                 wants_continuous: bool, cache_key: str | None) -> None:
+        self.gateway = gateway
+        self.flight = flight
+        self.response = response
+        self.wants_usage = wants_usage
+        self.wants_continuous = wants_continuous
+        self.cache_key = cache_key
+        self.texts: dict[int, str] = {}
+        self.finish: dict[int, str | None] = {}
+        self.checked: dict[int, int] = {}
+        self.cacheable = cache_key is not None
+        self.last: dict[str, Any] = {}
+
+    def _forward(self, chunk: dict[str, Any]) -> str | None:
+        usage = chunk.get("usage")
+        if usage:
+            self.flight.prompt_tokens = int(usage.get("prompt_tokens", self.flight.prompt_tokens))
+            self.flight.completion_tokens = int(usage.get("completion_tokens", 0))
+        choices = chunk.get("choices")
+        if not choices:  # the usage-only chunk
+            return f"data: {json.dumps(chunk)}\n\n" if self.wants_usage else None
+        if not self.wants_continuous:
+            chunk["usage"] = None
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    def _track(self, chunk: dict[str, Any]) -> list[int]:
+        """Accumulate choice texts; returns the indexes that finished in this chunk."""
+        finished = []
+        for choice in chunk.get("choices") or []:
+            index = choice.get("index", 0)
+            delta = choice.get("delta")
+            text = (delta or {}).get("content") if delta is not None else choice.get("text")
+            if text:
+                if self.flight.ttft_ms is None:
+                    self.flight.ttft_ms = (time.monotonic() - self.flight.started) * 1000
+                self.texts[index] = self.texts.get(index, "") + text
+            if delta and (delta.get("tool_calls") or choice.get("logprobs")):
+                self.cacheable = False  # only plain text answers are assembled for the cache
+            if choice.get("finish_reason"):
+                self.finish[index] = choice["finish_reason"]
+                finished.append(index)
+        self.last = chunk
+        return finished
+
+    def _due(self, finished: list[int]) -> list[int]:
+        """Choices whose output must be checked now: finished, or a stride of unchecked text."""
+        return [i for i, text in self.texts.items()
+                if i in finished or len(text) - self.checked.get(i, 0) >= SAFETY_STRIDE_CHARS] + \
+            [i for i in finished if i not in self.texts]
+
+    async def _blocked_choice(self, indexes: list[int]) -> int | None:
+        assert self.flight.caller is not None
+        for index in indexes:
+            text = self.texts.get(index, "")
+            self.checked[index] = len(text)
+            if await self.gateway._blocked(self.flight.caller, text, "output"):
+                return index
+        return None
+
+    def _content_filter_chunk(self, index: int) -> str:
+        chat = self.last.get("object") == "chat.completion.chunk"
+        choice = ({"index": index, "delta": {}, "logprobs": None, "finish_reason": "content_filter"} if chat
+                  else {"index": index, "text": "", "logprobs": None, "finish_reason": "content_filter"})
+        chunk = {k: self.last.get(k) for k in ("id", "object", "created", "model")}
+        return f"data: {json.dumps({**chunk, 'choices': [choice], 'usage': None})}\n\n"
+
+    async def events(self) -> AsyncIterator[str]:
+        flight = self.flight
+        safety = self.gateway.safety is not None
+        held: list[str] = []  # with output safety: chunks not yet released by a passing check
+        try:
+            async for line in self.response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(payload)
+                except ValueError:
+                    continue
+                if "error" in chunk and "choices" not in chunk:  # the upstream failed mid-stream
+                    flight.status = 500
+                    yield "".join(held) + f"data: {payload}\n\n"
+                    held.clear()
+                    continue
+                finished = self._track(chunk)
+                out = self._forward(chunk)
+                if not safety:
+                    if out:
+                        yield out
+                    continue
+                if out:
+                    held.append(out)
+                due = self._due(finished)
+                if due:
+                    blocked = await self._blocked_choice(due)
+                    if blocked is not None:
+                        flight.finish_reason = "content_filter"
+                        self.cacheable = False
+                        held.clear()
+                        yield self._content_filter_chunk(blocked)
+                        break
+                if due or not chunk.get("choices"):
+                    yield "".join(held)
+                    held.clear()
+            if held:
+                yield "".join(held)
+            if flight.finish_reason != "content_filter" and self.finish:
+                flight.finish_reason = next(iter(self.finish.values()))
+            yield "data: [DONE]\n\n"
+            if self.cacheable and self.cache_key and self.finish and flight.finish_reason != "content_filter":
+                await self._store()
+        except BaseException:
+            if flight.finish_reason is None:
+                flight.status = 499  # the client left (or the upstream broke) before the end
+            raise
+        finally:
+            # Nothing awaited here: in a stream cancelled by a client disconnect it would be
+            # cancelled too. Closing the upstream (which aborts its generation) and the settlement
+            # run in a task of their own.
+            self.gateway._finish_later(flight, self.response)
+
+    async def _store(self) -> None:
+        chat = self.last.get("object") == "chat.completion.chunk"
+        choices = []
+        for index in sorted(self.texts.keys() | self.finish.keys()):
+            text = self.texts.get(index, "")
+            if chat:
+                choices.append({"index": index, "message": {"role": "assistant", "content": text},
+                                "logprobs": None, "finish_reason": self.finish.get(index)})
+            else:
+                choices.append({"index": index, "text": text, "logprobs": None,
+                                "finish_reason": self.finish.get(index)})
+        whole = {"id": self.flight.request_id, "object": "chat.completion" if chat else "text_completion",
+                 "created": self.last.get("created"), "model": self.last.get("model"), "choices": choices,
+                 "usage": {"prompt_tokens": self.flight.prompt_tokens,
+                           "completion_tokens": self.flight.completion_tokens,
+                           "total_tokens": self.flight.prompt_tokens + self.flight.completion_tokens}}
+        assert self.cache_key is not None
+        await self.gateway.cache.put(self.cache_key, whole)
+        metrics.CACHE.labels("store").inc()
+
+
+def create_app(gateway: Gateway, on_startup: list[Callable[[], Awaitable[None]]] | None = None,
+               on_shutdown: list[Callable[[], Awaitable[None]]] | None = None) -> Starlette:
+    routes = [
+        Route("/v1/chat/completions", gateway.proxy, methods=["POST"]),
+        Route("/v1/completions", gateway.proxy, methods=["POST"]),
+        Route("/v1/models", gateway.models, methods=["GET"]),
+        Route("/health", gateway.health, methods=["GET"]),
+        Route("/ready", gateway.ready, methods=["GET"]),
+        Route("/metrics", gateway.metrics_route, methods=["GET"]),
+    ]
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return await gateway.not_found(request)
+
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for hook in on_startup or []:
+            await hook()
+        yield
+        for hook in on_shutdown or []:
+            await hook()
+
+    from contextlib import asynccontextmanager
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found},
+                     lifespan=asynccontextmanager(lifespan))

@@ -1,0 +1,128 @@
+"""`python -m gateway serve`: wire the state stores, the upstreams and the checks, then run uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+import httpx
+import redis.asyncio as aioredis
+import uvicorn
+from psycopg_pool import AsyncConnectionPool
+
+from . import metrics
+from .app import Gateway, GatewaySettings, Upstream, create_app
+from .cache import ResponseCache
+from .entra import ENTRA_JWKS, EntraSettings, EntraValidator
+from .keys import load_pepper
+from .limits import Limiter
+from .safety import AzureContentSafety, LocalRules, SafetyProvider, managed_identity_token
+from .store import Store
+
+log = logging.getLogger("gateway.serve")
+
+UPSTREAM_TIMEOUT = httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=30.0)
+REDIS_TIMEOUT_S = 0.5  # fail fast: a request waits at most this long on a Redis that is gone
+
+
+def _safety(args: argparse.Namespace) -> SafetyProvider | None:
+    from .cli import UsageError
+
+    if args.safety == "local":
+        if not args.safety_rules:
+            raise UsageError("--safety local needs --safety-rules FILE")
+        from .safety import SafetyConfigError
+
+        try:
+            return LocalRules.from_file(args.safety_rules)
+        except SafetyConfigError as exc:
+            raise UsageError(str(exc)) from exc
+    if args.safety == "azure":
+        if not args.safety_endpoint:
+            raise UsageError("--safety azure needs --safety-endpoint https://<resource>.cognitiveservices.azure.com")
+        return AzureContentSafety(args.safety_endpoint, managed_identity_token())
+    return None
+
+
+def _entra(args: argparse.Namespace) -> EntraValidator | None:
+    from .cli import UsageError
+
+    if not args.entra_tenant_id:
+        if args.entra_audience:
+            raise UsageError("--entra-audience needs at least one --entra-tenant-id")
+        return None
+    if not args.entra_audience:
+        raise UsageError("--entra-tenant-id needs --entra-audience (the gateway's application ID URI)")
+    return EntraValidator(EntraSettings(tuple(args.entra_tenant_id), args.entra_audience,
+                                        args.entra_jwks_url or ENTRA_JWKS))
+
+
+async def _describe_upstreams(upstreams: dict[str, Upstream]) -> None:
+    """Each upstream's model card (its `created` stamps the weights it loaded: part of the cache key)."""
+    for up in upstreams.values():
+        try:
+            response = await up.client.get(f"{up.url}/v1/models")
+            cards = response.json().get("data", []) if response.status_code == 200 else []
+        except (httpx.HTTPError, ValueError):
+            cards = []
+        card = next((c for c in cards if c.get("id") == up.name), None)
+        if card:
+            up.created = int(card.get("created") or 0)
+            up.revision = f"{card.get('root') or up.name}@{up.created}"
+        else:
+            log.warning("upstream %s at %s did not describe the model yet; cache keys use its URL", up.name, up.url)
+            up.revision = up.url
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .cli import _check_redis
+
+    _check_redis(args.redis_url)
+    pepper = load_pepper(args.key_pepper_file)
+    safety = _safety(args)
+    entra = _entra(args)
+    upstream_key = Path(args.upstream_api_key_file).read_text().strip() if args.upstream_api_key_file else None
+    names = [name for name, _ in args.upstream]
+    if len(set(names)) != len(names):
+        from .cli import UsageError
+
+        raise UsageError(f"--upstream names a model twice: {sorted({n for n in names if names.count(n) > 1})}")
+
+    state: dict[str, object] = {}
+
+    async def startup() -> None:
+        pool = AsyncConnectionPool(args.database_url, min_size=1, max_size=10, open=False)
+        await pool.open(wait=True, timeout=10)
+        redis_client = aioredis.Redis.from_url(args.redis_url, socket_connect_timeout=REDIS_TIMEOUT_S,
+                                               socket_timeout=REDIS_TIMEOUT_S, retry_on_timeout=False)
+        store = Store(pool)
+        store.start()
+        auth_headers = {"Authorization": f"Bearer {upstream_key}"} if upstream_key else {}
+        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
+        for name, url in args.upstream:
+            gateway.upstreams[name] = Upstream(name, url, httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, limits=limits,
+                                                                            headers=auth_headers))
+        await _describe_upstreams(gateway.upstreams)
+        gateway.store = store
+        gateway.limiter = Limiter(redis_client)
+        gateway.cache = ResponseCache(redis_client, ttl_s=args.cache_ttl)
+        metrics.REDIS_UP.set(1)
+        state.update(pool=pool, redis=redis_client, store=store)
+
+    async def shutdown() -> None:
+        await asyncio.gather(*gateway._background, return_exceptions=True)
+        await state["store"].close()  # type: ignore[attr-defined]
+        for up in gateway.upstreams.values():
+            await up.client.aclose()
+        await state["redis"].aclose()  # type: ignore[attr-defined]
+        await state["pool"].close()  # type: ignore[attr-defined]
+
+    gateway = Gateway(store=None, limiter=None, cache=None, upstreams={}, pepper=pepper,  # type: ignore[arg-type]
+                      settings=GatewaySettings(max_tokens_cap=args.max_tokens_cap, upstream_api_key=upstream_key),
+                      entra=entra, safety=safety)
+    app = create_app(gateway, on_startup=[startup], on_shutdown=[shutdown])
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=30)
+    return 0
