@@ -754,6 +754,12 @@ def create_app(gateway: Gateway, on_startup: list[Callable[[], Awaitable[None]]]
     async def not_found(request: Request, exc: Exception) -> Response:
         return await gateway.not_found(request)
 
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # The one place an unexpected failure becomes a response: OpenAI-shaped, no details leaked.
+        log.exception("unhandled error on %s", request.url.path)
+        return errors.GatewayError(500, "The gateway failed to process the request.", "server_error",
+                                   "internal_error").response()
+
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for hook in on_startup or []:
             await hook()
@@ -763,5 +769,5 @@ def create_app(gateway: Gateway, on_startup: list[Callable[[], Awaitable[None]]]
 
     from contextlib import asynccontextmanager
 
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found},
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, Exception: internal_error},
                      lifespan=asynccontextmanager(lifespan))

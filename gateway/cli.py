@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an Entra tenant whose access tokens are accepted (repeat for several)")
     serve.add_argument("--entra-audience", help="the audience (application ID URI) tokens must be issued for")
     serve.add_argument("--entra-jwks-url", help="JWKS URL (default Entra's common discovery keys)")
+    serve.add_argument("--entra-jwks-refresh-cooldown", type=_non_negative, default=5, metavar="SECONDS",
+                       help="least time between JWKS fetches forced by an unknown key id (default 5)")
     serve.add_argument("--safety", choices=["none", "local", "azure"], default="none",
                        help="content safety provider (default none)")
     serve.add_argument("--safety-rules", help="rules file for --safety local")
@@ -258,11 +260,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _revoke_in_redis(url: str, tenant: str, key_id: str) -> None:
-    import redis.asyncio as aioredis
+    from .limits import Limiter, connect
 
-    from .limits import Limiter
-
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    client = connect(url, 3.0)
     try:
         await Limiter(client).revoke(tenant, key_id)
     finally:
@@ -271,6 +271,7 @@ async def _revoke_in_redis(url: str, tenant: str, key_id: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise, not a log
     args = build_parser().parse_args(argv)
     try:
         return run(args)

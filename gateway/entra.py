@@ -4,8 +4,9 @@ an allow-list of Entra tenant ids, all checked before any claim is believed.
 The algorithm is fixed by the gateway, never taken from the token, which refuses `alg: none` and the
 HS256 confusion (an attacker signing with the public key as an HMAC secret). Signing keys come from
 the JWKS URL through PyJWT's client, cached, and fetched again when a token names a `kid` the cache
-does not hold (Entra rolls its keys). The caller's client application (`azp`, or `appid` in v1
-tokens) selects the gateway tenant; the principal is the token's object id (`oid`).
+does not hold (Entra rolls its keys), at most once per `refresh_cooldown_s`. The caller's client
+application (`azp`, or `appid` in v1 tokens) selects the gateway tenant; the principal is the
+token's object id (`oid`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class EntraSettings:
     tenant_ids: tuple[str, ...]
     audience: str
     jwks_url: str = ENTRA_JWKS
+    # The shortest time between two JWKS fetches forced by unknown `kid`s: a rolled key is picked up
+    # on its first token after this, and tokens with random kids cannot make the gateway hammer Entra.
+    refresh_cooldown_s: float = 5.0
     issuer_templates: tuple[str, ...] = (ENTRA_ISSUER_V2, ENTRA_ISSUER_V1)
 
 
@@ -44,7 +48,8 @@ class EntraIdentity:
 class EntraValidator:
     def __init__(self, settings: EntraSettings) -> None:
         self.settings = settings
-        self._jwks = PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=3600, timeout=5)
+        self._jwks = PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=3600, timeout=5,
+                                 cooldown_duration=settings.refresh_cooldown_s)
 
     def _validate(self, token: str) -> EntraIdentity:
         try:
@@ -57,6 +62,8 @@ class EntraValidator:
             key = self._jwks.get_signing_key_from_jwt(token)
         except jwt.PyJWKClientError as exc:
             raise TokenError(f"no signing key for the token: {str(exc)[:120]}") from exc
+        except jwt.PyJWTError as exc:  # the client parses the token too: a mangled one fails there
+            raise TokenError("malformed token") from exc
         try:
             claims = jwt.decode(token, key=key.key, algorithms=["RS256"], audience=self.settings.audience,
                                 leeway=LEEWAY_S, options={"require": ["exp", "iss", "aud", "tid", "oid"]})

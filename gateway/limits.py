@@ -114,6 +114,17 @@ return 1
 """
 
 
+REDIS_CONNECTIONS = 64
+
+
+def connect(url: str, timeout_s: float) -> aioredis.Redis:
+    """A client whose pool waits for a free connection (up to the timeout) rather than failing at
+    its size: under a burst, requests queue for Redis instead of being refused."""
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=REDIS_CONNECTIONS, timeout=timeout_s,
+                                                    socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    return aioredis.Redis(connection_pool=pool)
+
+
 class LimiterUnavailable(Exception):
     """Redis could not be reached or answered with an error."""
 

@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 import httpx
-import redis.asyncio as aioredis
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
@@ -18,6 +17,7 @@ from .cache import ResponseCache
 from .entra import ENTRA_JWKS, EntraSettings, EntraValidator
 from .keys import load_pepper
 from .limits import Limiter
+from .limits import connect as connect_redis
 from .safety import AzureContentSafety, LocalRules, SafetyProvider, managed_identity_token
 from .store import Store
 
@@ -56,7 +56,8 @@ def _entra(args: argparse.Namespace) -> EntraValidator | None:
     if not args.entra_audience:
         raise UsageError("--entra-tenant-id needs --entra-audience (the gateway's application ID URI)")
     return EntraValidator(EntraSettings(tuple(args.entra_tenant_id), args.entra_audience,
-                                        args.entra_jwks_url or ENTRA_JWKS))
+                                        args.entra_jwks_url or ENTRA_JWKS,
+                                        refresh_cooldown_s=args.entra_jwks_refresh_cooldown))
 
 
 async def _describe_upstreams(upstreams: dict[str, Upstream]) -> None:
@@ -95,8 +96,7 @@ def serve(args: argparse.Namespace) -> int:
     async def startup() -> None:
         pool = AsyncConnectionPool(args.database_url, min_size=1, max_size=10, open=False)
         await pool.open(wait=True, timeout=10)
-        redis_client = aioredis.Redis.from_url(args.redis_url, socket_connect_timeout=REDIS_TIMEOUT_S,
-                                               socket_timeout=REDIS_TIMEOUT_S, retry_on_timeout=False)
+        redis_client = connect_redis(args.redis_url, REDIS_TIMEOUT_S)
         store = Store(pool)
         store.start()
         auth_headers = {"Authorization": f"Bearer {upstream_key}"} if upstream_key else {}
