@@ -5,6 +5,7 @@ Each runs the very command of its ``python -m`` form in a checkout:
 - ``inferforge-plan``     = ``python -m stacks plan``    (needs the ``platform`` extra)
 - ``inferforge-policies`` = ``python -m policies``       (needs the ``platform`` extra)
 - ``inferforge-serve``    = ``python -m inference serve`` (needs the ``serve`` extra)
+- ``inferforge-gateway``  = ``python -m gateway``        (needs the ``gateway`` extra)
 
 The distribution has no base dependencies, so a script can be installed without the extra it needs;
 it then names the extra and the missing distributions instead of failing with an import traceback.
@@ -97,3 +98,14 @@ def serve() -> int:
         return main(["serve", *argv])
 
     return _run("inferforge-serve", "serve", command)
+
+
+def gateway() -> int:
+    """``inferforge-gateway {migrate,serve,tenants,keys,usage} ...``: the AI gateway and its administration."""
+
+    def command(argv: list[str]) -> int:
+        from .gateway.cli import main
+
+        return main(argv)
+
+    return _run("inferforge-gateway", "gateway", command)

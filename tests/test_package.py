@@ -21,12 +21,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = {"components": "components", "stacks": "stacks", "policies": "policies", "inference": "inference"}
+PACKAGES = {"components": "components", "stacks": "stacks", "policies": "policies", "inference": "inference",
+            "gateway": "gateway"}
 GENERIC_NAMES = tuple(PACKAGES)
 DATA_FILES = {"inferforge/policies/PulumiPolicy.yaml", "inferforge/policies/README.md",
               "inferforge/policies/requirements.txt", "inferforge/policies/config/dev.json",
               "inferforge/policies/config/prod.json"}
-SCRIPTS = ("inferforge-plan", "inferforge-policies", "inferforge-serve")
+SCRIPTS = ("inferforge-plan", "inferforge-policies", "inferforge-serve", "inferforge-gateway")
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +116,7 @@ def test_the_wheel_declares_the_extras_from_the_pin_files(wheel: Path) -> None:
         entry_points = archive.read(metadata_name.replace("METADATA", "entry_points.txt")).decode()
     requires = [line.removeprefix("Requires-Dist: ") for line in metadata.splitlines()
                 if line.startswith("Requires-Dist: ")]
-    for extra in ("platform", "serve", "dev"):
+    for extra in ("platform", "serve", "gateway", "dev"):
         pins = [line.strip() for line in (REPO / f"requirements-{extra}.txt").read_text().splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
         assert pins, f"requirements-{extra}.txt pins nothing"
@@ -250,3 +251,21 @@ def test_installed_serve_script_names_the_missing_extra(installed: Path, outside
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "'serve' extra" in result.stderr and 'pip install "inferforge[serve]"' in result.stderr
     assert "torch" in result.stderr
+
+
+def test_installed_gateway_script_names_the_missing_extra(installed: Path, outside: Path) -> None:
+    result = _run([installed.parent / "inferforge-gateway", "--help"], cwd=outside)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "'gateway' extra" in result.stderr and 'pip install "inferforge[gateway]"' in result.stderr
+    assert "redis" in result.stderr
+
+
+def test_a_distribution_pinned_in_two_extras_has_one_version() -> None:
+    # The serving and gateway images share the HTTP stack; their pin files must not drift apart.
+    versions: dict[str, set[str]] = {}
+    for extra in ("platform", "serve", "gateway", "dev"):
+        for line in (REPO / f"requirements-{extra}.txt").read_text().splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                name, _, version = line.strip().partition("==")
+                versions.setdefault(name.split("[")[0].lower(), set()).add(version)
+    assert {name: v for name, v in versions.items() if len(v) > 1} == {}

@@ -1,0 +1,171 @@
+"""`python -m gateway`: each command on a real PostgreSQL (and Redis where it needs one), and every
+bad input refused with exit status 2 and one line naming it, with nothing changed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import psycopg
+import pytest
+
+from gateway import keys as api_keys
+from gateway.schema import MIGRATIONS, ensure_partitions
+from tests.gateway.conftest import GATEWAY_ENV, PEPPER, cli, create_key, create_tenant
+
+
+def tenant_count(database: str) -> int:
+    with psycopg.connect(database) as conn:
+        return conn.execute("SELECT count(*) FROM tenants").fetchone()[0]
+
+
+def test_migrate_is_idempotent(database: str) -> None:
+    again = cli("migrate", "--database-url", database)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == f"schema at version {len(MIGRATIONS)} (was {len(MIGRATIONS)})"
+
+
+def test_migrate_grants_the_serving_role_reads_of_keys_and_inserts_of_usage_only(database: str) -> None:
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE ROLE gateway_app LOGIN")
+    assert cli("migrate", "--database-url", database, "--grant-to", "gateway_app").returncode == 0
+    with psycopg.connect(database) as conn:
+        rows = conn.execute("SELECT table_name, privilege_type FROM information_schema.role_table_grants "
+                            "WHERE grantee = 'gateway_app' ORDER BY 1, 2").fetchall()
+    assert rows == [("api_keys", "SELECT"), ("audit_events", "INSERT"), ("gateway_schema", "SELECT"),
+                    ("tenants", "SELECT"), ("usage_records", "INSERT")]
+
+
+def test_tenants_create_update_and_list(database: str) -> None:
+    create_tenant(database, "team-a", "--rpm", "60", "--tpm", "1000", "--max-concurrent", "4",
+                  "--monthly-tokens", "5000000", "--cache", models="llama,qwen")
+    updated = cli("tenants", "update", "team-a", "--rpm", "120", "--no-cache", "--database-url", database)
+    assert updated.returncode == 0, updated.stderr
+    listed = json.loads(cli("tenants", "list", "--json", "--database-url", database).stdout)
+    assert listed == [{"id": 1, "name": "team-a", "models": ["llama", "qwen"], "rpm": 120, "tpm": 1000,
+                       "max_concurrent": 4, "monthly_tokens": 5000000, "cache_enabled": False, "fail_open": False,
+                       "safety_threshold": 4, "safety_fail_open": False, "entra_app_ids": []}]
+
+
+def test_a_key_is_printed_once_on_the_last_line_and_stored_only_as_its_keyed_hash(database: str) -> None:
+    create_tenant(database, "team-a")
+    result = cli("keys", "create", "--tenant", "team-a", "--name", "ci", "--database-url", database)
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip().splitlines()[-1]
+    key_id = api_keys.key_id_of(key)
+    assert key_id is not None
+    with psycopg.connect(database) as conn:
+        stored = conn.execute("SELECT id, key_hash FROM api_keys").fetchall()
+        everything = str(conn.execute("SELECT t::text FROM api_keys t").fetchall())
+    assert stored == [(key_id, api_keys.key_hash(PEPPER.encode(), key))]
+    assert key.split("_")[-1] not in everything
+    assert not api_keys.matches(b"q" * 40, key, stored[0][1])  # another pepper: no match
+
+
+def test_usage_prints_this_months_totals_per_tenant(database: str) -> None:
+    create_tenant(database, "team-a")
+    with psycopg.connect(database) as conn:  # last month's partition, for a row the report must leave out
+        ensure_partitions(conn, dt.date.today() - dt.timedelta(days=40), 1)
+        conn.execute("INSERT INTO usage_records VALUES ('r1', now(), 'team-a', 'key:x', 'x', 'm', 'chat', 10, 0, 5, "
+                     "1.0, 2.0, 200, false, 'stop'), ('r2', now(), 'team-a', 'key:x', 'x', 'm', 'chat', 7, 0, 3, "
+                     "1.0, 2.0, 200, true, 'stop'), ('old', now() - interval '40 days', 'team-a', 'key:x', 'x', "
+                     "'m', 'chat', 1000, 0, 1000, 1, 2, 200, false, 'stop')")
+    result = cli("usage", "--json", "--database-url", database)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert {k: row[k] for k in ("tenant", "requests", "prompt_tokens", "completion_tokens", "cache_hits")} == \
+        {"tenant": "team-a", "requests": 2, "prompt_tokens": 17, "completion_tokens": 8, "cache_hits": 1}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["tenants", "create", "Team_A", "--models", "m"], "tenant name"),
+    (["tenants", "create", "team", "--models", ","], "comma-separated list of model names"),
+    (["tenants", "create", "team", "--models", "m", "--rpm", "-1"], "whole number >= 0"),
+    (["tenants", "create", "team", "--models", "m", "--tpm", "many"], "whole number >= 0"),
+    (["tenants", "create", "team", "--models", "m", "--safety-threshold", "9"], "severity 1-7"),
+    (["tenants", "create", "team", "--models", "m", "--entra-app-ids", "not-a-guid"], "GUIDs"),
+    (["tenants", "create", "team"], "--models"),
+    (["keys", "create", "--tenant", "team", "--rpm", "x"], "whole number >= 0"),
+])
+def test_bad_arguments_exit_2_naming_the_argument(database: str, args: list[str], message: str) -> None:
+    result = cli(*args, "--database-url", database)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert tenant_count(database) == 0
+
+
+def test_an_unknown_tenant_exits_2(database: str) -> None:
+    for args in (["keys", "create", "--tenant", "nobody"], ["tenants", "update", "nobody", "--rpm", "1"]):
+        result = cli(*args, "--database-url", database)
+        assert result.returncode == 2 and "unknown tenant 'nobody'" in result.stderr
+
+
+def test_a_duplicate_tenant_exits_2_and_changes_nothing(database: str) -> None:
+    create_tenant(database, "team-a", "--rpm", "5")
+    result = cli("tenants", "create", "team-a", "--models", "x", "--rpm", "9", "--database-url", database)
+    assert result.returncode == 2 and "already exists" in result.stderr
+    listed = json.loads(cli("tenants", "list", "--json", "--database-url", database).stdout)
+    assert listed[0]["rpm"] == 5
+
+
+def test_unreachable_database_and_redis_exit_2_naming_them(database: str, redis_url: str) -> None:
+    gone_db = "postgresql://postgres@127.0.0.1:1/none"
+    for args in (["migrate"], ["tenants", "list"], ["usage"]):
+        result = cli(*args, "--database-url", gone_db)
+        assert result.returncode == 2 and "cannot reach the database" in result.stderr, args
+    create_tenant(database, "team-a")
+    key = create_key(database, "team-a")
+    revoke = cli("keys", "revoke", key, "--database-url", database, "--redis-url", "redis://127.0.0.1:1/0")
+    assert revoke.returncode == 2 and "cannot reach Redis" in revoke.stderr
+    with psycopg.connect(database) as conn:  # refused before anything changed
+        assert conn.execute("SELECT revoked_at FROM api_keys").fetchone()[0] is None
+    serve = cli("serve", "--upstream", "m=http://127.0.0.1:9", "--database-url", database, "--redis-url",
+                "redis://127.0.0.1:1/0")
+    assert serve.returncode == 2 and "cannot reach Redis" in serve.stderr
+
+
+def test_revoking_an_unknown_key_exits_2(database: str, redis_url: str) -> None:
+    result = cli("keys", "revoke", "0123456789ab", "--database-url", database, "--redis-url", redis_url)
+    assert result.returncode == 2 and "unknown key" in result.stderr
+
+
+def test_a_missing_or_short_pepper_exits_2(database: str, tmp_path) -> None:
+    create_tenant(database, "team-a")
+    env = {k: v for k, v in GATEWAY_ENV.items() if k != "INFERFORGE_GATEWAY_KEY_PEPPER"}
+    missing = cli("keys", "create", "--tenant", "team-a", "--database-url", database, env=env)
+    assert missing.returncode == 2 and "INFERFORGE_GATEWAY_KEY_PEPPER" in missing.stderr
+    short = tmp_path / "pepper"
+    short.write_text("short")
+    result = cli("keys", "create", "--tenant", "team-a", "--key-pepper-file", str(short), "--database-url", database,
+                 env=env)
+    assert result.returncode == 2 and "at least 32" in result.stderr
+
+
+def test_serve_refuses_inconsistent_options_before_listening(database: str, redis_url: str, tmp_path) -> None:
+    base = ["serve", "--database-url", database, "--redis-url", redis_url]
+    cases = [
+        (["--upstream", "m"], "MODEL=http(s)://host:port"),
+        (["--upstream", "m=http://a:1", "--upstream", "m=http://b:1"], "names a model twice"),
+        (["--upstream", "m=http://a:1", "--safety", "local"], "--safety-rules"),
+        (["--upstream", "m=http://a:1", "--safety", "azure"], "--safety-endpoint"),
+        (["--upstream", "m=http://a:1", "--entra-tenant-id", "11111111-2222-3333-4444-555555555555"],
+         "--entra-audience"),
+        (["--upstream", "m=http://a:1", "--entra-tenant-id", "common"], "Entra tenant id"),
+    ]
+    bad_rules = tmp_path / "rules.json"
+    bad_rules.write_text(json.dumps({"rules": [{"category": "Hate", "pattern": "(", "severity": 6}]}))
+    cases.append((["--upstream", "m=http://a:1", "--safety", "local", "--safety-rules", str(bad_rules)],
+                  "rules[0].pattern is not a valid regular expression"))
+    for extra, message in cases:
+        result = cli(*base, *extra)
+        assert result.returncode == 2, extra
+        assert message in result.stderr and "Traceback" not in result.stderr, (extra, result.stderr)
+
+
+def test_a_database_without_the_schema_is_named(postgres) -> None:
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE empty_{os.getpid()}")
+    url = postgres.url.rsplit("/", 1)[0] + f"/empty_{os.getpid()}"
+    result = cli("tenants", "list", "--database-url", url)
+    assert result.returncode == 2 and "python -m gateway migrate" in result.stderr
