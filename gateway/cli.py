@@ -91,9 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     db = argparse.ArgumentParser(add_help=False)
     db.add_argument("--database-url", required=True, type=_url(("postgresql", "postgres")),
                     help="PostgreSQL URL, e.g. postgresql://gateway@host:5432/gateway?sslmode=require")
+    db.add_argument("--database-auth", choices=["url", "entra"], default="url",
+                    help="url: credentials in the URL or libpq's environment; entra: the workload identity's "
+                         "Entra token as the password of the URL's user (Azure, password auth off)")
     rd = argparse.ArgumentParser(add_help=False)
     rd.add_argument("--redis-url", required=True, type=_url(("redis", "rediss")),
                     help="Redis URL, e.g. rediss://host:10000/0 (Azure Managed Redis: TLS on 10000)")
+    rd.add_argument("--redis-auth", choices=["url", "entra"], default="url",
+                    help="url: credentials in the URL (or none); entra: the workload identity's Entra token, "
+                         "as the user --redis-username (Azure Managed Redis access policy assignment)")
+    rd.add_argument("--redis-username", help="with --redis-auth entra: the identity's object (principal) id")
     pepper = argparse.ArgumentParser(add_help=False)
     pepper.add_argument("--key-pepper-file",
                         help="file holding the API-key pepper (else $INFERFORGE_GATEWAY_KEY_PEPPER)")
@@ -168,6 +175,31 @@ def _tenant_options(args: argparse.Namespace) -> dict[str, Any]:
     return {column: getattr(args, attr) for attr, column in mapping.items() if getattr(args, attr) is not None}
 
 
+def _database_conninfo(args: argparse.Namespace) -> str:
+    """The database URL, with a current Entra token as its password under --database-auth entra."""
+    if args.database_auth != "entra":
+        return args.database_url
+    from psycopg.conninfo import make_conninfo
+
+    from .azure_auth import POSTGRES_SCOPE, entra_token_source
+
+    try:
+        token = asyncio.run(entra_token_source(POSTGRES_SCOPE)())
+    except Exception as exc:  # azure-identity raises its own hierarchy; any failure means no sign-in
+        raise UsageError(f"--database-auth entra: no Entra token for PostgreSQL: {str(exc)[:200]}") from exc
+    return make_conninfo(args.database_url, password=token)
+
+
+def _redis_credentials(args: argparse.Namespace) -> Any:
+    if args.redis_auth != "entra":
+        return None
+    if not args.redis_username:
+        raise UsageError("--redis-auth entra needs --redis-username (the identity's object id)")
+    from .azure_auth import REDIS_SCOPE, RedisTokenCredentials, entra_token_source
+
+    return RedisTokenCredentials(args.redis_username, entra_token_source(REDIS_SCOPE))
+
+
 def _check_database(url: str) -> None:
     import psycopg
 
@@ -187,13 +219,21 @@ def _check_schema(url: str) -> None:
             raise UsageError("the database has no gateway schema; run `python -m gateway migrate` first")
 
 
-def _check_redis(url: str) -> None:
-    import redis
+def _check_redis(url: str, credentials: Any = None) -> None:
     from redis.exceptions import RedisError
 
+    from .limits import connect
+
+    async def ping() -> None:
+        client = connect(url, 3.0, credentials)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
-    except RedisError as exc:
+        asyncio.run(ping())
+    except (RedisError, OSError) as exc:
         raise UsageError(f"cannot reach Redis at --redis-url: {str(exc)[:200]}") from exc
 
 
@@ -211,13 +251,14 @@ def run(args: argparse.Namespace) -> int:
     from . import admin, schema
     from .keys import PepperError, load_pepper
 
+    database = _database_conninfo(args)
     if args.command == "migrate":
-        _check_database(args.database_url)
-        before, after = schema.migrate(args.database_url, grant_to=args.grant_to)
+        _check_database(database)
+        before, after = schema.migrate(database, grant_to=args.grant_to)
         print(f"schema at version {after} (was {before})")
         return 0
-    _check_database(args.database_url)
-    _check_schema(args.database_url)
+    _check_database(database)
+    _check_schema(database)
     try:
         if args.command == "serve":
             from .serve import serve
@@ -225,28 +266,29 @@ def run(args: argparse.Namespace) -> int:
             return serve(args)
         if args.command == "tenants":
             if args.tenant_command == "list":
-                _print_tenants(admin.list_tenants(args.database_url), args.json)
+                _print_tenants(admin.list_tenants(database), args.json)
             elif args.tenant_command == "create":
                 options = _tenant_options(args)
-                tenant = admin.create_tenant(args.database_url, args.name, options.pop("models"), **options)
+                tenant = admin.create_tenant(database, args.name, options.pop("models"), **options)
                 _print_tenants([tenant], False)
             else:
-                _print_tenants([admin.update_tenant(args.database_url, args.name, **_tenant_options(args))], False)
+                _print_tenants([admin.update_tenant(database, args.name, **_tenant_options(args))], False)
             return 0
         if args.command == "keys":
             if args.key_command == "create":
                 pepper = load_pepper(args.key_pepper_file)
-                key_id, key = admin.create_key(args.database_url, pepper, args.tenant, args.name, args.rpm, args.tpm)
+                key_id, key = admin.create_key(database, pepper, args.tenant, args.name, args.rpm, args.tpm)
                 print(f"created key {key_id} for tenant {args.tenant}; it is shown once, store it now:")
                 print(key)
                 return 0
-            _check_redis(args.redis_url)
-            key_id, tenant = admin.revoke_key(args.database_url, args.key)
-            asyncio.run(_revoke_in_redis(args.redis_url, tenant, key_id))
+            credentials = _redis_credentials(args)
+            _check_redis(args.redis_url, credentials)
+            key_id, tenant = admin.revoke_key(database, args.key)
+            asyncio.run(_revoke_in_redis(args.redis_url, tenant, key_id, credentials))
             print(f"revoked key {key_id} of tenant {tenant}")
             return 0
         if args.command == "usage":
-            totals = admin.usage_totals(args.database_url)
+            totals = admin.usage_totals(database)
             if args.json:
                 print(json.dumps(totals, indent=2))
             else:
@@ -259,10 +301,10 @@ def run(args: argparse.Namespace) -> int:
     raise UsageError(f"unknown command {args.command}")
 
 
-async def _revoke_in_redis(url: str, tenant: str, key_id: str) -> None:
+async def _revoke_in_redis(url: str, tenant: str, key_id: str, credentials: Any = None) -> None:
     from .limits import Limiter, connect
 
-    client = connect(url, 3.0)
+    client = connect(url, 3.0, credentials)
     try:
         await Limiter(client).revoke(tenant, key_id)
     finally:

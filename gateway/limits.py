@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.credentials import CredentialProvider
 from redis.exceptions import RedisError
 
 from .model import Caller
@@ -117,11 +119,14 @@ return 1
 REDIS_CONNECTIONS = 64
 
 
-def connect(url: str, timeout_s: float) -> aioredis.Redis:
+def connect(url: str, timeout_s: float, credentials: CredentialProvider | None = None) -> aioredis.Redis:
     """A client whose pool waits for a free connection (up to the timeout) rather than failing at
-    its size: under a burst, requests queue for Redis instead of being refused."""
+    its size: under a burst, requests queue for Redis instead of being refused. `credentials`
+    signs each new connection in (Entra tokens on Azure Managed Redis, gateway/azure_auth.py)."""
+    extra: dict[str, Any] = {"credential_provider": credentials} if credentials is not None else {}
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=REDIS_CONNECTIONS, timeout=timeout_s,
-                                                    socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+                                                    socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+                                                    **extra)
     return aioredis.Redis(connection_pool=pool)
 
 

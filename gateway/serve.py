@@ -13,6 +13,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import metrics
 from .app import Gateway, GatewaySettings, Upstream, create_app
+from .azure_auth import (
+    CONNECTION_MAX_AGE_S,
+    POSTGRES_SCOPE,
+    entra_token_source,
+    postgres_connection_kwargs,
+)
 from .cache import ResponseCache
 from .entra import ENTRA_JWKS, EntraSettings, EntraValidator
 from .keys import load_pepper
@@ -77,10 +83,18 @@ async def _describe_upstreams(upstreams: dict[str, Upstream]) -> None:
             up.revision = up.url
 
 
-def serve(args: argparse.Namespace) -> int:
-    from .cli import _check_redis
+async def _renew_redis_sign_ins(client: object) -> None:
+    """Close idle Redis connections every CONNECTION_MAX_AGE_S: the next ones sign in with a new token."""
+    while True:
+        await asyncio.sleep(CONNECTION_MAX_AGE_S)
+        await client.connection_pool.disconnect(inuse_connections=False)  # type: ignore[attr-defined]
 
-    _check_redis(args.redis_url)
+
+def serve(args: argparse.Namespace) -> int:
+    from .cli import _check_redis, _redis_credentials
+
+    redis_credentials = _redis_credentials(args)
+    _check_redis(args.redis_url, redis_credentials)
     pepper = load_pepper(args.key_pepper_file)
     safety = _safety(args)
     entra = _entra(args)
@@ -94,9 +108,15 @@ def serve(args: argparse.Namespace) -> int:
     state: dict[str, object] = {}
 
     async def startup() -> None:
-        pool = AsyncConnectionPool(args.database_url, min_size=1, max_size=10, open=False)
+        sign_in = {}
+        if args.database_auth == "entra":
+            sign_in = {"kwargs": postgres_connection_kwargs(entra_token_source(POSTGRES_SCOPE)),
+                       "max_lifetime": CONNECTION_MAX_AGE_S}
+        pool = AsyncConnectionPool(args.database_url, min_size=1, max_size=10, open=False, **sign_in)
         await pool.open(wait=True, timeout=10)
-        redis_client = connect_redis(args.redis_url, REDIS_TIMEOUT_S)
+        redis_client = connect_redis(args.redis_url, REDIS_TIMEOUT_S, redis_credentials)
+        if redis_credentials is not None:
+            state["redis_renewal"] = asyncio.create_task(_renew_redis_sign_ins(redis_client))
         store = Store(pool)
         store.start()
         auth_headers = {"Authorization": f"Bearer {upstream_key}"} if upstream_key else {}
@@ -112,6 +132,8 @@ def serve(args: argparse.Namespace) -> int:
         state.update(pool=pool, redis=redis_client, store=store)
 
     async def shutdown() -> None:
+        if "redis_renewal" in state:
+            state["redis_renewal"].cancel()  # type: ignore[attr-defined]
         await asyncio.gather(*gateway._background, return_exceptions=True)
         await state["store"].close()  # type: ignore[attr-defined]
         for up in gateway.upstreams.values():

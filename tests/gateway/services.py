@@ -88,6 +88,10 @@ class PostgresServer:
             shutil.chown(self.directory, "postgres", "postgres")
         subprocess.run(self._as_owner([_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
                                        "--no-sync"]), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Members of `password_users` sign in with a password (scram), everyone else is trusted: the
+        # tests of token sign-in (gateway/azure_auth.py) need a server that checks the password.
+        hba = data / "pg_hba.conf"
+        hba.write_text("host all +password_users 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         self.proc = subprocess.Popen(
             self._as_owner([_pg_bin("postgres"), "-D", str(data), "-p", str(self.port), "-c",
                             "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.directory}",
@@ -99,7 +103,8 @@ class PostgresServer:
         deadline = time.monotonic() + 30
         while True:
             try:
-                psycopg.connect(self.url, connect_timeout=2).close()
+                with psycopg.connect(self.url, connect_timeout=2, autocommit=True) as conn:
+                    conn.execute("CREATE ROLE password_users NOLOGIN")
                 return self
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
