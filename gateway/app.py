@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,6 +35,7 @@ from .limits import Limiter, LimiterUnavailable, Refusal, Reservation, open_rese
 from .model import Caller
 from .safety import SafetyProvider, SafetyUnavailable
 from .store import Store, UsageRecord, audit_event
+from .upstream import Upstream, UpstreamStream, UpstreamUnreachable
 
 log = logging.getLogger("gateway")
 
@@ -43,17 +43,6 @@ PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 MAX_BODY_BYTES = 16 * 1024 * 1024
 SAFETY_STRIDE_CHARS = 200  # streamed output is checked (and held back) in steps of this many characters
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
-
-
-@dataclass
-class Upstream:
-    """One model deployment, known only by its URL (and the revision it reports)."""
-
-    name: str
-    url: str
-    client: httpx.AsyncClient
-    revision: str = ""
-    created: int = 0
 
 
 @dataclass
@@ -81,6 +70,7 @@ class Flight:
     cache_hit: bool = False
     finish_reason: str | None = None
     status: int = 200
+    finished: bool = False
 
 
 def _json_response(body: dict[str, Any], request_id: str, status: int = 200,
@@ -186,19 +176,18 @@ class Gateway:
 
     async def _tokenize(self, upstream: Upstream, payload: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = await upstream.client.post(f"{upstream.url}/tokenize", json=payload,
-                                                  headers=self._upstream_headers(None))
-        except httpx.HTTPError as exc:
+            response = await upstream.post("/tokenize", payload)
+        except UpstreamUnreachable as exc:
             metrics.UPSTREAM_ERRORS.labels(upstream.name).inc()
             raise errors.upstream_failed(f"The model `{upstream.name}` could not be reached.") from exc
-        if response.status_code == 400:
+        if response.status == 400:
             # The model server refused the request's shape; its message names the field.
             raise errors.GatewayError(400, response.json().get("error", {}).get("message", "invalid request"),
                                       "invalid_request_error", "invalid_request")
-        if response.status_code != 200:
+        if response.status != 200:
             metrics.UPSTREAM_ERRORS.labels(upstream.name).inc()
             raise errors.upstream_failed(f"The model `{upstream.name}` could not count the prompt "
-                                         f"({response.status_code}).")
+                                         f"({response.status}).")
         return response.json()
 
     async def count_prompt(self, upstream: Upstream, endpoint: str, body: dict[str, Any]) -> tuple[int, int, int]:
@@ -314,14 +303,18 @@ class Gateway:
             flight.finish_reason))
 
     async def _finish(self, flight: Flight) -> None:
+        flight.finished = True  # settled and recorded once, whichever path gets here first
         await self._settle(flight)
         self._record(flight)
         self._audit(flight, "allow", "completed" if flight.status < 400 else f"status_{flight.status}", flight.status)
 
-    def _finish_later(self, flight: Flight, response: httpx.Response) -> None:
+    def _finish_later(self, flight: Flight, response: UpstreamStream | None = None) -> None:
+        flight.finished = True  # from now on only this task settles and records the request
+
         async def close_then_finish() -> None:
             try:
-                await response.aclose()
+                if response is not None:
+                    await response.close()
             finally:
                 await self._finish(flight)
 
@@ -384,7 +377,7 @@ class Gateway:
             return await self._proxy(request, flight)
         except errors.GatewayError as error:
             flight.status = error.status
-            if flight.reservation is not None:
+            if flight.reservation is not None and not flight.finished:
                 await self._finish(flight)
             elif error.status == 401:
                 self._audit(flight, "deny", error.code, 401)
@@ -488,19 +481,17 @@ class Gateway:
         assert flight.caller is not None
         try:
             try:
-                response = await upstream.client.post(f"{upstream.url}{_PATHS[flight.endpoint]}", json=body,
-                                                      headers=self._upstream_headers(flight.request_id))
-            except httpx.HTTPError as exc:
+                response = await upstream.post(_PATHS[flight.endpoint], body, flight.request_id)
+            except UpstreamUnreachable as exc:
                 metrics.UPSTREAM_ERRORS.labels(upstream.name).inc()
                 raise errors.upstream_failed(f"The model `{upstream.name}` could not be reached.") from exc
             flight.ttft_ms = (time.monotonic() - flight.started) * 1000
-            if response.status_code != 200:
-                flight.status = response.status_code
+            if response.status != 200:
+                flight.status = response.status
                 flight.prompt_tokens = 0  # nothing was generated; the reservation is refunded
-                return Response(response.content, status_code=response.status_code, media_type="application/json",
-                                headers={"X-Request-Id": flight.request_id,
-                                         **({"Retry-After": response.headers["retry-after"]}
-                                            if "retry-after" in response.headers else {})})
+                retry = {"Retry-After": response.headers["Retry-After"]} if "Retry-After" in response.headers else {}
+                return Response(response.body, status_code=response.status, media_type="application/json",
+                                headers={"X-Request-Id": flight.request_id, **retry})
             data = response.json()
             usage = data.get("usage") or {}
             flight.prompt_tokens = int(usage.get("prompt_tokens", flight.prompt_tokens))
@@ -526,27 +517,24 @@ class Gateway:
             flight.status = error.status
             raise
         finally:
-            await self._finish(flight)
-            flight.reservation = None  # settled: the error path in proxy() must not settle again
+            # Settling and recording happen after the answer is sent: the client never waits on them.
+            self._finish_later(flight)
 
     async def _stream(self, flight: Flight, upstream: Upstream, body: dict[str, Any], wants_usage: bool,
                       wants_continuous: bool, cache_key: str | None) -> Response:
-        request = upstream.client.build_request("POST", f"{upstream.url}{_PATHS[flight.endpoint]}", json=body,
-                                                headers=self._upstream_headers(flight.request_id))
         try:
-            response = await upstream.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            response = await upstream.stream(_PATHS[flight.endpoint], body, flight.request_id)
+        except UpstreamUnreachable as exc:
             metrics.UPSTREAM_ERRORS.labels(upstream.name).inc()
             flight.prompt_tokens = 0
             raise errors.upstream_failed(f"The model `{upstream.name}` could not be reached.") from exc
-        if response.status_code != 200:
-            content = await response.aread()
-            await response.aclose()
-            flight.status = response.status_code
+        if response.status != 200:
+            content = await response.read()
+            await response.close()
+            flight.status = response.status
             flight.prompt_tokens = 0
             await self._finish(flight)
-            flight.reservation = None
-            return Response(content, status_code=response.status_code, media_type="application/json",
+            return Response(content, status_code=response.status, media_type="application/json",
                             headers={"X-Request-Id": flight.request_id})
         relay = StreamRelay(self, flight, response, wants_usage, wants_continuous, cache_key)
         return StreamingResponse(relay.events(), media_type="text/event-stream",
@@ -595,7 +583,7 @@ class StreamRelay:
     the whole answer when it is to be cached.
     """
 
-    def __init__(self, gateway: Gateway, flight: Flight, response: httpx.Response, wants_usage: bool,
+    def __init__(self, gateway: Gateway, flight: Flight, response: UpstreamStream, wants_usage: bool,
                  wants_continuous: bool, cache_key: str | None) -> None:
         self.gateway = gateway
         self.flight = flight
@@ -667,7 +655,7 @@ class StreamRelay:
         safety = self.gateway.safety is not None
         held: list[str] = []  # with output safety: chunks not yet released by a passing check
         try:
-            async for line in self.response.aiter_lines():
+            async for line in self.response.lines():
                 if not line.startswith("data:"):
                     continue
                 payload = line[5:].strip()

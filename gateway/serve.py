@@ -7,12 +7,11 @@ import asyncio
 import logging
 from pathlib import Path
 
-import httpx
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
 from . import metrics
-from .app import Gateway, GatewaySettings, Upstream, create_app
+from .app import Gateway, GatewaySettings, create_app
 from .azure_auth import (
     CONNECTION_MAX_AGE_S,
     POSTGRES_SCOPE,
@@ -26,10 +25,10 @@ from .limits import Limiter
 from .limits import connect as connect_redis
 from .safety import AzureContentSafety, LocalRules, SafetyProvider, managed_identity_token
 from .store import Store
+from .upstream import Upstream, UpstreamUnreachable
 
 log = logging.getLogger("gateway.serve")
 
-UPSTREAM_TIMEOUT = httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=30.0)
 REDIS_TIMEOUT_S = 0.5  # fail fast: a request waits at most this long on a Redis that is gone
 
 
@@ -70,9 +69,9 @@ async def _describe_upstreams(upstreams: dict[str, Upstream]) -> None:
     """Each upstream's model card (its `created` stamps the weights it loaded: part of the cache key)."""
     for up in upstreams.values():
         try:
-            response = await up.client.get(f"{up.url}/v1/models")
-            cards = response.json().get("data", []) if response.status_code == 200 else []
-        except (httpx.HTTPError, ValueError):
+            response = await up.get("/v1/models")
+            cards = response.json().get("data", []) if response.status == 200 else []
+        except (UpstreamUnreachable, ValueError):
             cards = []
         card = next((c for c in cards if c.get("id") == up.name), None)
         if card:
@@ -119,11 +118,9 @@ def serve(args: argparse.Namespace) -> int:
             state["redis_renewal"] = asyncio.create_task(_renew_redis_sign_ins(redis_client))
         store = Store(pool)
         store.start()
-        auth_headers = {"Authorization": f"Bearer {upstream_key}"} if upstream_key else {}
-        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
         for name, url in args.upstream:
-            gateway.upstreams[name] = Upstream(name, url, httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, limits=limits,
-                                                                            headers=auth_headers))
+            gateway.upstreams[name] = upstream = Upstream(name, url, upstream_key)
+            upstream.open()
         await _describe_upstreams(gateway.upstreams)
         gateway.store = store
         gateway.limiter = Limiter(redis_client)
@@ -137,7 +134,7 @@ def serve(args: argparse.Namespace) -> int:
         await asyncio.gather(*gateway._background, return_exceptions=True)
         await state["store"].close()  # type: ignore[attr-defined]
         for up in gateway.upstreams.values():
-            await up.client.aclose()
+            await up.close()
         await state["redis"].aclose()  # type: ignore[attr-defined]
         await state["pool"].close()  # type: ignore[attr-defined]
 
@@ -146,5 +143,5 @@ def serve(args: argparse.Namespace) -> int:
                       entra=entra, safety=safety)
     app = create_app(gateway, on_startup=[startup], on_shutdown=[shutdown])
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=30)
+                loop="uvloop", http="httptools", timeout_graceful_shutdown=30)
     return 0

@@ -344,6 +344,9 @@ class _Server:
         self._draining = False
         config = uvicorn.Config(
             app, host=cfg.host, port=cfg.port, lifespan="off", log_config=None, access_log=False,
+            # Named, not "auto": the image installs neither uvloop nor httptools, so a dev venv that
+            # has them (the gateway's extra) must not run a different server than production.
+            loop="asyncio", http="h11",
             # Connections still open after the drain (idle keep-alives) or after the engine died
             # (failed requests sending their error) get this long to close.
             timeout_graceful_shutdown=DEAD_ENGINE_GRACE_S, timeout_keep_alive=5,
