@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -64,6 +65,12 @@ def _id_list(value: str) -> list[str]:
     return ids
 
 
+def _schema_name(value: str) -> str:
+    if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", value):
+        raise argparse.ArgumentTypeError(f"expected a schema name (lowercase letters, digits, _), got {value[:64]!r}")
+    return value
+
+
 def _guid(value: str) -> str:
     if not UUID.match(value.lower()):
         raise argparse.ArgumentTypeError(f"expected an Entra tenant id (a GUID), got {value[:64]!r}")
@@ -87,29 +94,53 @@ def _upstream(value: str) -> tuple[str, str]:
     return name, url.rstrip("/")
 
 
+ENV_PREFIX = "INFERFORGE_GATEWAY_"
+
+
+def _from_env(flag: str, **kwargs: Any) -> dict[str, Any]:
+    """argparse settings of a connection flag whose default comes from INFERFORGE_GATEWAY_<FLAG>: the pod
+    (and the admin pod the stack describes) set them once, so commands run there name only what they do."""
+    env = ENV_PREFIX + flag.removeprefix("--").upper().replace("-", "_")
+    value = os.environ.get(env)
+    help_text = kwargs.pop("help", "")
+    required = kwargs.pop("required", False) and value is None
+    if "default" in kwargs and value is None:
+        value = kwargs.pop("default")
+    else:
+        kwargs.pop("default", None)
+    return {"default": value, "required": required, "help": f"{help_text} (env {env})", **kwargs}
+
+
 def build_parser() -> argparse.ArgumentParser:
     db = argparse.ArgumentParser(add_help=False)
-    db.add_argument("--database-url", required=True, type=_url(("postgresql", "postgres")),
-                    help="PostgreSQL URL, e.g. postgresql://gateway@host:5432/gateway?sslmode=require")
-    db.add_argument("--database-auth", choices=["url", "entra"], default="url",
+    db.add_argument("--database-url", **_from_env("--database-url", required=True,
+                    type=_url(("postgresql", "postgres")),
+                    help="PostgreSQL URL, e.g. postgresql://gateway@host:5432/app?sslmode=require"))
+    db.add_argument("--database-auth", **_from_env("--database-auth", choices=["url", "entra"], default="url",
                     help="url: credentials in the URL or libpq's environment; entra: the workload identity's "
-                         "Entra token as the password of the URL's user (Azure, password auth off)")
+                         "Entra token as the password of the URL's user (Azure, password auth off)"))
+    db.add_argument("--schema", **_from_env("--schema", type=_schema_name, default="public",
+                    help="PostgreSQL schema of the gateway's tables (default public)"))
     rd = argparse.ArgumentParser(add_help=False)
-    rd.add_argument("--redis-url", required=True, type=_url(("redis", "rediss")),
-                    help="Redis URL, e.g. rediss://host:10000/0 (Azure Managed Redis: TLS on 10000)")
-    rd.add_argument("--redis-auth", choices=["url", "entra"], default="url",
+    rd.add_argument("--redis-url", **_from_env("--redis-url", required=True, type=_url(("redis", "rediss")),
+                    help="Redis URL, e.g. rediss://host:10000/0 (Azure Managed Redis: TLS on 10000)"))
+    rd.add_argument("--redis-auth", **_from_env("--redis-auth", choices=["url", "entra"], default="url",
                     help="url: credentials in the URL (or none); entra: the workload identity's Entra token, "
-                         "as the user --redis-username (Azure Managed Redis access policy assignment)")
-    rd.add_argument("--redis-username", help="with --redis-auth entra: the identity's object (principal) id")
+                         "as the user --redis-username (Azure Managed Redis access policy assignment)"))
+    rd.add_argument("--redis-username", **_from_env(
+        "--redis-username", help="with --redis-auth entra: the identity's object (principal) id"))
     pepper = argparse.ArgumentParser(add_help=False)
-    pepper.add_argument("--key-pepper-file",
-                        help="file holding the API-key pepper (else $INFERFORGE_GATEWAY_KEY_PEPPER)")
+    pepper.add_argument("--key-pepper-file", **_from_env(
+        "--key-pepper-file", help="file holding the API-key pepper (else $INFERFORGE_GATEWAY_KEY_PEPPER)"))
 
     parser = argparse.ArgumentParser(prog="python -m gateway", description="inferforge AI gateway")
     commands = parser.add_subparsers(dest="command", required=True)
 
     migrate = commands.add_parser("migrate", parents=[db], help="create or upgrade the schema (idempotent)")
     migrate.add_argument("--grant-to", help="PostgreSQL role of the serving gateway: read keys, write usage")
+    migrate.add_argument("--entra-principal-oid", type=_guid,
+                         help="with --grant-to on Azure: create that role for this Entra object id if missing "
+                              "(pgaadauth_create_principal_with_oid, run in the server's postgres database)")
 
     serve = commands.add_parser("serve", parents=[db, rd, pepper], help="serve the gateway")
     serve.add_argument("--upstream", action="append", type=_upstream, required=True, metavar="MODEL=URL",
@@ -177,17 +208,19 @@ def _tenant_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _database_conninfo(args: argparse.Namespace) -> str:
     """The database URL, with a current Entra token as its password under --database-auth entra."""
-    if args.database_auth != "entra":
-        return args.database_url
     from psycopg.conninfo import make_conninfo
 
+    url = make_conninfo(args.database_url, options=f"-c search_path={args.schema}") \
+        if args.schema != "public" else args.database_url
+    if args.database_auth != "entra":
+        return url
     from .azure_auth import POSTGRES_SCOPE, entra_token_source
 
     try:
         token = asyncio.run(entra_token_source(POSTGRES_SCOPE)())
     except Exception as exc:  # azure-identity raises its own hierarchy; any failure means no sign-in
         raise UsageError(f"--database-auth entra: no Entra token for PostgreSQL: {str(exc)[:200]}") from exc
-    return make_conninfo(args.database_url, password=token)
+    return make_conninfo(url, password=token)
 
 
 def _redis_credentials(args: argparse.Namespace) -> Any:
@@ -254,7 +287,13 @@ def run(args: argparse.Namespace) -> int:
     database = _database_conninfo(args)
     if args.command == "migrate":
         _check_database(database)
-        before, after = schema.migrate(database, grant_to=args.grant_to)
+        if args.entra_principal_oid and not args.grant_to:
+            raise UsageError("--entra-principal-oid needs --grant-to (the role to create for that object id)")
+        try:
+            before, after = schema.migrate(database, grant_to=args.grant_to, schema_name=args.schema,
+                                           entra_principal_oid=args.entra_principal_oid)
+        except schema.MigrationError as exc:
+            raise UsageError(str(exc)) from exc
         print(f"schema at version {after} (was {before})")
         return 0
     _check_database(database)

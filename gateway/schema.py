@@ -124,11 +124,37 @@ def schema_version(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def migrate(database_url: str, grant_to: str | None = None, today: dt.date | None = None) -> tuple[int, int]:
+class MigrationError(Exception):
+    """The migration cannot run as asked (a role it should create cannot be created here)."""
+
+
+def create_entra_role(database_url: str, role: str, object_id: str) -> bool:
+    """Create `role` for an Entra object id unless it exists (Azure's pgaadauth, in the `postgres` database,
+    where its functions live); True when created."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    server = make_conninfo(**{**conninfo_to_dict(database_url), "dbname": "postgres", "options": ""})
+    with psycopg.connect(server, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            return False
+        if conn.execute("SELECT to_regproc('pgaadauth_create_principal_with_oid')").fetchone()[0] is None:
+            raise MigrationError(f"cannot create role {role!r} for Entra object {object_id}: this server has no "
+                                 "pgaadauth (Azure Database for PostgreSQL with Entra authentication has it)")
+        conn.execute("SELECT pgaadauth_create_principal_with_oid(%s, %s, 'service', false, false)", (role, object_id))
+        return True
+
+
+def migrate(database_url: str, grant_to: str | None = None, today: dt.date | None = None,
+            schema_name: str = "public", entra_principal_oid: str | None = None) -> tuple[int, int]:
     """Bring the database to the latest schema; returns (version before, version after)."""
+    if grant_to and entra_principal_oid:
+        create_entra_role(database_url, grant_to, entra_principal_oid)
     with psycopg.connect(database_url, autocommit=False) as conn:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            if schema_name != "public":
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema_name)))
+                conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema_name)))
             before = schema_version(conn)
             for version, statement in enumerate(MIGRATIONS, start=1):
                 if version <= before:
@@ -137,13 +163,14 @@ def migrate(database_url: str, grant_to: str | None = None, today: dt.date | Non
                 conn.execute("INSERT INTO gateway_schema (version) VALUES (%s)", (version,))
             ensure_partitions(conn, today or dt.datetime.now(dt.UTC).date(), PARTITION_MONTHS_AHEAD + 1)
             if grant_to:
-                grant_gateway_role(conn, grant_to)
+                grant_gateway_role(conn, grant_to, schema_name)
         return before, len(MIGRATIONS)
 
 
-def grant_gateway_role(conn: psycopg.Connection, role: str) -> None:
+def grant_gateway_role(conn: psycopg.Connection, role: str, schema_name: str = "public") -> None:
     """The serving role reads tenants and keys and appends usage and audit rows, nothing more."""
     ident = sql.Identifier(role)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema_name), ident))
     conn.execute(sql.SQL("GRANT SELECT ON tenants, api_keys TO {}").format(ident))
     conn.execute(sql.SQL("GRANT INSERT ON usage_records, audit_events TO {}").format(ident))
     conn.execute(sql.SQL("GRANT SELECT ON gateway_schema TO {}").format(ident))

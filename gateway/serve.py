@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import uvicorn
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from . import metrics
@@ -82,6 +83,24 @@ async def _describe_upstreams(upstreams: dict[str, Upstream]) -> None:
             up.revision = up.url
 
 
+def _first_key(path: str) -> str:
+    """The first key of a key file in the model server's format (one per line or comma-separated, `#`
+    comments): the gateway presents one of the keys the servers accept, so the same Key Vault secret serves both."""
+    from .cli import UsageError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read --upstream-api-key-file {path}: {exc.strerror or exc}") from exc
+    for line in text.splitlines():
+        if line.strip().startswith("#"):
+            continue
+        for key in line.split(","):
+            if key.strip():
+                return key.strip()
+    raise UsageError(f"--upstream-api-key-file {path} holds no key")
+
+
 async def _renew_redis_sign_ins(client: object) -> None:
     """Close idle Redis connections every CONNECTION_MAX_AGE_S: the next ones sign in with a new token."""
     while True:
@@ -97,7 +116,7 @@ def serve(args: argparse.Namespace) -> int:
     pepper = load_pepper(args.key_pepper_file)
     safety = _safety(args)
     entra = _entra(args)
-    upstream_key = Path(args.upstream_api_key_file).read_text().strip() if args.upstream_api_key_file else None
+    upstream_key = _first_key(args.upstream_api_key_file) if args.upstream_api_key_file else None
     names = [name for name, _ in args.upstream]
     if len(set(names)) != len(names):
         from .cli import UsageError
@@ -111,7 +130,9 @@ def serve(args: argparse.Namespace) -> int:
         if args.database_auth == "entra":
             sign_in = {"kwargs": postgres_connection_kwargs(entra_token_source(POSTGRES_SCOPE)),
                        "max_lifetime": CONNECTION_MAX_AGE_S}
-        pool = AsyncConnectionPool(args.database_url, min_size=1, max_size=10, open=False, **sign_in)
+        conninfo = args.database_url if args.schema == "public" else make_conninfo(
+            args.database_url, options=f"-c search_path={args.schema}")
+        pool = AsyncConnectionPool(conninfo, min_size=1, max_size=10, open=False, **sign_in)
         await pool.open(wait=True, timeout=10)
         redis_client = connect_redis(args.redis_url, REDIS_TIMEOUT_S, redis_credentials)
         if redis_credentials is not None:

@@ -169,3 +169,39 @@ def test_a_database_without_the_schema_is_named(postgres) -> None:
     url = postgres.url.rsplit("/", 1)[0] + f"/empty_{os.getpid()}"
     result = cli("tenants", "list", "--database-url", url)
     assert result.returncode == 2 and "python -m gateway migrate" in result.stderr
+
+
+def test_migrate_into_a_schema_and_the_serving_role_can_do_only_its_job(database: str) -> None:
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE ROLE gw_serving LOGIN")
+    result = cli("migrate", "--schema", "gateway", "--grant-to", "gw_serving", "--database-url", database)
+    assert result.returncode == 0, result.stderr
+    create_tenant(database, "team-a", "--schema", "gateway")
+    serving = database.replace("postgres@", "gw_serving@") + "?options=-csearch_path%3Dgateway"
+    with psycopg.connect(serving, autocommit=True) as conn:
+        assert conn.execute("SELECT name FROM tenants").fetchall() == [("team-a",)]
+        conn.execute("INSERT INTO usage_records (request_id, created_at, tenant, principal, model, endpoint, "
+                     "prompt_tokens, cached_tokens, completion_tokens, latency_ms, status, cache_hit) "
+                     "VALUES ('r', now(), 'team-a', 'p', 'm', 'chat', 1, 0, 1, 1, 200, false)")
+        for forbidden in ("INSERT INTO tenants (name, models) VALUES ('x', '{m}')", "SELECT * FROM usage_records",
+                          "UPDATE api_keys SET revoked_at = NULL", "DELETE FROM audit_events",
+                          "CREATE TABLE gateway.extra (id int)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(forbidden)
+
+
+def test_connection_flags_default_to_the_environment(database: str) -> None:
+    env = {**GATEWAY_ENV, "INFERFORGE_GATEWAY_DATABASE_URL": database}
+    create = cli("tenants", "create", "team-a", "--models", "m", env=env)
+    assert create.returncode == 0, create.stderr
+    assert "team-a" in cli("tenants", "list", env=env).stdout
+    assert "--database-url" in cli("tenants", "list").stderr  # and without it, the flag is required
+
+
+def test_creating_an_entra_role_needs_azures_pgaadauth(database: str) -> None:
+    result = cli("migrate", "--grant-to", "gw", "--entra-principal-oid", "11111111-2222-3333-4444-555555555555",
+                 "--database-url", database)
+    assert result.returncode == 2 and "pgaadauth" in result.stderr
+    alone = cli("migrate", "--entra-principal-oid", "11111111-2222-3333-4444-555555555555",
+                "--database-url", database)
+    assert alone.returncode == 2 and "--grant-to" in alone.stderr
