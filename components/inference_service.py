@@ -106,6 +106,8 @@ from .kubernetes import (
     federated_credential_subject,
     kubernetes_provider,
     name_of,
+    pod_security_labels,
+    private_link_service_annotations,
     public_ip_block,
     reported_as,
     restricted_container_security,
@@ -441,6 +443,10 @@ class InferenceServiceArgs:
     """Subnet for the internal LB frontend; None uses the node subnet."""
     internal_lb_ip: str | None = None
     """Static private IP of the ILB frontend (Front Door's origin host name); None lets Azure pick one."""
+    gateway_namespace: str | None = None
+    """Namespace of the AI gateway in front of this server (components/gateway.py). Set, the Service is
+    cluster-internal (ClusterIP, no load balancer, no PLS) and only the gateway's pods may call it; None exposes
+    the server itself through the internal LB + PLS."""
     metrics_scraper_namespace: str = "kube-system"
     """Namespace of the Prometheus scraper (AKS managed Prometheus runs ama-metrics in kube-system)."""
     entra_egress_cidrs: Sequence[str] = ENTRA_ID_IPV4_RANGES
@@ -601,6 +607,8 @@ class InferenceServiceArgs:
         check_range("redis_port", self.redis_port, 1, 65535)
         check_range("service_port", self.service_port, 1, 65535)
         check_range("pls_nat_ip_count", self.pls_nat_ip_count, 1, 8)
+        if self.gateway_namespace is not None:
+            check_dns_label("gateway_namespace", self.gateway_namespace)
         check_dns_label("metrics_scraper_namespace", self.metrics_scraper_namespace)
         if self.internal_lb_ip is not None:
             try:
@@ -666,7 +674,8 @@ class InferenceService(pulumi.ComponentResource):
 
         namespace = k8s.core.v1.Namespace(
             f"{name}-ns",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=args.namespace, labels={**self._labels, **self._pod_security()}),
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=args.namespace, labels={**self._labels, **pod_security_labels(args.kubernetes_version)}),
             opts=child,
         )
         ns_name = name_of(namespace)
@@ -696,9 +705,9 @@ class InferenceService(pulumi.ComponentResource):
             f"{name}-svc",
             metadata=self._meta(args.name, annotations=self._service_annotations()),
             spec=k8s.core.v1.ServiceSpecArgs(
-                type="LoadBalancer",
+                type="LoadBalancer" if args.gateway_namespace is None else "ClusterIP",
                 # Local keeps the PLS NAT address as source (the NetworkPolicy admits it) and skips a hop.
-                external_traffic_policy="Local",
+                external_traffic_policy="Local" if args.gateway_namespace is None else None,
                 selector=self._selector,
                 ports=[k8s.core.v1.ServicePortArgs(name="http", protocol="TCP", port=args.service_port,
                                                    target_port="http")],
@@ -754,34 +763,14 @@ class InferenceService(pulumi.ComponentResource):
         return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=self._ns, labels=self._labels,
                                           annotations=dict(annotations) if annotations else None)
 
-    def _pod_security(self) -> dict[str, str]:
-        version = f"v{self._args.kubernetes_version}"
-        labels: dict[str, str] = {}
-        for mode in ("enforce", "audit", "warn"):
-            labels[f"pod-security.kubernetes.io/{mode}"] = "restricted"
-            labels[f"pod-security.kubernetes.io/{mode}-version"] = version
-        return labels
-
     def _service_annotations(self) -> dict[str, str]:
         args = self._args
-        prefix = "service.beta.kubernetes.io/"
-        annotations = {
-            f"{prefix}azure-load-balancer-internal": "true",
-            f"{prefix}azure-pls-create": "true",
-            f"{prefix}azure-pls-name": args.pls_name,
-            f"{prefix}azure-pls-ip-configuration-subnet": args.pls_subnet_name,
-            f"{prefix}azure-pls-ip-configuration-ip-address-count": str(args.pls_nat_ip_count),
-            # Front Door speaks plain HTTP to the origin; PROXY v2 headers would break it.
-            f"{prefix}azure-pls-proxy-protocol": "false",
-        }
-        if args.pls_visibility:
-            annotations[f"{prefix}azure-pls-visibility"] = " ".join(args.pls_visibility)
-        if args.internal_lb_subnet_name:
-            annotations[f"{prefix}azure-load-balancer-internal-subnet"] = args.internal_lb_subnet_name
-        if args.internal_lb_ip:
-            # spec.loadBalancerIP is deprecated; the Azure cloud provider reads this annotation.
-            annotations[f"{prefix}azure-load-balancer-ipv4"] = args.internal_lb_ip
-        return annotations
+        if args.gateway_namespace is not None:
+            return {}
+        return private_link_service_annotations(
+            pls_name=args.pls_name, pls_subnet_name=args.pls_subnet_name, nat_ip_count=args.pls_nat_ip_count,
+            visibility=args.pls_visibility, internal_lb_subnet_name=args.internal_lb_subnet_name,
+            internal_lb_ip=args.internal_lb_ip)
 
     def _model_claim(self, name: str, child: pulumi.ResourceOptions) -> str | None:
         source = self._args.model_source
@@ -1055,10 +1044,14 @@ class InferenceService(pulumi.ComponentResource):
             pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self._selector),
             policy_types=["Ingress", "Egress"],
             ingress=[
-                # Front Door -> Private Link Service (NAT in the PLS subnet) -> internal LB -> node -> pod.
+                # Front Door -> Private Link Service (NAT in the PLS subnet) -> internal LB -> node -> pod; or,
+                # behind the gateway, the gateway's pods only.
                 np.NetworkPolicyIngressRuleArgs(
                     from_=[np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=args.pls_subnet_cidr)),
-                           np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=args.node_cidr))],
+                           np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=args.node_cidr))]
+                    if args.gateway_namespace is None else
+                    [np.NetworkPolicyPeerArgs(namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                        match_labels={"kubernetes.io/metadata.name": args.gateway_namespace}))],
                     ports=serving_port),
                 np.NetworkPolicyIngressRuleArgs(
                     from_=[np.NetworkPolicyPeerArgs(namespace_selector=k8s.meta.v1.LabelSelectorArgs(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -51,6 +51,9 @@ class KeyVaultArgs:
     """Disabled: reachable only through the private endpoint. The exposure policy blocks Enabled in prod."""
     lock: bool = False
     """CanNotDelete lock (prod): purge protection already blocks purge; the lock blocks delete."""
+    generated_secrets: Sequence[str] = ()
+    """Secrets born in the vault with a random 64-character value (e.g. the gateway's API-key pepper): no
+    human ever handles them; the value is also in the stack's state, encrypted as a secret."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags required by the tagging policy."""
 
@@ -113,6 +116,15 @@ class KeyVault(pulumi.ComponentResource):
                             workspace_id=args.log_analytics_workspace_id, parent=self)
         if args.lock:
             resource_lock(f"{name}-vault", scope_resource=self.vault, parent=self)
+
+        for secret_name in args.generated_secrets:
+            value = random.RandomPassword(f"{name}-{secret_name}-value", length=64, special=False,
+                                          opts=pulumi.ResourceOptions(parent=self))
+            keyvault.Secret(f"{name}-{secret_name}", secret_name=secret_name, vault_name=self.vault.name,
+                            resource_group_name=args.resource_group_name,
+                            properties=keyvault.SecretPropertiesArgs(value=pulumi.Output.secret(value.result),
+                                                                     content_type="generated"),
+                            tags=dict(args.tags), opts=pulumi.ResourceOptions(parent=self))
 
         self.vault_id = self.vault.id
         self.vault_name = self.vault.name

@@ -167,3 +167,38 @@ def name_of(resource: k8s.core.v1.Namespace | k8s.core.v1.Service | k8s.core.v1.
             | k8s.apps.v1.Deployment | k8s.apps.v1.DaemonSet | k8s.batch.v1.Job) -> pulumi.Output[str]:
     """metadata.name of a created object as an Output, so consumers depend on its creation."""
     return resource.metadata.apply(lambda meta: meta.name)
+
+
+def pod_security_labels(kubernetes_version: str, level: str = "restricted") -> dict[str, str]:
+    """Namespace labels enforcing (and auditing, warning) a Pod Security Standard, pinned to the cluster's
+    minor version so an upgrade cannot loosen it silently."""
+    labels: dict[str, str] = {}
+    for mode in ("enforce", "audit", "warn"):
+        labels[f"pod-security.kubernetes.io/{mode}"] = level
+        labels[f"pod-security.kubernetes.io/{mode}-version"] = f"v{kubernetes_version}"
+    return labels
+
+
+def private_link_service_annotations(*, pls_name: str, pls_subnet_name: str, nat_ip_count: int,
+                                     visibility: Sequence[str] = (), internal_lb_subnet_name: str | None = None,
+                                     internal_lb_ip: str | None = None) -> dict[str, str]:
+    """Annotations of a LoadBalancer Service that make AKS create an internal LB with a Private Link Service
+    (Front Door Premium's private origin)."""
+    prefix = "service.beta.kubernetes.io/"
+    annotations = {
+        f"{prefix}azure-load-balancer-internal": "true",
+        f"{prefix}azure-pls-create": "true",
+        f"{prefix}azure-pls-name": pls_name,
+        f"{prefix}azure-pls-ip-configuration-subnet": pls_subnet_name,
+        f"{prefix}azure-pls-ip-configuration-ip-address-count": str(nat_ip_count),
+        # Front Door speaks plain HTTP to the origin; PROXY v2 headers would break it.
+        f"{prefix}azure-pls-proxy-protocol": "false",
+    }
+    if visibility:
+        annotations[f"{prefix}azure-pls-visibility"] = " ".join(visibility)
+    if internal_lb_subnet_name:
+        annotations[f"{prefix}azure-load-balancer-internal-subnet"] = internal_lb_subnet_name
+    if internal_lb_ip:
+        # spec.loadBalancerIP is deprecated; the Azure cloud provider reads this annotation.
+        annotations[f"{prefix}azure-load-balancer-ipv4"] = internal_lb_ip
+    return annotations

@@ -140,6 +140,11 @@ class PlatformNames:
         return f"id-{self.base}-pgschema"
 
     @property
+    def gateway_identity(self) -> str:
+        # Same charset as `identity` and no longer, so the `identity` check in checks() covers it.
+        return f"id-{self.base}-gateway"
+
+    @property
     def container_registry(self) -> str:
         """Default registry name (`cr` + workload + environment, alphanumerics only); config may override it."""
         return "cr" + re.sub(r"[^a-z0-9]", "", f"{self.workload}{self.environment}".lower())

@@ -21,6 +21,7 @@ from inferforge.components.aks import AksClusterArgs
 from inferforge.components.common import tag_problems
 from inferforge.components.egress import EgressFirewallArgs
 from inferforge.components.frontdoor import FrontDoorArgs
+from inferforge.components.gateway import AiGatewayArgs
 from inferforge.components.gpu_sizes import GPU_VM_SIZES, allowed_tp_sizes
 from inferforge.components.inference_service import shm_problem
 from inferforge.components.keyvault import KeyVaultArgs
@@ -554,6 +555,47 @@ _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
                     r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
 
 
+class GatewayEntraConfig(_Section):
+    """Entra ID access tokens the gateway accepts besides its API keys (gateway/entra.py)."""
+
+    tenant_ids: list[str] = Field(default_factory=list, max_length=50)
+    audience: str | None = Field(None, min_length=1, max_length=256)
+
+    @field_validator("tenant_ids")
+    @classmethod
+    def _guids(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", v)]
+        if bad:
+            raise ValueError(f"{shown(bad[0])} is not an Entra tenant id; allowed: lowercase GUIDs")
+        return value
+
+    @model_validator(mode="after")
+    def _audience(self) -> GatewayEntraConfig:
+        if self.tenant_ids and not self.audience:
+            raise ValueError("audience is required when tenantIds is set: the gateway's application ID URI, "
+                             "e.g. api://inferforge-gateway")
+        return self
+
+
+class GatewayConfig(embed(AiGatewayArgs, ("replicas", "max_replicas", "target_cpu_percent", "cpu_millicores",
+                                          "memory_mib", "max_tokens_cap", "content_safety_endpoint", "database_schema",
+                                          "key_pepper_secret_name"), base=_Section)):
+    """The AI gateway in front of the models (components/gateway.py, gateway/): on by default, so every request
+    is authenticated per tenant, limited, metered and audited; off puts the model server itself behind Front
+    Door with its static keys."""
+
+    enabled: bool = True
+    namespace: str = Field("gateway", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    image: ImageConfig = Field(default_factory=lambda: ImageConfig(repository="inferforge/gateway", tag="0.1.0"))
+    entra: GatewayEntraConfig = Field(default_factory=GatewayEntraConfig)
+
+    @model_validator(mode="after")
+    def _replicas(self) -> GatewayConfig:
+        if self.max_replicas < self.replicas:
+            raise ValueError(f"maxReplicas ({self.max_replicas}) must be >= replicas ({self.replicas})")
+        return self
+
+
 class FirewallConfig(embed(EgressFirewallArgs, ("sku_tier", "threat_intel_mode"), base=_Section)):
     """`EgressFirewallArgs`' own fields (components/egress.py), plus the firewall's subnets and zones."""
 
@@ -693,6 +735,7 @@ class PlatformConfig(_Section):
     egress: EgressConfig = Field(default_factory=EgressConfig)
     hub: HubConfig | None = None
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -735,7 +778,8 @@ class PlatformConfig(_Section):
         return {"inference.image": self.inference.image,
                 "inference.pgvectorJob.azureCliImage": self.inference.pgvector_job.azure_cli_image,
                 "inference.pgvectorJob.postgresClientImage": self.inference.pgvector_job.postgres_client_image,
-                "aks.nvidiaDevicePluginImage": self.aks.nvidia_device_plugin_image}
+                "aks.nvidiaDevicePluginImage": self.aks.nvidia_device_plugin_image,
+                **({"gateway.image": self.gateway.image} if self.gateway.enabled else {})}
 
     def _image_problems(self) -> list[str]:
         # Only images that will run need a digest: the first `up` (deployWorkloads false) creates the

@@ -43,7 +43,13 @@ from inferforge.inference import defaults as serving_defaults
 from pulumi_azure_native import authorization, containerservice, resources
 
 from .config import NAMESPACE, ConfigError, PlatformConfig, parse_stack_config
-from .workloads import ModelStoreMount, deploy_workloads, federated_subjects, schema_job_subjects
+from .workloads import (
+    ModelStoreMount,
+    deploy_workloads,
+    federated_subjects,
+    gateway_subjects,
+    schema_job_subjects,
+)
 
 SERVING_PORT = serving_defaults.PORT
 
@@ -164,6 +170,8 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         resource_group_name=rg, location=cfg.location, name_prefix=names.key_vault_prefix,
         tenant_id=client.tenant_id, private_endpoint_subnet_id=net.subnet_ids["private-endpoints"],
         private_dns_zone_id=net.dns_zone_ids["key_vault"], log_analytics_workspace_id=workspace_id,
+        # The pepper of the gateway's API-key hashes: a dump of the database alone cannot test key guesses.
+        generated_secrets=[cfg.gateway.key_pepper_secret_name] if cfg.gateway.enabled else [],
         lock=cfg.resource_locks, tags=tags, **cfg.key_vault.args()))
 
     aks = AksCluster("aks", AksClusterArgs(
@@ -201,12 +209,21 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         resource_group_name=rg, location=cfg.location, identity_name=names.identity,
         oidc_issuer_url=aks.oidc_issuer_url, federated_subjects=federated_subjects(cfg), key_vault_id=vault.vault_id,
         subscription_id=client.subscription_id, tags=tags))
-    # The PostgreSQL Entra admin is its own identity, federated only to the pgvector schema Job: the
-    # serving pods never hold database-admin rights (policy postgres-admin-not-serving-identity).
+    # The PostgreSQL Entra admin is its own identity, federated only to the schema Jobs (pgvector, the
+    # gateway's migration and admin pods): the serving pods never hold database-admin rights (policy
+    # postgres-admin-not-serving-identity). With the gateway it reads the API-key pepper (new keys).
     schema_identity = WorkloadIdentity("schema-identity", WorkloadIdentityArgs(
         resource_group_name=rg, location=cfg.location, identity_name=names.schema_identity,
         oidc_issuer_url=aks.oidc_issuer_url, federated_subjects=schema_job_subjects(cfg),
+        key_vault_id=vault.vault_id if cfg.gateway.enabled else None,
         subscription_id=client.subscription_id, tags=tags))
+    gateway_identity = None
+    if cfg.gateway.enabled:
+        # The gateway's own identity: Key Vault (pepper, the model servers' key), Redis, its database role.
+        gateway_identity = WorkloadIdentity("gateway-identity", WorkloadIdentityArgs(
+            resource_group_name=rg, location=cfg.location, identity_name=names.gateway_identity,
+            oidc_issuer_url=aks.oidc_issuer_url, federated_subjects=gateway_subjects(cfg),
+            key_vault_id=vault.vault_id, subscription_id=client.subscription_id, tags=tags))
 
     postgres = PostgresPgvector("postgres", PostgresPgvectorArgs(
         resource_group_name=rg, location=cfg.location, name_prefix=names.postgres_prefix,
@@ -219,7 +236,10 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
     redis = ManagedRedis("redis", ManagedRedisArgs(
         resource_group_name=rg, location=cfg.location, name_prefix=names.redis_prefix,
         private_endpoint_subnet_id=net.subnet_ids["private-endpoints"], private_dns_zone_id=net.dns_zone_ids["redis"],
-        log_analytics_workspace_id=workspace_id, data_access_principal_ids=[identity.principal_id],
+        log_analytics_workspace_id=workspace_id,
+        # The gateway keeps its counters here; the admin identity writes key revocations.
+        data_access_principal_ids=[identity.principal_id] + (
+            [gateway_identity.principal_id, schema_identity.principal_id] if gateway_identity else []),
         tags=tags, **cfg.redis.args()))
 
     outputs: dict[str, Any] = {
@@ -253,6 +273,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
                             opts=pulumi.ResourceOptions(depends_on=list(aks.gpu_pools.values())))
 
     workloads = deploy_workloads(cfg, provider=provider, identity=identity, schema_identity=schema_identity,
+                                 gateway_identity=gateway_identity, tenant_id=client.tenant_id,
                                  vault=vault, postgres=postgres,
                                  redis=redis, serving_port=SERVING_PORT, login_server=registry.login_server,
                                  model_store=ModelStoreMount(resource_group=names.resource_group,
@@ -266,7 +287,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         resource_group_name=rg, profile_name=names.front_door, endpoint_name=names.front_door_endpoint,
         waf_policy_name=names.waf_policy, private_link_service_id=pls_id, private_link_location=cfg.location,
         origin_host_name=cfg.inference.internal_load_balancer_ip, log_analytics_workspace_id=workspace_id,
-        origin_port=80, origin_depends_on=[workloads.inference.service], tags=tags, **cfg.front_door.args()))
+        origin_port=80, origin_depends_on=[workloads.front_service], tags=tags, **cfg.front_door.args()))
     _audit(cfg, rg, workspace_id, tags, front_door_profile_id=front_door.profile.id)
 
     return {

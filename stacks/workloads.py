@@ -13,6 +13,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 from inferforge.components.aks import GPU_TAINT
+from inferforge.components.gateway import AiGateway, AiGatewayArgs
 from inferforge.components.gpu_device_plugin import NvidiaDevicePlugin, NvidiaDevicePluginArgs
 from inferforge.components.identity import WorkloadIdentity
 from inferforge.components.inference_service import (
@@ -32,6 +33,9 @@ from inferforge.components.redis import ManagedRedis
 from .config import PlatformConfig
 
 PGVECTOR_SERVICE_ACCOUNT = "pgvector-init"
+GATEWAY_SERVICE_ACCOUNT = "gateway"
+GATEWAY_MIGRATION_SERVICE_ACCOUNT = "gateway-migrate"
+INFERENCE_SERVICE_NAME = "inference"
 
 
 def federated_subjects(cfg: PlatformConfig) -> list[str]:
@@ -40,8 +44,17 @@ def federated_subjects(cfg: PlatformConfig) -> list[str]:
 
 
 def schema_job_subjects(cfg: PlatformConfig) -> list[str]:
-    """Service accounts that run as the schema identity (the PostgreSQL Entra admin): the pgvector Job's only."""
-    return [f"system:serviceaccount:{cfg.inference.namespace}:{PGVECTOR_SERVICE_ACCOUNT}"]
+    """Service accounts that run as the schema identity (the PostgreSQL Entra admin): the pgvector Job's, and
+    with the gateway its migration and admin pods'."""
+    subjects = [f"system:serviceaccount:{cfg.inference.namespace}:{PGVECTOR_SERVICE_ACCOUNT}"]
+    if cfg.gateway.enabled:
+        subjects.append(f"system:serviceaccount:{cfg.gateway.namespace}:{GATEWAY_MIGRATION_SERVICE_ACCOUNT}")
+    return subjects
+
+
+def gateway_subjects(cfg: PlatformConfig) -> list[str]:
+    """Service accounts that run as the gateway identity: the gateway pods' only."""
+    return [f"system:serviceaccount:{cfg.gateway.namespace}:{GATEWAY_SERVICE_ACCOUNT}"]
 
 
 @dataclass(frozen=True)
@@ -123,9 +136,42 @@ def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.In
         # 15 s of headroom after preStop + drain for the process to exit before SIGKILL.
         termination_grace_period_s=inference.pre_stop_sleep_seconds + inference.drain_timeout_seconds + 15,
         service_port=80,
+        gateway_namespace=cfg.gateway.namespace if cfg.gateway.enabled else None,
         autoscaling=autoscaling,
         labels={"inferforge.io/environment": cfg.environment},
     )
+
+
+def gateway_args(cfg: PlatformConfig, *, identity: WorkloadIdentity, schema_identity: WorkloadIdentity,
+                 tenant_id: pulumi.Input[str], vault: KeyVault, postgres: PostgresPgvector, redis: ManagedRedis,
+                 login_server: str) -> AiGatewayArgs:
+    """Map the validated `gateway` config section (and the platform it runs on) onto the component's args."""
+    gateway, inference = cfg.gateway, cfg.inference
+    upstream = f"http://{INFERENCE_SERVICE_NAME}.{inference.namespace}.svc.cluster.local:80"
+    return AiGatewayArgs(
+        image_registry=login_server, image_repository=gateway.image.repository, image_digest=gateway.image.digest,
+        image_tag=gateway.image.tag, upstreams={inference.model_name: upstream},
+        upstream_namespaces=[inference.namespace],
+        workload_identity_client_id=identity.client_id, workload_identity_principal_id=identity.principal_id,
+        migration_identity_client_id=schema_identity.client_id, migration_principal_name=cfg.names.schema_identity,
+        migration_identity_principal_id=schema_identity.principal_id,
+        tenant_id=tenant_id, key_vault_name=vault.vault_name, postgres_host=postgres.fqdn,
+        postgres_database=postgres.database_name, postgres_role=cfg.names.gateway_identity,
+        redis_host=redis.host_name, redis_port=redis.port,
+        pls_name=cfg.names.private_link_service, pls_subnet_name=cfg.network.subnet_names()["private-link"],
+        pls_subnet_cidr=cfg.network.private_link_subnet, node_cidr=cfg.network.aks_subnet,
+        private_endpoint_subnet_cidr=cfg.network.private_endpoint_subnet,
+        postgres_subnet_cidr=cfg.network.postgres_subnet,
+        internal_lb_subnet_name=cfg.network.subnet_names()["aks"],
+        # The platform's private origin: Front Door reaches the gateway at this address through the PLS.
+        internal_lb_ip=inference.internal_load_balancer_ip,
+        namespace=gateway.namespace, service_account_name=GATEWAY_SERVICE_ACCOUNT,
+        migration_service_account_name=GATEWAY_MIGRATION_SERVICE_ACCOUNT,
+        upstream_key_secret_name=inference.api_key_secret_name,
+        kubernetes_version=cfg.aks.kubernetes_version,
+        entra_tenant_ids=gateway.entra.tenant_ids, entra_audience=gateway.entra.audience,
+        labels={"inferforge.io/environment": cfg.environment},
+        **gateway.args())
 
 
 @dataclass(frozen=True)
@@ -134,10 +180,17 @@ class Workloads:
 
     outputs: dict[str, Any]
     inference: InferenceService
+    gateway: AiGateway | None
+
+    @property
+    def front_service(self) -> k8s.core.v1.Service:
+        """The Service behind the Private Link Service (Front Door's origin): the gateway's when there is one."""
+        return self.gateway.service if self.gateway is not None else self.inference.service
 
 
 def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: WorkloadIdentity,
-                     schema_identity: WorkloadIdentity, vault: KeyVault, postgres: PostgresPgvector,
+                     schema_identity: WorkloadIdentity, gateway_identity: WorkloadIdentity | None,
+                     tenant_id: pulumi.Input[str], vault: KeyVault, postgres: PostgresPgvector,
                      redis: ManagedRedis, serving_port: int, login_server: str,
                      model_store: ModelStoreMount | None = None,
                      depends_on: Sequence[pulumi.Resource] = ()) -> Workloads:
@@ -173,6 +226,16 @@ def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: W
         service_account_name=PGVECTOR_SERVICE_ACCOUNT,
     ), opts=pulumi.ResourceOptions.merge(can_pull, pulumi.ResourceOptions(
         depends_on=[inference, postgres, schema_identity])))
-    return Workloads(outputs={"inferenceNamespace": inference.namespace, "inferenceService": inference.service_name,
-                              "postgresServerRole": cfg.names.identity},
-                     inference=inference)
+    outputs: dict[str, Any] = {"inferenceNamespace": inference.namespace, "inferenceService": inference.service_name,
+                               "postgresServerRole": cfg.names.identity}
+    gateway = None
+    if gateway_identity is not None:
+        gateway = AiGateway("gateway", gateway_args(
+            cfg, identity=gateway_identity, schema_identity=schema_identity, tenant_id=tenant_id, vault=vault,
+            postgres=postgres, redis=redis, login_server=login_server),
+            # The migration signs in as the PostgreSQL Entra admin, which exists with the server.
+            opts=pulumi.ResourceOptions.merge(can_pull, pulumi.ResourceOptions(
+                depends_on=[inference, postgres, redis, gateway_identity, schema_identity])))
+        outputs.update({"gatewayNamespace": gateway.namespace, "gatewayService": gateway.service_name,
+                        "gatewayAdminPodOverrides": gateway.admin_pod_overrides})
+    return Workloads(outputs=outputs, inference=inference, gateway=gateway)

@@ -28,4 +28,5 @@ WITH_WORKLOADS: dict[str, Any] = {
         },
     },
     "aks": {"nvidiaDevicePluginImage": {"digest": _digest("mirror/nvidia/k8s-device-plugin")}},
+    "gateway": {"image": {"repository": "inferforge/gateway", "tag": "0.1.0", "digest": _digest("inferforge/gateway")}},
 }

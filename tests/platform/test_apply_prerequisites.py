@@ -42,7 +42,7 @@ def test_every_workload_image_is_login_server_repository_and_digest(prod):
     workloads = [r for r in prod if r.type in ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:DaemonSet",
                                                "kubernetes:batch/v1:Job")]
     images = {c["image"] for w in workloads for c in _containers(w)}
-    assert len(images) == 4
+    assert len(images) == 5  # server, gateway, device plugin, the pgvector Job's two
     for image in images:
         assert image.startswith("crinferforgeprod.azurecr.io/") and "@sha256:" in image, image
 
@@ -84,7 +84,8 @@ def test_cluster_identity_is_network_contributor_on_the_lb_and_pls_subnets(prod)
               if r.inputs["roleDefinitionId"].endswith(NETWORK_CONTRIBUTOR)]
     assert {g.inputs["scope"] for g in grants} == {subnets["snet-aks"], subnets["snet-private-link"]}
     assert all(g.property_dependencies["principalId"] == [cluster.urn] for g in grants)
-    service = one(prod, "kubernetes:core/v1:Service").inputs["metadata"]["annotations"]
+    # The Service behind the PLS is the gateway's: Front Door reaches the models only through it.
+    service = one(prod, "kubernetes:core/v1:Service", "gateway-svc").inputs["metadata"]["annotations"]
     prefix = "service.beta.kubernetes.io/"
     assert service[f"{prefix}azure-load-balancer-internal-subnet"] == "snet-aks"
     assert service[f"{prefix}azure-pls-ip-configuration-subnet"] == "snet-private-link"
@@ -92,21 +93,21 @@ def test_cluster_identity_is_network_contributor_on_the_lb_and_pls_subnets(prod)
 
 def test_front_door_origin_waits_for_the_service_that_makes_the_pls(prod):
     origin = one(prod, "azure-native:cdn:AFDOrigin")
-    service = one(prod, "kubernetes:core/v1:Service")
+    service = one(prod, "kubernetes:core/v1:Service", "gateway-svc")
     assert service.urn in origin.dependencies
     pls = service.inputs["metadata"]["annotations"]["service.beta.kubernetes.io/azure-pls-name"]
     assert origin.inputs["sharedPrivateLinkResource"]["privateLink"]["id"].endswith(f"/privateLinkServices/{pls}")
 
 
 def test_deployment_await_timeouts_come_from_the_startup_budget(prod):
-    deployment = one(prod, "kubernetes:apps/v1:Deployment")
+    deployment = one(prod, "kubernetes:apps/v1:Deployment", "inference-deployment")
     probe = deployment.inputs["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
     budget = int(probe["periodSeconds"] * probe["failureThreshold"])
     assert budget == 1800  # inference.startupTimeoutSeconds default
     assert deployment.custom_timeouts == {"create": f"{900 + 600 + budget}s", "update": f"{900 + 2 * (600 + budget)}s"}
     assert deployment.inputs["metadata"]["annotations"]["pulumi.com/timeoutSeconds"] == str(900 + 600 + budget)
-    job = one(prod, "kubernetes:batch/v1:Job")
-    assert job.custom_timeouts["create"] == f"{int(job.inputs['spec']['activeDeadlineSeconds']) + 300}s"
+    for job in of_type(prod, "kubernetes:batch/v1:Job"):  # the pgvector Job and the gateway's migration
+        assert job.custom_timeouts["create"] == f"{int(job.inputs['spec']['activeDeadlineSeconds']) + 300}s"
 
 
 def test_first_phase_creates_the_platform_and_registry_but_no_workloads_or_front_door(prod_platform):

@@ -198,7 +198,7 @@ def test_the_claim_binds_that_volume_and_the_server_reads_the_model_directory(pr
     claim = one(prod, PVC).inputs["spec"]
     assert claim["volumeName"] == volume.inputs["metadata"]["name"] and claim["storageClassName"] == ""
     assert claim["accessModes"] == ["ReadOnlyMany"]
-    deployment = one(prod, DEPLOYMENT)
+    deployment = one(prod, DEPLOYMENT, "inference-deployment")
     pod = deployment.inputs["spec"]["template"]["spec"]
     model = next(v for v in pod["volumes"] if v["name"] == "model")
     assert model["persistentVolumeClaim"] == {"claimName": "inference-model", "readOnly": True}

@@ -266,6 +266,6 @@ def test_stack_config_embedding_dimensions_reach_the_schema_job() -> None:
     overrides = copy.deepcopy(WITH_WORKLOADS)
     overrides["inference"]["embeddingDimensions"] = 768
     resources = render_stack("dev", overrides)
-    (job,) = [r for r in resources if r.type == "kubernetes:batch/v1:Job"]
+    (job,) = [r for r in resources if r.type == "kubernetes:batch/v1:Job" and r.name == "pgvector-job"]
     (psql,) = job.inputs["spec"]["template"]["spec"]["containers"]
     assert {e["name"]: e["value"] for e in psql["env"]}["EMBEDDING_DIMENSIONS"] == "768"

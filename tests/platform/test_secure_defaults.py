@@ -63,7 +63,7 @@ def test_dev_postgres_is_passwordless_like_prod_and_only_smaller(dev):
     assert server["authConfig"] == {"activeDirectoryAuth": "Enabled", "passwordAuth": "Disabled",
                                     "tenantId": server["authConfig"]["tenantId"]}
     assert "administratorLoginPassword" not in server
-    assert not of_type(dev, "azure-native:keyvault:Secret")
+    assert [s.inputs["secretName"] for s in of_type(dev, "azure-native:keyvault:Secret")] == ["gateway-key-pepper"]
     assert server["highAvailability"]["mode"] == "Disabled"  # what differs: redundancy and size
 
 
@@ -73,7 +73,7 @@ def test_prod_postgres_is_zone_redundant_geo_backed_up_and_passwordless(prod):
     assert server["backup"] == {"backupRetentionDays": 35, "geoRedundantBackup": "Enabled"}
     assert server["authConfig"]["passwordAuth"] == "Disabled"
     assert "administratorLoginPassword" not in server
-    assert not of_type(prod, "azure-native:keyvault:Secret")
+    assert [s.inputs["secretName"] for s in of_type(prod, "azure-native:keyvault:Secret")] == ["gateway-key-pepper"]
 
 
 def test_postgres_password_when_turned_on_is_generated_and_stored_only_in_key_vault():
@@ -81,9 +81,9 @@ def test_postgres_password_when_turned_on_is_generated_and_stored_only_in_key_va
     server = one(dev, "azure-native:dbforpostgresql:Server").inputs
     assert server["backup"] == {"backupRetentionDays": 7, "geoRedundantBackup": "Disabled"}
     assert server["authConfig"]["passwordAuth"] == "Enabled"
-    password = one(dev, "random:index/randomPassword:RandomPassword")
+    password = one(dev, "random:index/randomPassword:RandomPassword", "postgres-admin-password")
     assert password.inputs["length"] == 32
-    secret = one(dev, "azure-native:keyvault:Secret")
+    secret = one(dev, "azure-native:keyvault:Secret", "postgres-admin-password-secret")
     vault = one(dev, "azure-native:keyvault:Vault")
     assert secret.inputs["vaultName"] == vault.inputs["vaultName"]
     assert secret.inputs["properties"]["value"] == server["administratorLoginPassword"]
@@ -110,11 +110,14 @@ def test_each_identity_is_federated_to_exactly_its_own_service_account(stack, re
     for credential in of_type(resources, "azure-native:managedidentity:FederatedIdentityCredential"):
         by_identity.setdefault(credential.inputs["resourceName"], set()).add(credential.inputs["subject"])
     assert by_identity == {f"id-inferforge-{stack}-inference": {"system:serviceaccount:inference:inference"},
-                           f"id-inferforge-{stack}-pgschema": {"system:serviceaccount:inference:pgvector-init"}}
+                           f"id-inferforge-{stack}-gateway": {"system:serviceaccount:gateway:gateway"},
+                           # The admin: the pgvector Job, and the gateway's migration (and admin) pods.
+                           f"id-inferforge-{stack}-pgschema": {"system:serviceaccount:inference:pgvector-init",
+                                                                "system:serviceaccount:gateway:gateway-migrate"}}
 
 
 def test_schema_job_runs_as_the_admin_and_creates_the_servers_role(prod):
-    job = one(prod, "kubernetes:batch/v1:Job").inputs
+    job = one(prod, "kubernetes:batch/v1:Job", "pgvector-job").inputs
     (psql,) = job["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in psql["env"]}
     assert env["PGUSER"] == "id-inferforge-prod-pgschema"
@@ -128,7 +131,7 @@ def test_schema_job_runs_as_the_admin_and_creates_the_servers_role(prod):
 
 
 def test_pgvector_extension_is_created_in_cluster_by_a_job(prod):
-    job = one(prod, "kubernetes:batch/v1:Job").inputs
+    job = one(prod, "kubernetes:batch/v1:Job", "pgvector-job").inputs
     script = " ".join(" ".join(c.get("command", []) + c.get("args", []))
                       for c in job["spec"]["template"]["spec"]["containers"])
     assert "CREATE EXTENSION IF NOT EXISTS vector" in script
@@ -150,12 +153,12 @@ def test_managed_redis_is_tls_only_entra_only_and_private(stack, request):
     assert ["redisEnterprise"] in endpoint_groups
 
 
-def test_redis_grants_data_access_to_the_inference_identity(prod):
-    assignment = one(prod, "azure-native:redisenterprise:AccessPolicyAssignment").inputs
-    identity = one(prod, IDENTITY, SERVING_IDENTITY)
-    assert assignment["accessPolicyName"] == "default"
-    assert assignment["user"]["objectId"] == identity.inputs.get("principalId", assignment["user"]["objectId"])
-    assert assignment["user"]["objectId"]
+def test_redis_grants_data_access_to_the_serving_gateway_and_admin_identities_only(prod):
+    # The server (its env names Redis), the gateway (its counters) and the admin (key revocations).
+    assignments = of_type(prod, "azure-native:redisenterprise:AccessPolicyAssignment")
+    granted = {dep.rsplit("::", 1)[1] for a in assignments for dep in a.property_dependencies["user"]}
+    assert granted == {SERVING_IDENTITY, "gateway-identity-identity", SCHEMA_IDENTITY}
+    assert all(a.inputs["accessPolicyName"] == "default" and a.inputs["user"]["objectId"] for a in assignments)
 
 
 def test_redis_high_availability_is_on_in_prod_and_off_in_dev(dev, prod):
@@ -192,7 +195,7 @@ def test_front_door_origin_is_the_private_link_service_in_the_aks_node_group(pro
                          "Microsoft.Network/privateLinkServices/pls-inferforge-prod-inference")
     group = one(prod, "azure-native:cdn:AFDOriginGroup").inputs
     assert group["healthProbeSettings"]["probePath"] == "/ready"
-    service = one(prod, "kubernetes:core/v1:Service").inputs
+    service = one(prod, "kubernetes:core/v1:Service", "gateway-svc").inputs  # the gateway fronts the models
     annotations = service["metadata"]["annotations"]
     assert annotations["service.beta.kubernetes.io/azure-pls-name"] == "pls-inferforge-prod-inference"
     assert annotations["service.beta.kubernetes.io/azure-load-balancer-internal"] == "true"

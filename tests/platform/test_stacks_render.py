@@ -13,7 +13,7 @@ COMPONENTS = [
     "inferforge:index:PgvectorExtension", "inferforge:index:ContainerRegistry",
     "inferforge:index:NvidiaDevicePlugin",
     "inferforge:index:PgvectorExtension", "inferforge:index:EgressRouteTable", "inferforge:index:EgressFirewall",
-    "inferforge:index:Audit", "inferforge:index:ModelStore",
+    "inferforge:index:Audit", "inferforge:index:ModelStore", "inferforge:index:AiGateway",
 ]
 
 AZURE_TYPES = [
@@ -98,7 +98,7 @@ def test_inference_deployment_command_parses_with_the_server_cli(stack, request)
     """The Deployment's command line is accepted by the server's own argument parser."""
     from inference.serve import build_parser
 
-    deployment = one(request.getfixturevalue(stack), "kubernetes:apps/v1:Deployment")
+    deployment = one(request.getfixturevalue(stack), "kubernetes:apps/v1:Deployment", "inference-deployment")
     container = deployment.inputs["spec"]["template"]["spec"]["containers"][0]
     command = container["command"] + container.get("args", [])
     assert command[:4] == ["python", "-m", "inference", "serve"]
@@ -130,7 +130,7 @@ def test_served_embeddings_reach_the_server_command_and_parse():
 
     overrides = copy.deepcopy(WITH_WORKLOADS)
     overrides["inference"].update(embeddings="served", embeddingsPooling="mean", embeddingDimensions=768)
-    deployment = one(render_stack("dev", overrides), "kubernetes:apps/v1:Deployment")
+    deployment = one(render_stack("dev", overrides), "kubernetes:apps/v1:Deployment", "inference-deployment")
     container = deployment.inputs["spec"]["template"]["spec"]["containers"][0]
     parsed = build_parser().parse_args((container["command"] + container.get("args", []))[3:])
     assert (parsed.embeddings, parsed.embeddings_pooling) == ("served", "mean")
@@ -146,12 +146,13 @@ def test_tool_call_parser_reaches_the_server_command_and_parses():
 
     overrides = copy.deepcopy(WITH_WORKLOADS)
     overrides["inference"].update(toolCallParser="llama3_json")
-    deployment = one(render_stack("dev", overrides), "kubernetes:apps/v1:Deployment")
+    deployment = one(render_stack("dev", overrides), "kubernetes:apps/v1:Deployment", "inference-deployment")
     container = deployment.inputs["spec"]["template"]["spec"]["containers"][0]
     parsed = build_parser().parse_args((container["command"] + container.get("args", []))[3:])
     assert parsed.tool_call_parser == "llama3_json"
 
 
 def test_embeddings_are_off_unless_configured(dev):
-    container = one(dev, "kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"]["containers"][0]
+    deployment = one(dev, "kubernetes:apps/v1:Deployment", "inference-deployment")
+    container = deployment.inputs["spec"]["template"]["spec"]["containers"][0]
     assert "--embeddings" not in container["command"] + container.get("args", [])

@@ -190,8 +190,8 @@ def test_broad_pod_egress_is_caught(case: str, inference_service_resources, tmp_
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_stack_network_policies_comply(stack: str, request, tmp_path) -> None:
     resources = request.getfixturevalue(f"{stack}_resources")
-    # The inference service, the pgvector Job and the device plugin (deny all).
-    assert len([r for r in resources if r.type == NETWORK_POLICY]) == 3
+    # The inference service, the pgvector Job, the device plugin (deny all), the gateway and its migration.
+    assert len([r for r in resources if r.type == NETWORK_POLICY]) == 5
     assert run_policy("k8s-networkpolicy-egress-restricted", resources, tmp_path) == []
 
 

@@ -25,20 +25,20 @@ def test_the_device_plugin_is_exempt_from_non_root_and_readiness_only_where_the_
 
 
 def test_the_inference_deployment_is_never_exempt(prod_resources, tmp_path) -> None:
-    root = break_property(prod_resources, of_type(DEPLOYMENT), lambda i: i["spec"]["template"]["spec"][
-        "containers"][0]["securityContext"].__setitem__("runAsUser", 0))
+    root = break_property(prod_resources, lambda r: r.name == "inference-deployment", lambda i: i["spec"][
+        "template"]["spec"]["containers"][0]["securityContext"].__setitem__("runAsUser", 0))
     violations = run_policy("k8s-run-as-non-root", root, tmp_path, stack_entry("prod", "k8s-run-as-non-root"))
     assert [v.resource_name for v in violations] == ["inference-deployment"]
 
 
 def test_custom_timeouts_recorded_at_registration_reach_the_policy(prod_resources, tmp_path) -> None:
-    deployment = next(r for r in prod_resources if r.type == DEPLOYMENT)
+    deployment = next(r for r in prod_resources if r.name == "inference-deployment")
     assert duration_seconds(deployment.custom_timeouts["create"]) >= 1800 + 900
 
     def short_wait(resources: list[Any]) -> list[Any]:
         out = []
         for r in resources:
-            if r.type == DEPLOYMENT:
+            if r.name == "inference-deployment":
                 inputs = {**r.inputs, "metadata": {k: v for k, v in r.inputs["metadata"].items()
                                                    if k != "annotations"}}
                 r = replace(r, inputs=inputs, custom_timeouts={"create": "20m0s"})
