@@ -60,6 +60,10 @@ SCOPED_SUPPRESSIONS: dict[str, tuple[str, str]] = {
                      "Model store: no 'Trusted Microsoft Services' bypass on purpose. Public network access is "
                      "disabled and only the nodes read it, through the private endpoint with the kubelet identity; "
                      "no Azure service needs to reach it (its diagnostics are sent by the platform, not pulled)."),
+    "CKV_AZURE_41": ("Microsoft.KeyVault/vaults/secrets.gateway-key-pepper",
+                     "The gateway's API-key pepper is the HMAC key of every stored key hash, not a credential: an "
+                     "expiry date would make Key Vault refuse to return it (Forbidden, SecretExpired) and lock "
+                     "every tenant out at once; rotating it means re-issuing all keys, a planned operation."),
     "CKV_AZURE_166": ("Microsoft.ContainerRegistry/registries.",
                       "ACR quarantine holds every pushed image until a scanner releases it; without a scanning "
                       "pipeline attached it would block all pulls. Images run only by digest, set by the operator "
