@@ -592,7 +592,7 @@ class GatewayConfig(embed(AiGatewayArgs, ("replicas", "max_replicas", "target_cp
     @model_validator(mode="after")
     def _replicas(self) -> GatewayConfig:
         if self.max_replicas < self.replicas:
-            raise ValueError(f"maxReplicas ({self.max_replicas}) must be >= replicas ({self.replicas})")
+            raise ValueError(f"maxReplicas must be >= replicas ({self.replicas}), got {self.max_replicas}")
         return self
 
 
