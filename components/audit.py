@@ -62,6 +62,22 @@ KEY_VAULT_DENIED_QUERY = "\n".join([
 ])
 
 
+def gateway_rules(namespace: str, error_rate_percent: float) -> list[tuple[str, str, str, int, str]]:
+    """(alert, PromQL, for, severity, description) of the gateway's rules, on its own metrics (gateway/metrics.py)."""
+    selector = f'namespace="{namespace}"'
+    return [
+        ("GatewayBudgetExhausted",
+         f"sum by (tenant) (increase(inferforge_gateway_budget_exhausted_total{{{selector}}}[15m])) > 0", "PT0M", 3,
+         "A tenant's monthly token budget is spent: its requests are refused or cut short."),
+        ("GatewayErrorRateHigh",
+         f'sum(rate(inferforge_gateway_requests_total{{{selector},status=~"5.."}}[5m])) / '
+         f"sum(rate(inferforge_gateway_requests_total{{{selector}}}[5m])) > {error_rate_percent / 100:g}", "PT5M", 1,
+         f"More than {error_rate_percent:g}% of the gateway's answers are 5xx."),
+        ("GatewayRedisDown", f"min(inferforge_gateway_redis_up{{{selector}}}) == 0", "PT2M", 1,
+         "A gateway replica cannot reach Redis: fail-closed tenants get 503, fail-open tenants run unmetered."),
+    ]
+
+
 @package.schema_args
 @dataclass
 class AuditArgs:
@@ -91,6 +107,9 @@ class AuditArgs:
     """Alert when more requests than this wait, summed over the inference pods, for 5 minutes."""
     inference_namespace: str = "inference"
     """Namespace of the inference pods (label on the Prometheus series)."""
+    gateway_namespace: str | None = None
+    """Namespace of the AI gateway's pods; set (with a Prometheus workspace), its alerts are added: a tenant's
+    monthly budget spent, gateway 5xx above ``error_rate_percent``, Redis unreachable."""
     prometheus_workspace_id: str | None = None
     """Azure Monitor workspace holding the server's Prometheus metrics; None skips the queue-depth rule."""
     activity_log_export: bool = True
@@ -196,6 +215,26 @@ class Audit(pulumi.ComponentResource):
                     enabled=True,
                     annotations={"description": "Requests are queuing in the inference server."},
                     actions=[alertsmanagement.PrometheusRuleGroupActionArgs(action_group_id=group_id)])],
+                tags=tags,
+                opts=child,
+            )
+        if args.prometheus_workspace_id is not None and args.gateway_namespace is not None:
+            self.alerts["gateway"] = alertsmanagement.PrometheusRuleGroup(
+                f"{name}-gateway",
+                rule_group_name=f"prg-{base}-gateway",
+                resource_group_name=args.resource_group_name,
+                location=args.location,
+                scopes=[args.prometheus_workspace_id],
+                cluster_name=args.cluster_name,
+                interval="PT1M",
+                enabled=True,
+                description="AI gateway alerts.",
+                rules=[alertsmanagement.PrometheusRuleArgs(
+                    alert=alert, expression=expression, for_=for_, severity=severity, enabled=True,
+                    annotations={"description": description},
+                    actions=[alertsmanagement.PrometheusRuleGroupActionArgs(action_group_id=group_id)])
+                    for alert, expression, for_, severity, description in gateway_rules(
+                        args.gateway_namespace, args.error_rate_percent)],
                 tags=tags,
                 opts=child,
             )

@@ -379,8 +379,13 @@ class Gateway:
             flight.status = error.status
             if flight.reservation is not None and not flight.finished:
                 await self._finish(flight)
-            elif error.status == 401:
-                self._audit(flight, "deny", error.code, 401)
+            elif flight.reservation is None:
+                # Refused before admission (credentials, request, limits, a state store down): counted here,
+                # as admitted requests are when they finish, so the 5xx and 429 rates see every answer.
+                tenant = metrics.tenant_label(flight.caller.tenant.name if flight.caller else None)
+                metrics.REQUESTS.labels(tenant, flight.model, str(error.status)).inc()
+                if error.status == 401:
+                    self._audit(flight, "deny", error.code, 401)
             return error.response(flight.request_id)
 
     async def _proxy(self, request: Request, flight: Flight) -> Response:

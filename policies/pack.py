@@ -14,6 +14,7 @@ from . import (
     egress,
     encryption,
     exposure,
+    gateway,
     identity,
     nodes,
     prerequisites,
@@ -32,8 +33,9 @@ PACK_ENFORCEMENT_LEVEL = EnforcementLevel.MANDATORY
 PACK_DESCRIPTION = (
     "inferforge platform guardrails: private data services, TLS everywhere, Entra ID identity, GPU "
     "quotas, prod resilience, tagging, WAF at the edge, hardened Kubernetes workloads, a private registry, "
-    "a private model store whose Blob volumes the nodes can reach and read, and the apply-time prerequisites AKS "
-    "needs (AcrPull, GPU device plugin, Blob CSI, LB/PLS permissions)."
+    "a private model store whose Blob volumes the nodes can reach and read, the AI gateway as the only and "
+    "redundant way to the models, and the apply-time prerequisites AKS needs (AcrPull, GPU device plugin, Blob "
+    "CSI, LB/PLS permissions)."
 )
 
 ALL_POLICIES: list[Policy] = [
@@ -51,6 +53,7 @@ ALL_POLICIES: list[Policy] = [
     *egress.POLICIES,
     *nodes.POLICIES,
     *audit.POLICIES,
+    *gateway.POLICIES,
 ]
 
 _names = [policy.name for policy in ALL_POLICIES]

@@ -80,3 +80,26 @@ def test_bad_email_receiver_is_rejected(address):
         validate_stack("prod", {"observability": {"alerts": {"emailReceivers": [address]}}})
     assert "inferforge:observability.alerts.emailReceivers" in "\n".join(caught.value.problems)
     assert "is not an email address; allowed: name@example.com" in "\n".join(caught.value.problems)
+
+
+def test_gateway_alerts_watch_metrics_the_gateway_really_exports():
+    import re
+
+    from inferforge.gateway import metrics as gateway_metrics
+    from prometheus_client import REGISTRY
+
+    from tests.stack_overrides import WITH_WORKLOADS
+
+    resources = render_stack("prod", {**WITH_WORKLOADS, "observability": {"alerts": {
+        "prometheusWorkspaceId": AMW, "errorRatePercent": 2}}})
+    group = one(resources, "azure-native:alertsmanagement:PrometheusRuleGroup", "audit-gateway").inputs
+    rules = {r["alert"]: r for r in group["rules"]}
+    assert set(rules) == {"GatewayBudgetExhausted", "GatewayErrorRateHigh", "GatewayRedisDown"}
+    assert "> 0.02" in rules["GatewayErrorRateHigh"]["expression"]
+    exported = {sample.name for metric in REGISTRY.collect() for sample in metric.samples}
+    assert gateway_metrics.REQUESTS  # the module registered its metrics in this process
+    for rule in rules.values():
+        assert 'namespace="gateway"' in rule["expression"]
+        for name in re.findall(r"inferforge_gateway_\w+", rule["expression"]):
+            assert name in exported or f"{name}_total" in exported or name.removesuffix("_total") in {
+                m.name for m in REGISTRY.collect()}, name
