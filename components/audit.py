@@ -195,49 +195,35 @@ class Audit(pulumi.ComponentResource):
         self.alerts["keyvault-denied"] = log_alert(
             "keyvault-denied", "Key Vault denied a request (HTTP 403).", KEY_VAULT_DENIED_QUERY, 5, 2)
 
-        if args.prometheus_workspace_id is not None:
-            self.alerts["queue-depth"] = alertsmanagement.PrometheusRuleGroup(
-                f"{name}-queue-depth",
-                rule_group_name=f"prg-{base}-inference",
+        def prometheus_rules(key: str, group: str, description: str,
+                             rules: list[tuple[str, str, str, int, str]]) -> alertsmanagement.PrometheusRuleGroup:
+            return alertsmanagement.PrometheusRuleGroup(
+                f"{name}-{key}",
+                rule_group_name=f"prg-{base}-{group}",
                 resource_group_name=args.resource_group_name,
                 location=args.location,
                 scopes=[args.prometheus_workspace_id],
                 cluster_name=args.cluster_name,
                 interval="PT1M",
                 enabled=True,
-                description="Inference serving alerts.",
-                rules=[alertsmanagement.PrometheusRuleArgs(
-                    alert="InferenceQueueDepthHigh",
-                    expression=(f'sum({QUEUE_METRIC}{{namespace="{args.inference_namespace}"}}) '
-                                f"> {args.queue_depth_threshold}"),
-                    for_="PT5M",
-                    severity=2,
-                    enabled=True,
-                    annotations={"description": "Requests are queuing in the inference server."},
-                    actions=[alertsmanagement.PrometheusRuleGroupActionArgs(action_group_id=group_id)])],
-                tags=tags,
-                opts=child,
-            )
-        if args.prometheus_workspace_id is not None and args.gateway_namespace is not None:
-            self.alerts["gateway"] = alertsmanagement.PrometheusRuleGroup(
-                f"{name}-gateway",
-                rule_group_name=f"prg-{base}-gateway",
-                resource_group_name=args.resource_group_name,
-                location=args.location,
-                scopes=[args.prometheus_workspace_id],
-                cluster_name=args.cluster_name,
-                interval="PT1M",
-                enabled=True,
-                description="AI gateway alerts.",
+                description=description,
                 rules=[alertsmanagement.PrometheusRuleArgs(
                     alert=alert, expression=expression, for_=for_, severity=severity, enabled=True,
-                    annotations={"description": description},
+                    annotations={"description": text},
                     actions=[alertsmanagement.PrometheusRuleGroupActionArgs(action_group_id=group_id)])
-                    for alert, expression, for_, severity, description in gateway_rules(
-                        args.gateway_namespace, args.error_rate_percent)],
+                    for alert, expression, for_, severity, text in rules],
                 tags=tags,
                 opts=child,
             )
+
+        if args.prometheus_workspace_id is not None:
+            self.alerts["queue-depth"] = prometheus_rules("queue-depth", "inference", "Inference serving alerts.", [(
+                "InferenceQueueDepthHigh",
+                f'sum({QUEUE_METRIC}{{namespace="{args.inference_namespace}"}}) > {args.queue_depth_threshold}',
+                "PT5M", 2, "Requests are queuing in the inference server.")])
+            if args.gateway_namespace is not None:
+                self.alerts["gateway"] = prometheus_rules("gateway", "gateway", "AI gateway alerts.", gateway_rules(
+                    args.gateway_namespace, args.error_rate_percent))
         self.action_group_id = pulumi.Output.from_input(group_id)
         self.alert_names = list(self.alerts)
         self.register_outputs({"action_group_id": self.action_group_id, "alert_names": self.alert_names})

@@ -542,30 +542,29 @@ class AiGateway(pulumi.ComponentResource):
                     to=[np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=args.private_endpoint_subnet_cidr))],
                     ports=[np.NetworkPolicyPortArgs(protocol="TCP", port=443),
                            np.NetworkPolicyPortArgs(protocol="TCP", port=args.redis_port)]),
-                np.NetworkPolicyEgressRuleArgs(
-                    to=[np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=args.postgres_subnet_cidr))],
-                    ports=[np.NetworkPolicyPortArgs(protocol="TCP", port=POSTGRES_PORT)]),
-                # Entra ID (tokens, the JWKS of accepted tenants): public HTTPS, never IMDS.
-                np.NetworkPolicyEgressRuleArgs(
-                    to=[np.NetworkPolicyPeerArgs(ip_block=public_ip_block(cidr)) for cidr in args.entra_egress_cidrs],
-                    ports=[np.NetworkPolicyPortArgs(protocol="TCP", port=443)]),
+                *self._database_and_entra_egress(),
             ])
 
     def _migration_network_policy_spec(self) -> k8s.networking.v1.NetworkPolicySpecArgs:
-        args = self._args
         np = k8s.networking.v1
         return np.NetworkPolicySpecArgs(
             pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self._migration_selector),
             policy_types=["Ingress", "Egress"], ingress=[],
-            egress=[
-                dns_egress_rule(),
-                np.NetworkPolicyEgressRuleArgs(
-                    to=[np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=args.postgres_subnet_cidr))],
-                    ports=[np.NetworkPolicyPortArgs(protocol="TCP", port=POSTGRES_PORT)]),
-                np.NetworkPolicyEgressRuleArgs(
-                    to=[np.NetworkPolicyPeerArgs(ip_block=public_ip_block(cidr)) for cidr in args.entra_egress_cidrs],
-                    ports=[np.NetworkPolicyPortArgs(protocol="TCP", port=443)]),
-            ])
+            egress=[dns_egress_rule(), *self._database_and_entra_egress()])
+
+    def _database_and_entra_egress(self) -> list[k8s.networking.v1.NetworkPolicyEgressRuleArgs]:
+        """PostgreSQL in its delegated subnet, and Entra ID (tokens, accepted tenants' JWKS): public HTTPS,
+        never IMDS."""
+        args = self._args
+        np = k8s.networking.v1
+        return [
+            np.NetworkPolicyEgressRuleArgs(
+                to=[np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=args.postgres_subnet_cidr))],
+                ports=[np.NetworkPolicyPortArgs(protocol="TCP", port=POSTGRES_PORT)]),
+            np.NetworkPolicyEgressRuleArgs(
+                to=[np.NetworkPolicyPeerArgs(ip_block=public_ip_block(cidr)) for cidr in args.entra_egress_cidrs],
+                ports=[np.NetworkPolicyPortArgs(protocol="TCP", port=443)]),
+        ]
 
 
 def _admin_overrides(env: list[dict[str, str]], service_account: str, name: str) -> dict[str, object]:
