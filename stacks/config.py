@@ -11,6 +11,7 @@ Errors name the YAML key (`inferforge:aks.gpuPools[0].maxCount`), the bad value 
 from __future__ import annotations
 
 import copy
+import difflib
 import ipaddress
 import json
 import re
@@ -1101,9 +1102,14 @@ def parse_stack_config(raw: Mapping[str, Any]) -> PlatformConfig:
     """
     data: dict[str, Any] = {}
     paths: dict[str, Any] = {}
+    problems = []
     for full_key, value in raw.items():
         namespace, _, key = full_key.rpartition(":")
         if namespace and namespace != NAMESPACE:
+            if difflib.get_close_matches(namespace, [NAMESPACE], n=1, cutoff=0.75):
+                # A misspelt namespace would be dropped silently, with the setting the user believes made.
+                problems.append(f"{full_key}: namespace {namespace!r} is not {NAMESPACE!r} (a typo?); nothing "
+                                f"reads it, so the setting would be ignored; allowed: {NAMESPACE}:{key}")
             continue  # other providers' config (azure-native:location, ...)
         if isinstance(value, str):
             try:
@@ -1113,7 +1119,6 @@ def parse_stack_config(raw: Mapping[str, Any]) -> PlatformConfig:
             # Keep plain scalars as the user wrote them ("16" stays a string for version fields).
             value = decoded if isinstance(decoded, dict | list) else value
         (paths if _PATH_KEY.match(key) else data)[key] = value
-    problems = []
     if paths:
         data = copy.deepcopy(data)
         # Outer paths before inner ones, list entries in index order: the result does not depend on key order.

@@ -237,3 +237,26 @@ def test_served_embeddings_need_tensor_parallel_size_one():
     text = problems({**WITH_WORKLOADS, "inference": {**WITH_WORKLOADS["inference"], "embeddings": "served"}},
                     stack="prod")
     assert "inferforge:inference.embeddings: 'served' with tpSize 2" in text and "allowed: embeddings off" in text
+
+
+@pytest.mark.parametrize("key", ["inferfroge:resourceLocks", "inferforg:deployWorkloads", "Inferforge:owner"])
+def test_a_misspelt_namespace_is_named_not_silently_ignored(key: str) -> None:
+    from inferforge.stacks.config import parse_stack_config
+
+    raw = {"inferforge:environment": "dev", "inferforge:location": "westeurope", "inferforge:owner": "o",
+           "inferforge:costCenter": "c", key: "false"}
+    with pytest.raises(ConfigError) as caught:
+        parse_stack_config(raw)
+    message = str(caught.value)
+    assert key in message and "a typo?" in message and f"inferforge:{key.split(':')[1]}" in message
+
+
+def test_other_providers_namespaces_stay_theirs() -> None:
+    from inferforge.stacks.config import parse_stack_config
+
+    import yaml
+
+    raw = yaml.safe_load((REPO_ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    cfg = parse_stack_config({**raw, "azure-native:location": "westeurope", "kubernetes:context": "x",
+                              "random:version": "4", "pulumi:tags": "{}"})
+    assert cfg.location == "westeurope"
