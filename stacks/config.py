@@ -736,6 +736,9 @@ class PlatformConfig(_Section):
     egress: EgressConfig = Field(default_factory=EgressConfig)
     hub: HubConfig | None = None
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    # Several models behind the gateway: each its own InferenceService (GPU pool, TP size, replicas, its
+    # own namespace). Omitted, the one `inference` section is the list.
+    models: list[InferenceConfig] = Field(default_factory=list, max_length=16)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
 
     @model_validator(mode="before")
@@ -766,8 +769,21 @@ class PlatformConfig(_Section):
 
     @property
     def uses_model_store(self) -> bool:
-        """Whether the stack creates the model store (the weights come from it)."""
-        return self.inference.model_source.kind == "modelStore"
+        """Whether the stack creates the model store (some model's weights come from it)."""
+        return any(model.model_source.kind == "modelStore" for _, model in self.served_models)
+
+    @property
+    def served_models(self) -> list[tuple[str, InferenceConfig]]:
+        """(YAML key, section) of every model the stack serves: `models[i]`, else the one `inference` section."""
+        if self.models:
+            return [(f"models[{i}]", model) for i, model in enumerate(self.models)]
+        return [("inference", self.inference)]
+
+    @property
+    def front_model(self) -> tuple[str, InferenceConfig]:
+        """The first served model: its section sets what the platform has once (the private origin's address,
+        the pgvector Job and its RAG table)."""
+        return self.served_models[0]
 
     @property
     def registry_name(self) -> str:
@@ -776,9 +792,10 @@ class PlatformConfig(_Section):
 
     def images(self) -> dict[str, ImageConfig]:
         """Every image the workloads run, by the YAML key that sets it."""
-        return {"inference.image": self.inference.image,
-                "inference.pgvectorJob.azureCliImage": self.inference.pgvector_job.azure_cli_image,
-                "inference.pgvectorJob.postgresClientImage": self.inference.pgvector_job.postgres_client_image,
+        key, front = self.front_model
+        return {**{f"{k}.image": model.image for k, model in self.served_models},
+                f"{key}.pgvectorJob.azureCliImage": front.pgvector_job.azure_cli_image,
+                f"{key}.pgvectorJob.postgresClientImage": front.pgvector_job.postgres_client_image,
                 "aks.nvidiaDevicePluginImage": self.aks.nvidia_device_plugin_image,
                 **({"gateway.image": self.gateway.image} if self.gateway.enabled else {})}
 
@@ -801,30 +818,33 @@ class PlatformConfig(_Section):
             problem = RULES[rule_key].violation(name)
             if problem:
                 problems.append(f"workload '{self.workload}' gives an invalid name: {problem}")
+        problems += self._served_models_problems()
         pools = {p.name: p for p in self.aks.gpu_pools}
-        pool = pools.get(self.inference.gpu_pool)
-        if pool is None:
-            problems.append(f"inference.gpuPool '{self.inference.gpu_pool}' is not a pool in aks.gpuPools; "
-                            f"allowed: {', '.join(pools)}")
-        else:
+        for key, model in self.served_models:
+            pool = pools.get(model.gpu_pool)
+            if pool is None:
+                problems.append(f"{key}.gpuPool '{model.gpu_pool}' is not a pool in aks.gpuPools; "
+                                f"allowed: {', '.join(pools)}")
+                continue
             allowed = allowed_tp_sizes(pool.vm_size)
-            if self.inference.tp_size not in allowed:
+            if model.tp_size not in allowed:
                 problems.append(
-                    f"inference.tpSize {self.inference.tp_size} does not fit {pool.vm_size} "
+                    f"{key}.tpSize {model.tp_size} does not fit {pool.vm_size} "
                     f"({GPU_VM_SIZES[pool.vm_size].gpus} GPUs per node, pool '{pool.name}'); "
                     f"allowed: {', '.join(map(str, allowed))}")
             else:
-                problems.extend(self._gpu_memory_problems(pool))
+                problems.extend(self._gpu_memory_problems(pool, key, model))
+        key, front = self.front_model
         try:
-            ip = ipaddress.IPv4Address(self.inference.internal_load_balancer_ip)
+            ip = ipaddress.IPv4Address(front.internal_load_balancer_ip)
         except ValueError:
-            problems.append(f"inference.internalLoadBalancerIp '{self.inference.internal_load_balancer_ip}' is not "
+            problems.append(f"{key}.internalLoadBalancerIp '{front.internal_load_balancer_ip}' is not "
                             "an IPv4 address; allowed: a free address in network.aksSubnet")
         else:
             aks_subnet = _network(self.network.aks_subnet)
             usable = list(aks_subnet.hosts())[3:]  # Azure reserves the first hosts of each subnet
             if ip not in usable:
-                problems.append(f"inference.internalLoadBalancerIp {ip} is not a usable address of network.aksSubnet "
+                problems.append(f"{key}.internalLoadBalancerIp {ip} is not a usable address of network.aksSubnet "
                                 f"{aks_subnet}; allowed: {usable[0]}-{usable[-1]}")
         problems += self._image_problems()
         if problems:
@@ -832,17 +852,37 @@ class PlatformConfig(_Section):
         return self
 
 
-    def _gpu_memory_problems(self, pool: GpuPoolConfig) -> list[str]:
+    def _served_models_problems(self) -> list[str]:
+        """`models` replaces `inference`; each model has its own name and namespace; more than one needs the
+        gateway (Front Door has one origin, and only the gateway routes on `model`)."""
+        if not self.models:
+            return []
+        problems = []
+        if "inference" in self.model_fields_set:
+            problems.append("inference is set beside models; allowed: one of them (list the model under models)")
+        for field, label in (("model_name", "modelName"), ("namespace", "namespace")):
+            seen: dict[str, int] = {}
+            for i, model in enumerate(self.models):
+                value = getattr(model, field)
+                if value in seen:
+                    problems.append(f"models[{i}].{label} '{value}' is also models[{seen[value]}].{label}; "
+                                    f"allowed: a {label} per model (each model runs in its own namespace)")
+                seen.setdefault(value, i)
+        if len(self.models) > 1 and not self.gateway.enabled:
+            problems.append(f"models lists {len(self.models)} models but gateway.enabled is false; allowed: "
+                            "gateway.enabled true (only the gateway routes requests on `model`), or one model")
+        return problems
+
+    def _gpu_memory_problems(self, pool: GpuPoolConfig, key: str, inference: InferenceConfig) -> list[str]:
         """Weights / tp + preallocated KV cache + runtime margin must fit one GPU of the pool (stacks/gpu_memory.py)."""
-        inference = self.inference
         if inference.model_shape is not None:
             shape = ModelShape(**inference.model_shape.model_dump())
         else:
             known = known_model(inference.model_name)
             if known is None:
-                return [f"inference.modelName '{inference.model_name}' is not a known model, so whether it fits "
+                return [f"{key}.modelName '{inference.model_name}' is not a known model, so whether it fits "
                         f"the GPU cannot be checked; allowed: one of {', '.join(KNOWN_MODELS)}, or set "
-                        "inference.modelShape {numLayers, numKvHeads, headDim, numParams} from its config.json"]
+                        f"{key}.modelShape {{numLayers, numKvHeads, headDim, numParams}} from its config.json"]
             shape = known
         gpu = GPU_VM_SIZES[pool.vm_size]
         plan = plan_gpu_memory(shape, tp_size=inference.tp_size, dtype=inference.dtype,
@@ -861,7 +901,7 @@ class PlatformConfig(_Section):
                        f"{inference.max_batch_size}, or a larger tpSize / a GPU with more memory")
         else:
             allowed = "a larger tpSize or a GPU with more memory (the weights alone leave no room for the KV cache)"
-        return [f"inference.maxBatchSize {inference.max_batch_size} with maxModelLen {inference.max_model_len} does "
+        return [f"{key}.maxBatchSize {inference.max_batch_size} with maxModelLen {inference.max_model_len} does "
                 f"not fit the GPU: {needs}; allowed: {allowed}"]
 
     @model_validator(mode="after")
@@ -932,18 +972,21 @@ class PlatformConfig(_Section):
         reaches `<account>.blob.core.windows.net` through the node subnet's default route, i.e. the firewall,
         which denies every FQDN it does not allow (components/egress.py).
         """
-        source = self.inference.model_source
+        return [problem for key, model in self.served_models
+                for problem in self._model_source_problems(key, model.model_source)]
+
+    def _model_source_problems(self, key: str, source: ModelSourceConfig) -> list[str]:
         fqdn = source.dynamic_storage_fqdn()
         if fqdn is None:
             return []
-        fix = ("allowed: inference.modelSource.kind modelStore (the default: the platform's private model store), "
+        fix = (f"allowed: {key}.modelSource.kind modelStore (the default: the platform's private model store), "
                "or an existingClaim bound to a static PV on a storage account reachable from the nodes")
         if self.hub is not None:
-            return [f"inference.modelSource.storageClass '{source.storage_class}' provisions a storage account with "
+            return [f"{key}.modelSource.storageClass '{source.storage_class}' provisions a storage account with "
                     f"a public endpoint ({fqdn}) that the hub's egress firewall must allow, which this stack "
                     f"cannot check (hub is set); {fix}"]
         if fqdn not in self.egress.allowed_fqdns:
-            return [f"inference.modelSource.storageClass '{source.storage_class}' provisions a storage account with "
+            return [f"{key}.modelSource.storageClass '{source.storage_class}' provisions a storage account with "
                     f"a public endpoint that the nodes reach through the egress firewall, but egress.allowedFqdns "
                     f"does not allow {fqdn}, so the volume can never mount; {fix}, or add '{fqdn}' to "
                     "egress.allowedFqdns (every node may then reach every public storage account)"]

@@ -143,7 +143,7 @@ def _audit(cfg: PlatformConfig, rg: pulumi.Input[str], workspace_id: pulumi.Inpu
         email_receivers=alerts.email_receivers, front_door_profile_id=front_door_profile_id,
         cluster_name=cfg.names.aks, gpu_pool_max_counts={p.name: p.max_count for p in cfg.aks.gpu_pools},
         error_rate_percent=alerts.error_rate_percent, gpu_pool_at_max_minutes=alerts.gpu_pool_at_max_minutes,
-        queue_depth_threshold=alerts.queue_depth_threshold, inference_namespace=cfg.inference.namespace,
+        queue_depth_threshold=alerts.queue_depth_threshold, inference_namespace=cfg.front_model[1].namespace,
         # The gateway's rules come with its workloads (the second phase, like the Front Door 5xx alert).
         gateway_namespace=cfg.gateway.namespace if cfg.gateway.enabled and front_door_profile_id is not None
         else None,
@@ -188,7 +188,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         system_zones=cfg.aks.system_zones, system_os_disk_size_gb=cfg.aks.effective_system_os_disk_size_gb,
         outbound_type="userDefinedRouting",
         egress_public_ip=None if cfg.aks.private_cluster else egress_public_ip, outbound_dependencies=egress_ready,
-        blob_csi_driver=cfg.inference.model_source.kind in ("modelStore", "pvc"),
+        blob_csi_driver=any(m.model_source.kind in ("modelStore", "pvc") for _, m in cfg.served_models),
         # The inference Service's internal LB frontend (snet-aks) and its Private Link Service NAT IPs.
         network_contributor_subnet_ids=[net.subnet_ids["aks"], net.subnet_ids["private-link"]],
         subscription_id=client.subscription_id, tags=tags, **cfg.aks.args()))
@@ -289,7 +289,7 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
     front_door = FrontDoor("frontdoor", FrontDoorArgs(
         resource_group_name=rg, profile_name=names.front_door, endpoint_name=names.front_door_endpoint,
         waf_policy_name=names.waf_policy, private_link_service_id=pls_id, private_link_location=cfg.location,
-        origin_host_name=cfg.inference.internal_load_balancer_ip, log_analytics_workspace_id=workspace_id,
+        origin_host_name=cfg.front_model[1].internal_load_balancer_ip, log_analytics_workspace_id=workspace_id,
         origin_port=80, origin_depends_on=[workloads.front_service], tags=tags, **cfg.front_door.args()))
     _audit(cfg, rg, workspace_id, tags, front_door_profile_id=front_door.profile.id)
 

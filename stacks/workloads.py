@@ -30,7 +30,7 @@ from inferforge.components.pgvector_extension import PgvectorExtension, Pgvector
 from inferforge.components.postgres import PostgresPgvector
 from inferforge.components.redis import ManagedRedis
 
-from .config import PlatformConfig
+from .config import InferenceConfig, PlatformConfig
 
 PGVECTOR_SERVICE_ACCOUNT = "pgvector-init"
 GATEWAY_SERVICE_ACCOUNT = "gateway"
@@ -39,14 +39,14 @@ INFERENCE_SERVICE_NAME = "inference"
 
 
 def federated_subjects(cfg: PlatformConfig) -> list[str]:
-    """Service accounts that run as the inference (serving) identity: the server's only."""
-    return [f"system:serviceaccount:{cfg.inference.namespace}:{cfg.inference.service_account}"]
+    """Service accounts that run as the inference (serving) identity: the model servers' only."""
+    return [f"system:serviceaccount:{model.namespace}:{model.service_account}" for _, model in cfg.served_models]
 
 
 def schema_job_subjects(cfg: PlatformConfig) -> list[str]:
     """Service accounts that run as the schema identity (the PostgreSQL Entra admin): the pgvector Job's, and
     with the gateway its migration and admin pods'."""
-    subjects = [f"system:serviceaccount:{cfg.inference.namespace}:{PGVECTOR_SERVICE_ACCOUNT}"]
+    subjects = [f"system:serviceaccount:{cfg.front_model[1].namespace}:{PGVECTOR_SERVICE_ACCOUNT}"]
     if cfg.gateway.enabled:
         subjects.append(f"system:serviceaccount:{cfg.gateway.namespace}:{GATEWAY_MIGRATION_SERVICE_ACCOUNT}")
     return subjects
@@ -65,11 +65,11 @@ class ModelStoreMount:
     kubelet_identity_client_id: pulumi.Input[str]
 
 
-def _model_source(cfg: PlatformConfig, store: ModelStoreMount | None) -> ModelSource:
-    source = cfg.inference.model_source
+def _model_source(cfg: PlatformConfig, inference: InferenceConfig, store: ModelStoreMount | None) -> ModelSource:
+    source = inference.model_source
     if source.kind == "modelStore":
         if store is None:
-            raise ValueError("inference.modelSource.kind is 'modelStore' but no model store was created")
+            raise ValueError("modelSource.kind is 'modelStore' but no model store was created")
         return ModelStoreSource(storage_account=cfg.model_store_account, resource_group=store.resource_group,
                                 identity_client_id=store.kubelet_identity_client_id,
                                 container_name=cfg.model_store.container_name, sub_path=source.sub_path,
@@ -81,12 +81,11 @@ def _model_source(cfg: PlatformConfig, store: ModelStoreMount | None) -> ModelSo
                           existing_claim=source.existing_claim, sub_path=source.sub_path)
 
 
-def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.Input[str],
+def inference_service_args(cfg: PlatformConfig, inference: InferenceConfig, *, identity_client_id: pulumi.Input[str],
                            key_vault_uri: pulumi.Input[str], redis_host: pulumi.Input[str] | None,
                            redis_port: int, serving_port: int, login_server: str,
                            model_store: ModelStoreMount | None = None) -> InferenceServiceArgs:
-    """Map the validated `inference` config section onto the component's typed args."""
-    inference = cfg.inference
+    """Map one validated model section (`inference`, or an entry of `models`) onto the component's typed args."""
     autoscaling = None
     if inference.autoscaling.enabled:
         autoscaling = KedaAutoscaling(
@@ -112,7 +111,7 @@ def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.In
         private_endpoint_subnet_cidr=cfg.network.private_endpoint_subnet,
         internal_lb_subnet_name=cfg.network.subnet_names()["aks"],
         # Static frontend IP: Front Door's origin host name is this address (the PLS NATs to it).
-        internal_lb_ip=cfg.inference.internal_load_balancer_ip,
+        internal_lb_ip=inference.internal_load_balancer_ip,
         gpu_node_labels={"inferforge.io/pool": inference.gpu_pool},
         namespace=inference.namespace,
         service_account_name=inference.service_account,
@@ -128,7 +127,7 @@ def inference_service_args(cfg: PlatformConfig, *, identity_client_id: pulumi.In
         cpu=inference.cpu,
         memory_limit_gib=inference.memory_gi,
         shm_size_gib=inference.shm_size_gi,
-        model_source=_model_source(cfg, model_store),
+        model_source=_model_source(cfg, inference, model_store),
         startup_period_s=period,
         startup_failure_threshold=max(1, inference.startup_timeout_seconds // period),
         prestop_sleep_s=inference.pre_stop_sleep_seconds,
@@ -146,12 +145,13 @@ def gateway_args(cfg: PlatformConfig, *, identity: WorkloadIdentity, schema_iden
                  tenant_id: pulumi.Input[str], vault: KeyVault, postgres: PostgresPgvector, redis: ManagedRedis,
                  login_server: str) -> AiGatewayArgs:
     """Map the validated `gateway` config section (and the platform it runs on) onto the component's args."""
-    gateway, inference = cfg.gateway, cfg.inference
-    upstream = f"http://{INFERENCE_SERVICE_NAME}.{inference.namespace}.svc.cluster.local:80"
+    gateway, inference = cfg.gateway, cfg.front_model[1]
+    models = [model for _, model in cfg.served_models]
     return AiGatewayArgs(
         image_registry=login_server, image_repository=gateway.image.repository, image_digest=gateway.image.digest,
-        image_tag=gateway.image.tag, upstreams={inference.model_name: upstream},
-        upstream_namespaces=[inference.namespace],
+        image_tag=gateway.image.tag,
+        upstreams={m.model_name: f"http://{INFERENCE_SERVICE_NAME}.{m.namespace}.svc.cluster.local:80" for m in models},
+        upstream_namespaces=[m.namespace for m in models],
         workload_identity_client_id=identity.client_id, workload_identity_principal_id=identity.principal_id,
         migration_identity_client_id=schema_identity.client_id, migration_principal_name=cfg.names.schema_identity,
         migration_identity_principal_id=schema_identity.principal_id,
@@ -180,6 +180,9 @@ class Workloads:
 
     outputs: dict[str, Any]
     inference: InferenceService
+    """The first model's server (the one Front Door reaches when there is no gateway)."""
+    models: list[InferenceService]
+    """Every model's server, in config order."""
     gateway: AiGateway | None
 
     @property
@@ -203,14 +206,20 @@ def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: W
         gpu_taints=[GPU_TAINT],
         kubernetes_version=cfg.aks.kubernetes_version,
     ), opts=can_pull)
-    inference = InferenceService("inference", inference_service_args(
-        cfg, identity_client_id=identity.client_id, key_vault_uri=vault.vault_uri, redis_host=redis.host_name,
-        redis_port=redis.port, serving_port=serving_port, login_server=login_server, model_store=model_store),
+    servers = [InferenceService(
+        # The first model keeps the name a one-model stack always had (its resources keep their URNs).
+        "inference" if index == 0 else f"inference-{model.namespace}",
+        inference_service_args(
+            cfg, model, identity_client_id=identity.client_id, key_vault_uri=vault.vault_uri,
+            redis_host=redis.host_name, redis_port=redis.port, serving_port=serving_port, login_server=login_server,
+            model_store=model_store),
         # nvidia.com/gpu exists only once the device plugin runs on the GPU nodes.
         opts=pulumi.ResourceOptions.merge(can_pull, pulumi.ResourceOptions(depends_on=[device_plugin])))
-    pgvector_job = cfg.inference.pgvector_job
+        for index, (_, model) in enumerate(cfg.served_models)]
+    inference, front = servers[0], cfg.front_model[1]
+    pgvector_job = front.pgvector_job
     PgvectorExtension("pgvector", PgvectorExtensionArgs(
-        namespace=cfg.inference.namespace,
+        namespace=front.namespace,
         host=postgres.fqdn,
         database=postgres.database_name,
         # The Job runs as the schema identity (the Entra admin) and gives the serving identity a data-only role.
@@ -219,7 +228,7 @@ def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: W
         tenant_id=schema_identity.tenant_id,
         app_role_name=cfg.names.identity,
         app_principal_object_id=identity.principal_id,
-        embedding_dimensions=cfg.inference.embedding_dimensions,
+        embedding_dimensions=front.embedding_dimensions,
         azure_cli_image=pgvector_job.azure_cli_image.reference(login_server),
         postgres_client_image=pgvector_job.postgres_client_image.reference(login_server),
         postgres_subnet_cidr=cfg.network.postgres_subnet,
@@ -235,7 +244,9 @@ def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: W
             postgres=postgres, redis=redis, login_server=login_server),
             # The migration signs in as the PostgreSQL Entra admin, which exists with the server.
             opts=pulumi.ResourceOptions.merge(can_pull, pulumi.ResourceOptions(
-                depends_on=[inference, postgres, redis, gateway_identity, schema_identity])))
+                depends_on=[*servers, postgres, redis, gateway_identity, schema_identity])))
         outputs.update({"gatewayNamespace": gateway.namespace, "gatewayService": gateway.service_name,
                         "gatewayAdminPodOverrides": gateway.admin_pod_overrides})
-    return Workloads(outputs=outputs, inference=inference, gateway=gateway)
+    if len(servers) > 1:
+        outputs["modelNamespaces"] = {model.model_name: model.namespace for _, model in cfg.served_models}
+    return Workloads(outputs=outputs, inference=inference, models=servers, gateway=gateway)

@@ -252,9 +252,8 @@ def test_a_misspelt_namespace_is_named_not_silently_ignored(key: str) -> None:
 
 
 def test_other_providers_namespaces_stay_theirs() -> None:
-    from inferforge.stacks.config import parse_stack_config
-
     import yaml
+    from inferforge.stacks.config import parse_stack_config
 
     raw = yaml.safe_load((REPO_ROOT / "Pulumi.dev.yaml").read_text())["config"]
     cfg = parse_stack_config({**raw, "azure-native:location": "westeurope", "kubernetes:context": "x",

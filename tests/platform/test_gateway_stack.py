@@ -16,7 +16,7 @@ from inferforge.gateway.cli import build_parser
 from inferforge.stacks.config import ConfigError, parse_stack_config
 from inferforge.stacks.render import REPO_ROOT, render_stack
 
-from tests.platform.conftest import one
+from tests.platform.conftest import of_type, one
 from tests.platform.test_inference_service import integral
 from tests.stack_overrides import WITH_WORKLOADS
 
@@ -164,6 +164,84 @@ def test_without_the_gateway_the_model_server_is_fronted_directly_again() -> Non
 def test_bad_gateway_config_names_the_key(gateway: dict[str, Any], message: str) -> None:
     raw = yaml.safe_load((REPO_ROOT / "Pulumi.dev.yaml").read_text())["config"]
     raw["inferforge:gateway"] = gateway
+    with pytest.raises(ConfigError) as err:
+        parse_stack_config(raw)
+    assert message in str(err.value)
+
+
+def dev_model() -> dict[str, Any]:
+    """The dev stack's `inference` section as shipped, with the workloads' digests: a `models` entry."""
+    section = yaml.safe_load((REPO_ROOT / "Pulumi.dev.yaml").read_text())["config"]["inferforge:inference"]
+    pinned = WITH_WORKLOADS["inference"]
+    return {**section, "image": {**section["image"], **pinned["image"]}, "pgvectorJob": pinned["pgvectorJob"]}
+
+
+def second_model() -> dict[str, Any]:
+    first = dev_model()
+    return {**{k: v for k, v in first.items() if k != "pgvectorJob"}, "modelName": "llama-3.1-8b-instruct",
+            "namespace": "llama", "replicas": 2}
+
+
+def without_inference(overrides: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in overrides.items() if k != "inference"}
+
+
+def render_models(tmp_path: Any, models: list[dict[str, Any]]) -> list[Any]:
+    """The dev stack with `models` in place of its `inference` section (a stack file of its own: overrides
+    merge into the shipped file, which has `inference`)."""
+    document = yaml.safe_load((REPO_ROOT / "Pulumi.dev.yaml").read_text())
+    document["config"].pop("inferforge:inference")
+    (tmp_path / "Pulumi.dev.yaml").write_text(yaml.safe_dump(document))
+    (tmp_path / "Pulumi.yaml").write_text((REPO_ROOT / "Pulumi.yaml").read_text())
+    return render_stack("dev", {**without_inference(WITH_WORKLOADS), "models": models}, root=tmp_path)
+
+
+def test_several_models_are_several_servers_behind_one_gateway(tmp_path) -> None:
+    resources = render_models(tmp_path, [dev_model(), second_model()])
+    servers = {r.name: r.inputs for r in of_type(resources, "kubernetes:apps/v1:Deployment")
+               if r.name != "gateway-deployment"}
+    assert set(servers) == {"inference-deployment", "inference-llama-deployment"}
+    assert servers["inference-llama-deployment"]["metadata"]["namespace"] == "llama"
+    assert servers["inference-llama-deployment"]["spec"]["replicas"] == 2
+    (container,) = pod_spec(resources, "gateway-deployment")["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    with mock.patch.dict(os.environ, env):
+        args = build_parser().parse_args(container["args"])
+    assert sorted(args.upstream) == [
+        ("llama-3.1-8b-instruct", "http://inference.llama.svc.cluster.local:80"),
+        ("qwen2.5-7b-instruct", "http://inference.inference.svc.cluster.local:80")]
+    egress = one(resources, "kubernetes:networking.k8s.io/v1:NetworkPolicy", "gateway-netpol").inputs["spec"]["egress"]
+    model_rule = next(rule for rule in egress if rule["ports"][0]["port"] == 8000)
+    assert {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in model_rule["to"]} == {
+        "inference", "llama"}
+    services = {r.name: r.inputs["spec"]["type"] for r in of_type(resources, "kubernetes:core/v1:Service")}
+    assert services == {"gateway-svc": "LoadBalancer", "inference-svc": "ClusterIP", "inference-llama-svc": "ClusterIP"}
+    credentials = of_type(resources, "azure-native:managedidentity:FederatedIdentityCredential")
+    subjects = {c.inputs["subject"] for c in credentials if c.inputs["resourceName"].endswith("-inference")}
+    assert subjects == {"system:serviceaccount:inference:inference", "system:serviceaccount:llama:inference"}
+
+
+def test_the_single_inference_section_renders_exactly_as_a_list_of_one(tmp_path) -> None:
+    single = render_stack("dev", WITH_WORKLOADS)
+    as_list = render_models(tmp_path, [dev_model()])
+    assert [(r.urn, r.inputs) for r in as_list] == [(r.urn, r.inputs) for r in single]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda m, raw: m[1].update(modelName=m[0]["modelName"]),
+     "inferforge:models[1].modelName: 'qwen2.5-7b-instruct' is also models[0].modelName"),
+    (lambda m, raw: m[1].update(namespace="inference"), "inferforge:models[1].namespace: 'inference' is also"),
+    (lambda m, raw: raw.update({"inferforge:gateway": {"enabled": False}}),
+     "inferforge:models: lists 2 models but gateway.enabled is false"),
+    (lambda m, raw: m[1].update(gpuPool="nope"), "inferforge:models[1].gpuPool: 'nope' is not a pool"),
+    (lambda m, raw: raw.update({"inferforge:inference": {"replicas": 2}}), "inferforge:inference: is set beside"),
+])
+def test_bad_model_lists_name_the_entry(change: Any, message: str) -> None:
+    raw = yaml.safe_load((REPO_ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    raw.pop("inferforge:inference")
+    models = [dev_model(), second_model()]
+    change(models, raw)
+    raw["inferforge:models"] = models
     with pytest.raises(ConfigError) as err:
         parse_stack_config(raw)
     assert message in str(err.value)
