@@ -419,14 +419,22 @@ class Gateway:
             flight.status = 400
             raise errors.content_filtered(blocked, "prompt")
 
-        prompt_tokens, prompts, max_model_len = await self.count_prompt(upstream, flight.endpoint, body)
-        choices = self._choices(body) * prompts
-        wanted = self._completion_wanted(body, flight.endpoint, prompt_tokens // max(prompts, 1), max_model_len)
-        flight.prompt_tokens = prompt_tokens
-        flight.reservation = reservation = await self.admit(flight, prompt_tokens, wanted * choices, choices)
-        per_choice = reservation.completion_allowance // choices
-        if per_choice < wanted or self._requested_max_tokens(body) is None:
-            body = self._with_max_tokens(body, per_choice)
+        if self._limits_tokens(caller):
+            prompt_tokens, prompts, max_model_len = await self.count_prompt(upstream, flight.endpoint, body)
+            choices = self._choices(body) * prompts
+            wanted = self._completion_wanted(body, flight.endpoint, prompt_tokens // max(prompts, 1), max_model_len)
+            flight.prompt_tokens = prompt_tokens
+            flight.reservation = reservation = await self.admit(flight, prompt_tokens, wanted * choices, choices)
+            per_choice = reservation.completion_allowance // choices
+            if per_choice < wanted or self._requested_max_tokens(body) is None:
+                body = self._with_max_tokens(body, per_choice)
+        else:
+            # No token limit applies to this caller: nothing to reserve, so no count before admission (one
+            # round trip less); requests and concurrency are admitted, and the usage is settled exactly after.
+            flight.reservation = await self.admit(flight, 0, 0, 1)
+            requested, cap = self._requested_max_tokens(body), self.settings.max_tokens_cap
+            if isinstance(requested, int) and not isinstance(requested, bool) and requested > cap:
+                body = self._with_max_tokens(body, cap)
         if stream:
             body = {**body, "stream_options": {**stream_options, "include_usage": True,
                                                "continuous_usage_stats": True}}
@@ -434,6 +442,12 @@ class Gateway:
         if stream:
             return await self._stream(flight, upstream, body, wants_usage, wants_continuous, cache_key)
         return await self._whole(flight, upstream, body, cache_key)
+
+    @staticmethod
+    def _limits_tokens(caller: Caller) -> bool:
+        """Whether a token limit (per minute or per month, the tenant's or the key's) applies to the caller."""
+        tenant = caller.tenant
+        return bool(tenant.tpm or tenant.monthly_tokens or caller.key_limits.get("tpm"))
 
     @staticmethod
     def _choices(body: dict[str, Any]) -> int:

@@ -1,5 +1,7 @@
 """Fixtures of the gateway tests: real Redis and PostgreSQL on 127.0.0.1, the real inference server
-on the tiny seeded model, and gateway replicas started as `python -m gateway serve` processes."""
+on the tiny seeded model, and gateway replicas started as `python -m gateway serve` processes. The
+servers live as long as this package's tests (not the whole session: the rest of the suite does not
+need them holding memory and a core)."""
 
 from __future__ import annotations
 
@@ -27,14 +29,14 @@ MAX_MODEL_LEN = 256
 GATEWAY_ENV = {**os.environ, "INFERFORGE_GATEWAY_KEY_PEPPER": PEPPER, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def postgres() -> Iterator[PostgresServer]:
     server = PostgresServer(free_port()).start()
     yield server
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer(free_port()).start()
     yield server
@@ -79,7 +81,7 @@ def create_key(database: str, tenant: str, *options: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real inference server on the tiny model, accepting only the gateway's service key."""
     directory = tmp_path_factory.mktemp("gateway_upstream")

@@ -468,3 +468,23 @@ def test_local_content_rules_block_prompts_with_a_400_and_output_with_content_fi
     assert post(gw, key, "/v1/completions", {"model": MODEL, "prompt": "999 1", "max_tokens": 1}).status_code == 200
     denied = [e["reason"] for e in denials(audit_rows(database, until=denials))]
     assert "content_filter:prompt:Violence" in denied
+
+
+def test_without_token_limits_usage_is_still_charged_exactly_and_max_tokens_capped(
+        database: str, redis_url: str, start_gateway: Any) -> None:
+    # No token limit: admission reserves nothing (no prompt count), settlement still charges the real usage.
+    gw = start_gateway(database, redis_url, "--max-tokens-cap", "5")
+    create_tenant(database, "requests-only", "--rpm", "100")
+    key = create_key(database, "requests-only")
+    whole = sdk(gw, key).completions.create(model=MODEL, prompt="Hello there", max_tokens=50,
+                                             extra_body={"ignore_eos": True})
+    assert whole.usage.completion_tokens == 5  # the cap still applies
+    chunks = list(sdk(gw, key).chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4, stream=True,
+                                                       stream_options={"include_usage": True},
+                                                       extra_body={"ignore_eos": True}))
+    rows = usage_rows(database, 2)
+    assert [(r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [
+        (whole.usage.prompt_tokens, 5), (chunks[-1].usage.prompt_tokens, 4)]
+    month = time.strftime("%Y%m", time.gmtime())
+    assert int(redis.Redis.from_url(redis_url).get(f"ifg:{{t:requests-only}}:month:{month}")) == sum(
+        r["prompt_tokens"] + r["completion_tokens"] for r in rows)
