@@ -35,6 +35,13 @@ def _non_negative(value: str) -> int:
     return number
 
 
+def _positive(value: str) -> int:
+    number = _non_negative(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return number
+
+
 def _threshold(value: str) -> int:
     number = _non_negative(value)
     if not 1 <= number <= 7:
@@ -161,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--safety-rules", help="rules file for --safety local")
     serve.add_argument("--safety-endpoint", type=_url(("https", "http")),
                        help="Azure AI Content Safety endpoint for --safety azure")
-    serve.add_argument("--cache-ttl", type=_non_negative, default=3600, help="response cache TTL in seconds")
+    serve.add_argument("--cache-ttl", type=_positive, default=3600, help="response cache TTL in seconds (>= 1)")
 
     tenants = commands.add_parser("tenants", help="create, update or list tenants")
     tenant_commands = tenants.add_subparsers(dest="tenant_command", required=True)

@@ -152,6 +152,7 @@ def test_serve_refuses_inconsistent_options_before_listening(database: str, redi
         (["--upstream", "m=http://a:1", "--entra-tenant-id", "11111111-2222-3333-4444-555555555555"],
          "--entra-audience"),
         (["--upstream", "m=http://a:1", "--entra-tenant-id", "common"], "Entra tenant id"),
+        (["--upstream", "m=http://a:1", "--cache-ttl", "0"], "--cache-ttl: expected a whole number >= 1"),
     ]
     bad_rules = tmp_path / "rules.json"
     bad_rules.write_text(json.dumps({"rules": [{"category": "Hate", "pattern": "(", "severity": 6}]}))
