@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,18 +31,19 @@ from starlette.routing import Route
 from . import cache as response_cache
 from . import errors, metrics
 from .entra import EntraValidator, TokenError
+from .flight import Flight
 from .keys import key_id_of, matches
 from .limits import Limiter, LimiterUnavailable, Refusal, Reservation, open_reservation
 from .model import Caller
 from .safety import SafetyProvider, SafetyUnavailable
 from .store import Store, UsageRecord, audit_event
+from .stream import StreamRelay
 from .upstream import Upstream, UpstreamStream, UpstreamUnreachable
 
 log = logging.getLogger("gateway")
 
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 MAX_BODY_BYTES = 16 * 1024 * 1024
-SAFETY_STRIDE_CHARS = 200  # streamed output is checked (and held back) in steps of this many characters
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 
 
@@ -51,26 +53,6 @@ class GatewaySettings:
     upstream_api_key: str | None = None
     default_max_tokens: dict[str, int | None] = field(
         default_factory=lambda: {"completions": 16, "chat": None})
-
-
-@dataclass
-class Flight:
-    """One request on its way through the gateway: what the usage record and audit event need."""
-
-    request_id: str
-    endpoint: str
-    started: float
-    caller: Caller | None = None
-    model: str = ""
-    reservation: Reservation | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    ttft_ms: float | None = None
-    cache_hit: bool = False
-    finish_reason: str | None = None
-    status: int = 200
-    finished: bool = False
 
 
 def _json_response(body: dict[str, Any], request_id: str, status: int = 200,
@@ -308,7 +290,7 @@ class Gateway:
         self._record(flight)
         self._audit(flight, "allow", "completed" if flight.status < 400 else f"status_{flight.status}", flight.status)
 
-    def _finish_later(self, flight: Flight, response: UpstreamStream | None = None) -> None:
+    def finish_later(self, flight: Flight, response: UpstreamStream | None = None) -> None:
         flight.finished = True  # from now on only this task settles and records the request
 
         async def close_then_finish() -> None:
@@ -324,7 +306,7 @@ class Gateway:
 
     # ---- safety -----------------------------------------------------------------------------
 
-    async def _blocked(self, caller: Caller, text: str, stage: str) -> str | None:
+    async def blocked_category(self, caller: Caller, text: str, stage: str) -> str | None:
         """The category that blocks this text for the caller's tenant, or None."""
         if self.safety is None or not text:
             return None
@@ -413,7 +395,7 @@ class Gateway:
             if cached is not None:
                 return await self._cache_hit(flight, cached, stream, wants_usage)
 
-        blocked = await self._blocked(caller, _prompt_text(body), "prompt")
+        blocked = await self.blocked_category(caller, _prompt_text(body), "prompt")
         if blocked is not None:
             self._audit(flight, "deny", f"content_filter:prompt:{blocked}", 400)
             flight.status = 400
@@ -519,7 +501,7 @@ class Gateway:
             filtered = False
             for choice in data.get("choices") or []:
                 text = _choice_texts({"choices": [choice]}).get(choice.get("index", 0), "")
-                if await self._blocked(flight.caller, text, "output"):
+                if await self.blocked_category(flight.caller, text, "output"):
                     filtered = True
                     choice["finish_reason"] = "content_filter"
                     if "message" in choice:
@@ -537,7 +519,7 @@ class Gateway:
             raise
         finally:
             # Settling and recording happen after the answer is sent: the client never waits on them.
-            self._finish_later(flight)
+            self.finish_later(flight)
 
     async def _stream(self, flight: Flight, upstream: Upstream, body: dict[str, Any], wants_usage: bool,
                       wants_continuous: bool, cache_key: str | None) -> Response:
@@ -593,160 +575,6 @@ _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 ENDPOINTS_ACTION = {"chat": "chat.completions", "completions": "completions"}
 
 
-class StreamRelay:
-    """Relays one upstream SSE stream to the client, unbuffered unless output safety holds it back.
-
-    It tracks the usage the upstream reports on every chunk (requested with continuous usage
-    stats), strips what the client did not ask for, checks the output in steps when a safety
-    provider is set (ending with `finish_reason: "content_filter"` when it blocks), and assembles
-    the whole answer when it is to be cached.
-    """
-
-    def __init__(self, gateway: Gateway, flight: Flight, response: UpstreamStream, wants_usage: bool,
-                 wants_continuous: bool, cache_key: str | None) -> None:
-        self.gateway = gateway
-        self.flight = flight
-        self.response = response
-        self.wants_usage = wants_usage
-        self.wants_continuous = wants_continuous
-        self.cache_key = cache_key
-        self.texts: dict[int, str] = {}
-        self.finish: dict[int, str | None] = {}
-        self.checked: dict[int, int] = {}
-        self.cacheable = cache_key is not None
-        self.last: dict[str, Any] = {}
-
-    def _forward(self, chunk: dict[str, Any]) -> str | None:
-        usage = chunk.get("usage")
-        if usage:
-            self.flight.prompt_tokens = int(usage.get("prompt_tokens", self.flight.prompt_tokens))
-            self.flight.completion_tokens = int(usage.get("completion_tokens", 0))
-        choices = chunk.get("choices")
-        if not choices:  # the usage-only chunk
-            return f"data: {json.dumps(chunk)}\n\n" if self.wants_usage else None
-        if not self.wants_continuous:
-            chunk["usage"] = None
-        return f"data: {json.dumps(chunk)}\n\n"
-
-    def _track(self, chunk: dict[str, Any]) -> list[int]:
-        """Accumulate choice texts; returns the indexes that finished in this chunk."""
-        finished = []
-        for choice in chunk.get("choices") or []:
-            index = choice.get("index", 0)
-            delta = choice.get("delta")
-            text = (delta or {}).get("content") if delta is not None else choice.get("text")
-            if text:
-                if self.flight.ttft_ms is None:
-                    self.flight.ttft_ms = (time.monotonic() - self.flight.started) * 1000
-                self.texts[index] = self.texts.get(index, "") + text
-            if delta and (delta.get("tool_calls") or choice.get("logprobs")):
-                self.cacheable = False  # only plain text answers are assembled for the cache
-            if choice.get("finish_reason"):
-                self.finish[index] = choice["finish_reason"]
-                finished.append(index)
-        self.last = chunk
-        return finished
-
-    def _due(self, finished: list[int]) -> list[int]:
-        """Choices whose output must be checked now: finished, or a stride of unchecked text."""
-        return [i for i, text in self.texts.items()
-                if i in finished or len(text) - self.checked.get(i, 0) >= SAFETY_STRIDE_CHARS] + \
-            [i for i in finished if i not in self.texts]
-
-    async def _blocked_choice(self, indexes: list[int]) -> int | None:
-        assert self.flight.caller is not None
-        for index in indexes:
-            text = self.texts.get(index, "")
-            self.checked[index] = len(text)
-            if await self.gateway._blocked(self.flight.caller, text, "output"):
-                return index
-        return None
-
-    def _content_filter_chunk(self, index: int) -> str:
-        chat = self.last.get("object") == "chat.completion.chunk"
-        choice = ({"index": index, "delta": {}, "logprobs": None, "finish_reason": "content_filter"} if chat
-                  else {"index": index, "text": "", "logprobs": None, "finish_reason": "content_filter"})
-        chunk = {k: self.last.get(k) for k in ("id", "object", "created", "model")}
-        return f"data: {json.dumps({**chunk, 'choices': [choice], 'usage': None})}\n\n"
-
-    async def events(self) -> AsyncIterator[str]:
-        flight = self.flight
-        safety = self.gateway.safety is not None
-        held: list[str] = []  # with output safety: chunks not yet released by a passing check
-        try:
-            async for line in self.response.lines():
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    break
-                try:
-                    chunk = json.loads(payload)
-                except ValueError:
-                    continue
-                if "error" in chunk and "choices" not in chunk:  # the upstream failed mid-stream
-                    flight.status = 500
-                    yield "".join(held) + f"data: {payload}\n\n"
-                    held.clear()
-                    continue
-                finished = self._track(chunk)
-                out = self._forward(chunk)
-                if not safety:
-                    if out:
-                        yield out
-                    continue
-                if out:
-                    held.append(out)
-                due = self._due(finished)
-                if due:
-                    blocked = await self._blocked_choice(due)
-                    if blocked is not None:
-                        flight.finish_reason = "content_filter"
-                        self.cacheable = False
-                        held.clear()
-                        yield self._content_filter_chunk(blocked)
-                        break
-                if due or not chunk.get("choices"):
-                    yield "".join(held)
-                    held.clear()
-            if held:
-                yield "".join(held)
-            if flight.finish_reason != "content_filter" and self.finish:
-                flight.finish_reason = next(iter(self.finish.values()))
-            yield "data: [DONE]\n\n"
-            if self.cacheable and self.cache_key and self.finish and flight.finish_reason != "content_filter":
-                await self._store()
-        except BaseException:
-            if flight.finish_reason is None:
-                flight.status = 499  # the client left (or the upstream broke) before the end
-            raise
-        finally:
-            # Nothing awaited here: in a stream cancelled by a client disconnect it would be
-            # cancelled too. Closing the upstream (which aborts its generation) and the settlement
-            # run in a task of their own.
-            self.gateway._finish_later(flight, self.response)
-
-    async def _store(self) -> None:
-        chat = self.last.get("object") == "chat.completion.chunk"
-        choices = []
-        for index in sorted(self.texts.keys() | self.finish.keys()):
-            text = self.texts.get(index, "")
-            if chat:
-                choices.append({"index": index, "message": {"role": "assistant", "content": text},
-                                "logprobs": None, "finish_reason": self.finish.get(index)})
-            else:
-                choices.append({"index": index, "text": text, "logprobs": None,
-                                "finish_reason": self.finish.get(index)})
-        whole = {"id": self.flight.request_id, "object": "chat.completion" if chat else "text_completion",
-                 "created": self.last.get("created"), "model": self.last.get("model"), "choices": choices,
-                 "usage": {"prompt_tokens": self.flight.prompt_tokens,
-                           "completion_tokens": self.flight.completion_tokens,
-                           "total_tokens": self.flight.prompt_tokens + self.flight.completion_tokens}}
-        assert self.cache_key is not None
-        await self.gateway.cache.put(self.cache_key, whole)
-        metrics.CACHE.labels("store").inc()
-
-
 def create_app(gateway: Gateway, on_startup: list[Callable[[], Awaitable[None]]] | None = None,
                on_shutdown: list[Callable[[], Awaitable[None]]] | None = None) -> Starlette:
     routes = [
@@ -773,8 +601,6 @@ def create_app(gateway: Gateway, on_startup: list[Callable[[], Awaitable[None]]]
         yield
         for hook in on_shutdown or []:
             await hook()
-
-    from contextlib import asynccontextmanager
 
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, Exception: internal_error},
                      lifespan=asynccontextmanager(lifespan))
