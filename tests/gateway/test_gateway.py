@@ -119,8 +119,9 @@ def test_credentials_are_checked_on_every_route_but_the_probes(team: str, replic
     gw = replicas[0]
     for path in ("/health", "/ready", "/metrics"):
         assert httpx.get(f"{gw.url}{path}").status_code == 200
+    wrong_last = "B" if team.endswith("A") else "A"  # one character off: the right id, a wrong secret
     for headers in ({}, {"Authorization": "Bearer ifg_000000000000_" + "x" * 43}, {"Authorization": "Basic abc"},
-                    {"Authorization": f"Bearer {team[:-1]}A"}, {"Authorization": "Bearer not-a-key"}):
+                    {"Authorization": f"Bearer {team[:-1]}{wrong_last}"}, {"Authorization": "Bearer not-a-key"}):
         for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/v1/unknown")):
             response = httpx.request(method, f"{gw.url}{path}", headers=headers, json={})
             assert response.status_code == 401, (headers, path)
