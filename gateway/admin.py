@@ -17,8 +17,6 @@ from . import keys as api_keys
 from .model import TENANT_COLUMNS, Tenant
 from .schema import ensure_partitions
 
-LIMIT_FIELDS = ("rpm", "tpm", "max_concurrent", "monthly_tokens")
-
 
 class AdminError(ValueError):
     """A change that cannot be made (unknown tenant, duplicate name, unknown key)."""

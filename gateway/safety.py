@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,20 +96,10 @@ TokenProvider = Callable[[], Awaitable[str]]
 
 
 def managed_identity_token() -> TokenProvider:
-    """Entra tokens for Cognitive Services from the workload identity, cached until near expiry."""
-    from azure.identity import DefaultAzureCredential
+    """Entra tokens for Cognitive Services from the workload identity (cached, gateway/azure_auth.py)."""
+    from .azure_auth import entra_token_source
 
-    credential = DefaultAzureCredential()
-    cached: dict[str, object] = {}
-
-    async def token() -> str:
-        if cached.get("expires_on", 0) > time.time() + 300:  # type: ignore[operator]
-            return str(cached["token"])
-        access = await asyncio.to_thread(credential.get_token, AZURE_SCOPE)
-        cached.update(token=access.token, expires_on=access.expires_on)
-        return access.token
-
-    return token
+    return entra_token_source(AZURE_SCOPE)
 
 
 class AzureContentSafety:

@@ -135,9 +135,6 @@ class Store:
         self._apps[app_id] = (time.monotonic() + CACHE_TTL_S, tenant)
         return tenant
 
-    def forget_key(self, key_id: str) -> None:
-        self._keys.pop(key_id, None)
-
     # ---- usage and audit ----------------------------------------------------------------------
 
     def record_usage(self, record: UsageRecord) -> None:
