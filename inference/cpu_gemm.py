@@ -50,12 +50,12 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from . import cpu_gemv
+from . import cpu_gemv, defaults
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 PACK_ROWS_HINT = 32
 """Rows oneDNN tunes its packed weight layout for; measured within a few % of the best hint at 1-2,048 rows."""
-DEFAULT_MIN_ROWS = 8
+DEFAULT_MIN_ROWS = defaults.CPU_WIDEN_MIN_ROWS
 """Rows from which widening beats the 16-bit kernel (crossover measured at about 7-9 rows)."""
 
 # CPU flags (as in /proc/cpuinfo) that give oneDNN a native GEMM for each dtype.

@@ -1,12 +1,12 @@
-"""Serving defaults, owned here and nowhere else.
+"""Serving defaults, owned here and nowhere else: the value of each and why.
 
-The server's command line (inference/serve.py), the engine (``EngineConfig``), the Kubernetes component
-(components/inference_service.py, which passes them to the pod as container arguments) and the stack
-config (stacks/config.py) all take their defaults from this module, so a setting left unset means the
-same thing on a laptop, in the pod and in the plan's GPU-memory check.
+The serving settings (inference/settings.py, which generates the server's command line, the Kubernetes
+component's ``serving`` argument and the stack config's ``inference`` keys) and the engine (``EngineConfig``)
+take their defaults from this module, so a setting left unset means the same thing on a laptop, in the pod
+and in the plan's GPU-memory check.
 
 Plain constants only: the platform side imports this as ``inferforge.inference.defaults`` on a deploy
-machine without torch or DeepSpeed (tests/test_serving_defaults.py checks that importing it loads neither).
+machine without torch or DeepSpeed (tests/test_serving_settings.py checks that importing it loads neither).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ The server's ``auto`` (bf16 where the hardware has it, fp32 on CPUs without nati
 CPU development, but is not the default: it would make the same command mean different things per host."""
 
 MAX_BATCH_SIZE: Final = 64
-"""Sequences decoded together (KV-cache slots, preallocated for (this + 1) x max_model_len tokens). 64 keeps a
-7B model's KV cache at 4096 tokens to ~14 GiB on one GPU, and it is the value the stack's GPU-memory check
-has priced (stacks/gpu_memory.py); the CLI's former 32 left half of those slots unused."""
+"""Sequences decoded together. A full batch of 64 at 4096 tokens is 14 GiB of a 7B model's KV cache on one GPU,
+which the stack's GPU-memory check (stacks/gpu_memory.py, the engine's own KV planner) requires to fit; the
+CLI's former 32 left half of a GPU's KV pool unused."""
 
 MAX_WAITING: Final = 128
 """Requests queued for a slot before new ones get 429 + Retry-After. Two full batches: a client waits at most
@@ -70,3 +70,7 @@ only one that has seen the whole input."""
 EMBEDDINGS_POOLING_MODEL_DIR: Final[Literal["mean"]] = "mean"
 """Pooling of a separate embedding model (``--embeddings-model-dir``): mean over tokens, as BERT-style
 sentence-embedding models are trained."""
+
+CPU_WIDEN_MIN_ROWS: Final = 8
+"""CPUs without native bf16/fp16 GEMM: rows from which a 16-bit linear product is computed in fp32
+(inference/cpu_gemm.py; the crossover measured at about 7-9 rows)."""

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from . import defaults, errors, json_body
 
 if TYPE_CHECKING:
-    from .server import OpenAIServer
+    from .requests import RequestHandling
 
 log = logging.getLogger("inference.embeddings")
 
@@ -242,7 +242,7 @@ def _encode(vector: torch.Tensor, encoding_format: str) -> list[float] | str:
     return vector.tolist()
 
 
-def embeddings_handler(server: OpenAIServer) -> Callable[[Any], Awaitable[Any]]:
+def embeddings_handler(server: RequestHandling) -> Callable[[Any], Awaitable[Any]]:
     """The /v1/embeddings route: a 400 when the server was started without an embedding source."""
     from starlette.responses import JSONResponse
 
@@ -254,10 +254,10 @@ def embeddings_handler(server: OpenAIServer) -> Callable[[Any], Awaitable[Any]]:
             raise errors.bad_request("this server does not serve embeddings (the operator enables them with "
                                      "--embeddings served or --embeddings-model-dir DIR)",
                                      code="embeddings_not_enabled")
-        req = await server._parse(request, EmbeddingRequest)
+        req = await server.parse_body(request, EmbeddingRequest)
         if req.model is not None and req.model not in service.names:
             raise errors.model_not_found(req.model, service.names[0])
-        server._check_admission(None)
+        server.check_admission(None)
         return JSONResponse(await service.create(req))
 
     return handler

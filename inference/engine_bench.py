@@ -27,8 +27,10 @@ from pathlib import Path
 
 import torch
 
-from .engine import EngineConfig, InferenceEngine, start_engine
+from .engine import InferenceEngine
 from .engine_api import GenerationRequest, SamplingParams
+from .engine_config import EngineConfig
+from .ranks import start_engine
 
 
 async def run_batch(

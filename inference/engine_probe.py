@@ -28,8 +28,10 @@ from pathlib import Path
 import torch
 
 from .distributed import CMD_STEP, WireStep
-from .engine import EngineConfig, InferenceEngine, RankContext, load_rank, run_rank
+from .engine import InferenceEngine
 from .engine_api import GenerationRequest, SamplingParams
+from .engine_config import EngineConfig
+from .ranks import RankContext, load_rank, run_rank
 from .supervisor import exit_now
 
 DEAD_EXIT_CODE = 5

@@ -62,11 +62,6 @@ STEP_KWARG = "inferforge_step"
 GATHER_LIMIT_BYTES = 4 * 2**20
 
 
-def kv_bytes_per_token(num_layers: int, kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
-    """K and V bytes one token occupies on one rank: 2 x layers x kv_heads x head_dim x dtype bytes."""
-    return 2 * num_layers * kv_heads * head_dim * dtype_bytes
-
-
 @dataclass
 class PrefillChunk:
     """A run of prompt tokens for one sequence that continues K/V already in its blocks."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -35,19 +36,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import defaults, shm_op
+from . import defaults, settings, shm_op
 from .auth import APIKeys, KeyLoadError, load_keys_from_file, load_keys_from_key_vault
 from .shm_op import StartupWaitTimeout
 from .supervisor import RANK_LOST_SIGNAL, exit_now, run_ranks  # RANK_LOST_SIGNAL: fail everything, exit 1
-from .tool_calls import FORMATS as TOOL_CALL_FORMATS
 
 log = logging.getLogger("inference.serve")
 
 EXIT_OK = 0
 EXIT_ENGINE_FAILED = 1
 EXIT_USAGE = 2
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-TOOL_CALL_PARSERS = tuple(TOOL_CALL_FORMATS)
 # How often the HTTP rank checks the engine's health and the drain's progress.
 WATCH_INTERVAL_S = 0.2
 # Bound on engine.shutdown(): the followers are released by it; a hung one must not hang the pod.
@@ -96,42 +94,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _float_within(what: str, allowed: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
-    """An argparse type: a number that `ok` accepts; errors say `what` it is and what is `allowed`."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
-        return value
-
-    return parse
-
-
-_gib = _float_within("a number of GiB", "a finite number of GiB > 0", lambda v: 0 < v < float("inf"))
-_fraction = _float_within("a number", "in (0, 1]", lambda v: 0 < v <= 1)
-
-
-def _block_size(text: str) -> int:
-    value = _positive_int(text)
-    if value > 1024:
-        raise argparse.ArgumentTypeError(f"must be in 1..1024 tokens, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m inference` parser (flag names are a contract with the Kubernetes component)."""
     parser = _Parser(prog="python -m inference", description="inferforge inference server")
@@ -142,51 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local Hugging Face model directory (config.json, safetensors, tokenizer)")
     serve.add_argument("--model-name", default=None,
                        help="name clients use in `model` (default: the model directory's name)")
-    serve.add_argument("--tp-size", type=_positive_int, default=defaults.TP_SIZE,
-                       help="tensor-parallel ranks (GPUs) for one model replica (default %(default)s)")
-    serve.add_argument("--dtype", choices=DTYPES, default=defaults.DTYPE,
-                       help="compute dtype (default %(default)s); auto = bfloat16 on GPUs and CPUs with native "
-                            "bf16, else float32 (faster on CPUs without bf16 instructions)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="bind address (default 127.0.0.1; 0.0.0.0 in a container)")
     serve.add_argument("--port", type=_port, default=defaults.PORT, help="listening port (default %(default)s)")
-    serve.add_argument("--max-batch-size", type=_positive_int, default=defaults.MAX_BATCH_SIZE,
-                       help="sequences decoded together per step (default %(default)s)")
-    serve.add_argument("--max-waiting", type=_positive_int, default=defaults.MAX_WAITING,
-                       help="queued requests before new ones get 429 (default %(default)s)")
-    serve.add_argument("--max-model-len", type=_positive_int, default=None,
-                       help="context length: prompt + max_tokens (default the model's max_position_embeddings, "
-                            "lowered to what the KV pool holds)")
-    kv = serve.add_argument_group("KV cache (paged; see inference/README.md, KV cache)")
-    kv.add_argument("--kv-cache-memory", type=_gib, default=None, metavar="GIB",
-                    help="KV block pool per rank in GiB (default: on GPUs what --gpu-memory-utilization leaves "
-                         f"after the weights, on CPUs {defaults.CPU_KV_CACHE_GIB:g})")
-    kv.add_argument("--gpu-memory-utilization", type=_fraction, default=None, metavar="FRACTION",
-                    help="GPUs, without --kv-cache-memory: the share of GPU memory the server fills, weights + "
-                         f"KV pool + a 2 GiB activation reserve (default {defaults.GPU_MEMORY_UTILIZATION})")
-    kv.add_argument("--block-size", type=_block_size, default=None,
-                    help=f"tokens per KV block (default {defaults.KV_BLOCK_SIZE})")
-    kv.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
-                    help="reuse the KV blocks of identical prompt prefixes across requests "
-                         f"(default {'on' if defaults.ENABLE_PREFIX_CACHING else 'off'})")
+    settings.add_arguments(serve.add_argument_group(
+        "serving settings (inference/settings.py: the same names in the stack config's inference section)"))
     serve.add_argument("--cpu-widen-min-rows", type=_nonnegative_int, default=None,
                        help="CPUs without native bf16/fp16 GEMM: compute 16-bit linear products of at least "
                             "this many token rows in fp32 (default 8; 0 disables)")
     serve.add_argument("--chat-template", default=None,
                        help="chat template replacing the tokenizer's: a file path or the Jinja text itself")
-    serve.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS, default=defaults.TOOL_CALL_PARSER,
-                       help="the tool-call syntax the model writes (as vLLM's flag): hermes (Hermes, Qwen2.5, "
-                            "Qwen3), llama3_json (Llama 3.1/3.2/3.3), mistral ([TOOL_CALLS]) (default %(default)s)")
-    embed = serve.add_argument_group("embeddings (POST /v1/embeddings; off unless a source is given)")
-    embed.add_argument("--embeddings", choices=("served",), default=None,
-                       help="served: pool the served model's own hidden states (--tp-size 1 only)")
+    embed = serve.add_argument_group("embeddings from a separate model (--embeddings served uses the served one)")
     embed.add_argument("--embeddings-model-dir", type=Path, default=None,
                        help="a separate Hugging Face embedding model directory, loaded on rank 0")
-    embed.add_argument("--embeddings-pooling", choices=("mean", "last"), default=None,
-                       help="mean of the input's token states (BERT-style models) or the last token's "
-                            "(decoder embedding models); L2-normalised either way (default "
-                            f"{defaults.EMBEDDINGS_POOLING_SERVED} with --embeddings served, "
-                            f"{defaults.EMBEDDINGS_POOLING_MODEL_DIR} with --embeddings-model-dir)")
     embed.add_argument("--embeddings-matryoshka", action="store_true",
                        help="the embedding model is Matryoshka-trained: requests may ask for fewer "
                             "`dimensions` (truncated and renormalised)")
@@ -199,8 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="name of the Key Vault secret holding the keys")
     keys.add_argument("--allow-unauthenticated", action="store_true",
                       help="serve without API keys (only for local development)")
-    serve.add_argument("--drain-timeout", type=_seconds, default=float(defaults.DRAIN_TIMEOUT_S),
-                       help="seconds to finish in-flight requests after SIGTERM (default %(default)g)")
 
     make_model = sub.add_parser("make-model", help="write a small seeded model + tokenizer (tests, benchmarks)",
                                 add_help=False)
@@ -246,28 +174,32 @@ def validate_serve_args(args: argparse.Namespace) -> None:
 
 
 def _validate_embedding_args(args: argparse.Namespace) -> None:
-    if args.embeddings is not None and args.embeddings_model_dir is not None:
+    served = args.embeddings == settings.Embeddings.SERVED
+    if served and args.embeddings_model_dir is not None:
         raise UsageError("give either --embeddings served or --embeddings-model-dir DIR, not both")
-    if args.embeddings == "served" and args.tp_size > 1:
-        raise UsageError("--embeddings served needs --tp-size 1 (it loads the served model's weights a second "
-                         "time on rank 0); use --embeddings-model-dir with a dedicated embedding model")
+    problem = settings.embeddings_problem(args.embeddings, args.tp_size,
+                                          {"embeddings": "--embeddings", "tp_size": "--tp-size"},
+                                          instead="--embeddings-model-dir DIR with a dedicated embedding model")
+    if problem:
+        raise UsageError(problem)
     if args.embeddings_model_dir is not None and not (args.embeddings_model_dir / "config.json").is_file():
         raise UsageError(f"--embeddings-model-dir {args.embeddings_model_dir} has no config.json; expected a "
                          "Hugging Face model directory")
     if args.embeddings_pooling is None:
         # The right pooling depends on the source: a decoder's last token, a BERT-style model's mean.
-        args.embeddings_pooling = (defaults.EMBEDDINGS_POOLING_SERVED if args.embeddings == "served"
+        args.embeddings_pooling = (defaults.EMBEDDINGS_POOLING_SERVED if served
                                    else defaults.EMBEDDINGS_POOLING_MODEL_DIR)
 
 
 def load_embedding_service(args: argparse.Namespace, engine: Any) -> Any:
     """The /v1/embeddings service the flags ask for, or None (rank 0, after the engine is up)."""
-    if args.embeddings is None and args.embeddings_model_dir is None:
+    served = args.embeddings == settings.Embeddings.SERVED
+    if not served and args.embeddings_model_dir is None:
         return None
     from .embeddings import EmbeddingConfig, EmbeddingService
 
-    model_dir = args.model_dir if args.embeddings == "served" else args.embeddings_model_dir
-    name = engine.model_name if args.embeddings == "served" else model_dir.name
+    model_dir = args.model_dir if served else args.embeddings_model_dir
+    name = engine.model_name if served else model_dir.name
     # Same device and dtype as the engine on rank 0 (a CPU engine computes in the dtype it resolved).
     cfg = EmbeddingConfig(model_dir=model_dir, model_name=name, pooling=args.embeddings_pooling,
                           matryoshka=args.embeddings_matryoshka, device=str(engine.device), dtype=engine.dtype)
@@ -467,26 +399,21 @@ async def serve_app(app: Any, engine: Any, cfg: LifecycleConfig) -> int:
 
 
 def _engine_config(args: argparse.Namespace) -> Any:
-    from .engine import EngineConfig
+    from .engine_config import EngineConfig
 
+    # The settings that are engine fields pass through by name; unset ones leave EngineConfig's default.
+    engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    chosen = {f.name: getattr(args, f.name) for f in settings.settings_fields()
+              if f.name in engine_fields and getattr(args, f.name) is not None}
+    if args.cpu_widen_min_rows is not None:
+        chosen["cpu_widen_min_rows"] = args.cpu_widen_min_rows
     return EngineConfig(
         model_dir=args.model_dir,
         model_name=args.model_name,
-        dtype=args.dtype,
-        max_batch_size=args.max_batch_size,
-        max_waiting=args.max_waiting,
-        max_model_len=args.max_model_len,
         # The step token budget must hold one decode token per batch slot.
         max_num_batched_tokens=max(defaults.MAX_NUM_BATCHED_TOKENS, args.max_batch_size),
-        **({} if args.cpu_widen_min_rows is None else {"cpu_widen_min_rows": args.cpu_widen_min_rows}),
-        **_given({"kv_cache_memory_gib": args.kv_cache_memory, "gpu_memory_utilization": args.gpu_memory_utilization,
-                  "kv_block_size": args.block_size, "enable_prefix_caching": args.enable_prefix_caching}),
+        **chosen,
     )
-
-
-def _given(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings a flag set (None = not given: EngineConfig's default applies)."""
-    return {name: value for name, value in settings.items() if value is not None}
 
 
 async def _serve_rank0(args: argparse.Namespace, engine: Any, api_keys: APIKeys | None) -> int:
@@ -497,11 +424,11 @@ async def _serve_rank0(args: argparse.Namespace, engine: Any, api_keys: APIKeys 
                      embedding_service=load_embedding_service(args, engine))
     log.info("serving", extra={"fields": {"host": args.host, "port": args.port, "model": engine.model_name,
                                            "tp_size": args.tp_size, "auth": api_keys is not None}})
-    return await serve_app(app, engine, LifecycleConfig(args.host, args.port, args.drain_timeout))
+    return await serve_app(app, engine, LifecycleConfig(args.host, args.port, args.drain_timeout_s))
 
 
 def _run_rank(args: argparse.Namespace) -> int:
-    from .engine import start_engine
+    from .ranks import start_engine
 
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -26,7 +26,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .server import OpenAIServer
+    from .requests import RequestHandling
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -45,7 +45,7 @@ def _json(body: Any) -> Response:
     return Response(body.model_dump_json(), media_type="application/json")
 
 
-def tokenize_handler(server: OpenAIServer) -> Handler:
+def tokenize_handler(server: RequestHandling) -> Handler:
     state = server.state
 
     def encode(req: TokenizeChatRequest | TokenizeCompletionRequest) -> TokenizeResponse:
@@ -65,7 +65,7 @@ def tokenize_handler(server: OpenAIServer) -> Handler:
                                 token_strs=strs)
 
     async def tokenize(request: Request) -> Response:
-        req = await server._parse(request, _TokenizeBody)
+        req = await server.parse_body(request, _TokenizeBody)
         if req.model is not None and req.model != state.model_name:
             raise errors.model_not_found(req.model, state.model_name)
         return _json(await state.prompts.run(encode, req))
@@ -73,11 +73,11 @@ def tokenize_handler(server: OpenAIServer) -> Handler:
     return tokenize
 
 
-def detokenize_handler(server: OpenAIServer) -> Handler:
+def detokenize_handler(server: RequestHandling) -> Handler:
     state = server.state
 
     async def detokenize(request: Request) -> Response:
-        req: DetokenizeRequest = await server._parse(request, DetokenizeRequest)
+        req: DetokenizeRequest = await server.parse_body(request, DetokenizeRequest)
         if req.model is not None and req.model != state.model_name:
             raise errors.model_not_found(req.model, state.model_name)
         vocab = len(state.tokenizer)

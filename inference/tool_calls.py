@@ -35,6 +35,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol
 
+from .settings import ToolCallParser
+
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
 _BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
@@ -218,7 +220,7 @@ class ToolCallFormat(ABC):
 class HermesFormat(ToolCallFormat):
     """`<tool_call>{...}</tool_call>` (the module functions above; behaviour unchanged)."""
 
-    name = "hermes"
+    name = ToolCallParser.HERMES
     separator = "\n"
     call_suffix = "}" + CLOSE
 
@@ -355,7 +357,7 @@ def _json_values(text: str, separator: str) -> list[object] | None:
 class Llama3JsonFormat(_TrailingCallsFormat):
     """Llama 3.x JSON calls, `;`-separated, bare or after `<|python_tag|>`."""
 
-    name = "llama3_json"
+    name = ToolCallParser.LLAMA3_JSON
     marker = "<|python_tag|>"
     markers = (marker,)
     starts_bare = True
@@ -381,7 +383,7 @@ _MISTRAL_V11_CALL = re.compile(r"\s*([A-Za-z0-9_.-]{1,64})\s*(\{.*\})\s*", re.DO
 class MistralFormat(_TrailingCallsFormat):
     """`[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]` (and the v11 `[TOOL_CALLS]name{...}`)."""
 
-    name = "mistral"
+    name = ToolCallParser.MISTRAL
     marker = "[TOOL_CALLS]"
     markers = (marker,)
     calls_open = marker + " ["
@@ -421,6 +423,7 @@ class MistralFormat(_TrailingCallsFormat):
         return calls or None
 
 
+# Keyed by the declaration's choices (inference/settings.py); tests/inference check that every choice has a format.
 FORMATS: dict[str, type[ToolCallFormat]] = {
     HermesFormat.name: HermesFormat, Llama3JsonFormat.name: Llama3JsonFormat, MistralFormat.name: MistralFormat,
 }

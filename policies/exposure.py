@@ -70,7 +70,7 @@ def _postgres_private_access(args: ResourceValidationArgs, report: ReportViolati
 
 
 
-def _private_endpoint_check(target_type: str, service: str) -> Any:
+def private_endpoint_check(target_type: str, service: str) -> Any:
     def check(args: StackValidationArgs, report: ReportViolation) -> None:
         endpoints = resources_of(args.resources, PRIVATE_ENDPOINT)
         for target in resources_of(args.resources, target_type):
@@ -220,7 +220,7 @@ keyvault_private_endpoint = stack_policy(
     severity=Severity.HIGH,
     remediation="Create a network.PrivateEndpoint (group 'vault') whose privateLinkServiceConnections "
     "use the vault's id, with a DNS zone group for privatelink.vaultcore.azure.net.",
-    check=_private_endpoint_check(VAULT, "Key Vault"),
+    check=private_endpoint_check(VAULT, "Key Vault"),
 )
 
 postgres_public_network_disabled = resource_policy(
@@ -261,7 +261,7 @@ redis_private_endpoint = stack_policy(
     remediation="Create a network.PrivateEndpoint (group 'redisEnterprise') whose "
     "privateLinkServiceConnections use the cluster's id, with a DNS zone group for "
     "privatelink.redis.azure.net.",
-    check=_private_endpoint_check(REDIS, "Managed Redis cluster"),
+    check=private_endpoint_check(REDIS, "Managed Redis cluster"),
 )
 
 nsg_no_internet_inbound = resource_policy(

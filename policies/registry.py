@@ -5,7 +5,7 @@ from __future__ import annotations
 from pulumi_policy import ReportViolation, ResourceValidationArgs, Severity
 
 from .common import lookup, resource_policy, same, stack_policy
-from .exposure import _private_endpoint_check
+from .exposure import private_endpoint_check
 
 REGISTRY = "azure-native:containerregistry:Registry"
 
@@ -81,7 +81,7 @@ acr_private_endpoint = stack_policy(
     severity=Severity.HIGH,
     remediation="Create the registry through components/registry.py, which adds the private endpoint and "
     "its privatelink.azurecr.io DNS zone group.",
-    check=_private_endpoint_check(REGISTRY, "Container registry"),
+    check=private_endpoint_check(REGISTRY, "Container registry"),
 )
 
 POLICIES = [

@@ -16,7 +16,7 @@ from typing import Any
 from pulumi_policy import PolicyResource, ReportViolation, ResourceValidationArgs, Severity, StackValidationArgs
 
 from .common import as_list, lookup, references, resource_policy, resources_of, same, stack_policy, walk
-from .exposure import _private_endpoint_check
+from .exposure import private_endpoint_check
 from .workloads import pod_spec
 
 STORAGE_ACCOUNT = "azure-native:storage:StorageAccount"
@@ -220,7 +220,7 @@ storage_private_endpoint = stack_policy(
     severity=Severity.HIGH,
     remediation="Create the account through components/model_store.py, which adds a private endpoint (group "
     "'blob') and its privatelink.blob.core.windows.net DNS zone group.",
-    check=_private_endpoint_check(STORAGE_ACCOUNT, "Storage account"),
+    check=private_endpoint_check(STORAGE_ACCOUNT, "Storage account"),
 )
 
 k8s_blob_volume_reachable = stack_policy(

@@ -24,7 +24,7 @@ from inferforge.components.egress import EgressFirewallArgs
 from inferforge.components.frontdoor import FrontDoorArgs
 from inferforge.components.gateway import AiGatewayArgs
 from inferforge.components.gpu_sizes import GPU_VM_SIZES, allowed_tp_sizes
-from inferforge.components.inference_service import shm_problem
+from inferforge.components.inference_args import shm_problem
 from inferforge.components.keyvault import KeyVaultArgs
 from inferforge.components.model_store import ModelStoreArgs
 from inferforge.components.naming import DNS_1123_SUBDOMAIN, RULES, PlatformNames, node_label_problems
@@ -40,6 +40,7 @@ from inferforge.components.vm_local_disks import (
     ephemeral_os_disk_problem,
 )
 from inferforge.inference import defaults as serving_defaults
+from inferforge.inference.settings import ServingSettings, embeddings_problem, settings_fields
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -51,7 +52,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel, to_snake
 
 from .component_sections import embed
-from .gpu_memory import KNOWN_MODELS, ModelShape, gib, known_model, plan_gpu_memory
+from .gpu_memory import ASSUMPTION, KNOWN_MODELS, GpuMemoryPlan, ModelShape, gib, known_model, plan_gpu_memory
 
 NAMESPACE = "inferforge"
 # Longest piece of a user's value echoed back in an error: a 100 kB value must not flood a PR check.
@@ -494,7 +495,14 @@ class ModelShapeConfig(_Section):
     num_params: int = Field(ge=1_000_000, le=10**13)
 
 
-class InferenceConfig(_Section):
+# The serving settings the stack chooses: all of them (inference/settings.py declares each once).
+_SERVING_SETTINGS = tuple(f.name for f in settings_fields())
+
+
+class InferenceConfig(embed(ServingSettings, _SERVING_SETTINGS, base=_Section,
+                            # The GPU-memory check prices a context length, so a stack always names one.
+                            defaults={"max_model_len": serving_defaults.STACK_MAX_MODEL_LEN},
+                            keys={"drain_timeout_s": "drainTimeoutSeconds"})):
     namespace: str = Field("inference", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     service_account: str = Field("inference", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     gpu_pool: str = DEFAULT_GPU_POOL
@@ -503,19 +511,12 @@ class InferenceConfig(_Section):
     model_shape: ModelShapeConfig | None = None
     # The server image (inference/Dockerfile) as pushed to the platform registry.
     image: ImageConfig = Field(default_factory=lambda: ImageConfig(repository="inferforge/inference", tag="0.1.0"))
-    # Serving defaults (tpSize, dtype, maxModelLen, maxBatchSize, drainTimeoutSeconds, embeddingsPooling,
-    # toolCallParser) come from inference/defaults.py, shared with the server CLI and the component.
-    tp_size: int = Field(serving_defaults.TP_SIZE, ge=1, le=8)
-    dtype: Literal["bfloat16", "float16", "float32"] = serving_defaults.DTYPE
     replicas: int = Field(1, ge=1, le=100)
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     cpu: int = Field(8, ge=1, le=512)
     memory_gi: int = Field(64, ge=1, le=4096)
     shm_size_gi: int = Field(16, ge=1, le=1024)
-    max_model_len: int = Field(serving_defaults.STACK_MAX_MODEL_LEN, ge=128, le=1048576)
-    max_batch_size: int = Field(serving_defaults.MAX_BATCH_SIZE, ge=1, le=1024)
     startup_timeout_seconds: int = Field(1800, ge=60, le=7200)
-    drain_timeout_seconds: int = Field(serving_defaults.DRAIN_TIMEOUT_S, ge=5, le=3600)
     pre_stop_sleep_seconds: int = Field(15, ge=0, le=300)
     api_key_secret_name: str = Field("inference-api-keys", pattern=r"^[0-9A-Za-z-]{1,127}$")
     # Near the top of the default network.aksSubnet (10.20.0.0/22), away from the nodes' and pods' addresses.
@@ -524,18 +525,13 @@ class InferenceConfig(_Section):
     # Dimension of the RAG embeddings table (rag.embeddings, HNSW index) the schema Job creates; the
     # embedding model's output width. Unset: no table. pgvector indexes at most 2000 dimensions.
     embedding_dimensions: int | None = Field(None, ge=1, le=2000)
-    # `served`: the server answers /v1/embeddings with the served model's pooled hidden states (TP 1 only).
-    embeddings: Literal["off", "served"] = "off"
-    embeddings_pooling: Literal["mean", "last"] = serving_defaults.EMBEDDINGS_POOLING_SERVED
-    # The tool-call syntax the served model writes (the server's --tool-call-parser): hermes for
-    # Hermes/Qwen2.5/Qwen3, llama3_json for Llama 3.x, mistral for Mistral ([TOOL_CALLS]).
-    tool_call_parser: Literal["hermes", "llama3_json", "mistral"] = serving_defaults.TOOL_CALL_PARSER
 
     @model_validator(mode="after")
     def _embeddings_fit(self) -> InferenceConfig:
-        if self.embeddings == "served" and self.tp_size != 1:
-            raise ValueError(f"embeddings 'served' with tpSize {self.tp_size}: the server pools the model's own "
-                             "states on one rank; allowed: embeddings off, or tpSize 1")
+        problem = embeddings_problem(self.embeddings, self.tp_size, {"embeddings": "embeddings", "tp_size": "tpSize"},
+                                     instead="embeddings off")
+        if problem:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
@@ -873,32 +869,57 @@ class PlatformConfig(_Section):
                             "gateway.enabled true (only the gateway routes requests on `model`), or one model")
         return problems
 
-    def _gpu_memory_problems(self, pool: GpuPoolConfig, key: str, inference: InferenceConfig) -> list[str]:
-        """Weights / tp + preallocated KV cache + runtime margin must fit one GPU of the pool (stacks/gpu_memory.py)."""
-        if inference.model_shape is not None:
-            shape = ModelShape(**inference.model_shape.model_dump())
-        else:
-            known = known_model(inference.model_name)
-            if known is None:
-                return [f"{key}.modelName '{inference.model_name}' is not a known model, so whether it fits "
-                        f"the GPU cannot be checked; allowed: one of {', '.join(KNOWN_MODELS)}, or set "
-                        f"{key}.modelShape {{numLayers, numKvHeads, headDim, numParams}} from its config.json"]
-            shape = known
-        gpu = GPU_VM_SIZES[pool.vm_size]
-        plan = plan_gpu_memory(shape, tp_size=inference.tp_size, dtype=inference.dtype,
+    def gpu_memory_plans(self) -> list[tuple[str, InferenceConfig, GpuPoolConfig, GpuMemoryPlan | None]]:
+        """(key, model, its GPU pool, the engine's KV plan on one of its GPUs or None for an unknown model) per
+        served model whose pool exists (stacks/gpu_memory.py; `plan` prints these)."""
+        pools = {p.name: p for p in self.aks.gpu_pools}
+        return [(key, model, pools[model.gpu_pool], self._gpu_memory_plan(pools[model.gpu_pool], model))
+                for key, model in self.served_models if model.gpu_pool in pools]
+
+    @staticmethod
+    def _gpu_memory_plan(pool: GpuPoolConfig, inference: InferenceConfig) -> GpuMemoryPlan | None:
+        shape = (ModelShape(**inference.model_shape.model_dump()) if inference.model_shape is not None
+                 else known_model(inference.model_name))
+        if shape is None:
+            return None
+        return plan_gpu_memory(shape, tp_size=inference.tp_size, dtype=inference.dtype,
                                max_batch_size=inference.max_batch_size, max_model_len=inference.max_model_len,
-                               gpu_bytes=gpu.memory_bytes)
+                               gpu_bytes=GPU_VM_SIZES[pool.vm_size].memory_bytes,
+                               kv_block_size=inference.kv_block_size,
+                               gpu_memory_utilization=inference.gpu_memory_utilization,
+                               kv_cache_memory_gib=inference.kv_cache_memory_gib)
+
+    def _gpu_memory_problems(self, pool: GpuPoolConfig, key: str, inference: InferenceConfig) -> list[str]:
+        """A full batch at full context must fit the KV pool the engine would size on one GPU of the pool (its own
+        planner, inference/kv_plan.py, through stacks/gpu_memory.py)."""
+        plan = self._gpu_memory_plan(pool, inference)
+        if plan is None:
+            return [f"{key}.modelName '{inference.model_name}' is not a known model, so whether it fits "
+                    f"the GPU cannot be checked; allowed: one of {', '.join(KNOWN_MODELS)}, or set "
+                    f"{key}.modelShape {{numLayers, numKvHeads, headDim, numParams}} from its config.json"]
+        gpu = GPU_VM_SIZES[pool.vm_size]
         if plan.fits:
             return []
-        needs = (f"'{inference.model_name}' at tpSize {inference.tp_size} in {inference.dtype} needs per GPU "
-                 f"{gib(plan.weight_bytes)} weights + {gib(plan.kv_bytes)} KV cache ({plan.kv_slots} slots x "
-                 f"{plan.max_model_len} tokens x {plan.kv_bytes_per_token // 1024} KiB) + "
-                 f"{gib(plan.margin_bytes)} runtime margin = {gib(plan.needed_bytes)}, but {pool.vm_size} "
-                 f"(pool '{pool.name}') has {gib(plan.gpu_bytes)} per {gpu.gpu_model} GPU")
-        if plan.max_batch_size() >= 1:
-            allowed = (f"maxBatchSize <= {plan.max_batch_size()} at maxModelLen {plan.max_model_len}, or "
-                       f"maxModelLen <= {plan.max_model_len_at(inference.max_batch_size)} at maxBatchSize "
-                       f"{inference.max_batch_size}, or a larger tpSize / a GPU with more memory")
+        where = f"{pool.vm_size} (pool '{pool.name}', {gib(plan.gpu_bytes)} per {gpu.gpu_model} GPU)"
+        if plan.explicit_kv and plan.pool_blocks >= plan.needed_blocks:
+            budget = (f"that pool plus {gib(plan.weight_bytes)} weights, {gib(plan.runtime_bytes)} CUDA runtime "
+                      f"(estimated) and {gib(plan.reserve_bytes)} activation reserve come to {gib(plan.needed_bytes)}"
+                      f", more than {where} holds")
+        elif plan.explicit_kv:
+            budget = f"a kvCacheMemoryGib {inference.kv_cache_memory_gib:g} pool of {plan.pool_blocks} blocks"
+        else:
+            budget = (f"{gib(max(0, plan.kv_budget_bytes))} for the KV pool: gpuMemoryUtilization "
+                      f"{plan.gpu_memory_utilization:g} of {where}, less {gib(plan.weight_bytes)} weights, "
+                      f"{gib(plan.runtime_bytes)} CUDA runtime (estimated) and {gib(plan.reserve_bytes)} "
+                      "activation reserve")
+        needs = (f"'{inference.model_name}' at tpSize {inference.tp_size} in {inference.dtype}: {ASSUMPTION} needs "
+                 f"{plan.max_batch_size} x {plan.blocks_per_sequence} KV blocks of {plan.block_size} tokens x "
+                 f"{plan.kv_bytes_per_token // 1024} KiB = {gib(plan.kv_bytes)} per GPU, and there is {budget}")
+        fitting = plan.max_batch_size_that_fits()
+        if fitting >= 1:
+            allowed = (f"maxBatchSize <= {fitting} at maxModelLen {plan.max_model_len}, or maxModelLen <= "
+                       f"{plan.max_model_len_at(inference.max_batch_size)} at maxBatchSize {inference.max_batch_size}, "
+                       "or a larger tpSize / a GPU with more memory")
         else:
             allowed = "a larger tpSize or a GPU with more memory (the weights alone leave no room for the KV cache)"
         return [f"{key}.maxBatchSize {inference.max_batch_size} with maxModelLen {inference.max_model_len} does "

@@ -1,18 +1,20 @@
-"""Does the configured model fit one GPU? The arithmetic `plan` runs before `pulumi up`, not at pod start.
+"""Does the configured model fit one GPU? The engine's own KV arithmetic, run by `plan` before `pulumi up`.
 
-Per rank (one GPU of a tensor-parallel group), as the inference server allocates it:
+Per rank (one GPU of a tensor-parallel group), as the inference server sizes it at start-up
+(inference/model_runner.py ``kv_budget_bytes``, then inference/kv_plan.py, which this module calls too):
 
 * weights / tp: DeepSpeed AutoTP shards every Linear and Embedding across the ranks
   (deepspeed/module_inject/auto_tp.py: ``nn.Embedding: self._slice_embedding``); the engine loads
-  the weights in ``dtype``, so weight bytes = parameters x dtype bytes.
-* KV cache: layers x 2 x ceil(kv_heads / tp) x head_dim x dtype bytes per token (what
-  inference/engine.py ``plan_kv_pool`` computes; AutoTP shards KV heads unevenly when tp does not
-  divide them, so the largest shard, the ceiling, is what must fit). The server's paged pool grows
-  to what ``--gpu-memory-utilization`` leaves and admits requests against free blocks; this plan
-  checks the stricter case that (max_batch_size + 1) x max_model_len tokens fit (a full batch at
-  full context, plus one sequence of headroom, never preempted).
-* runtime margin: CUDA context, cuBLAS/NCCL workspaces, activations and logits of one step. Like
-  vLLM's default ``gpu_memory_utilization=0.9``, 10 % of the GPU, at least 2 GiB.
+  the weights in ``dtype``, so weight bytes = parameters x dtype bytes (``auto`` is 16-bit on a GPU).
+* what else is in use when the pool is sized: the CUDA context and NCCL buffers, which the engine
+  measures (``total - free``) and this plan estimates (``CUDA_RUNTIME_BYTES``).
+* the KV pool: ``gpu_memory_utilization`` x the GPU, less what is in use, less the engine's activation
+  reserve (``gpu_kv_budget_bytes``), or ``kv_cache_memory_gib`` when set; ``plan_kv_pool`` turns that
+  budget into blocks of ``kv_block_size`` tokens (AutoTP gives a rank ceil(kv_heads / tp) heads).
+
+The engine starts when one sequence of ``max_model_len`` fits the pool, and queues or preempts the rest.
+The plan checks the stricter assumption, and says so: a full batch at full context (``max_batch_size`` x
+ceil(``max_model_len`` / ``kv_block_size``) blocks) fits, so no request is ever preempted for KV space.
 
 Model shapes come from the known-model table below (Hugging Face ``config.json`` of each model;
 the parameter counts are what those shapes add up to) or from ``inference.modelShape`` in the stack
@@ -24,10 +26,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-GIB = 1024**3
-DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
-RUNTIME_MARGIN_FRACTION = 0.10
-RUNTIME_MARGIN_MIN_BYTES = 2 * GIB
+from inferforge.inference import defaults, kv_plan
+
+GIB = kv_plan.GIB
+# Bytes per weight on a GPU: `auto` is bf16 there (fp16 on GPUs without bf16), 16 bits either way.
+DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}
+CUDA_RUNTIME_BYTES = GIB
+"""In use on a GPU besides the weights when the engine sizes its pool: the CUDA context (~0.5 GiB with PyTorch)
+and NCCL's buffers. An estimate: the engine measures the real figure at start-up."""
 
 
 @dataclass(frozen=True)
@@ -70,57 +76,109 @@ def known_model(model_name: str) -> ModelShape | None:
     return KNOWN_MODELS.get(model_name.rsplit("/", 1)[-1].lower())
 
 
+ASSUMPTION = "a full batch at full context, never preempted for KV space"
+"""What the plan's check requires of the KV pool (the engine itself needs only one sequence of max_model_len)."""
+
+
 @dataclass(frozen=True)
 class GpuMemoryPlan:
-    """Bytes one rank needs, and what one GPU has."""
+    """One rank's memory as the engine would size it on this GPU."""
 
     weight_bytes: int
-    kv_bytes_per_token: int
-    kv_slots: int
-    max_model_len: int
-    margin_bytes: int
+    runtime_bytes: int
     gpu_bytes: int
+    gpu_memory_utilization: float
+    kv_budget_bytes: int
+    """The pool's budget: kv_cache_memory_gib, or what gpu_memory_utilization leaves (may be negative)."""
+    kv_bytes_per_token: int
+    block_size: int
+    max_batch_size: int
+    max_model_len: int
+    pool_blocks: int
+    """Blocks the engine's pool would hold (0: not even one sequence of max_model_len, the engine refuses to start)."""
+    explicit_kv: bool
+
+    @property
+    def blocks_per_sequence(self) -> int:
+        return -(-self.max_model_len // self.block_size)
+
+    @property
+    def needed_blocks(self) -> int:
+        """A full batch at full context."""
+        return self.max_batch_size * self.blocks_per_sequence
 
     @property
     def kv_bytes(self) -> int:
-        return self.kv_bytes_per_token * self.kv_slots * self.max_model_len
+        """KV bytes of a full batch at full context."""
+        return self.needed_blocks * self.block_size * self.kv_bytes_per_token
+
+    @property
+    def reserve_bytes(self) -> int:
+        return kv_plan.KV_ACTIVATION_RESERVE_BYTES
 
     @property
     def needed_bytes(self) -> int:
-        return self.weight_bytes + self.kv_bytes + self.margin_bytes
+        return self.weight_bytes + self.runtime_bytes + self.reserve_bytes + self.kv_bytes
 
     @property
     def fits(self) -> bool:
-        return self.needed_bytes <= self.gpu_bytes
+        if self.pool_blocks < self.needed_blocks:
+            return False
+        # An explicit pool is allocated whatever the GPU holds: the whole of it must fit the GPU.
+        return not self.explicit_kv or self.needed_bytes <= self.gpu_bytes
 
-    @property
-    def kv_budget_bytes(self) -> int:
-        """What is left for the KV cache once weights and margin are placed (may be negative)."""
-        return self.gpu_bytes - self.weight_bytes - self.margin_bytes
+    def _budget_blocks(self) -> int:
+        return max(0, self.kv_budget_bytes) // (self.kv_bytes_per_token * self.block_size)
 
-    def max_batch_size(self) -> int:
-        """Largest max_batch_size that fits at this max_model_len (0: not even one sequence)."""
-        slots = self.kv_budget_bytes // (self.kv_bytes_per_token * self.max_model_len)
-        return max(0, slots - 1)
+    def max_batch_size_that_fits(self) -> int:
+        """Largest max_batch_size whose full batch fits at this max_model_len (0: not even one sequence)."""
+        return self._budget_blocks() // self.blocks_per_sequence
 
     def max_model_len_at(self, batch_size: int) -> int:
-        """Longest max_model_len that fits at this max_batch_size (0: none)."""
-        return max(0, self.kv_budget_bytes // (self.kv_bytes_per_token * (batch_size + 1)))
+        """Longest max_model_len whose full batch of `batch_size` fits (0: none)."""
+        return (self._budget_blocks() // batch_size) * self.block_size
 
 
 def plan_gpu_memory(shape: ModelShape, *, tp_size: int, dtype: str, max_batch_size: int, max_model_len: int,
-                    gpu_bytes: int) -> GpuMemoryPlan:
-    """Per-rank memory of the inference server for this model and serving config on a GPU of `gpu_bytes`."""
+                    gpu_bytes: int, kv_block_size: int = defaults.KV_BLOCK_SIZE,
+                    gpu_memory_utilization: float = defaults.GPU_MEMORY_UTILIZATION,
+                    kv_cache_memory_gib: float | None = None) -> GpuMemoryPlan:
+    """Per-rank memory of the inference server for this model and these serving settings on a GPU of `gpu_bytes`,
+    sized by the engine's own planner (inference/kv_plan.py)."""
     dtype_bytes = DTYPE_BYTES[dtype]
-    kv_heads_per_rank = math.ceil(shape.num_kv_heads / tp_size)
+    weight_bytes = math.ceil(shape.num_params * dtype_bytes / tp_size)
+    if kv_cache_memory_gib is not None:
+        budget = int(kv_cache_memory_gib * GIB)
+    else:
+        budget = kv_plan.gpu_kv_budget_bytes(total_bytes=gpu_bytes, used_bytes=weight_bytes + CUDA_RUNTIME_BYTES,
+                                             gpu_memory_utilization=gpu_memory_utilization)
+    try:
+        pool = kv_plan.plan_kv_pool(
+            num_layers=shape.num_layers, kv_heads=shape.num_kv_heads, head_dim=shape.head_dim, dtype_bytes=dtype_bytes,
+            world_size=tp_size, budget_bytes=max(0, budget), block_size=kv_block_size, max_batch_size=max_batch_size,
+            model_max_len=max_model_len, requested_max_model_len=max_model_len)
+        blocks, per_token = pool.num_blocks, pool.bytes_per_token
+    except ValueError:  # the engine would refuse to start: not even one sequence of max_model_len fits
+        blocks = 0
+        per_token = kv_plan.kv_bytes_per_token(shape.num_layers, -(-shape.num_kv_heads // tp_size), shape.head_dim,
+                                               dtype_bytes)
     return GpuMemoryPlan(
-        weight_bytes=math.ceil(shape.num_params * dtype_bytes / tp_size),
-        kv_bytes_per_token=shape.num_layers * 2 * kv_heads_per_rank * shape.head_dim * dtype_bytes,
-        kv_slots=max_batch_size + 1,
-        max_model_len=max_model_len,
-        margin_bytes=max(RUNTIME_MARGIN_MIN_BYTES, math.ceil(gpu_bytes * RUNTIME_MARGIN_FRACTION)),
-        gpu_bytes=gpu_bytes,
-    )
+        weight_bytes=weight_bytes, runtime_bytes=CUDA_RUNTIME_BYTES, gpu_bytes=gpu_bytes,
+        gpu_memory_utilization=gpu_memory_utilization, kv_budget_bytes=budget, kv_bytes_per_token=per_token,
+        block_size=kv_block_size, max_batch_size=max_batch_size, max_model_len=max_model_len, pool_blocks=blocks,
+        explicit_kv=kv_cache_memory_gib is not None)
+
+
+def describe(plan: GpuMemoryPlan) -> str:
+    """One line of `plan`'s output: what one rank holds and whether the checked assumption holds."""
+    verdict = ("fits" if plan.fits else "does NOT fit") + (
+        f"; a full batch fits up to {plan.max_batch_size_that_fits()} sequences at this context" if plan.fits else "")
+    budget = ("kvCacheMemoryGib" if plan.explicit_kv
+              else f"{plan.gpu_memory_utilization:g} x {gib(plan.gpu_bytes)}, less the rest")
+    return (f"{gib(plan.weight_bytes)} weights + {gib(plan.runtime_bytes)} CUDA runtime (est.) + "
+            f"{gib(plan.reserve_bytes)} activation reserve; KV pool {gib(max(0, plan.kv_budget_bytes))} ({budget}), "
+            f"needs {plan.max_batch_size} x {plan.blocks_per_sequence} blocks of {plan.block_size} tokens = "
+            f"{gib(plan.kv_bytes)}: {verdict}")
 
 
 def gib(n: int) -> str:

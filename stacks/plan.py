@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from .config import ConfigError, PlatformConfig
+from .gpu_memory import ASSUMPTION, describe
 from .render import (
     REPO_ROOT,
     RenderedResource,
@@ -59,6 +60,15 @@ def counts_summary(resources: Sequence[RenderedResource]) -> str:
     parts = ", ".join(f"{n} {p}" for p, n in sorted(by_provider.items()))
     return (f"Resources:\n    + {len(custom)} to create ({parts})\n"
             f"    {len(resources) - len(custom)} components, {len(resources)} registrations in all")
+
+
+def gpu_memory_summary(cfg: PlatformConfig) -> str:
+    """Per served model, one GPU rank's memory as the engine's own planner sizes it, and the assumption checked."""
+    lines = [f"GPU memory per rank (the engine's KV planner, inference/kv_plan.py; checked: {ASSUMPTION}):"]
+    for key, model, pool, plan in cfg.gpu_memory_plans():
+        head = f"  {key} '{model.model_name}' on {pool.vm_size}, tpSize {model.tp_size}, {model.dtype}: "
+        lines.append(head + (describe(plan) if plan else "unknown model shape (not checked)"))
+    return "\n".join(lines)
 
 
 def redact(value: Any) -> Any:
@@ -162,6 +172,8 @@ def run(argv: Sequence[str] | None = None, prog: str = "python -m stacks plan") 
         print(resource_tree(resources))
         print()
         print(counts_summary(resources))
+        print()
+        print(gpu_memory_summary(validate_stack(args.stack, root=args.cwd)))
         if violations is not None:
             print()
             print(format_text(violations, args.stack))

@@ -24,6 +24,7 @@ from inferforge.components.inference_service import (
     ModelSource,
     ModelStoreSource,
     PvcModelSource,
+    ServingSettings,
 )
 from inferforge.components.keyvault import KeyVault
 from inferforge.components.pgvector_extension import PgvectorExtension, PgvectorExtensionArgs
@@ -116,13 +117,7 @@ def inference_service_args(cfg: PlatformConfig, inference: InferenceConfig, *, i
         namespace=inference.namespace,
         service_account_name=inference.service_account,
         kubernetes_version=cfg.aks.kubernetes_version,
-        tp_size=inference.tp_size,
-        dtype=inference.dtype,
-        max_batch_size=inference.max_batch_size,
-        max_model_len=inference.max_model_len,
-        embeddings=None if inference.embeddings == "off" else inference.embeddings,
-        embeddings_pooling=inference.embeddings_pooling,
-        tool_call_parser=inference.tool_call_parser,
+        serving=ServingSettings(**inference.args()),  # the section embeds the declaration (inference/settings.py)
         replicas=inference.replicas,
         cpu=inference.cpu,
         memory_limit_gib=inference.memory_gi,
@@ -131,9 +126,8 @@ def inference_service_args(cfg: PlatformConfig, inference: InferenceConfig, *, i
         startup_period_s=period,
         startup_failure_threshold=max(1, inference.startup_timeout_seconds // period),
         prestop_sleep_s=inference.pre_stop_sleep_seconds,
-        drain_timeout_s=inference.drain_timeout_seconds,
         # 15 s of headroom after preStop + drain for the process to exit before SIGKILL.
-        termination_grace_period_s=inference.pre_stop_sleep_seconds + inference.drain_timeout_seconds + 15,
+        termination_grace_period_s=inference.pre_stop_sleep_seconds + inference.drain_timeout_s + 15,
         service_port=80,
         gateway_namespace=cfg.gateway.namespace if cfg.gateway.enabled else None,
         autoscaling=autoscaling,

@@ -10,7 +10,7 @@
 Prefills `batch` sequences of `context` random tokens, then times `--steps` decode steps (the
 first 5 are warm-up) and prints one JSON line per batch size with the median step time. `--thread
 main` runs the steps on the thread that loaded the model; `passing` (default) loads in a thread that
-ends and steps in another, as the server does (see `engine._in_passing_thread`). `--profile` adds the
+ends and steps in another, as the server does (see `ranks._in_passing_thread`). `--profile` adds the
 torch profiler's top ops of 10 more steps.
 """
 

@@ -59,7 +59,16 @@ def load_checkout(name: str, root: Path) -> tuple[ModuleType, ModuleType]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    return importlib.import_module(f"{name}.engine"), importlib.import_module(f"{name}.distributed")
+    # Since the engine's split (issue 26) the runner and the config have modules of their own; an older
+    # checkout has both in `engine`.
+    if (root / "inference" / "model_runner.py").is_file():
+        engine = ModuleType(f"{name}.engine_parts")
+        engine.ModelRunner = importlib.import_module(f"{name}.model_runner").ModelRunner
+        engine.EngineConfig = importlib.import_module(f"{name}.engine_config").EngineConfig
+        engine.__name__ = f"{name}.engine"
+    else:
+        engine = importlib.import_module(f"{name}.engine")
+    return engine, importlib.import_module(f"{name}.distributed")
 
 
 class Side:

@@ -10,7 +10,8 @@ import torch
 
 from inference import cpu_attention, kv_cache
 from inference.distributed import LaunchEnv, WireStep
-from inference.engine import EngineConfig, ModelRunner
+from inference.engine_config import EngineConfig
+from inference.model_runner import ModelRunner
 
 from .test_kv_paging import make_engine, run_workload, shared_prefix_workload
 

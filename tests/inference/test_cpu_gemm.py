@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from inference import cpu_gemm
 from inference.distributed import LaunchEnv, WireStep
-from inference.engine import EngineConfig, ModelRunner
+from inference.engine_config import EngineConfig
+from inference.model_runner import ModelRunner
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from inference import cpu_gemm, cpu_gemv, numba_jit
 from inference.distributed import LaunchEnv, WireStep
-from inference.engine import EngineConfig, ModelRunner
+from inference.engine_config import EngineConfig
+from inference.model_runner import ModelRunner
 
 
 def _packed(out_features: int, in_features: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,8 +11,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from inference import cpu_gemm
 from inference.distributed import LaunchEnv, WireStep
-from inference.engine import EngineConfig, ModelRunner
+from inference.engine_config import EngineConfig
 from inference.fused import fuse_projections
+from inference.model_runner import ModelRunner
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from inference.engine import EngineConfig, InferenceEngine, start_engine
+from inference.engine import InferenceEngine
 from inference.engine_api import (
     EngineDeadError,
     EngineShuttingDownError,
@@ -21,6 +21,8 @@ from inference.engine_api import (
     SamplingParams,
     TokenEvent,
 )
+from inference.engine_config import EngineConfig
+from inference.ranks import start_engine
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -262,8 +264,13 @@ def test_engine_reports_its_model_and_tokenizer(engine: InferenceEngine, tiny_mo
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("dtype", "int8", "dtype 'int8' is not one of auto, float32, bfloat16, float16"),
-        ("max_batch_size", 0, "max_batch_size must be >= 1"),
+        ("dtype", "int8", "dtype 'int8' is not one of auto, bfloat16, float16, float32"),
+        ("max_batch_size", 0, "max_batch_size 0 is invalid: allowed: >= 1 and <= 1024"),
+        ("max_model_len", 1, "max_model_len 1 is invalid: allowed: >= 2"),
+        ("kv_cache_memory_gib", 0.0, "kv_cache_memory_gib 0.0 is invalid: allowed: > 0"),
+        ("gpu_memory_utilization", 1.5, "gpu_memory_utilization 1.5 is invalid: allowed: > 0 and <= 1"),
+        ("kv_block_size", 2048, "kv_block_size 2048 is invalid: allowed: >= 1 and <= 1024"),
+        ("max_num_batched_tokens", 0, "max_num_batched_tokens must be >= 1"),
         ("max_num_batched_tokens", 4, "must be >= max_batch_size"),
         ("device", "tpu", "device 'tpu' is not one of auto, cpu, cuda"),
         ("collective_timeout_s", 0, "collective_timeout_s must be > 0"),

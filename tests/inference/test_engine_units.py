@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from inference import engine as engine_module
+from inference import model_runner as engine_module
 from inference.block_manager import BlockManager
 from inference.distributed import LaunchEnv, WireStep
 from inference.engine_api import SamplingParams

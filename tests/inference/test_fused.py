@@ -10,8 +10,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaAttention
 
 from inference.distributed import LaunchEnv, WireStep
-from inference.engine import EngineConfig, ModelRunner
+from inference.engine_config import EngineConfig
 from inference.fused import fuse_projections
+from inference.model_runner import ModelRunner
 
 
 def _runner(model_dir: Path, dtype: str, fuse: bool) -> ModelRunner:

@@ -12,8 +12,11 @@ import torch
 
 from inference import kv_cache
 from inference.block_manager import BlockManager, OutOfBlocksError, prompt_block_hashes
-from inference.engine import GIB, EngineConfig, InferenceEngine, plan_kv_pool, start_engine
+from inference.engine import InferenceEngine
 from inference.engine_api import GenerationRequest, SamplingParams
+from inference.engine_config import EngineConfig
+from inference.kv_plan import GIB, plan_kv_pool
+from inference.ranks import start_engine
 from inference.scheduler import Scheduler, Sequence
 from tests.inference.test_engine_units import run_step
 

@@ -24,20 +24,22 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     ([], "the following arguments are required: command"),
     (["serve"], "--model-dir"),
     (["serve", "--model-dir", "{model}", "--dtype", "int4"], "invalid choice: 'int4'"),
-    (["serve", "--model-dir", "{model}", "--tp-size", "0"], "must be at least 1"),
+    (["serve", "--model-dir", "{model}", "--tp-size", "0"], "--tp-size: allowed: >= 1 and <= 8, got 0"),
     (["serve", "--model-dir", "{model}", "--tp-size", "two"], "'two' is not an integer"),
     (["serve", "--model-dir", "{model}", "--port", "70000"], "1..65535"),
-    (["serve", "--model-dir", "{model}", "--max-batch-size", "-1"], "must be at least 1"),
-    (["serve", "--model-dir", "{model}", "--drain-timeout", "soon"], "not a number of seconds"),
+    (["serve", "--model-dir", "{model}", "--max-batch-size", "-1"], "allowed: >= 1 and <= 1024, got -1"),
+    (["serve", "--model-dir", "{model}", "--drain-timeout", "soon"], "--drain-timeout: 'soon' is not an integer"),
     (["serve", "--model-dir", "{model}", "--drain-timeout", "-3"], ">= 0"),
     (["serve", "--model-dir", "{model}", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["serve", "--model-dir", "{model}", "--tool-call-parser", "pythonic"], "invalid choice: 'pythonic'"),
     (["serve", "--model-dir", "/nonexistent/model", "--allow-unauthenticated"], "is not a directory"),
     (["serve", "--model-dir", "{empty}", "--allow-unauthenticated"], "no config.json"),
-    (["serve", "--model-dir", "{model}", "--allow-unauthenticated", "--max-model-len", "1"], "max_model_len"),
-    (["serve", "--model-dir", "{model}", "--kv-cache-memory", "0"], "GiB > 0"),
-    (["serve", "--model-dir", "{model}", "--gpu-memory-utilization", "1.5"], "must be in (0, 1]"),
-    (["serve", "--model-dir", "{model}", "--block-size", "4096"], "1..1024 tokens"),
+    (["serve", "--model-dir", "{model}", "--allow-unauthenticated", "--max-model-len", "1"],
+     "--max-model-len: allowed: >= 2"),
+    (["serve", "--model-dir", "{model}", "--kv-cache-memory", "0"], "--kv-cache-memory: allowed: > 0"),
+    (["serve", "--model-dir", "{model}", "--kv-cache-memory", "inf"], "'inf' is not a finite number"),
+    (["serve", "--model-dir", "{model}", "--gpu-memory-utilization", "1.5"], "allowed: > 0 and <= 1, got 1.5"),
+    (["serve", "--model-dir", "{model}", "--block-size", "4096"], "allowed: >= 1 and <= 1024, got 4096"),
     # 0.0001 GiB = 104,857 bytes: 12 blocks of 16 tokens x 512 bytes, less than 1,024 tokens.
     (["serve", "--model-dir", "{model}", "--allow-unauthenticated", "--dtype", "float32", "--kv-cache-memory",
       "0.0001", "--max-model-len", "1024"], "max_model_len 1024 needs 64 KV blocks of 16 tokens"),
@@ -66,7 +68,7 @@ def test_defaults_are_the_secure_and_documented_ones(tmp_path: Path) -> None:
     args = build_parser().parse_args(["serve", "--model-dir", str(tmp_path)])
     assert (args.host, args.port, args.tp_size, args.dtype) == ("127.0.0.1", 8000, 1, "bfloat16")
     assert args.allow_unauthenticated is False
-    assert args.drain_timeout == 60.0  # the shared serving defaults: tests/test_serving_defaults.py
+    assert args.drain_timeout_s == 60  # the declared defaults: tests/test_serving_settings.py
     assert args.tool_call_parser == "hermes"
     assert build_parser().parse_args(["serve", "--model-dir", str(tmp_path), "--tool-call-parser",
                                       "mistral"]).tool_call_parser == "mistral"

@@ -16,10 +16,11 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from inference.engine import EngineConfig, start_engine
 from inference.engine_api import GenerationRequest, SamplingParams
+from inference.engine_config import EngineConfig
 from inference.engine_probe import probe_prompts
 from inference.model_factory import FAMILIES, write_model
+from inference.ranks import start_engine
 from tests.inference.test_engine_tp import ranks, wait_all
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

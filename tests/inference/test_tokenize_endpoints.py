@@ -158,7 +158,7 @@ def test_bad_chat_template_flag_exits_2_before_loading_the_model(tiny_model_dir:
 def test_eos_ids_are_the_union_of_config_and_generation_config(tiny_model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoConfig
 
-    from inference.engine import model_eos_token_ids
+    from inference.model_runner import model_eos_token_ids
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
@@ -172,8 +172,9 @@ def test_eos_ids_are_the_union_of_config_and_generation_config(tiny_model_dir: P
 @pytest.mark.timeout(180)
 def test_engine_stops_at_an_end_of_turn_id_listed_only_in_generation_config(tiny_model_dir: Path,
                                                                              tmp_path: Path) -> None:
-    from inference.engine import EngineConfig, start_engine
     from inference.engine_api import GenerationRequest, SamplingParams
+    from inference.engine_config import EngineConfig
+    from inference.ranks import start_engine
 
     def run(model_dir: Path, prompt: list[int]) -> list[tuple[int | None, str | None]]:
         engine = start_engine(EngineConfig(model_dir=model_dir, dtype="float32", max_batch_size=2,

@@ -12,7 +12,11 @@ from inferforge.components import reference
 from inferforge.components.aks import AksClusterArgs
 from inferforge.components.egress import EgressFirewallArgs
 from inferforge.components.frontdoor import FrontDoorArgs
-from inferforge.components.inference_service import InferenceServiceArgs, InferenceServiceConfigError
+from inferforge.components.inference_service import (
+    InferenceServiceArgs,
+    InferenceServiceConfigError,
+    ServingSettings,
+)
 from inferforge.components.keyvault import KeyVault, KeyVaultArgs
 from inferforge.components.model_store import ModelStoreArgs
 from inferforge.components.observability import ObservabilityArgs
@@ -120,7 +124,7 @@ def test_config_and_component_agree_on_the_boundary():
                 workload_identity_client_id="c", keyvault_url="https://kv", pls_name="pls", pls_subnet_name="s",
                 pls_subnet_cidr="10.0.6.0/24", node_cidr="10.0.0.0/22", private_endpoint_subnet_cidr="10.0.4.0/24",
                 gpu_node_labels={"inferforge.io/pool": "gpu"}, allow_image_tags=True, image_tag="t",
-                memory_limit_gib=160, tp_size=1)
+                memory_limit_gib=160, serving=ServingSettings(tp_size=1))
     InferenceServiceArgs(**fits, shm_size_gib=158).validate()
     with pytest.raises(InferenceServiceConfigError, match=r"shm_size_gib=159 is invalid: 159 leaves 1 GiB"):
         InferenceServiceArgs(**fits, shm_size_gib=159).validate()

@@ -7,6 +7,7 @@ of the cluster version with kubernetes-validate in strict mode (unknown fields f
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,9 @@ from inferforge.components.inference_service import (
     InferenceServiceConfigError,
     KedaAutoscaling,
     PvcModelSource,
+    ServingSettings,
 )
+from inferforge.components.limits import ArgsOutOfLimits
 from inferforge.policies.offline import config_path_for, evaluate
 from inferforge.stacks.render import RenderedResource, render_program
 
@@ -110,8 +113,12 @@ SCALED_OBJECT_SCHEMA: dict[str, Any] = {
 }
 
 
+SERVING_NAMES = {f.name for f in dataclasses.fields(ServingSettings)}
+
+
 def prod_args(**overrides: Any) -> InferenceServiceArgs:
-    """Prod-shaped arguments: digest-pinned image, tp 2, PVC weights, autoscaling."""
+    """Prod-shaped arguments: digest-pinned image, tp 2, PVC weights, autoscaling. Overrides named as a serving
+    setting (tp_size, drain_timeout_s, ...) go into `serving`."""
     values: dict[str, Any] = dict(
         model_name="qwen2.5-7b-instruct",
         image_registry="crinferforgeprod.azurecr.io",
@@ -126,14 +133,15 @@ def prod_args(**overrides: Any) -> InferenceServiceArgs:
         private_endpoint_subnet_cidr="10.20.4.0/24",
         gpu_node_labels={"inferforge.io/pool": "gpua100"},
         redis_host="redis-inferforge-prod.westeurope.redis.azure.net",
-        tp_size=2,
         memory_limit_gib=96,
         shm_size_gib=16,
         replicas=2,
         autoscaling=KedaAutoscaling(prometheus_server_address="https://amw-inferforge.prometheus.monitor.azure.com",
                                     min_replicas=2, max_replicas=4, authentication_ref="keda-azure-monitor"),
     )
+    chosen = {name: overrides.pop(name) for name in list(overrides) if name in SERVING_NAMES}
     values.update(overrides)
+    values.setdefault("serving", ServingSettings(**{"tp_size": 2, **chosen}))
     return InferenceServiceArgs(**values)
 
 
@@ -240,12 +248,15 @@ def test_probes_and_grace_period_follow_the_args() -> None:
 def test_server_command_matches_the_inference_cli(prod: dict[str, dict[str, Any]]) -> None:
     command = server_container(prod)["command"]
     assert command[:4] == ["python", "-m", "inference", "serve"]
+    assert "--enable-prefix-caching" in command  # the one boolean flag: on by default
+    command = [part for part in command if part != "--enable-prefix-caching"]
     flags = dict(zip(command[4::2], command[5::2], strict=True))
     assert flags == {
         "--model-dir": "/models", "--model-name": "qwen2.5-7b-instruct", "--tp-size": "2", "--dtype": "bfloat16",
         "--host": "0.0.0.0", "--port": "8000", "--api-keys-keyvault-url": "https://kv-inferforge-prod.vault.azure.net/",
         "--api-keys-secret": "inference-api-keys", "--drain-timeout": "60",
         "--max-batch-size": "64", "--max-waiting": "128", "--tool-call-parser": "hermes",
+        "--gpu-memory-utilization": "0.9", "--block-size": "16", "--embeddings": "off",
     }
     assert "--allow-unauthenticated" not in command
 
@@ -407,13 +418,18 @@ def test_outputs_name_namespace_service_deployment_pls_and_load_balancer_ip() ->
 
 # ------------------------------------------------------------------------------------------ bad args
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"tp_size": 0}, r"tp_size=0 is invalid: must be an integer between 1 and 8"),
-    ({"tp_size": 16}, r"tp_size=16 is invalid"),
+    ({"tp_size": 0}, r"serving.tp_size=0 is invalid: allowed: >= 1 and <= 8"),
+    ({"tp_size": 16}, r"serving.tp_size=16 is invalid"),
+    ({"dtype": "fp8"}, r"serving.dtype='fp8' is invalid: allowed: one of auto, bfloat16, float16, float32"),
+    ({"tp_size": 2, "embeddings": "served"}, r"serving.embeddings='served' is invalid: serving.embeddings served "
+                                             r"with serving.tp_size 2"),
+    ({"serving": {"tp_size": 2}}, r"serving=\{'tp_size': 2\} is invalid: must be a ServingSettings"),
     ({"image_digest": None}, r"image_digest=None is invalid: a digest \(sha256:<64 hex>\) is required"),
     ({"image_digest": "sha256:abc"}, r"image_digest='sha256:abc' is invalid: must be 'sha256:' followed by 64"),
     ({"image_digest": None, "image_tag": "latest"}, r"tags are only accepted when allow_image_tags"),
     ({"prestop_sleep_s": 30, "drain_timeout_s": 90, "termination_grace_period_s": 100},
-     r"termination_grace_period_s=100 is invalid: must be >= prestop_sleep_s \(30\) \+ drain_timeout_s \(90\) = 120"),
+     r"termination_grace_period_s=100 is invalid: must be >= prestop_sleep_s \(30\) \+ serving.drain_timeout_s "
+     r"\(90\) = 120"),
     ({"memory_limit_gib": 16, "shm_size_gib": 16},
      r"shm_size_gib=16 is invalid: 16 leaves 0 GiB of memory_limit_gib 16 for 2 tensor-parallel rank\(s\), "
      r"which need 2 GiB each outside /dev/shm"),
@@ -438,8 +454,13 @@ def test_bad_args_are_rejected_with_a_message_naming_field_and_rule(overrides: d
 
 def test_args_mutated_after_construction_are_checked_again_before_deploying() -> None:
     args = prod_args()
-    args.tp_size = 9
-    with pytest.raises(InferenceServiceConfigError, match="tp_size=9"):
+    args.serving.tp_size = 9
+    # The declared bound (inference/settings.py), checked for every caller as each component's limits are.
+    with pytest.raises(ArgsOutOfLimits, match=r"ServingSettings.tp_size=9 is invalid: allowed: >= 1 and <= 8"):
+        render_service(args)
+    args = prod_args()
+    args.replicas = 0
+    with pytest.raises(InferenceServiceConfigError, match="replicas=0"):
         render_service(args)
 
 

@@ -153,6 +153,9 @@ def test_tool_call_parser_reaches_the_server_command_and_parses():
 
 
 def test_embeddings_are_off_unless_configured(dev):
+    from inference.serve import build_parser
+
     deployment = one(dev, "kubernetes:apps/v1:Deployment", "inference-deployment")
     container = deployment.inputs["spec"]["template"]["spec"]["containers"][0]
-    assert "--embeddings" not in container["command"] + container.get("args", [])
+    parsed = build_parser().parse_args((container["command"] + container.get("args", []))[3:])
+    assert (parsed.embeddings, parsed.embeddings_model_dir) == ("off", None)
