@@ -135,3 +135,33 @@ def test_check_consistency_notices_books_that_do_not_balance() -> None:
     blocks._refcount[table[0]] = 0  # a block nobody uses that is in neither the free nor the evictable list
     with pytest.raises(AssertionError, match="free \\+ evictable"):
         blocks.check_consistency([table[1:]])
+
+
+def test_hits_and_queries_accumulate_over_allocations() -> None:
+    blocks = BlockManager(num_blocks=8, block_size=2)
+    prompt = [1, 2, 3, 4, 5]
+    hashes = prompt_block_hashes(prompt, 2)
+    first = blocks.allocate([], 5, prompt_len=5)
+    blocks.register(first, hashes, 2)
+    blocks.allocate(blocks.cached_prefix(hashes, 5), 5, prompt_len=5)
+    blocks.allocate(blocks.cached_prefix(hashes, 5), 5, prompt_len=5)
+    assert (blocks.queries, blocks.hits) == (15, 8)
+
+
+def test_a_prompt_that_starts_from_the_cache_registers_the_blocks_it_computed_after_it() -> None:
+    blocks = BlockManager(num_blocks=8, block_size=2)
+    short, longer = [1, 2, 3], [1, 2, 3, 4, 5]
+    first = blocks.allocate([], 3)
+    blocks.register(first, prompt_block_hashes(short, 2), 1)
+    hashes = prompt_block_hashes(longer, 2)
+    cached = blocks.cached_prefix(hashes, 5)
+    second = blocks.allocate(cached, 5)
+    blocks.register(second, hashes, 2)  # block 0 is already cached; block 1 is new and must become findable
+    assert blocks.cached_prefix(hashes, 5) == second[:2] and blocks.num_cached == 2
+
+
+def test_append_block_says_why_it_refuses() -> None:
+    blocks = BlockManager(num_blocks=1, block_size=2)
+    table = blocks.allocate([], 2)
+    with pytest.raises(OutOfBlocksError, match="^no free KV block$"):
+        blocks.append_block(table)
