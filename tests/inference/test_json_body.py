@@ -93,3 +93,16 @@ def test_quote_cuts_at_the_limit() -> None:
     assert quote(10 ** 31) == str(10 ** 31)  # 32 digits
     assert quote(-(10 ** 40)) == "-10000000000... (41 digits)"
     assert quote(True) == "True" and quote(None) == "None"
+
+
+def test_integers_up_to_the_limit_decode_when_a_long_digit_run_elsewhere_turns_the_integer_check_on() -> None:
+    run = "7" * (MAX_INT_DIGITS + 1)  # in a string: not an integer, but it makes the decoder check every integer
+    at_limit = int("9" * MAX_INT_DIGITS)
+    assert decode_object(f'{{"s": "{run}", "seed": {at_limit}, "n": -3}}'.encode()) == {
+        "s": run, "seed": at_limit, "n": -3}
+
+
+def test_the_depth_error_says_what_is_allowed() -> None:
+    assert refused("[" * 70 + "]" * 70).message == "Request body must be a JSON object."
+    assert refused('{"x":' + "[" * 70 + "]" * 70 + "}").message == (
+        "Request body is nested too deeply; at most 64 levels of arrays and objects are allowed.")
