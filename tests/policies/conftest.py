@@ -2,7 +2,8 @@
 
 Every policy test starts from resources our own components register (the real program through
 ``stacks.render.render_stack``, or one component rendered here under mocks), then changes one
-property and expects exactly the policy guarding it to fire.
+property and expects exactly the policies guarding it to fire: ``assert_only`` runs the whole pack with the stack's
+shipped config (``run_policy`` runs one policy and says nothing about the others).
 """
 
 from __future__ import annotations
@@ -34,10 +35,36 @@ def policy(name: str) -> Any:
 def run_policy(
     name: str, resources: Sequence[Any], tmp_path: Path, config: dict[str, Any] | None = None
 ) -> list[Violation]:
-    """Evaluate one policy, mandatory, with optional config properties."""
+    """Evaluate one policy, mandatory, with optional config properties.
+
+    It says nothing about the other policies: a test that a break is caught by exactly the policies guarding it
+    uses ``run_pack`` and ``assert_only``."""
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps({name: {"enforcementLevel": "mandatory", **(config or {})}}))
     return evaluate(resources, path, "test", policies=[policy(name)])
+
+
+def run_pack(resources: Sequence[Any], stack: str) -> list[Violation]:
+    """Evaluate the whole pack with the stack's shipped config (policies/config/<stack>.json), as the plan does."""
+    return evaluate(resources, CONFIG_DIR / f"{stack}.json", stack)
+
+
+def fired(violations: Sequence[Violation]) -> set[str]:
+    """The names of the policies that reported something."""
+    return {v.policy_name for v in violations}
+
+
+def assert_only(resources: Sequence[Any], stack: str, expected: set[str] | frozenset[str], case: str = "") -> list[
+        Violation]:
+    """The whole pack on ``resources`` raises exactly the ``expected`` policies, each at least once, and no other.
+
+    Every rendered stack the breaks start from passes the whole pack with no violation at all (tested in
+    test_stacks.py), so any policy that fires here fires because of the break."""
+    violations = run_pack(resources, stack)
+    assert fired(violations) == set(expected), (
+        f"{case}: expected exactly {sorted(expected)}, the pack raised {sorted(fired(violations))}: "
+        + "; ".join(f"{v.policy_name}: {v.message}" for v in violations))
+    return violations
 
 
 def break_property(

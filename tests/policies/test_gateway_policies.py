@@ -1,12 +1,11 @@
-"""The gateway policies on the real rendered prod stack: compliant as rendered, and each break raises exactly
-the policy that guards it, with the whole pack evaluated (no other policy fires)."""
+"""The gateway policies on the real rendered prod stack. Their breaks (BREAKS) run through the whole pack in
+test_whole_pack.py, which checks that each raises exactly the policy that guards it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from inferforge.policies.offline import evaluate
 
 from tests.policies.conftest import CONFIG_DIR, break_property
@@ -35,6 +34,7 @@ def _ingress_from_the_nodes(inputs: dict[str, Any]) -> None:
     inputs["spec"]["ingress"][0]["from"].append({"ipBlock": {"cidr": "10.30.0.0/21"}})
 
 
+# (case, the policy that guards it, mutation of the prod stack); test_whole_pack.py runs them through the whole pack.
 BREAKS = [
     ("the model server gets its own load balancer", "k8s-model-servers-behind-gateway",
      mutate("inference-svc", lambda i: i["spec"].__setitem__("type", "LoadBalancer"))),
@@ -48,17 +48,6 @@ BREAKS = [
     ("no autoscaler", "k8s-gateway-redundant", drop("gateway-hpa")),
     ("no disruption budget", "k8s-gateway-redundant", drop("gateway-pdb")),
 ]
-
-
-def test_the_rendered_prod_stack_passes_the_whole_pack(prod_resources) -> None:
-    assert pack_violations(prod_resources) == []
-
-
-@pytest.mark.parametrize(("case", "expected", "breaking"), BREAKS, ids=[b[0] for b in BREAKS])
-def test_each_break_raises_exactly_the_policy_that_guards_it(prod_resources, case: str, expected: str,
-                                                             breaking: Callable[[list[Any]], list[Any]]) -> None:
-    violations = pack_violations(breaking(list(prod_resources)))
-    assert {name for name, _ in violations} == {expected}, case
 
 
 def test_without_a_gateway_a_fronting_model_server_is_fine(prod_resources) -> None:

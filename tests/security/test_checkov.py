@@ -144,7 +144,8 @@ def test_suppressed_aks_settings_are_what_checkov_cannot_read(rendered) -> None:
     cluster = next(r for r in prod if r.type == "azure-native:containerservice:ManagedCluster").inputs
     assert cluster["addonProfiles"]["azureKeyvaultSecretsProvider"]["config"]["enableSecretRotation"] == "true"
     assert cluster["apiServerAccessProfile"]["enablePrivateCluster"] is True
-    assert cluster["kubernetesVersion"] >= "1.19"
+    # Numerically: as strings "1.2" >= "1.19" holds.
+    assert tuple(int(part) for part in cluster["kubernetesVersion"].split(".")) >= (1, 19)
     policy = next(r for r in prod if r.type == "azure-native:network:FirewallPolicy").inputs
     assert policy["threatIntelMode"] == "Deny"
 
