@@ -103,6 +103,10 @@ class ChatCompletionsEndpoint:
             "choices": choices,
             "usage": usage_of(gens).model_dump(),
         }
+        if req.prompt_logprobs is not None and gens[0].prompt_logprobs is not None:
+            # vLLM's place for it in chat: the response's, the rendered prompt's tokens (one prompt for all choices).
+            body["prompt_logprobs"] = LogprobFormatter(backend).prompt_logprobs(
+                gens[0].prompt_ids, gens[0].prompt_logprobs, req.prompt_logprobs)
         return JSONResponse(body, headers={"X-Request-Id": request_id})
 
     async def _chunks(self, request_id: str, gens: list[Generation], req: ChatCompletionRequest,

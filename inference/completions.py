@@ -47,17 +47,34 @@ class CompletionsEndpoint:
         if req.stream:
             return self.handling.stream(request_id, gens, self._chunks(request_id, gens, req, created, model))
         texts = await self.handling.whole_texts(request, gens)
-        backend = self.state.tokenizer.backend_tokenizer
+        prompt_texts = [prompt if isinstance(prompt, str) else None for prompt in req.prompts]
         body = CompletionResponse(
             id=request_id, created=created, model=model,
-            choices=[CompletionChoice(
-                index=gen.index, text=text, finish_reason=gen.finish_reason,
-                logprobs=LogprobFormatter(backend).completion(gen.take_logprobs()) if gen.wants_logprobs else None,
-            ) for gen, text in zip(gens, texts, strict=True)],
+            choices=[self._choice(req, gen, text, prompt_texts[gen.index // req.n])
+                     for gen, text in zip(gens, texts, strict=True)],
             usage=usage_of(gens),
         )
         return Response(body.model_dump_json(), media_type="application/json",
                         headers={"X-Request-Id": request_id})
+
+    def _choice(self, req: CompletionRequest, gen: Generation, text: str, prompt_text: str | None) -> CompletionChoice:
+        """One whole choice; with echo, the prompt leads its text and (with logprobs) its tokens, as vLLM answers."""
+        formatter = LogprobFormatter(self.state.tokenizer.backend_tokenizer)
+        logprobs = None
+        if req.echo:
+            if prompt_text is None:  # token ids: their text, special tokens kept as the model saw them
+                prompt_text = self.state.tokenizer.decode(gen.prompt_ids, skip_special_tokens=False)
+            text = prompt_text + text
+            if gen.wants_logprobs:
+                logprobs = formatter.completion_prompt(gen.prompt_ids, gen.prompt_logprobs, req.logprobs)
+        if gen.wants_logprobs:
+            generated = formatter.completion(gen.take_logprobs())
+            logprobs = generated if logprobs is None else {key: logprobs[key] + generated[key] for key in generated}
+        prompt_logprobs = None
+        if req.prompt_logprobs is not None and gen.prompt_logprobs is not None:
+            prompt_logprobs = formatter.prompt_logprobs(gen.prompt_ids, gen.prompt_logprobs, req.prompt_logprobs)
+        return CompletionChoice(index=gen.index, text=text, finish_reason=gen.finish_reason, logprobs=logprobs,
+                                prompt_logprobs=prompt_logprobs)
 
     async def _chunks(self, request_id: str, gens: list[Generation], req: CompletionRequest,
                                  created: int, model: str) -> AsyncIterator[str]:

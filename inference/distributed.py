@@ -136,7 +136,7 @@ class WireStep:
     """One step as every rank sees it: a packed batch of tokens and each row's KV block table."""
 
     num_decode: int  # decode tokens come first, one per decoding sequence
-    prefills: list[tuple[int, int, bool]]  # (start, length, wants_logits)
+    prefills: list[tuple[int, int, int]]  # (start, length, logits rows: scheduler.LOGITS_NONE / _LAST / _ALL)
     block_tables: list[list[int]]  # one per row: the num_decode decoders, then the prefills
     token_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64
@@ -167,7 +167,7 @@ class WireStep:
         n_rows = num_decode + n_prefills
         head = 3 * n_prefills + n_rows + table_ints
         values = payload[:head].tolist()
-        prefills = [(values[3 * i], values[3 * i + 1], bool(values[3 * i + 2])) for i in range(n_prefills)]
+        prefills = [(values[3 * i], values[3 * i + 1], values[3 * i + 2]) for i in range(n_prefills)]
         lengths = values[3 * n_prefills : 3 * n_prefills + n_rows]
         tables, at = [], 3 * n_prefills + n_rows
         for length in lengths:

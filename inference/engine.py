@@ -43,13 +43,14 @@ from .engine_api import (
     EngineDeadError,
     EngineShuttingDownError,
     GenerationRequest,
+    PromptLogprob,
     QueueFullError,
     TokenEvent,
 )
 from .engine_config import EngineConfig
 from .model_runner import ModelRunner, model_eos_token_ids
 from .sampling import sample_tokens
-from .scheduler import Scheduler, Sequence, StepPlan
+from .scheduler import LOGITS_ALL, LOGITS_LAST, Scheduler, Sequence, StepPlan
 
 log = logging.getLogger("inferforge.engine")
 
@@ -147,8 +148,8 @@ class InferenceEngine:
         prompt = request.prompt_token_ids
         if not prompt:
             raise ValueError("prompt_token_ids is empty; at least one token is required")
-        if params.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {params.max_tokens}")
+        if params.max_tokens < 0:  # 0: prefill only (echo, prompt logprobs); the HTTP layer says when it may be
+            raise ValueError(f"max_tokens must be >= 0, got {params.max_tokens}")
         if len(prompt) + params.max_tokens > self.max_model_len:
             pool = self._runner.kv_pool
             why = ""
@@ -171,6 +172,8 @@ class InferenceEngine:
             raise ValueError(f"min_p must be in [0, 1], got {params.min_p}")
         if params.logprobs is not None and not 0 <= params.logprobs <= self.vocab_size:
             raise ValueError(f"logprobs must be in [0, {self.vocab_size}] or None, got {params.logprobs}")
+        if params.prompt_logprobs is not None and not 0 <= params.prompt_logprobs <= self.vocab_size:
+            raise ValueError(f"prompt_logprobs must be in [0, {self.vocab_size}] or None, got {params.prompt_logprobs}")
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         """Stream one request's tokens (see AsyncEngine.generate)."""
@@ -324,7 +327,7 @@ class InferenceEngine:
         for work in plan.prefill:
             token_ids.extend(work.seq.tokens(work.start, work.start + work.length))
             positions.extend(range(work.start, work.start + work.length))
-            prefills.append((work.start, work.length, work.wants_logits))
+            prefills.append((work.start, work.length, work.logits_rows))
             tables.append(work.seq.block_table)
         return WireStep(
             num_decode=len(plan.decode),
@@ -335,14 +338,41 @@ class InferenceEngine:
         )
 
     def _advance(self, plan: StepPlan, logits: torch.Tensor, events: dict[Sequence, _Item]) -> None:
-        """Account the computed tokens, sample the next ones, decide who finished."""
+        """Account the computed tokens, collect prompt logprobs, sample the next tokens, decide who finished."""
         for seq in plan.decode:
             seq.num_computed += 1
+        # `logits` rows, in step order: one per decoder, then each chunk's last row or all its rows.
+        sample_rows = list(range(len(plan.decode)))
+        rows = list(plan.decode)
+        prompt_rows: list[tuple[Sequence, int, int]] = []  # (sequence, logits row, prompt position it predicts)
+        at = len(plan.decode)
         for work in plan.prefill:
-            work.seq.num_computed += work.length
-        rows = plan.decode + [w.seq for w in plan.prefill if w.wants_logits]
+            seq = work.seq
+            mode = work.logits_rows
+            if mode == LOGITS_ALL:
+                for j in range(work.length):
+                    target = work.start + j + 1
+                    if len(seq.prompt_logprobs) < target < len(seq.prompt):
+                        prompt_rows.append((seq, at + j, target))
+                at += work.length
+            elif mode == LOGITS_LAST:
+                at += 1
+            if work.wants_logits and seq.params.max_tokens > 0:
+                sample_rows.append(at - 1)
+                rows.append(seq)
+            seq.num_computed += work.length
+        if prompt_rows:
+            _collect_prompt_logprobs(logits, prompt_rows)
+        for work in plan.prefill:
+            seq = work.seq
+            if work.wants_logits and seq.params.max_tokens == 0 and not seq.aborted:
+                # Prefill only (prompt logprobs): done, nothing to sample.
+                seq.finish_reason = "length"
+                events[seq] = TokenEvent(None, "length", prompt_logprobs=tuple(seq.prompt_logprobs))
         if not rows:
             return
+        if len(sample_rows) != logits.shape[0]:
+            logits = logits.index_select(0, torch.tensor(sample_rows, dtype=torch.long))
         constraints = [s.constraint for s in rows]
         tokens = sample_tokens(
             structured_output.constrain_logits(logits, constraints, self.eos_token_ids)
@@ -359,6 +389,7 @@ class InferenceEngine:
         for i, (seq, token) in enumerate(zip(rows, tokens, strict=True)):
             if seq.aborted:
                 continue  # freed (with an abort event) at the next schedule()
+            first = not seq.output
             seq.output.append(token)
             reason = None
             if token in eos and not seq.params.ignore_eos:
@@ -368,11 +399,9 @@ class InferenceEngine:
             elif len(seq.output) >= seq.params.max_tokens or seq.total_len >= self.max_model_len:
                 reason = "length"
             seq.finish_reason = reason
-            if i in logprobs:
-                logprob, top = logprobs[i]
-                events[seq] = TokenEvent(token, reason, logprob, top)
-            else:
-                events[seq] = TokenEvent(token, reason)
+            logprob, top = logprobs.get(i, (None, ()))
+            prompt = tuple(seq.prompt_logprobs) if first and seq.params.prompt_logprobs is not None else None
+            events[seq] = TokenEvent(token, reason, logprob, top, prompt)
 
     def _emit(self, events: dict[Sequence, _Item]) -> None:
         """Hand events to their event loops: one thread-safe call per loop per step."""
@@ -445,6 +474,24 @@ def _token_logprobs(logits: torch.Tensor, rows: list[Sequence], tokens: list[int
             top = tuple(zip(top_ids[j, :want_k].tolist(), top_values[j, :want_k].tolist(), strict=True))
         out[i] = (chosen[j], top)
     return out
+
+
+def _collect_prompt_logprobs(logits: torch.Tensor, prompt_rows: list[tuple[Sequence, int, int]]) -> None:
+    """Append each prompt position's PromptLogprob to its sequence (positions arrive in order, chunk by chunk)."""
+    index = torch.tensor([row for _, row, _ in prompt_rows], dtype=torch.long)
+    logprobs = torch.log_softmax(logits.index_select(0, index), dim=-1).clamp_(min=MIN_LOGPROB)
+    targets = torch.tensor([[seq.prompt[position]] for seq, _, position in prompt_rows])
+    chosen = logprobs.gather(1, targets)
+    ranks = ((logprobs > chosen).sum(dim=1) + 1).tolist()
+    chosen_list = chosen.squeeze(1).tolist()
+    k = max(seq.params.prompt_logprobs or 0 for seq, _, _ in prompt_rows)
+    top_values, top_ids = logprobs.topk(k, dim=-1) if k else (None, None)
+    for j, (seq, _, _) in enumerate(prompt_rows):
+        want_k = seq.params.prompt_logprobs or 0
+        top: tuple[tuple[int, float], ...] = ()
+        if want_k:
+            top = tuple(zip(top_ids[j, :want_k].tolist(), top_values[j, :want_k].tolist(), strict=True))
+        seq.prompt_logprobs.append(PromptLogprob(chosen_list[j], ranks[j], top))
 
 
 @dataclass(frozen=True)

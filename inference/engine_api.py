@@ -19,6 +19,7 @@ class SamplingParams:
     """Per-request sampling; temperature 0 means greedy."""
 
     max_tokens: int
+    """Tokens to generate; 0 runs the prefill only (echo, prompt logprobs: the HTTP layer allows it there)."""
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -31,6 +32,11 @@ class SamplingParams:
     """None: no log-probabilities. k >= 0: each token event carries the sampled token's
     log-probability and the k most likely alternatives (of the model's distribution, before
     temperature and top-p, as vLLM's default reports them)."""
+    prompt_logprobs: int | None = None
+    """None: none. k >= 0: the first event carries, for every prompt token after the first, its log-probability
+    given the tokens before it, its rank in that distribution and the k most likely alternatives (vLLM's
+    `prompt_logprobs`; lm-evaluation-harness scores loglikelihood tasks with them). Computed in the prefill that
+    runs anyway: such a prompt reuses no cached prefix (its rows are computed)."""
     grammar: Any = None
     """A compiled grammar (`inference.structured_output.Grammar`) the generated tokens must follow,
     or None. The engine keeps one matcher per sequence on rank 0 and masks its logits before
@@ -42,6 +48,17 @@ class GenerationRequest:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class PromptLogprob:
+    """A prompt token's log-probability given the tokens before it."""
+
+    logprob: float
+    rank: int
+    """1 + the number of tokens the model found more likely."""
+    top: tuple[tuple[int, float], ...] = ()
+    """(token id, log-probability) of the most likely tokens at that position, most likely first."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,8 @@ class TokenEvent:
     """log-probability of `token_id` when the request asked for logprobs."""
     top_logprobs: tuple[tuple[int, float], ...] = ()
     """(token id, log-probability) of the most likely tokens, most likely first (`params.logprobs` of them)."""
+    prompt_logprobs: tuple[PromptLogprob, ...] | None = None
+    """On a request's first event when `params.prompt_logprobs` is set: one entry per prompt token after the first."""
 
 
 class QueueFullError(Exception):

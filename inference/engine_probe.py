@@ -32,6 +32,7 @@ from .engine import InferenceEngine
 from .engine_api import GenerationRequest, SamplingParams
 from .engine_config import EngineConfig
 from .ranks import RankContext, load_rank, run_rank
+from .scheduler import LOGITS_ALL
 from .supervisor import exit_now
 
 DEAD_EXIT_CODE = 5
@@ -118,6 +119,37 @@ async def kv_rounds(engine: InferenceEngine, prefix: list[int], shared: list[lis
     }
 
 
+PROMPT_LOGPROBS_K = 3
+
+
+def prompt_logprobs_prompt(vocab_size: int, seed: int = 77) -> list[int]:
+    """100 seeded tokens (the probe uses 60 after a 40-token prefix: over its 64-token step budget, so the
+    prompt logprobs take two steps or more)."""
+    return torch.randint(3, vocab_size, (100,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def raw_prompt_logprobs(ctx: RankContext, prompt: list[int]) -> list[float]:
+    """Each prompt token's logprob from one unbatched forward over the whole prompt (every row's logits)."""
+    n = len(prompt)
+    table = list(range(-(-n // ctx.runner.kv_pool.block_size)))
+    step = WireStep(0, [(0, n, LOGITS_ALL)], [table], torch.tensor(prompt), torch.arange(n))
+    ctx.channel.send(CMD_STEP, step, 1)
+    logprobs = torch.log_softmax(ctx.runner.execute(step), dim=-1)
+    return logprobs[:-1].gather(1, torch.tensor(prompt[1:]).unsqueeze(1)).squeeze(1).tolist()
+
+
+async def prompt_logprobs_round(engine: InferenceEngine, prompt: list[int], beside: list[int], steps: int
+                                ) -> tuple[list[list], list[int]]:
+    """The prompt's logprobs (max_tokens 0) while another request decodes; (logprob, rank, top ids) per token."""
+    params = SamplingParams(max_tokens=0, temperature=0.0, prompt_logprobs=PROMPT_LOGPROBS_K)
+    decoding = asyncio.create_task(engine_batch(engine, [beside], steps))
+    entries: list[list] = []
+    async for ev in engine.generate(GenerationRequest("prompt-logprobs", prompt, params)):
+        if ev.prompt_logprobs is not None:
+            entries = [[e.logprob, e.rank, [t for t, _ in e.top]] for e in ev.prompt_logprobs]
+    return entries, (await decoding)[0]
+
+
 async def serve_until_dead(engine: InferenceEngine) -> None:
     def on_dead(exc: BaseException) -> None:
         print(f"DEAD {type(exc).__name__}", flush=True)
@@ -177,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     raw = [raw_greedy(ctx, p, args.steps) for p in prompts]
     raw_shared = [raw_greedy(ctx, p, args.steps)[0] for p in shared]
     raw_long = [raw_greedy(ctx, p, LONG_STEPS)[0] for p in long]
+    # Its first 40 tokens are the shared prefix, cached by the KV rounds: prompt logprobs must compute them anyway.
+    plp_prompt = prefix + prompt_logprobs_prompt(ctx.runner.vocab_size)[:60]
+    raw_plp = raw_prompt_logprobs(ctx, plp_prompt)
     engine = run_rank(ctx)
     assert engine is not None
     time.sleep(args.idle_s)
@@ -184,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     async def rounds() -> tuple[list[list[int]], dict]:
         batched = await engine_batch(engine, prompts, args.steps)
         kv = await kv_rounds(engine, prefix, shared, long, args.steps, LONG_STEPS)
+        plp, beside = await prompt_logprobs_round(engine, plp_prompt, prompts[0], args.steps)
+        kv.update(prompt_logprobs=plp, prompt_logprobs_prompt=plp_prompt, decoded_beside=beside)
         await engine.shutdown()
         return batched, kv
 
@@ -196,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine_tokens": batched,
         "raw_shared_tokens": raw_shared,
         "raw_long_tokens": raw_long,
+        "raw_prompt_logprobs": raw_plp,
         **kv,
         # Which projection classes rank 0 runs and how many layers run the fused forward (inference.fused).
         "q_proj_class": type(_query_projection(ctx.runner.model.model.layers[0].self_attn)).__name__,

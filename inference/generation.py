@@ -135,6 +135,9 @@ class Generation:
         # Log-probabilities of tokens whose text has not been handed out yet (see take_logprobs).
         self._logprobs: list[TokenLogprob] = []
         self.prompt_tokens = len(prompt_ids)
+        self.prompt_ids = prompt_ids
+        # The prompt tokens' logprobs (PromptLogprob each, after the first token) when params.prompt_logprobs.
+        self.prompt_logprobs: tuple[Any, ...] | None = None
         self.completion_tokens = 0
         self.finish_reason: str | None = None
         self.timer = RequestTimer(state.metrics)
@@ -158,6 +161,8 @@ class Generation:
 
     def _consume(self, event: TokenEvent) -> bool:
         """Apply one event; True when the request is finished."""
+        if event.prompt_logprobs is not None:
+            self.prompt_logprobs = event.prompt_logprobs
         if event.token_id is not None:
             self.completion_tokens += 1
             self.timer.token()

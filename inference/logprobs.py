@@ -54,6 +54,43 @@ class LogprobFormatter:
             for e in entries
         ]}
 
+    def completion_prompt(self, prompt_ids: list[int], entries: tuple[Any, ...] | None, k: int | None
+                          ) -> dict[str, Any]:
+        """The echoed prompt's part of a completion's `logprobs` (vLLM's shape): its tokens, null for the first
+        token's logprob and alternatives, then each token's logprob given those before it, with `k` alternatives
+        (the sampled-token rule: the token itself is always among them). Text offsets start at 0."""
+        tokens, token_logprobs, top_logprobs, offsets = [], [], [], []
+        for position, token_id in enumerate(prompt_ids):
+            text = self.token_text(token_id)
+            tokens.append(text)
+            offsets.append(self._offset)
+            self._offset += len(text)
+            if position == 0 or entries is None:
+                token_logprobs.append(None)
+                top_logprobs.append(None)
+                continue
+            entry = entries[position - 1]
+            token_logprobs.append(entry.logprob)
+            top = {self.token_text(t): lp for t, lp in entry.top[:k or 0]}
+            top.setdefault(text, entry.logprob)
+            top_logprobs.append(top)
+        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
+                "text_offset": offsets}
+
+    def prompt_logprobs(self, prompt_ids: list[int], entries: tuple[Any, ...], k: int) -> list[Any]:
+        """vLLM's `prompt_logprobs`: null for the first token, then {token id: {"logprob", "rank",
+        "decoded_token"}} with the prompt token and its `k` most likely alternatives (ranks 1..k)."""
+        out: list[Any] = [None]
+        for token_id, entry in zip(prompt_ids[1:], entries, strict=True):
+            position: dict[str, dict[str, Any]] = {
+                str(token_id): {"logprob": entry.logprob, "rank": entry.rank,
+                                "decoded_token": self.token_text(token_id)}}
+            for rank, (alt, logprob) in enumerate(entry.top[:k], start=1):
+                position.setdefault(str(alt), {"logprob": logprob, "rank": rank,
+                                               "decoded_token": self.token_text(alt)})
+            out.append(position)
+        return out
+
     def completion(self, entries: list[TokenLogprob]) -> dict[str, Any]:
         """`choices[].logprobs` of a completion response or chunk (text offsets continue across calls)."""
         tokens, token_logprobs, top_logprobs, offsets = [], [], [], []

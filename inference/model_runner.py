@@ -28,6 +28,7 @@ from .distributed import (
 )
 from .engine_config import EngineConfig
 from .kv_plan import CPU_KV_CACHE_DEFAULT_BYTES, GIB, gpu_kv_budget_bytes, plan_kv_pool
+from .scheduler import LOGITS_ALL, LOGITS_LAST
 
 log = logging.getLogger("inferforge.engine")
 
@@ -181,7 +182,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, step: WireStep) -> torch.Tensor:
-        """Run the forward of one step; returns float32 CPU logits of the rows that want them."""
+        """Run the forward of one step; returns float32 CPU logits of the rows that want them: every decode row,
+        then each prefill chunk's last row or all its rows (scheduler.LOGITS_*), in step order."""
         num_tokens = step.token_ids.numel()
         if num_tokens == 0:
             return torch.empty((0, self.vocab_size))
@@ -209,7 +211,7 @@ class ModelRunner:
                 visible = span.unsqueeze(0) <= decode_positions.unsqueeze(1)
                 meta.decode_mask = visible.view(n, 1, 1, hi + 1).to(self.device)
         offset = n
-        for (start, length, wants_logits), blocks in zip(step.prefills, step.block_tables[n:], strict=True):
+        for (start, length, logits_rows), blocks in zip(step.prefills, step.block_tables[n:], strict=True):
             table = torch.tensor(blocks, dtype=torch.int64)
             chunk_rows = kv_cache.block_rows(table, torch.arange(start + length), block_size)
             rows.append(chunk_rows[start:])
@@ -224,7 +226,9 @@ class ModelRunner:
                 meta.fresh_groups[-1] = kv_cache.FreshPromptGroup(last.offset, last.count + 1, length)
             else:
                 meta.fresh_groups.append(kv_cache.FreshPromptGroup(offset, 1, length))
-            if wants_logits:
+            if logits_rows == LOGITS_ALL:  # prompt logprobs: every row of the chunk
+                keep.extend(range(offset, offset + length))
+            elif logits_rows == LOGITS_LAST:
                 keep.append(offset + length - 1)
             offset += length
         meta.token_rows = torch.cat(rows).to(self.device)
@@ -241,5 +245,6 @@ class ModelRunner:
 
     def warm_up_step(self) -> WireStep:
         """A one-token prefill into block 0: allocates the KV pool and warms the kernels on every rank."""
-        return WireStep(0, [(0, 1, True)], [[0]], torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
+        zero = torch.zeros(1, dtype=torch.int64)
+        return WireStep(0, [(0, 1, LOGITS_LAST)], [[0]], zero, zero.clone())
 

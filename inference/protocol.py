@@ -92,6 +92,9 @@ class _SamplingFields(_Strict):
     n: int = Field(default=1, ge=1, le=MAX_CHOICES, description="Choices per prompt.")
     # vLLM extension used by benchmarks: keep generating past EOS until max_tokens.
     ignore_eos: bool = False
+    # vLLM extension: each prompt token's logprob given the tokens before it, with the k most likely alternatives
+    # (the choice's, or with chat the response's, `prompt_logprobs`). Evaluation harnesses score with it.
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     # OpenAI parameters accepted only at their no-op value so standard clients work unchanged.
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -114,7 +117,19 @@ class _SamplingFields(_Strict):
             raise ValueError("logit_bias is not supported; omit it")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options can only be set when stream is true")
+        if self.prompt_logprobs is not None and self.stream:
+            raise ValueError("prompt_logprobs is not available when stream is true (as in vLLM); set stream false")
         return self
+
+    @property
+    def wants_prompt(self) -> bool:
+        """Whether the response reports the prompt itself (prompt logprobs, or echo): max_tokens may be 0."""
+        return self.prompt_logprobs is not None
+
+    @property
+    def engine_prompt_logprobs(self) -> int | None:
+        """The alternatives per prompt token the engine computes (None: no prompt logprobs)."""
+        return self.prompt_logprobs
 
     @property
     def include_usage_chunk(self) -> bool:
@@ -154,8 +169,8 @@ class CompletionRequest(_SamplingFields):
 
     @model_validator(mode="after")
     def _unsupported_completion_values(self) -> CompletionRequest:
-        if self.echo:
-            raise ValueError("echo is not supported; it must be false")
+        if self.echo and self.stream:
+            raise ValueError("echo is not supported when stream is true; set stream false")
         if self.best_of not in (None, self.n):
             raise ValueError("best_of is not supported; omit it or set it equal to n")
         if self.suffix is not None:
@@ -165,6 +180,17 @@ class CompletionRequest(_SamplingFields):
             raise ValueError(f"{len(self.prompts)} prompts x n={self.n} = {total} choices exceed the limit "
                              f"of {MAX_CHOICES} choices per request")
         return self
+
+    @property
+    def wants_prompt(self) -> bool:
+        return self.echo or self.prompt_logprobs is not None
+
+    @property
+    def engine_prompt_logprobs(self) -> int | None:
+        """The alternatives per prompt token the engine computes: for `prompt_logprobs`, and for echo's logprobs
+        (the prompt's tokens then carry `logprobs` alternatives, as vLLM answers)."""
+        wanted = [k for k in (self.prompt_logprobs, self.logprobs if self.echo else None) if k is not None]
+        return max(wanted) if wanted else None
 
     @property
     def prompts(self) -> list[str | list[int]]:
@@ -475,6 +501,8 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: dict[str, Any] | None = None
     finish_reason: FinishReasonOut | None
+    # vLLM's shape: null for the first token, then {token id: {"logprob", "rank", "decoded_token"}} per token.
+    prompt_logprobs: list[dict[str, dict[str, Any]] | None] | None = None
 
 
 class CompletionResponse(BaseModel):

@@ -107,10 +107,12 @@ class RequestHandling:
                 f"{prompt_len} tokens; shorten the prompt so at least one token can be generated.",
                 code="context_length_exceeded",
             )
+        least = 0 if req.wants_prompt else 1  # with echo or prompt_logprobs, the prompt alone is an answer
         if max_tokens is None:
             max_tokens = max_len - prompt_len
-        elif max_tokens < 1:
-            raise errors.bad_request(f"max_tokens must be at least 1, got {json_body.quote(max_tokens)}",
+        elif max_tokens < least:
+            allowed = "at least 1 (0 with echo or prompt_logprobs)" if least else "at least 0"
+            raise errors.bad_request(f"max_tokens must be {allowed}, got {json_body.quote(max_tokens)}",
                                      code="invalid_max_tokens")
         elif prompt_len + max_tokens > max_len:
             raise errors.bad_request(
@@ -128,6 +130,7 @@ class RequestHandling:
             seed=req.seed,
             ignore_eos=req.ignore_eos,
             logprobs=requested_logprobs(req),
+            prompt_logprobs=req.engine_prompt_logprobs,
         )
 
     def generations(self, request_id: str, endpoint: str, prompts: list[tuple[list[int], SamplingParams]],

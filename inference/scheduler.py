@@ -71,6 +71,12 @@ class Sequence:
     num_preemptions: int = 0
     aborted: bool = False
     finish_reason: FinishReason | None = None
+    prompt_logprobs: list[Any] = field(default_factory=list)  # PromptLogprob of prompt tokens 1, 2, ... so far
+
+    @property
+    def needs_prompt_logits(self) -> bool:
+        """Asked for prompt logprobs and not all collected yet (a preempted sequence keeps what it has)."""
+        return self.params.prompt_logprobs is not None and len(self.prompt_logprobs) < len(self.prompt) - 1
 
     def __post_init__(self) -> None:
         if self.prefill_len < 0:
@@ -89,6 +95,14 @@ class Sequence:
         if end <= len(self.prompt):
             return self.prompt[start:end]
         return (self.prompt + self.output)[start:end]
+
+
+LOGITS_NONE, LOGITS_LAST, LOGITS_ALL = 0, 1, 2
+"""Which rows of a prefill chunk the forward keeps logits for (inference/model_runner.py reads them off the wire)."""
+PROMPT_LOGPROB_ROWS_PER_STEP = 256
+"""Most prompt rows whose logits one step keeps for prompt logprobs (each a vocabulary of float32: 256 rows of a
+152k vocabulary are 156 MB): a long prompt's logprobs are computed over several steps, beside the other
+sequences' decode tokens, instead of one step that holds everything up."""
 
 
 @dataclass
@@ -110,6 +124,14 @@ class PrefillWork:
         A sequence re-prefilling after a preemption already has that token (and every later one).
         """
         return self.completes_prefill and not self.seq.output
+
+    @property
+    def logits_rows(self) -> int:
+        """Which rows' logits the forward keeps (the wire's value): LOGITS_ALL for a chunk whose prompt logprobs are
+        wanted, LOGITS_LAST for one that ends the prompt, LOGITS_NONE otherwise."""
+        if self.seq.needs_prompt_logits:
+            return LOGITS_ALL
+        return LOGITS_LAST if self.wants_logits else LOGITS_NONE
 
 
 @dataclass
@@ -198,17 +220,25 @@ class Scheduler:
         budget = self.max_num_batched_tokens - len(decoders)
 
         prefill: list[PrefillWork] = []
+        logit_rows = PROMPT_LOGPROB_ROWS_PER_STEP
         for seq in self.running:
-            if seq.is_prefilling and budget > 0:
+            if seq.is_prefilling and budget > 0 and (logit_rows > 0 or not seq.needs_prompt_logits):
                 length = min(seq.prefill_len - seq.num_computed, budget)
+                if seq.needs_prompt_logits:
+                    length = min(length, logit_rows)
+                    logit_rows -= length
                 prefill.append(PrefillWork(seq, seq.num_computed, length))
                 budget -= length
         while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
             seq = self.waiting[0]
+            if seq.needs_prompt_logits and logit_rows <= 0:
+                break  # FIFO: this step's prompt-logprob rows are taken; it starts in the next one
             if seq.block_hashes is None:
                 caching = blocks.enable_prefix_caching
                 seq.block_hashes = prompt_block_hashes(seq.prompt, blocks.block_size) if caching else []
-            cached = blocks.cached_prefix(seq.block_hashes, seq.prefill_len)
+            # Prompt logprobs need every prompt row computed: such a prompt skips no cached prefix (its own
+            # blocks are still offered to the cache for later requests).
+            cached = [] if seq.needs_prompt_logits else blocks.cached_prefix(seq.block_hashes, seq.prefill_len)
             # Blocks for the whole prefill plus the first decode token: a running prompt never waits for memory.
             if blocks.blocks_needed(cached, seq.prefill_len + 1) > blocks.num_free:
                 break  # FIFO: later requests wait behind it, as in vLLM
@@ -220,6 +250,9 @@ class Scheduler:
             seq.arrival = self._arrivals
             self.running.append(seq)
             length = min(seq.prefill_len - seq.num_computed, budget)
+            if seq.needs_prompt_logits:
+                length = min(length, logit_rows)
+                logit_rows -= length
             prefill.append(PrefillWork(seq, seq.num_computed, length))
             budget -= length
 

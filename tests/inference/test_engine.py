@@ -240,7 +240,7 @@ def test_stop_admission_refuses_new_requests_but_finishes_in_flight_ones(tiny_mo
         ([], greedy(4), "prompt_token_ids is empty"),
         ([1, 2], greedy(300), "exceeds the model's context of 256"),
         ([1, 100_000], greedy(4), "prompt token ids must be in [0, 512)"),
-        ([1, 2], SamplingParams(max_tokens=0), "max_tokens must be >= 1"),
+        ([1, 2], SamplingParams(max_tokens=-1), "max_tokens must be >= 0"),
         ([1, 2], SamplingParams(max_tokens=4, top_p=0.0), "top_p must be in (0, 1]"),
         ([1, 2], SamplingParams(max_tokens=4, temperature=-1.0), "temperature must be >= 0"),
     ],

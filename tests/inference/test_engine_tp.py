@@ -114,9 +114,16 @@ def run_probe(model_dir: Path, world_size: int, tmp_path: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def test_tp2_gives_the_same_greedy_tokens_and_close_logits_as_tp1(tiny_model_dir: Path, tmp_path: Path) -> None:
-    tp1 = run_probe(tiny_model_dir, 1, tmp_path)
-    tp2 = run_probe(tiny_model_dir, 2, tmp_path)
+@pytest.fixture(scope="module")
+def probes(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    """The probe's results at TP 1 and TP 2 (each run once for the tests below)."""
+    tmp_path = tmp_path_factory.mktemp("probes")
+    return run_probe(tiny_model_dir, 1, tmp_path), run_probe(tiny_model_dir, 2, tmp_path)
+
+
+def test_tp2_gives_the_same_greedy_tokens_and_close_logits_as_tp1(probes: tuple[dict, dict], tiny_model_dir: Path
+                                                                   ) -> None:
+    tp1, tp2 = probes
 
     assert tp2["world_size"] == 2
     # AutoTP sharded the projections, and each rank fused its own q/k/v and gate/up shards.
@@ -164,3 +171,31 @@ def test_a_killed_rank_makes_the_other_rank_exit_non_zero_instead_of_hanging(
     assert elapsed < 2 * timeout_s + 5
     if survivor == 0:
         assert "DEAD" in (tmp_path / "rank0.log").read_text()
+
+
+def test_prompt_logprobs_at_tp1_and_tp2_are_the_unbatched_forwards_and_transformers(
+        probes: tuple[dict, dict], tiny_model_dir: Path) -> None:
+    """Prompt logprobs come from the engine's chunked, batched prefill (a cached prefix recomputed, another request
+    decoding beside it), at TP 1 and 2: equal to one unbatched forward over the prompt, and to transformers."""
+    from transformers import AutoModelForCausalLM
+
+    from inference.engine_probe import PROMPT_LOGPROBS_K
+
+    tp1, tp2 = probes
+    prompt = tp1["prompt_logprobs_prompt"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        reference = torch.log_softmax(model(torch.tensor([prompt])).logits[0, :-1], dim=-1)
+    expected = reference.gather(1, torch.tensor(prompt[1:]).unsqueeze(1)).squeeze(1)
+    for result in (tp1, tp2):
+        entries = result["prompt_logprobs"]
+        assert len(entries) == len(prompt) - 1
+        got = torch.tensor([logprob for logprob, _, _ in entries])
+        torch.testing.assert_close(got, torch.tensor(result["raw_prompt_logprobs"]), atol=LOGITS_ATOL, rtol=0)
+        torch.testing.assert_close(got, expected, atol=LOGITS_ATOL, rtol=0)
+        ranks = [rank for _, rank, _ in entries]
+        assert ranks == (reference > expected.unsqueeze(1)).sum(dim=1).add(1).tolist()
+        tops = [top for _, _, top in entries]
+        assert all(len(top) == PROMPT_LOGPROBS_K for top in tops)
+        assert [top[0] for top in tops] == reference.argmax(dim=1).tolist()
+        assert result["decoded_beside"] == tp1["raw_tokens"][0]  # the request decoding beside it was not disturbed

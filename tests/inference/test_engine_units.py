@@ -239,3 +239,56 @@ def test_a_batch_mixing_greedy_and_sampled_rows_treats_each_row_as_if_alone() ->
     draws = [sample_tokens(pair, [0.5], [1.0], [torch.Generator().manual_seed(s)], torch.Generator())[0]
              for s in range(400)]
     assert abs(draws.count(1) / 400 - 0.9) < 0.045  # at temperature 1 it would be 0.75
+
+
+def test_prompt_logprob_rows_are_bounded_per_step_and_decoders_keep_their_token(monkeypatch) -> None:
+    """A long prompt's logprob rows (a vocabulary of logits each) are spread over steps, at most
+    PROMPT_LOGPROB_ROWS_PER_STEP a step across all such prompts; a decoding sequence still decodes every step."""
+    from inference import scheduler as scheduler_module
+    from inference.scheduler import LOGITS_ALL
+
+    monkeypatch.setattr(scheduler_module, "PROMPT_LOGPROB_ROWS_PER_STEP", 10)
+    scheduler = new_scheduler(max_batch_size=4, max_num_batched_tokens=64, num_blocks=64)
+    decoder = seq("decoder", 3)
+    scheduler.add(decoder)
+    run_step(scheduler)  # the decoder's prompt; it decodes from now on
+    wanting = [Sequence(f"p{i}", list(range(1, 26)), SamplingParams(max_tokens=0, prompt_logprobs=1))
+               for i in range(2)]
+    for s in wanting:
+        scheduler.add(s)
+    rows_per_step = []
+    while any(s.is_prefilling or s.num_computed == 0 for s in wanting):
+        plan = scheduler.schedule()
+        assert plan is not None and decoder in plan.decode
+        rows = sum(w.length for w in plan.prefill if w.logits_rows == LOGITS_ALL)
+        assert all(w.logits_rows == LOGITS_ALL for w in plan.prefill)  # every prompt row is computed for them
+        rows_per_step.append(rows)
+        for s in plan.decode:
+            s.num_computed += 1
+            s.output.append(7)
+        for work in plan.prefill:
+            work.seq.num_computed += work.length
+            if work.completes_prefill:
+                work.seq.prompt_logprobs.extend([None] * (len(work.seq.prompt) - 1))
+    assert rows_per_step == [10, 10, 10, 10, 10]  # 50 prompt rows, 10 a step
+    # Once its logprobs are in, a preempted-and-recomputed prompt needs no rows again.
+    done = wanting[0]
+    assert not done.needs_prompt_logits
+    assert scheduler_module.PrefillWork(done, 0, len(done.prompt)).logits_rows != LOGITS_ALL
+
+
+def test_a_prompt_wanting_logprobs_reuses_no_cached_prefix() -> None:
+    scheduler = new_scheduler(max_batch_size=2, max_num_batched_tokens=64)
+    first = seq("first", 12)
+    scheduler.add(first)
+    run_step(scheduler)
+    first.finish_reason = "length"
+    scheduler.schedule()  # frees it, its full blocks stay in the prefix cache
+    again = Sequence("again", list(range(1, 13)), SamplingParams(max_tokens=1))
+    wanting = Sequence("wanting", list(range(1, 13)), SamplingParams(max_tokens=1, prompt_logprobs=0))
+    scheduler.add(again)
+    plan = scheduler.schedule()
+    assert plan.prefill[0].start == 8  # the two cached blocks of 4 are skipped
+    scheduler.add(wanting)
+    plan = scheduler.schedule()
+    assert ("wanting", 0, 12) in [(w.seq.request_id, w.start, w.length) for w in plan.prefill]

@@ -110,7 +110,7 @@ def render_component(build: Callable[[], Any], stack: str = "test") -> list[Rend
 def render_inference_service(**overrides: Any) -> list[RenderedResource]:
     """The InferenceService component's resources with production-shaped arguments."""
     import pulumi_kubernetes as k8s
-    from inferforge.components.inference_service import InferenceService, InferenceServiceArgs
+    from inferforge.components.inference_service import InferenceService, InferenceServiceArgs, ServingSettings
 
     def build() -> None:
         provider = k8s.Provider("aks", kubeconfig="{}")
@@ -129,7 +129,7 @@ def render_inference_service(**overrides: Any) -> list[RenderedResource]:
                 node_cidr="10.20.0.0/22",
                 private_endpoint_subnet_cidr="10.20.4.0/24",
                 gpu_node_labels={"sku": "gpu"},
-                **{"tp_size": 2, **overrides},
+                **{"serving": ServingSettings(tp_size=2), **overrides},
             ),
             opts=pulumi.ResourceOptions(provider=provider),
         )
