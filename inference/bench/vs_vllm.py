@@ -88,7 +88,7 @@ def summarize(results: list[Round]) -> list[dict]:
     return lines
 
 
-def _core_list() -> str:
+def core_list() -> str:
     """The cores this process may use, as vLLM's VLLM_CPU_OMP_THREADS_BIND spells them ("0-1" or "0,2,5")."""
     cores = sorted(os.sched_getaffinity(0))
     if cores == list(range(cores[0], cores[-1] + 1)):
@@ -96,12 +96,12 @@ def _core_list() -> str:
     return ",".join(map(str, cores))
 
 
-def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def start_server(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("wb") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _wait_ready(port: int, process: subprocess.Popen, log: Path) -> None:
+def wait_ready(port: int, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -114,7 +114,7 @@ def _wait_ready(port: int, process: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(f"the server on port {port} was not ready in {READY_TIMEOUT_S:.0f}s; see {log}")
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_server(process: subprocess.Popen) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     wrapper.write_text(VLLM_CLI_WRAPPER)
     vllm_port, our_port = args.ports
     vllm_env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib),
-                "VLLM_CPU_OMP_THREADS_BIND": _core_list()}
+                "VLLM_CPU_OMP_THREADS_BIND": core_list()}
     servers = {
         "vllm": (vllm_port, [str(args.vllm_python), str(wrapper), "serve", str(args.model), "--dtype", "float32",
                              "--port", str(vllm_port), "--served-model-name", "m", "--max-model-len", "2048"],
@@ -195,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     processes: dict[str, subprocess.Popen] = {}
     try:
         for name, (_, cmd, env) in servers.items():
-            processes[name] = _start(cmd, env, args.out / f"{name}.log")
+            processes[name] = start_server(cmd, env, args.out / f"{name}.log")
         for name, (port, _, _) in servers.items():
-            _wait_ready(port, processes[name], args.out / f"{name}.log")
+            wait_ready(port, processes[name], args.out / f"{name}.log")
         results = []
         for round_no in range(1, args.rounds + 1):
             for concurrency, prompts in zip(args.concurrency, args.num_prompts, strict=True):
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         for process in processes.values():
-            _stop(process)
+            stop_server(process)
     for line in summarize(results):
         print(json.dumps(line), flush=True)
     return 0
