@@ -287,6 +287,8 @@ BROKEN: list[tuple[str, str, Mutation]] = [
     ("aks-lb-subnet-network-contributor", "no role on the PLS subnet", drop(named("aks-network-contributor-1"))),
     ("frontdoor-origin-after-pls-service", "origin races the Service", origin_without_service_dependency),
     ("keda-addon-and-authentication", "ScaledObject without add-on", with_azure_monitor_scaled_object),
+    ("stack-monthly-cost-cap", "system pool of 10 D32ds_v5", mutate_on(AKS, lambda i: i["agentPoolProfiles"][0].update(
+        vmSize="Standard_D32ds_v5", maxCount=10))),
 ]
 
 BROKEN += HARDENING_BROKEN  # egress, node and audit policies (issue 15), defined beside their own tests
