@@ -10,6 +10,7 @@ from pulumi_policy import EnforcementLevel, Policy
 
 from . import (
     audit,
+    cost,
     edge,
     egress,
     encryption,
@@ -34,7 +35,8 @@ PACK_DESCRIPTION = (
     "inferforge platform guardrails: private data services, TLS everywhere, Entra ID identity, GPU "
     "quotas, prod resilience, tagging, WAF at the edge, hardened Kubernetes workloads, a private registry, "
     "a private model store whose Blob volumes the nodes can reach and read, the AI gateway as the only and "
-    "redundant way to the models, and the apply-time prerequisites AKS needs (AcrPull, GPU device plugin, Blob "
+    "redundant way to the models, a cap on the monthly cost estimate, and the apply-time prerequisites AKS needs "
+    "(AcrPull, GPU device plugin, Blob "
     "CSI, LB/PLS permissions)."
 )
 
@@ -54,6 +56,7 @@ ALL_POLICIES: list[Policy] = [
     *nodes.POLICIES,
     *audit.POLICIES,
     *gateway.POLICIES,
+    *cost.POLICIES,
 ]
 
 _names = [policy.name for policy in ALL_POLICIES]

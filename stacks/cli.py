@@ -6,7 +6,8 @@ import gc
 import sys
 from collections.abc import Sequence
 
-COMMANDS = {"plan": "preview a stack offline and check it against the policy pack"}
+COMMANDS = {"plan": "preview a stack offline and check it against the policy pack",
+            "prices": "the cost estimate's price table: list, or refresh from the Azure Retail Prices API"}
 
 
 def main(argv: Sequence[str], plan_prog: str = "python -m stacks plan") -> int:
@@ -20,6 +21,10 @@ def main(argv: Sequence[str], plan_prog: str = "python -m stacks plan") -> int:
         problem = "" if not argv or argv[0] in ("-h", "--help") else f"error: unknown command '{argv[0]}'\n"
         print(f"{problem}usage: python -m stacks <command> [options]\n\ncommands:\n{usage}", file=stream)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] == "prices":
+        from . import prices
+
+        return prices.run(argv[1:])
     from . import plan
 
     return plan.run(argv[1:], prog=plan_prog)

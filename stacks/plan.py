@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import cost
 from .config import ConfigError, PlatformConfig
 from .gpu_memory import ASSUMPTION, describe
 from .render import (
@@ -82,8 +83,8 @@ def redact(value: Any) -> Any:
     return value
 
 
-def _json_document(stack: str, resources: Sequence[RenderedResource], violations: Sequence[Any] | None
-                   ) -> dict[str, Any]:
+def _json_document(stack: str, resources: Sequence[RenderedResource], violations: Sequence[Any] | None,
+                   estimate: Any = None, cost_diff: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "stack": stack,
         "summary": {"create": sum(r.custom for r in resources), "components": sum(not r.custom for r in resources),
@@ -91,6 +92,7 @@ def _json_document(stack: str, resources: Sequence[RenderedResource], violations
         "resources": [{"urn": r.urn, "type": r.type, "name": r.name, "parent": r.parent_urn, "custom": r.custom,
                        "id": r.id, "inputs": redact(r.inputs)} for r in resources],
         "violations": None if violations is None else [v.to_dict() for v in violations],
+        "cost": None if estimate is None else {**estimate.to_dict(), "diff": cost_diff},
     }
 
 
@@ -124,6 +126,16 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--no-policies", action="store_true", help="preview only; skip the policy pack")
     parser.add_argument("--policy-config", metavar="FILE", type=Path,
                         help="policy-pack config (default: policies/config/<stack>.json)")
+    parser.add_argument("--usage", metavar="FILE", type=Path,
+                        help="usage file for the cost estimate (default: usage.<stack>.yaml in the project directory; "
+                             "missing: the documented defaults)")
+    parser.add_argument("--base-plan", metavar="FILE", type=Path,
+                        help="the base branch's `plan --json` output: its resources are priced with this table and "
+                             "the cost change is reported (empty or missing file: no base)")
+    parser.add_argument("--base-usage", metavar="FILE", type=Path,
+                        help="usage file of the base branch (default: this stack's usage file)")
+    parser.add_argument("--comment", metavar="FILE", type=Path,
+                        help="also write this stack's section of the pull-request comment (findings + cost change)")
     return parser
 
 
@@ -142,6 +154,21 @@ def run(argv: Sequence[str] | None = None, prog: str = "python -m stacks plan") 
     except (ConfigError, StackFileError) as exc:
         print(f"error: stack '{args.stack}': {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+    usage_file = args.usage or cost.usage_path(args.stack, args.cwd)
+    try:
+        usage = cost.load_usage(usage_file)
+        base_usage = cost.load_usage(args.base_usage) if args.base_usage else usage
+    except ConfigError as exc:
+        print(f"error: usage file: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    location = validate_stack(args.stack, root=args.cwd).location
+    estimate = cost.estimate_stack(resources, usage, location)
+    cost_diff = None
+    if args.base_plan is not None:
+        base_resources = cost.load_plan_json(args.base_plan)
+        base = None if base_resources is None else cost.estimate_stack(base_resources, base_usage, location)
+        cost_diff = cost.diff(base, estimate)
 
     violations = None
     if not args.no_policies:
@@ -166,7 +193,8 @@ def run(argv: Sequence[str] | None = None, prog: str = "python -m stacks plan") 
             return EXIT_BAD_INPUT
 
     if args.json:
-        print(json.dumps(_json_document(args.stack, resources, violations), indent=2, default=str))
+        print(json.dumps(_json_document(args.stack, resources, violations, estimate, cost_diff), indent=2,
+                         default=str))
     else:
         print(f"Previewing stack '{args.stack}' (offline: Pulumi mock runtime, nothing is created)\n")
         print(resource_tree(resources))
@@ -174,6 +202,10 @@ def run(argv: Sequence[str] | None = None, prog: str = "python -m stacks plan") 
         print(counts_summary(resources))
         print()
         print(gpu_memory_summary(validate_stack(args.stack, root=args.cwd)))
+        print()
+        print(cost.format_text(estimate, args.stack))
+        if cost_diff is not None:
+            print("  " + cost.diff_line(cost_diff).replace("**", ""))
         if violations is not None:
             print()
             print(format_text(violations, args.stack))
@@ -182,10 +214,20 @@ def run(argv: Sequence[str] | None = None, prog: str = "python -m stacks plan") 
         summary = format_markdown(violations, args.stack)
         summary += "\n\n" + "\n".join(["<details><summary>Resources</summary>", "", "```",
                                        counts_summary(resources), "```", "</details>"])
+        summary += "\n\n" + cost.format_markdown(estimate, args.stack, cost_diff)
         if str(args.markdown) == "-":
             print(summary)
         else:
             args.markdown.write_text(summary + "\n")
+
+    if args.comment:
+        findings = None
+        if violations is not None:
+            from inferforge.policies.offline import format_markdown as findings_markdown
+
+            findings = findings_markdown(violations, args.stack)
+        args.comment.write_text(cost.comment_markdown(estimate, args.stack, cost_diff or cost.diff(None, estimate),
+                                                      findings) + "\n")
 
     if violations is not None and has_mandatory(violations):
         return EXIT_MANDATORY

@@ -26,7 +26,7 @@ PACKAGES = {"components": "components", "stacks": "stacks", "policies": "policie
 GENERIC_NAMES = tuple(PACKAGES)
 DATA_FILES = {"inferforge/policies/PulumiPolicy.yaml", "inferforge/policies/README.md",
               "inferforge/policies/requirements.txt", "inferforge/policies/config/dev.json",
-              "inferforge/policies/config/prod.json"}
+              "inferforge/policies/config/prod.json", "inferforge/policies/prices.json"}
 SCRIPTS = ("inferforge-plan", "inferforge-policies", "inferforge-serve", "inferforge-gateway")
 
 pytestmark = pytest.mark.slow

@@ -50,3 +50,19 @@ def test_pull_requests_run_tests_offline_plan_per_stack_and_guarded_preview():
     assert pulumi_step["with"]["policyPacks"] == "policies"
     assert pulumi_step["with"]["policyPackConfigs"] == "policies/config/${{ matrix.stack }}.json"
     assert "ARM_CLIENT_ID != ''" in pulumi_step["if"]
+
+
+def test_pull_requests_get_one_plan_comment_with_the_cost_change_against_the_base_branch():
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "pull-request.yml").read_text())
+    plan = workflow["jobs"]["offline-plan"]
+    base = next(s for s in plan["steps"] if s.get("with", {}).get("path") == "base")
+    assert base["with"]["ref"] == "${{ github.base_ref }}"
+    runs = "\n".join(s.get("run", "") for s in plan["steps"])
+    assert "--json --no-policies > ../base-plan.json" in runs  # the base branch's own program renders it
+    assert "--base-plan base-plan.json" in runs and '--comment "comment-$STACK.md"' in runs
+    comment = workflow["jobs"]["plan-comment"]
+    assert comment["needs"] == "offline-plan" and "always()" in comment["if"]
+    assert comment["permissions"]["pull-requests"] == "write"
+    post = comment["steps"][-1]["run"]
+    # Found by its hidden marker and edited in place; created only when there is none.
+    assert "<!-- inferforge-plan -->" in post and "-X PATCH" in post and "-X POST" in post
