@@ -243,9 +243,12 @@ def test_client_disconnect_while_waiting_for_a_whole_response_frees_the_slot(
 ) -> None:
     url, engine = fake.url, fake.engine
     engine.hold = True
-    with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=url, timeout=0.5) as impatient:
+    before = len(engine.requests)
+    # 2 s: on a loaded machine the request must reach the engine before the client gives up.
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=url, timeout=2.0) as impatient:
         impatient.post("/v1/completions", json={"prompt": "hi", "max_tokens": 50})
-    request_id = engine.requests[-1].request_id
+    _wait_until(lambda: len(engine.requests) > before)
+    request_id = engine.requests[before].request_id
     _wait_until(lambda: request_id not in engine.active)
     assert request_id in engine.aborted
 
