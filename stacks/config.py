@@ -711,7 +711,7 @@ class ObservabilityConfig(embed(ObservabilityArgs, ("retention_days", "daily_quo
 class PlatformConfig(_Section):
     """Every `inferforge:` key of a stack."""
 
-    environment: Literal["dev", "prod"]
+    environment: Literal["dev", "test", "prod"]
     location: str = Field(pattern=r"^[a-z][a-z0-9]{2,30}$")
     workload: str = Field("inferforge", pattern=r"^[a-z][a-z0-9]{1,13}$")
     owner: str = Field(min_length=1, max_length=256)
@@ -1029,6 +1029,22 @@ BASELINES: dict[str, dict[str, Any]] = {
         "observability": {"retentionDays": 30, "dailyQuotaGb": 5},
         # Same allow-list as prod; Basic is the cheapest tier that runs it (alert-only threat intelligence).
         "egress": {"firewall": {"skuTier": "Basic", "threatIntelMode": "Alert"}},
+    },
+    # test: prod's posture (private API server, zone-redundant data services, locks, strict firewall) on
+    # smaller SKUs, in its own subscription: a release is proven here on the same topology before prod.
+    "test": {
+        "resourceLocks": True,
+        "keyVault": {"sku": "premium"},
+        "postgres": {"skuName": "Standard_D2ds_v5", "tier": "GeneralPurpose", "storageSizeGb": 64,
+                     "backupRetentionDays": 14, "geoRedundantBackup": True, "zoneRedundantHa": True,
+                     "passwordAuth": False},
+        "redis": {"skuName": "Balanced_B1", "highAvailability": True},
+        "frontDoor": {"wafMode": "Prevention", "rateLimitPerMinute": 600},
+        "aks": {"skuTier": "Standard", "privateCluster": True, "systemMinCount": 3, "systemMaxCount": 3,
+                "systemZones": ["1", "2", "3"], "systemVmSize": "Standard_D4ds_v5", "upgradeChannel": "stable"},
+        "observability": {"retentionDays": 60, "dailyQuotaGb": 10},
+        "egress": {"firewall": {"skuTier": "Standard", "threatIntelMode": "Deny", "zones": ["1", "2", "3"]}},
+        "modelStore": {"skuName": "Premium_ZRS"},
     },
     "prod": {
         "resourceLocks": True,

@@ -41,7 +41,7 @@ def test_pull_requests_run_tests_offline_plan_per_stack_and_guarded_preview():
     jobs = workflow["jobs"]
     assert any("pytest" in step.get("run", "") for step in jobs["tests"]["steps"])
     plan = jobs["offline-plan"]
-    assert plan["strategy"]["matrix"]["stack"] == ["dev", "prod"]
+    assert plan["strategy"]["matrix"]["stack"] == ["dev", "test", "prod"]
     assert any("python -m stacks plan" in s.get("run", "") and "$GITHUB_STEP_SUMMARY" in s.get("run", "")
                for s in plan["steps"])
     preview = jobs["pulumi-preview"]

@@ -143,7 +143,7 @@ def test_every_policy_of_the_pack_has_a_break_it_catches() -> None:
     assert len(ALL_POLICIES) == 70
 
 
-@pytest.mark.parametrize("stack", ["dev", "prod"])
+@pytest.mark.parametrize("stack", ["dev", "test", "prod"])
 @pytest.mark.parametrize("phase", ["resources", "platform_resources"])
 def test_the_rendered_stack_passes_the_whole_pack_with_no_violation_at_all(stack: str, phase: str, request) -> None:
     # Not even an advisory one: the breaks below rely on a quiet baseline.
