@@ -309,6 +309,19 @@ class DevicePluginImageConfig(ImageConfig):
     tag: str | None = Field("v0.17.1", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
+class ImageIntegrityConfig(_Section):
+    """Admission of signed images only (components/image_integrity.py): Ratify behind the Azure Policy add-on."""
+
+    effect: Literal["Deny", "Audit"] = "Deny"
+    certificate_name: str = Field("inferforge-image-signing", pattern=r"^[0-9A-Za-z-]{1,127}$")
+    trusted_identities: list[str] = Field(default_factory=lambda: ["*"], min_length=1, max_length=20)
+    # Ratify's chart and images, mirrored into the platform registry (README: Releases).
+    chart_repository: str = Field("helm/ratify", pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
+    chart_version: str = Field("1.15.0", pattern=r"^\d+\.\d+\.\d+$")
+    image: ImageConfig = Field(default_factory=lambda: ImageConfig(repository="mirror/ratify", tag="v1.4.0"))
+    crd_image: ImageConfig = Field(default_factory=lambda: ImageConfig(repository="mirror/ratify-crds", tag="v1.4.0"))
+
+
 class RegistryConfig(embed(ContainerRegistryArgs, ("public_network_access",), base=_Section)):
     """`ContainerRegistryArgs`' own fields (components/registry.py), plus the registry name (None: derived)."""
 
@@ -327,6 +340,7 @@ class AksConfig(embed(AksClusterArgs, ("kubernetes_version", "sku_tier", "privat
     system_os_disk_size_gb: int | None = Field(None, ge=30, le=2048)
     gpu_pools: list[GpuPoolConfig] = Field(default_factory=lambda: [GpuPoolConfig()], min_length=1)
     nvidia_device_plugin_image: DevicePluginImageConfig = Field(default_factory=DevicePluginImageConfig)
+    image_integrity: ImageIntegrityConfig = Field(default_factory=ImageIntegrityConfig)
 
     @property
     def effective_system_os_disk_size_gb(self) -> int:
@@ -793,6 +807,8 @@ class PlatformConfig(_Section):
                 f"{key}.pgvectorJob.azureCliImage": front.pgvector_job.azure_cli_image,
                 f"{key}.pgvectorJob.postgresClientImage": front.pgvector_job.postgres_client_image,
                 "aks.nvidiaDevicePluginImage": self.aks.nvidia_device_plugin_image,
+                "aks.imageIntegrity.image": self.aks.image_integrity.image,
+                "aks.imageIntegrity.crdImage": self.aks.image_integrity.crd_image,
                 **({"gateway.image": self.gateway.image} if self.gateway.enabled else {})}
 
     def _image_problems(self) -> list[str]:
