@@ -160,6 +160,8 @@ class AksClusterArgs:
     """kube-dns service IP inside service_cidr."""
     blob_csi_driver: bool = False
     """Enable the Azure Blob CSI driver (and its `azureblob-*` storage classes); needed for Blob-backed PVCs."""
+    azure_policy: bool = True
+    """The Azure Policy add-on (Gatekeeper): image signature admission (`ImageIntegrity`) is enforced through it."""
     network_contributor_subnet_ids: Sequence[pulumi.Input[str]] = ()
     """Subnets where AKS itself creates network objects (internal LB frontend, Private Link Service NAT
     IPs): the cluster identity gets Network Contributor on each, which ARM deployments do not grant."""
@@ -245,6 +247,7 @@ class AksCluster(pulumi.ComponentResource):
             addon_profiles={
                 "azureKeyvaultSecretsProvider": containerservice.ManagedClusterAddonProfileArgs(
                     enabled=True, config={"enableSecretRotation": "true", "rotationPollInterval": "2m"}),
+                "azurepolicy": containerservice.ManagedClusterAddonProfileArgs(enabled=args.azure_policy),
                 "omsagent": containerservice.ManagedClusterAddonProfileArgs(
                     enabled=True, config={"logAnalyticsWorkspaceResourceID": args.log_analytics_workspace_id,
                                           "useAADAuth": "true"}),

@@ -44,10 +44,10 @@ USAGE = """usage: python -m policies [list [--json] | --help]
 
 The inferforge CrossGuard policy pack. The Pulumi CLI runs this folder as a policy pack:
 
-  pulumi preview --stack <dev|prod> --policy-pack policies --policy-pack-config policies/config/<stack>.json
+  pulumi preview --stack <dev|test|prod> --policy-pack policies --policy-pack-config policies/config/<stack>.json
   pulumi policy publish policies      (from a folder with PulumiPolicy.yaml; uses the pack's own venv)
 
-Offline, without the CLI or credentials: python -m stacks plan --stack <dev|prod>
+Offline, without the CLI or credentials: python -m stacks plan --stack <dev|test|prod>
 
 commands:
   list      the pack's policies: name, kind, severity and enforcement per shipped stack config

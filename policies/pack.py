@@ -9,6 +9,7 @@ from __future__ import annotations
 from pulumi_policy import EnforcementLevel, Policy
 
 from . import (
+    admission,
     audit,
     cost,
     edge,
@@ -57,6 +58,7 @@ ALL_POLICIES: list[Policy] = [
     *audit.POLICIES,
     *gateway.POLICIES,
     *cost.POLICIES,
+    *admission.POLICIES,
 ]
 
 _names = [policy.name for policy in ALL_POLICIES]

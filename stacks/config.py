@@ -309,6 +309,19 @@ class DevicePluginImageConfig(ImageConfig):
     tag: str | None = Field("v0.17.1", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
+class ImageIntegrityConfig(_Section):
+    """Admission of signed images only (components/image_integrity.py): Ratify behind the Azure Policy add-on."""
+
+    effect: Literal["Deny", "Audit"] = "Deny"
+    certificate_name: str = Field("inferforge-image-signing", pattern=r"^[0-9A-Za-z-]{1,127}$")
+    trusted_identities: list[str] = Field(default_factory=lambda: ["*"], min_length=1, max_length=20)
+    # Ratify's chart and images, mirrored into the platform registry (README: Releases).
+    chart_repository: str = Field("helm/ratify", pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
+    chart_version: str = Field("1.15.0", pattern=r"^\d+\.\d+\.\d+$")
+    image: ImageConfig = Field(default_factory=lambda: ImageConfig(repository="mirror/ratify", tag="v1.4.0"))
+    crd_image: ImageConfig = Field(default_factory=lambda: ImageConfig(repository="mirror/ratify-crds", tag="v1.4.0"))
+
+
 class RegistryConfig(embed(ContainerRegistryArgs, ("public_network_access",), base=_Section)):
     """`ContainerRegistryArgs`' own fields (components/registry.py), plus the registry name (None: derived)."""
 
@@ -327,6 +340,7 @@ class AksConfig(embed(AksClusterArgs, ("kubernetes_version", "sku_tier", "privat
     system_os_disk_size_gb: int | None = Field(None, ge=30, le=2048)
     gpu_pools: list[GpuPoolConfig] = Field(default_factory=lambda: [GpuPoolConfig()], min_length=1)
     nvidia_device_plugin_image: DevicePluginImageConfig = Field(default_factory=DevicePluginImageConfig)
+    image_integrity: ImageIntegrityConfig = Field(default_factory=ImageIntegrityConfig)
 
     @property
     def effective_system_os_disk_size_gb(self) -> int:
@@ -711,7 +725,7 @@ class ObservabilityConfig(embed(ObservabilityArgs, ("retention_days", "daily_quo
 class PlatformConfig(_Section):
     """Every `inferforge:` key of a stack."""
 
-    environment: Literal["dev", "prod"]
+    environment: Literal["dev", "test", "prod"]
     location: str = Field(pattern=r"^[a-z][a-z0-9]{2,30}$")
     workload: str = Field("inferforge", pattern=r"^[a-z][a-z0-9]{1,13}$")
     owner: str = Field(min_length=1, max_length=256)
@@ -793,6 +807,8 @@ class PlatformConfig(_Section):
                 f"{key}.pgvectorJob.azureCliImage": front.pgvector_job.azure_cli_image,
                 f"{key}.pgvectorJob.postgresClientImage": front.pgvector_job.postgres_client_image,
                 "aks.nvidiaDevicePluginImage": self.aks.nvidia_device_plugin_image,
+                "aks.imageIntegrity.image": self.aks.image_integrity.image,
+                "aks.imageIntegrity.crdImage": self.aks.image_integrity.crd_image,
                 **({"gateway.image": self.gateway.image} if self.gateway.enabled else {})}
 
     def _image_problems(self) -> list[str]:
@@ -1029,6 +1045,22 @@ BASELINES: dict[str, dict[str, Any]] = {
         "observability": {"retentionDays": 30, "dailyQuotaGb": 5},
         # Same allow-list as prod; Basic is the cheapest tier that runs it (alert-only threat intelligence).
         "egress": {"firewall": {"skuTier": "Basic", "threatIntelMode": "Alert"}},
+    },
+    # test: prod's posture (private API server, zone-redundant data services, locks, strict firewall) on
+    # smaller SKUs, in its own subscription: a release is proven here on the same topology before prod.
+    "test": {
+        "resourceLocks": True,
+        "keyVault": {"sku": "premium"},
+        "postgres": {"skuName": "Standard_D2ds_v5", "tier": "GeneralPurpose", "storageSizeGb": 64,
+                     "backupRetentionDays": 14, "geoRedundantBackup": True, "zoneRedundantHa": True,
+                     "passwordAuth": False},
+        "redis": {"skuName": "Balanced_B1", "highAvailability": True},
+        "frontDoor": {"wafMode": "Prevention", "rateLimitPerMinute": 600},
+        "aks": {"skuTier": "Standard", "privateCluster": True, "systemMinCount": 3, "systemMaxCount": 3,
+                "systemZones": ["1", "2", "3"], "systemVmSize": "Standard_D4ds_v5", "upgradeChannel": "stable"},
+        "observability": {"retentionDays": 60, "dailyQuotaGb": 10},
+        "egress": {"firewall": {"skuTier": "Standard", "threatIntelMode": "Deny", "zones": ["1", "2", "3"]}},
+        "modelStore": {"skuName": "Premium_ZRS"},
     },
     "prod": {
         "resourceLocks": True,

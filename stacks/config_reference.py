@@ -84,8 +84,9 @@ def _rows(model: type[BaseModel], prefix: list[str]) -> list[str]:
             default = ""
         else:  # YAML has lists, not tuples (an embedded Args field defaults to `()`)
             default = f"`{list(field.default) if isinstance(field.default, tuple) else field.default}`"
-        dev, prod = (None, None) if nested else (_baseline(path, "dev"), _baseline(path, "prod"))
-        env = "" if dev is None and prod is None else f"dev `{dev}`, prod `{prod}`"
+        envs = {} if nested else {env: _baseline(path, env) for env in ("dev", "test", "prod")}
+        env = ("" if all(value is None for value in envs.values())
+               else ", ".join(f"{name} `{value}`" for name, value in envs.items()))
         constraints = ", ".join(_constraint(m) for m in field.metadata)
         full = f"{NAMESPACE}:{path[0]}" + "".join(f".{p}" for p in path[1:])
         rows.append(f"| `{full}` | {_type_name(field.annotation)} | {default} | {env} | {constraints} |")

@@ -32,6 +32,7 @@ from inferforge.components.egress import (
 )
 from inferforge.components.frontdoor import FrontDoor, FrontDoorArgs
 from inferforge.components.identity import WorkloadIdentity, WorkloadIdentityArgs
+from inferforge.components.image_integrity import RATIFY_SUBJECT, ImageIntegrity, ImageIntegrityArgs
 from inferforge.components.keyvault import KeyVault, KeyVaultArgs
 from inferforge.components.model_store import ModelStore, ModelStoreArgs, blob_endpoint
 from inferforge.components.network import ExistingNetwork, ExistingNetworkArgs, Network, NetworkArgs
@@ -193,11 +194,18 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
         network_contributor_subnet_ids=[net.subnet_ids["aks"], net.subnet_ids["private-link"]],
         subscription_id=client.subscription_id, tags=tags, **cfg.aks.args()))
 
+    # Ratify's identity (admission of signed images): reads signatures from the registry and the signing
+    # certificate from Key Vault. Created with the platform so AcrPull is in place before Ratify starts.
+    ratify_identity = WorkloadIdentity("ratify-identity", WorkloadIdentityArgs(
+        resource_group_name=rg, location=cfg.location, identity_name=f"id-{names.base}-ratify",
+        oidc_issuer_url=aks.oidc_issuer_url, federated_subjects=[RATIFY_SUBJECT], key_vault_id=vault.vault_id,
+        subscription_id=client.subscription_id, tags=tags))
+
     registry = ContainerRegistry("registry", ContainerRegistryArgs(
         resource_group_name=rg, location=cfg.location, registry_name=cfg.registry_name,
         subscription_id=client.subscription_id, private_endpoint_subnet_id=net.subnet_ids["private-endpoints"],
         private_dns_zone_id=net.dns_zone_ids["container_registry"], log_analytics_workspace_id=workspace_id,
-        pull_principal_ids=[aks.kubelet_identity_object_id],
+        pull_principal_ids=[aks.kubelet_identity_object_id, ratify_identity.principal_id],
         lock=cfg.resource_locks, tags=tags, **cfg.registry.args()))
 
     # Created in the first phase, so the weights can be uploaded before the workloads that mount them exist.
@@ -275,6 +283,20 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
     provider = k8s.Provider("aks-provider", kubeconfig=kubeconfig, enable_server_side_apply=True,
                             opts=pulumi.ResourceOptions(depends_on=list(aks.gpu_pools.values())))
 
+    integrity = cfg.aks.image_integrity
+    login_server = registry.login_server
+    admission = ImageIntegrity("image-integrity", ImageIntegrityArgs(
+        cluster_id=aks.cluster_id, subscription_id=client.subscription_id, definition_name=f"ratify-{names.base}",
+        identity_client_id=ratify_identity.client_id, tenant_id=client.tenant_id, key_vault_uri=vault.vault_uri,
+        certificate_name=integrity.certificate_name, registry_login_server=login_server,
+        chart=f"oci://{login_server}/{integrity.chart_repository}",
+        chart_version=integrity.chart_version,
+        image_repository=f"{login_server}/{integrity.image.repository}",
+        image_tag="@".join(filter(None, (integrity.image.tag, integrity.image.digest))),
+        crd_image_repository=f"{login_server}/{integrity.crd_image.repository}",
+        effect=integrity.effect, trusted_identities=integrity.trusted_identities),
+        opts=pulumi.ResourceOptions(provider=provider, depends_on=list(registry.pull_role_assignments)))
+
     workloads = deploy_workloads(cfg, provider=provider, identity=identity, schema_identity=schema_identity,
                                  gateway_identity=gateway_identity, tenant_id=client.tenant_id,
                                  vault=vault, postgres=postgres,
@@ -282,7 +304,9 @@ def build_platform(cfg: PlatformConfig) -> dict[str, Any]:
                                  model_store=ModelStoreMount(resource_group=names.resource_group,
                                                              kubelet_identity_client_id=aks.kubelet_identity_client_id)
                                  if model_store is not None else None,
-                                 depends_on=[*registry.pull_role_assignments, *aks.network_role_assignments,
+                                 # Admission is in place before any of our pods is created.
+                                 depends_on=[admission.assignment, *registry.pull_role_assignments,
+                                             *aks.network_role_assignments,
                                              *(model_store.reader_role_assignments if model_store else [])])
 
     pls_id = private_link_service_id(client.subscription_id, names.node_resource_group, names.private_link_service)

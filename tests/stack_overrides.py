@@ -27,6 +27,10 @@ WITH_WORKLOADS: dict[str, Any] = {
                                     "digest": _digest("mirror/postgres")},
         },
     },
-    "aks": {"nvidiaDevicePluginImage": {"digest": _digest("mirror/nvidia/k8s-device-plugin")}},
+    "aks": {"nvidiaDevicePluginImage": {"digest": _digest("mirror/nvidia/k8s-device-plugin")},
+            "imageIntegrity": {"image": {"repository": "mirror/ratify", "tag": "v1.4.0",
+                                         "digest": _digest("mirror/ratify")},
+                               "crdImage": {"repository": "mirror/ratify-crds", "tag": "v1.4.0",
+                                            "digest": _digest("mirror/ratify-crds")}}},
     "gateway": {"image": {"repository": "inferforge/gateway", "tag": "0.1.0", "digest": _digest("inferforge/gateway")}},
 }

@@ -41,7 +41,7 @@ def test_pull_requests_run_tests_offline_plan_per_stack_and_guarded_preview():
     jobs = workflow["jobs"]
     assert any("pytest" in step.get("run", "") for step in jobs["tests"]["steps"])
     plan = jobs["offline-plan"]
-    assert plan["strategy"]["matrix"]["stack"] == ["dev", "prod"]
+    assert plan["strategy"]["matrix"]["stack"] == ["dev", "test", "prod"]
     assert any("python -m stacks plan" in s.get("run", "") and "$GITHUB_STEP_SUMMARY" in s.get("run", "")
                for s in plan["steps"])
     preview = jobs["pulumi-preview"]
@@ -66,3 +66,69 @@ def test_pull_requests_get_one_plan_comment_with_the_cost_change_against_the_bas
     post = comment["steps"][-1]["run"]
     # Found by its hidden marker and edited in place; created only when there is none.
     assert "<!-- inferforge-plan -->" in post and "-X PATCH" in post and "-X POST" in post
+
+
+def _workflow(name: str) -> dict:
+    return yaml.safe_load((REPO / ".github" / "workflows" / name).read_text())
+
+
+def _runs(job: dict) -> str:
+    return "\n".join(step.get("run", "") for step in job["steps"])
+
+
+def test_release_builds_once_scans_signs_and_pushes_by_digest_to_dev():
+    workflow = _workflow("release.yml")
+    assert workflow["permissions"] == {"contents": "read"}
+    build = workflow["jobs"]["build"]
+    assert build["environment"] == "dev" and build["permissions"]["id-token"] == "write"
+    assert build["strategy"]["matrix"]["image"] == ["inference", "gateway"]
+    uses = [step.get("uses", "") for step in build["steps"]]
+    order = [next(i for i, u in enumerate(uses) if u.startswith(prefix)) for prefix in
+             ("anchore/sbom-action", "aquasecurity/trivy-action", "notaryproject/notation-action/sign")]
+    assert order == sorted(order)  # SBOM, then scan, then sign
+    scan = build["steps"][order[1]]["with"]
+    assert scan["severity"] == "CRITICAL" and scan["ignore-unfixed"] is True and scan["exit-code"] == "1"
+    sign = build["steps"][order[2]]["with"]
+    assert sign["plugin_name"] == "azure-kv" and sign["target_artifact_reference"].endswith("@${{ env.DIGEST }}")
+    runs = _runs(build)
+    assert "docker buildx build" in runs and runs.count("docker buildx build") == 1
+    assert "oras attach --artifact-type application/spdx+json" in runs
+    assert "oras cp -r" in runs and "--to-oci-layout" in runs  # the immutable release artifact
+
+
+def test_promotion_copies_the_same_digest_with_its_referrers_through_gated_environments():
+    release = _workflow("release.yml")["jobs"]
+    assert release["promote-test"]["needs"] == "build" and release["promote-prod"]["needs"] == "promote-test"
+    assert [release[j]["with"]["stack"] for j in ("promote-test", "promote-prod")] == ["test", "prod"]
+    promote = _workflow("promote.yml")
+    job = promote["jobs"]["promote"]
+    assert job["environment"] == "${{ inputs.stack }}"  # required reviewers live on the environment
+    assert job["permissions"]["id-token"] == "write"
+    runs = _runs(job)
+    assert "az acr import" not in runs  # it does not carry signatures
+    assert "oras cp -r --from-oci-layout" in runs and "is not the released" in runs
+    assert "notation verify" in runs
+    assert runs.index("python -m stacks plan") < runs.index("oras cp -r")  # policy check before promotion
+    assert "python -m stacks.pin_images" in runs and "gh pr create" in runs
+
+
+def test_no_workflow_holds_a_credential_every_azure_login_is_oidc():
+    for path in WORKFLOWS:
+        text = path.read_text()
+        assert "client-secret" not in text and "AZURE_CREDENTIALS" not in text and "password" not in text.lower()
+        for job in yaml.safe_load(text)["jobs"].values():
+            for step in job.get("steps", []):
+                if step.get("uses", "").startswith("azure/login"):
+                    assert set(step["with"]) == {"client-id", "tenant-id", "subscription-id"}
+                    assert job["permissions"]["id-token"] == "write"
+
+
+def test_drift_runs_nightly_per_stack_and_opens_or_updates_an_issue():
+    workflow = _workflow("drift.yml")
+    assert "schedule" in workflow[True]
+    job = workflow["jobs"]["drift"]
+    assert job["strategy"]["matrix"]["stack"] == ["dev", "test", "prod"]
+    assert job["permissions"]["issues"] == "write"
+    runs = _runs(job)
+    assert "pulumi preview" in runs and "--expect-no-changes" in runs and "--refresh" in runs
+    assert "gh issue create" in runs and "gh issue comment" in runs and "gh issue close" in runs

@@ -23,6 +23,29 @@ def problems(overrides: dict, stack: str = "dev") -> str:
 def test_shipped_stacks_are_valid():
     assert validate_stack("dev").environment == "dev"
     assert validate_stack("prod").postgres.zone_redundant_ha is True
+    assert validate_stack("test").environment == "test"
+
+
+def test_test_baseline_has_prods_posture_on_smaller_skus():
+    test, prod = validate_stack("test"), validate_stack("prod")
+    # Posture: the same as prod.
+    for posture in ("resource_locks",):
+        assert getattr(test, posture) == getattr(prod, posture) is True
+    assert test.aks.private_cluster and test.aks.system_zones == prod.aks.system_zones == ["1", "2", "3"]
+    assert (test.postgres.zone_redundant_ha, test.postgres.geo_redundant_backup, test.postgres.password_auth) == (
+        True, True, False)
+    assert test.redis.high_availability and test.key_vault.sku == "premium"
+    assert test.egress.firewall.threat_intel_mode == "Deny" and test.front_door.waf_mode == "Prevention"
+    assert test.model_store.sku_name == prod.model_store.sku_name == "Premium_ZRS"
+    # Size: smaller than prod.
+    assert test.postgres.sku_name == "Standard_D2ds_v5" != prod.postgres.sku_name
+    assert test.redis.sku_name == "Balanced_B1" and test.aks.system_vm_size == "Standard_D4ds_v5"
+    assert test.aks.gpu_pools[0].max_count < prod.aks.gpu_pools[0].max_count
+
+
+def test_an_unknown_environment_names_the_three_allowed():
+    text = problems({"environment": "staging"})
+    assert "inferforge:environment" in text and "'dev', 'test' or 'prod'" in text
 
 
 def test_unknown_top_level_key_is_named_with_the_allowed_keys():
@@ -223,7 +246,7 @@ def test_plan_rejects_bad_config_with_exit_2_and_no_traceback(tmp_path: Path):
 def test_plan_rejects_unknown_stack_naming_the_allowed_ones():
     result = _plan("--stack", "staging")
     assert result.returncode == 2
-    assert "unknown stack 'staging'; allowed: dev, prod" in result.stderr
+    assert "unknown stack 'staging'; allowed: dev, prod, test" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -265,11 +265,12 @@ def test_usage_file_errors_name_the_key(tmp_path):
 
 
 def test_shipped_usage_files_are_valid_and_prods_matches_the_cost_caps_usage():
-    for stack in ("dev", "prod"):
+    for stack in ("dev", "test", "prod"):
         cost.load_usage(REPO / f"usage.{stack}.yaml")
-    prod_usage = cost.load_usage(REPO / "usage.prod.yaml")
-    cap = json.loads((REPO / "policies" / "config" / "prod.json").read_text())["stack-monthly-cost-cap"]
-    assert {k: float(v) for k, v in cap["usage"].items()} == prod_usage
+    for stack in ("test", "prod"):
+        usage = cost.load_usage(REPO / f"usage.{stack}.yaml")
+        cap = json.loads((REPO / "policies" / "config" / f"{stack}.json").read_text())["stack-monthly-cost-cap"]
+        assert {k: float(v) for k, v in cap["usage"].items()} == usage
 
 
 # --- plan: text, JSON, Markdown, diff against a base plan ------------------------------------------------

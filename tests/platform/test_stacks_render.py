@@ -14,6 +14,7 @@ COMPONENTS = [
     "inferforge:index:NvidiaDevicePlugin",
     "inferforge:index:PgvectorExtension", "inferforge:index:EgressRouteTable", "inferforge:index:EgressFirewall",
     "inferforge:index:Audit", "inferforge:index:ModelStore", "inferforge:index:AiGateway",
+    "inferforge:index:ImageIntegrity",
 ]
 
 AZURE_TYPES = [

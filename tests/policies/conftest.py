@@ -179,6 +179,24 @@ def dev_platform_resources() -> list[Any]:
     return render_stack("dev")
 
 
+@pytest.fixture(scope="session")
+def test_resources() -> list[Any]:
+    """The test stack with its images in the registry, rendered by the real program under mocks (once)."""
+    from inferforge.stacks.render import render_stack
+
+    from tests.stack_overrides import WITH_WORKLOADS
+
+    return render_stack("test", WITH_WORKLOADS)
+
+
+@pytest.fixture(scope="session")
+def test_platform_resources() -> list[Any]:
+    """Pulumi.test.yaml as shipped: the first phase of a new environment (no workloads yet)."""
+    from inferforge.stacks.render import render_stack
+
+    return render_stack("test")
+
+
 def stack_entry(stack: str, name: str) -> dict[str, Any]:
     """A policy's config properties from policies/config/<stack>.json (enforcement level dropped)."""
     entry = json.loads((CONFIG_DIR / f"{stack}.json").read_text()).get(name, {})

@@ -44,3 +44,27 @@ def test_weakened_prod_config_is_blocked_naming_the_policy(overrides, policy) ->
     violations = assert_only(render_stack("prod", {**WITH_WORKLOADS, **overrides}), "prod", {policy})
 
     assert {v.enforcement_level for v in violations} == {"mandatory"}
+
+
+def test_shipped_test_stack_passes_its_policies_in_both_phases(test_resources, test_platform_resources) -> None:
+    for resources in (test_resources, test_platform_resources):
+        violations = evaluate(resources, config_path_for("test"), "test")
+        assert not has_mandatory(violations), format_text(violations, "test")
+
+
+def test_test_policy_config_keeps_prods_posture_with_smaller_quotas() -> None:
+    import json
+
+    from .conftest import CONFIG_DIR
+
+    test, prod = (json.loads((CONFIG_DIR / f"{s}.json").read_text()) for s in ("test", "prod"))
+    # Nothing prod enforces is disabled or advisory in test: the same rules, only the quotas differ.
+    assert test["all"] == prod["all"] == "mandatory"
+    assert not [name for name, entry in test.items() if entry in ("disabled", "advisory")
+                or isinstance(entry, dict) and entry.get("enforcementLevel") in ("disabled", "advisory")]
+    assert test["aks-api-server-restricted"] == prod["aks-api-server-restricted"] == {"requirePrivateCluster": True}
+    assert test["aks-system-pool-zones"] == prod["aks-system-pool-zones"]
+    assert set(test["aks-gpu-vm-size-allowed"]["allowedGpuVmSizes"]) < set(
+        prod["aks-gpu-vm-size-allowed"]["allowedGpuVmSizes"])
+    assert test["aks-gpu-stack-max-nodes"]["maxNodesPerStack"] < prod["aks-gpu-stack-max-nodes"]["maxNodesPerStack"]
+    assert test["stack-monthly-cost-cap"]["maxMonthlyUsd"] < prod["stack-monthly-cost-cap"]["maxMonthlyUsd"]
