@@ -28,14 +28,16 @@ def test_registry_private_endpoint_registers_in_the_azurecr_zone(prod):
                                     "registry", "privatelink.azurecr.io")
 
 
-def test_kubelet_identity_and_only_it_gets_acr_pull_on_the_registry(prod):
+def test_only_the_kubelet_and_the_signature_verifier_get_acr_pull_on_the_registry(prod):
     registry = one(prod, "azure-native:containerregistry:Registry")
     cluster = one(prod, "azure-native:containerservice:ManagedCluster")
+    ratify = one(prod, "azure-native:managedidentity:UserAssignedIdentity", "ratify-identity-identity")
     pulls = [r for r in of_type(prod, "azure-native:authorization:RoleAssignment")
              if r.inputs["roleDefinitionId"].endswith(ACR_PULL)]
-    assert len(pulls) == 1
-    assert pulls[0].inputs["scope"] == registry.id
-    assert pulls[0].property_dependencies["principalId"] == [cluster.urn]  # the kubelet identity's objectId
+    assert {pull.inputs["scope"] for pull in pulls} == {registry.id}
+    # The kubelet identity pulls images; Ratify's identity reads their signatures (issue 24), nobody else.
+    assert sorted(pull.property_dependencies["principalId"] for pull in pulls) == sorted([[cluster.urn],
+                                                                                            [ratify.urn]])
 
 
 def test_every_workload_image_is_login_server_repository_and_digest(prod):
