@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 from . import keys as api_keys
 from .model import TENANT_COLUMNS, Tenant
 from .schema import ensure_partitions
+from .showback import ModelUsage
 
 
 class AdminError(ValueError):
@@ -91,10 +92,29 @@ def revoke_key(database_url: str, key_or_id: str) -> tuple[str, str]:
     return key_id, row[0]
 
 
-def usage_totals(database_url: str, month: dt.date | None = None) -> list[dict[str, Any]]:
-    """Per-tenant totals of the month (default: the current one, UTC)."""
+def _month_bounds(month: dt.date | None) -> tuple[dt.date, dt.date]:
     first = (month or dt.datetime.now(dt.UTC).date()).replace(day=1)
     upper = first.replace(year=first.year + 1, month=1) if first.month == 12 else first.replace(month=first.month + 1)
+    return first, upper
+
+
+def usage_by_model(database_url: str, month: dt.date | None = None) -> list[ModelUsage]:
+    """Each tenant's use of each model in the month (default: the current one, UTC), for showback."""
+    first, upper = _month_bounds(month)
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT tenant, model, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(cached_tokens), 0), "
+            "coalesce(sum(completion_tokens), 0), count(*) FILTER (WHERE cache_hit), "
+            # A response-cache hit computed nothing on the model; the rest computed their uncached prompt + output.
+            "coalesce(sum(prompt_tokens - cached_tokens + completion_tokens) FILTER (WHERE NOT cache_hit), 0) "
+            "FROM usage_records WHERE created_at >= %s AND created_at < %s GROUP BY tenant, model "
+            "ORDER BY tenant, model", (first, upper)).fetchall()
+    return [ModelUsage(*(row[:2]), *(int(v) for v in row[2:])) for row in rows]
+
+
+def usage_totals(database_url: str, month: dt.date | None = None) -> list[dict[str, Any]]:
+    """Per-tenant totals of the month (default: the current one, UTC)."""
+    first, upper = _month_bounds(month)
     with psycopg.connect(database_url) as conn, conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             "SELECT tenant, count(*) AS requests, coalesce(sum(prompt_tokens), 0) AS prompt_tokens, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
@@ -62,6 +63,25 @@ def _model_list(value: str) -> list[str]:
     if not models:
         raise argparse.ArgumentTypeError("expected a comma-separated list of model names, e.g. --models llama,qwen")
     return models
+
+
+def _model_cost(value: str) -> tuple[str, float]:
+    model, sep, amount = value.partition("=")
+    try:
+        cost = float(amount)
+    except ValueError:
+        cost = -1.0
+    if not sep or not model.strip() or not cost >= 0 or cost == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected MODEL=COST (the model's serving cost this month, a number >= 0), "
+                                         f"got {value[:64]!r}")
+    return model.strip(), cost
+
+
+def _month(value: str) -> dt.date:
+    try:
+        return dt.datetime.strptime(value, "%Y-%m").date()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a month as YYYY-MM, got {value[:32]!r}") from None
 
 
 def _id_list(value: str) -> list[str]:
@@ -200,8 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", parents=[db, rd])
     revoke.add_argument("key", help="the key, or its 12-character id")
 
-    usage = commands.add_parser("usage", parents=[db], help="per-tenant totals of the current month")
+    usage = commands.add_parser("usage", parents=[db], help="per-tenant totals of a month, and their cost")
     usage.add_argument("--json", action="store_true")
+    usage.add_argument("--month", type=_month, help="YYYY-MM (default: the current month, UTC)")
+    usage.add_argument("--model-cost", type=_model_cost, action="append", default=[], metavar="MODEL=COST",
+                       help="the model's serving cost this month (its GPU pool's: the bill, or `python -m stacks "
+                            "plan --json`); each tenant is charged its share of the tokens the model computed")
     return parser
 
 
@@ -288,7 +312,7 @@ def _print_tenants(tenants: list[Any], as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import admin, schema
+    from . import admin, schema, showback
     from .keys import PepperError, load_pepper
 
     database = _database_conninfo(args)
@@ -334,17 +358,44 @@ def run(args: argparse.Namespace) -> int:
             print(f"revoked key {key_id} of tenant {tenant}")
             return 0
         if args.command == "usage":
-            totals = admin.usage_totals(database)
+            totals = admin.usage_totals(database, args.month)
+            costs = dict(args.model_cost)
+            if len(costs) != len(args.model_cost):
+                raise UsageError("--model-cost names a model twice; give each model's cost once")
+            report = showback.allocate(admin.usage_by_model(database, args.month), costs) if costs else None
             if args.json:
-                print(json.dumps(totals, indent=2))
+                if report is not None:  # each tenant's totals, with its models' tokens, shares and cost
+                    by_tenant = {t["tenant"]: t for t in report["tenants"]}
+                    totals = [{**row, "cost": by_tenant[row["tenant"]]["cost"],
+                               "models": by_tenant[row["tenant"]]["models"]} for row in totals]
+                    print(json.dumps({"tenants": totals, "unallocated": report["unallocated"],
+                                      "unpriced_models": report["unpriced_models"],
+                                      "model_costs": report["model_costs"]}, indent=2))
+                else:
+                    print(json.dumps(totals, indent=2))
             else:
-                for row in totals:
-                    print(f"{row['month']} {row['tenant']}: requests={row['requests']} prompt={row['prompt_tokens']} "
-                          f"completion={row['completion_tokens']} cached={row['cached_tokens']}")
+                _print_usage(totals, report)
             return 0
     except (admin.AdminError, PepperError) as exc:
         raise UsageError(str(exc)) from exc
     raise UsageError(f"unknown command {args.command}")
+
+
+def _print_usage(totals: list[dict[str, Any]], report: dict[str, Any] | None) -> None:
+    costs = {t["tenant"]: t for t in report["tenants"]} if report is not None else {}
+    for row in totals:
+        line = (f"{row['month']} {row['tenant']}: requests={row['requests']} prompt={row['prompt_tokens']} "
+                f"completion={row['completion_tokens']} cached={row['cached_tokens']}")
+        if row["tenant"] in costs:
+            models = costs[row["tenant"]]["models"]
+            shares = ", ".join(f"{model} {entry['share']:.1%}" for model, entry in models.items())
+            line += f" cost={costs[row['tenant']]['cost']:.2f} ({shares})"
+        print(line)
+    if report is not None:
+        for model, cost in report["unallocated"].items():
+            print(f"unallocated: {model} {cost:.2f} (no tokens computed this month)")
+        for model in report["unpriced_models"]:
+            print(f"unpriced: {model} (no --model-cost given)")
 
 
 async def _revoke_in_redis(url: str, tenant: str, key_id: str, credentials: Any = None) -> None:

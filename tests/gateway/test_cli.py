@@ -207,3 +207,51 @@ def test_creating_an_entra_role_needs_azures_pgaadauth(database: str) -> None:
     alone = cli("migrate", "--entra-principal-oid", "11111111-2222-3333-4444-555555555555",
                 "--database-url", database)
     assert alone.returncode == 2 and "--grant-to" in alone.stderr
+
+
+def test_usage_charges_each_tenant_its_share_of_the_tokens_each_model_computed(database: str) -> None:
+    """Showback (issue 23): a model's monthly cost split by computed tokens (uncached prompt + completion),
+    response-cache hits free, an unused model's cost left unallocated, a model without a cost named."""
+    create_tenant(database, "team-a")
+    create_tenant(database, "team-b")
+    rows = [  # (request, tenant, model, prompt, cached, completion, cache hit)
+        ("a1", "team-a", "llama", 100, 20, 20, False),   # computes 100
+        ("a2", "team-a", "llama", 500, 0, 500, True),    # a response-cache hit: computes nothing
+        ("b1", "team-b", "llama", 250, 0, 50, False),    # computes 300
+        ("b2", "team-b", "qwen", 10, 0, 10, False),      # qwen has no cost given
+    ]
+    with psycopg.connect(database) as conn:
+        for request, tenant, model, prompt, cached, completion, hit in rows:
+            conn.execute("INSERT INTO usage_records VALUES (%s, now(), %s, 'key:x', 'x', %s, 'chat', %s, %s, %s, "
+                         "1.0, 2.0, 200, %s, 'stop')", (request, tenant, model, prompt, cached, completion, hit))
+    result = cli("usage", "--json", "--model-cost", "llama=1000", "--model-cost", "mistral=250",
+                 "--database-url", database)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    by_tenant = {t["tenant"]: t for t in report["tenants"]}
+    assert by_tenant["team-a"]["models"]["llama"]["computed_tokens"] == 100
+    assert by_tenant["team-b"]["models"]["llama"]["computed_tokens"] == 300
+    assert (by_tenant["team-a"]["cost"], by_tenant["team-b"]["cost"]) == (250.0, 750.0)  # 1000 x 1/4, x 3/4
+    assert by_tenant["team-b"]["models"]["qwen"]["cost"] is None
+    assert report["unallocated"] == {"mistral": 250.0} and report["unpriced_models"] == ["qwen"]
+    text = cli("usage", "--model-cost", "llama=1000", "--database-url", database)
+    assert "team-a: requests=2" in text.stdout and "cost=250.00 (llama 25.0%)" in text.stdout
+    assert "unpriced: qwen" in text.stdout
+    # Last month has no rows: the same costs stay unallocated.
+    last = (dt.date.today().replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
+    with psycopg.connect(database) as conn:
+        ensure_partitions(conn, dt.date.today() - dt.timedelta(days=40), 1)
+    empty = json.loads(cli("usage", "--json", "--month", last, "--model-cost", "llama=10",
+                           "--database-url", database).stdout)
+    assert empty == {"tenants": [], "unallocated": {"llama": 10.0}, "unpriced_models": [], "model_costs": {"llama": 10.0}}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model-cost", "llama"], "expected MODEL=COST"),
+    (["--model-cost", "llama=-3"], "expected MODEL=COST"),
+    (["--model-cost", "llama=1", "--model-cost", "llama=2"], "names a model twice"),
+    (["--month", "2026-13"], "expected a month as YYYY-MM"),
+])
+def test_bad_usage_arguments_exit_2_naming_them(database: str, args: list[str], message: str) -> None:
+    result = cli("usage", *args, "--database-url", database)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
