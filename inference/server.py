@@ -31,7 +31,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from tokenizers.decoders import DecodeStream
 
-from . import chat_template, embeddings, errors, json_body, structured_output, tokenize_endpoints, tool_calls
+from . import (
+    chat_template,
+    embeddings,
+    errors,
+    json_body,
+    structured_output,
+    tokenize_endpoints,
+    tokenizer_bundle,
+    tool_calls,
+)
 from .auth import APIKeyMiddleware, APIKeys
 from .engine_api import (
     AsyncEngine,
@@ -102,6 +111,10 @@ class ServerState:
     tool_markers: dict[int, str] = field(default_factory=dict)
     # /v1/embeddings (embeddings.EmbeddingService); None when the server serves none.
     embeddings: Any = None
+    # GET /tokenizer's body (tokenizer_bundle) and its hash, sent on every endpoint's response so the
+    # gateway knows whether its in-process copy of the tokenizer is this one; None if it could not be made.
+    tokenizer_bundle: bytes | None = None
+    tokenizer_hash: str | None = None
 
     def abort_all(self) -> None:
         """Abort every in-flight generation (drain timeout): their responses end with "abort"."""
@@ -768,6 +781,12 @@ def _endpoint(state: ServerState, handler: Handler) -> Handler:
     """Every failure becomes one OpenAI-style error; unexpected ones are logged, never leaked."""
 
     async def wrapped(request: Request) -> Response:
+        response = await answer(request)
+        if state.tokenizer_hash is not None:
+            response.headers[tokenizer_bundle.HASH_HEADER] = state.tokenizer_hash
+        return response
+
+    async def answer(request: Request) -> Response:
         try:
             return await handler(request)
         except errors.APIError as exc:
@@ -825,6 +844,11 @@ def create_app(
                                                                    tool_format=tool_format),
                         embeddings=embedding_service, tool_format=tool_format,
                         tool_markers=tool_calls.marker_token_ids(tokenizer, tool_format))
+    try:
+        bundle = tokenizer_bundle.make_bundle(tokenizer, chat_template, engine.max_model_len)
+        state.tokenizer_bundle, state.tokenizer_hash = tokenizer_bundle.bundle_json(bundle), bundle["hash"]
+    except Exception:  # the server serves without it; the gateway then counts through /tokenize
+        log.warning("the tokenizer could not be written as files; GET /tokenizer is unavailable", exc_info=True)
     server = OpenAIServer(state)
     routes = [
         Route("/v1/completions", _endpoint(state, server.completions), methods=["POST"]),
@@ -834,6 +858,7 @@ def create_app(
         # vLLM's paths (no /v1 prefix).
         Route("/tokenize", _endpoint(state, tokenize_endpoints.tokenize_handler(server)), methods=["POST"]),
         Route("/detokenize", _endpoint(state, tokenize_endpoints.detokenize_handler(server)), methods=["POST"]),
+        Route("/tokenizer", _endpoint(state, tokenize_endpoints.tokenizer_handler(server)), methods=["GET"]),
         Route("/health", server.health, methods=["GET"]),
         Route("/ready", server.ready, methods=["GET"]),
         Route("/metrics", server.metrics, methods=["GET"]),
