@@ -31,6 +31,7 @@ from starlette.routing import Route
 from . import cache as response_cache
 from . import errors, metrics
 from .entra import EntraValidator, TokenError
+from .counting import LOCAL_MAX_BODY_BYTES
 from .flight import Flight
 from .keys import key_id_of, matches
 from .limits import Limiter, LimiterUnavailable, Refusal, Reservation, open_reservation
@@ -172,8 +173,18 @@ class Gateway:
                                          f"({response.status}).")
         return response.json()
 
-    async def count_prompt(self, upstream: Upstream, endpoint: str, body: dict[str, Any]) -> tuple[int, int, int]:
-        """(prompt tokens, number of prompts, the model's context length), exactly as the model counts."""
+    async def count_prompt(self, upstream: Upstream, endpoint: str, body: dict[str, Any],
+                           body_bytes: int = 0) -> tuple[int, int, int]:
+        """(prompt tokens, number of prompts, the model's context length), exactly as the model counts:
+        in-process with the model's own tokenizer when the gateway holds a copy the server vouches for
+        (gateway.counting), else through the model server's /tokenize."""
+        counter = upstream.counter
+        if counter is not None and body_bytes <= LOCAL_MAX_BODY_BYTES:
+            counted = counter.count(endpoint, body)
+            if counted is not None:
+                metrics.PROMPT_COUNTS.labels("local").inc()
+                return counted
+        metrics.PROMPT_COUNTS.labels("upstream").inc()
         if endpoint == "chat":
             payload = {k: body[k] for k in ("messages", "tools", "add_generation_prompt", "continue_final_message")
                        if k in body}
@@ -333,7 +344,7 @@ class Gateway:
             headers["X-Request-Id"] = request_id
         return headers
 
-    async def _read_body(self, request: Request) -> dict[str, Any]:
+    async def _read_body(self, request: Request, flight: Flight) -> dict[str, Any]:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise errors.GatewayError(413, f"Request body over {MAX_BODY_BYTES} bytes.", "invalid_request_error",
@@ -344,6 +355,7 @@ class Gateway:
             if len(raw) > MAX_BODY_BYTES:
                 raise errors.GatewayError(413, f"Request body over {MAX_BODY_BYTES} bytes.",
                                           "invalid_request_error", "request_too_large")
+        flight.body_bytes = len(raw)
         try:
             body = json.loads(raw)
         except ValueError as exc:
@@ -372,7 +384,7 @@ class Gateway:
 
     async def _proxy(self, request: Request, flight: Flight) -> Response:
         flight.caller = caller = await self.authenticate(request)
-        body = await self._read_body(request)
+        body = await self._read_body(request, flight)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise errors.bad_request("`model` is required: one of the models GET /v1/models lists.", "model_required")
@@ -402,7 +414,8 @@ class Gateway:
             raise errors.content_filtered(blocked, "prompt")
 
         if self._limits_tokens(caller):
-            prompt_tokens, prompts, max_model_len = await self.count_prompt(upstream, flight.endpoint, body)
+            prompt_tokens, prompts, max_model_len = await self.count_prompt(upstream, flight.endpoint, body,
+                                                                            flight.body_bytes)
             choices = self._choices(body) * prompts
             wanted = self._completion_wanted(body, flight.endpoint, prompt_tokens // max(prompts, 1), max_model_len)
             flight.prompt_tokens = prompt_tokens
@@ -490,7 +503,7 @@ class Gateway:
             if response.status != 200:
                 flight.status = response.status
                 flight.prompt_tokens = 0  # nothing was generated; the reservation is refunded
-                retry = {"Retry-After": response.headers["Retry-After"]} if "Retry-After" in response.headers else {}
+                retry = {"Retry-After": response.headers["retry-after"]} if "retry-after" in response.headers else {}
                 return Response(response.body, status_code=response.status, media_type="application/json",
                                 headers={"X-Request-Id": flight.request_id, **retry})
             data = response.json()

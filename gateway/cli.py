@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--safety-rules", help="rules file for --safety local")
     serve.add_argument("--safety-endpoint", type=_url(("https", "http")),
                        help="Azure AI Content Safety endpoint for --safety azure")
+    serve.add_argument("--prompt-count", **_from_env(
+        "--prompt-count", choices=["local", "upstream"], default="local",
+        help="how prompts are counted before admission: local (default), in-process with each model's own "
+             "tokenizer and chat template fetched from its server (GET /tokenizer, pinned by hash; /tokenize "
+             "whenever that cannot count with certainty); upstream, always the model server's /tokenize"))
     serve.add_argument("--cache-ttl", type=_positive, default=3600, help="response cache TTL in seconds (>= 1)")
 
     tenants = commands.add_parser("tenants", help="create, update or list tenants")

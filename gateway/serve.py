@@ -140,9 +140,16 @@ def serve(args: argparse.Namespace) -> int:
         store = Store(pool)
         store.start()
         for name, url in args.upstream:
-            gateway.upstreams[name] = upstream = Upstream(name, url, upstream_key)
+            gateway.upstreams[name] = upstream = Upstream(name, url, upstream_key,
+                                                          count_locally=args.prompt_count == "local")
             upstream.open()
         await _describe_upstreams(gateway.upstreams)
+        if args.prompt_count == "local":
+            # Before the first request where the servers answer; a server that cannot is counted through
+            # /tokenize, and its tokenizer is loaded later when one of its answers names its hash. One at a
+            # time: the files pass through /tmp (a 64 MiB emptyDir in the pod; a large tokenizer.json is ~35 MB).
+            for up in gateway.upstreams.values():
+                await up.load_counter()
         gateway.store = store
         gateway.limiter = Limiter(redis_client)
         gateway.cache = ResponseCache(redis_client, ttl_s=args.cache_ttl)
