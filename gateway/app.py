@@ -344,17 +344,19 @@ class Gateway:
             headers["X-Request-Id"] = request_id
         return headers
 
-    async def _read_body(self, request: Request, flight: Flight) -> dict[str, Any]:
+    async def _read_body(self, request: Request, flight: Flight) -> tuple[dict[str, Any], bytes]:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise errors.GatewayError(413, f"Request body over {MAX_BODY_BYTES} bytes.", "invalid_request_error",
                                       "request_too_large")
-        raw = b""
+        parts, size = [], 0
         async for part in request.stream():
-            raw += part
-            if len(raw) > MAX_BODY_BYTES:
+            parts.append(part)
+            size += len(part)
+            if size > MAX_BODY_BYTES:
                 raise errors.GatewayError(413, f"Request body over {MAX_BODY_BYTES} bytes.",
                                           "invalid_request_error", "request_too_large")
+        raw = b"".join(parts)
         flight.body_bytes = len(raw)
         try:
             body = json.loads(raw)
@@ -362,7 +364,7 @@ class Gateway:
             raise errors.bad_request("The request body is not valid JSON.") from exc
         if not isinstance(body, dict):
             raise errors.bad_request("The request body must be a JSON object.")
-        return body
+        return body, raw
 
     async def proxy(self, request: Request) -> Response:
         endpoint = ENDPOINTS[request.url.path]
@@ -384,7 +386,8 @@ class Gateway:
 
     async def _proxy(self, request: Request, flight: Flight) -> Response:
         flight.caller = caller = await self.authenticate(request)
-        body = await self._read_body(request, flight)
+        body, raw = await self._read_body(request, flight)
+        received = body
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise errors.bad_request("`model` is required: one of the models GET /v1/models lists.", "model_required")
@@ -433,10 +436,12 @@ class Gateway:
         if stream:
             body = {**body, "stream_options": {**stream_options, "include_usage": True,
                                                "continuous_usage_stats": True}}
+        # A body the gateway did not change is forwarded as it came (no second serialisation).
+        payload: dict[str, Any] | bytes = raw if body is received else body
         metrics.OVERHEAD.observe(time.monotonic() - flight.started)
         if stream:
-            return await self._stream(flight, upstream, body, wants_usage, wants_continuous, cache_key)
-        return await self._whole(flight, upstream, body, cache_key)
+            return await self._stream(flight, upstream, payload, wants_usage, wants_continuous, cache_key)
+        return await self._whole(flight, upstream, payload, cache_key)
 
     @staticmethod
     def _limits_tokens(caller: Caller) -> bool:
@@ -491,7 +496,8 @@ class Gateway:
         return _json_response(response_cache.replay(cached, flight.request_id), flight.request_id,
                               headers={"X-Cache": "hit"})
 
-    async def _whole(self, flight: Flight, upstream: Upstream, body: dict[str, Any], cache_key: str | None) -> Response:
+    async def _whole(self, flight: Flight, upstream: Upstream, body: dict[str, Any] | bytes,
+                     cache_key: str | None) -> Response:
         assert flight.caller is not None
         try:
             try:
@@ -526,7 +532,11 @@ class Gateway:
             if cache_key and not filtered:
                 await self.cache.put(cache_key, data)
                 metrics.CACHE.labels("store").inc()
-            return _json_response(data, flight.request_id, headers=self._rate_headers(flight))
+            if filtered:
+                return _json_response(data, flight.request_id, headers=self._rate_headers(flight))
+            # Unchanged: the upstream's own bytes, not a second serialisation of what was just parsed.
+            return Response(response.body, media_type="application/json",
+                            headers={"X-Request-Id": flight.request_id, **self._rate_headers(flight)})
         except errors.GatewayError as error:
             flight.status = error.status
             raise
@@ -534,7 +544,7 @@ class Gateway:
             # Settling and recording happen after the answer is sent: the client never waits on them.
             self.finish_later(flight)
 
-    async def _stream(self, flight: Flight, upstream: Upstream, body: dict[str, Any], wants_usage: bool,
+    async def _stream(self, flight: Flight, upstream: Upstream, body: dict[str, Any] | bytes, wants_usage: bool,
                       wants_continuous: bool, cache_key: str | None) -> Response:
         try:
             response = await upstream.stream(_PATHS[flight.endpoint], body, flight.request_id)

@@ -156,18 +156,19 @@ class Upstream:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnreachable(str(exc)) from exc
 
-    async def post(self, path: str, body: dict[str, Any], request_id: str | None = None) -> UpstreamResponse:
+    async def post(self, path: str, body: dict[str, Any] | bytes, request_id: str | None = None) -> UpstreamResponse:
+        """POST a JSON body: a dict is serialised, bytes (a client's body the gateway did not change) sent as they are."""
         try:
-            async with self._session().post(f"{self.url}{path}", json=body, headers=_id(request_id)) as response:
+            async with self._session().post(f"{self.url}{path}", **_body(body, request_id)) as response:
                 answer = UpstreamResponse(response.status, _headers(response), await response.read())
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnreachable(str(exc)) from exc
         self.observe(answer.headers.get(HASH_HEADER))
         return answer
 
-    async def stream(self, path: str, body: dict[str, Any], request_id: str | None = None) -> UpstreamStream:
+    async def stream(self, path: str, body: dict[str, Any] | bytes, request_id: str | None = None) -> UpstreamStream:
         try:
-            response = await self._session().post(f"{self.url}{path}", json=body, headers=_id(request_id))
+            response = await self._session().post(f"{self.url}{path}", **_body(body, request_id))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnreachable(str(exc)) from exc
         self.observe(response.headers.get(HASH_HEADER))
@@ -177,6 +178,12 @@ class Upstream:
 def _headers(response: aiohttp.ClientResponse) -> dict[str, str]:
     """The answer's headers, names in lower case (HTTP names are case-insensitive)."""
     return {name.lower(): value for name, value in response.headers.items()}
+
+
+def _body(body: dict[str, Any] | bytes, request_id: str | None) -> dict[str, Any]:
+    if isinstance(body, bytes):
+        return {"data": body, "headers": {"Content-Type": "application/json", **_id(request_id)}}
+    return {"json": body, "headers": _id(request_id)}
 
 
 def _id(request_id: str | None) -> dict[str, str]:
