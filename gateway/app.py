@@ -182,9 +182,9 @@ class Gateway:
         if counter is not None and body_bytes <= LOCAL_MAX_BODY_BYTES:
             counted = counter.count(endpoint, body)
             if counted is not None:
-                metrics.PROMPT_COUNTS.labels("local").inc()
+                metrics.COUNTED_LOCALLY.inc()
                 return counted
-        metrics.PROMPT_COUNTS.labels("upstream").inc()
+        metrics.COUNTED_UPSTREAM.inc()
         if endpoint == "chat":
             payload = {k: body[k] for k in ("messages", "tools", "add_generation_prompt", "continue_final_message")
                        if k in body}

@@ -19,8 +19,13 @@ server's worker threads instead); any unexpected failure.
 from __future__ import annotations
 
 import logging
+import os
 from importlib import import_module
 from typing import Any
+
+# One short text at a time on the event loop: the Rust thread pool would only add a cross-thread hand-off (and
+# its wake-up) to every count: ~170 against ~140 us a count measured here with idle gaps between counts.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pydantic import ValidationError
 

@@ -46,3 +46,4 @@ UPSTREAM_ERRORS = Counter("inferforge_gateway_upstream_errors_total", "Upstream 
 PROMPT_COUNTS = Counter("inferforge_gateway_prompt_counts_total",
                         "Prompts counted before admission, by how (local: in-process with the model's tokenizer; "
                         "upstream: the model server's /tokenize)", ["how"])
+COUNTED_LOCALLY, COUNTED_UPSTREAM = PROMPT_COUNTS.labels("local"), PROMPT_COUNTS.labels("upstream")
