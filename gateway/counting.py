@@ -45,6 +45,33 @@ LOCAL_MAX_BODY_BYTES = 16 * 1024
 CHAT_FIELDS = ("messages", "tools", "add_generation_prompt", "continue_final_message")
 
 
+# Texts a loaded tokenizer encodes both ways before the direct path is trusted (an extra guard to the class check).
+_PROBES = ("", " ", "The gateway adds", "  two  spaces\n\tand tabs", "déjà vu 😀 \u200b", "1024 tokens: {\"a\": [1]}")
+
+
+def _direct_backend(tokenizer: Any) -> Any:
+    """The Rust backend when `tokenizer.encode` is transformers' own fast-tokenizer path (no subclass override
+    of encode, its strategy choice, truncation/padding set-up or _encode_plus); else None."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    cls = type(tokenizer)
+    if not (isinstance(tokenizer, TokenizersBackend) and cls.encode is PreTrainedTokenizerBase.encode
+            and cls._get_padding_truncation_strategies is PreTrainedTokenizerBase._get_padding_truncation_strategies
+            and cls.set_truncation_and_padding is TokenizersBackend.set_truncation_and_padding
+            and cls._encode_plus is TokenizersBackend._encode_plus):
+        return None
+    backend = tokenizer.backend_tokenizer
+    for text in _PROBES:
+        slow = tokenizer.encode(text, add_special_tokens=True)  # also leaves the backend in encode's state
+        if backend.encode_batch([text], add_special_tokens=True, is_pretokenized=False)[0].ids != slow:
+            log.warning("the tokenizer's direct encoding differs from transformers' encode; not used")
+            return None
+    return backend
+
+
 class LocalCounter:
     """One upstream's tokenizer, chat template and context length, pinned by the bundle's hash."""
 
@@ -54,6 +81,7 @@ class LocalCounter:
         self.template = template
         self.max_model_len = max_model_len
         self._failures_logged = 0
+        self._backend = _direct_backend(tokenizer)
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> LocalCounter:
@@ -87,6 +115,18 @@ class LocalCounter:
         )
         return len(ids)
 
+    def _encoded_length(self, text: str) -> int:
+        """len(tokenizer.encode(text, add_special_tokens=True)). transformers' encode of a fast tokenizer, without
+        padding or truncation, is the Rust backend's `encode_batch([text], add_special_tokens=True)` once it has
+        set the backend to no truncation, no padding and its `split_special_tokens`: called directly when the
+        backend is in exactly that state (and the tokenizer's class runs transformers' own encode, see
+        `_direct_backend`), it saves ~80 us of Python a count measured here; otherwise transformers' encode."""
+        backend = self._backend
+        if backend is not None and backend.truncation is None and backend.padding is None \
+                and backend.encode_special_tokens == self.tokenizer.split_special_tokens:
+            return len(backend.encode_batch([text], add_special_tokens=True, is_pretokenized=False)[0])
+        return len(self.tokenizer.encode(text, add_special_tokens=True))
+
     def _count_completion(self, body: dict[str, Any]) -> tuple[int, int, int] | None:
         prompt = body.get("prompt")
         if isinstance(prompt, str):
@@ -101,7 +141,7 @@ class LocalCounter:
         for p in prompts:
             if isinstance(p, str):
                 # /tokenize's completion branch: `TokenizeCompletionRequest` adds special tokens by default.
-                total += len(self.tokenizer.encode(p, add_special_tokens=True))
+                total += self._encoded_length(p)
             elif isinstance(p, list) and all(type(t) is int for t in p):
                 total += len(p)
             else:

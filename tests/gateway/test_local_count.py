@@ -286,3 +286,16 @@ def test_the_count_runs_from_the_images_files_alone_without_torch(tmp_path: Any,
                                             "HF_HUB_OFFLINE": "1"}, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.splitlines()[-1]) == [list(counter.count("chat", b)) for b in CHATS]
+
+
+def test_the_direct_encoding_is_used_only_in_transformers_own_state(counter: LocalCounter) -> None:
+    assert counter._backend is not None  # the test model's tokenizer runs transformers' own encode
+    text = "The platform serves language models inside a private network. " * 4
+    full = len(counter.tokenizer.encode(text))
+    backend = counter.tokenizer.backend_tokenizer
+    backend.enable_truncation(5)  # a state transformers' encode would undo: the count must not be cut
+    try:
+        assert counter.count("completions", {"prompt": text})[0] == full > 5
+        assert backend.truncation is None  # transformers' encode counted it (and reset the backend)
+    finally:
+        backend.no_truncation()
