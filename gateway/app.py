@@ -30,8 +30,8 @@ from starlette.routing import Route
 
 from . import cache as response_cache
 from . import errors, metrics
-from .entra import EntraValidator, TokenError
 from .counting import LOCAL_MAX_BODY_BYTES
+from .entra import EntraValidator, TokenError
 from .flight import Flight
 from .keys import key_id_of, matches
 from .limits import Limiter, LimiterUnavailable, Refusal, Reservation, open_reservation

@@ -157,7 +157,7 @@ class Upstream:
             raise UpstreamUnreachable(str(exc)) from exc
 
     async def post(self, path: str, body: dict[str, Any] | bytes, request_id: str | None = None) -> UpstreamResponse:
-        """POST a JSON body: a dict is serialised, bytes (a client's body the gateway did not change) sent as they are."""
+        """POST a JSON body: a dict is serialised; bytes (a client's body the gateway left as it was) go as they are."""
         try:
             async with self._session().post(f"{self.url}{path}", **_body(body, request_id)) as response:
                 answer = UpstreamResponse(response.status, _headers(response), await response.read())

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -156,7 +155,8 @@ def test_an_override_chat_template_is_the_servers_too(tiny_model_dir_for_fakes: 
         for body in CHATS:
             payload = {k: body[k] for k in ("messages", "tools", "add_generation_prompt", "continue_final_message")
                        if k in body}
-            assert upstream.counter.count("chat", body)[0] == httpx.post(f"{url}/tokenize", json=payload).json()["count"]
+            expected = httpx.post(f"{url}/tokenize", json=payload).json()["count"]
+            assert upstream.counter.count("chat", body)[0] == expected
 
 
 @pytest.fixture(scope="module")
