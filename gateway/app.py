@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from . import cache as response_cache
 from . import errors, metrics
+from .counting import LOCAL_MAX_BODY_BYTES
 from .entra import EntraValidator, TokenError
 from .flight import Flight
 from .keys import key_id_of, matches
@@ -172,8 +173,18 @@ class Gateway:
                                          f"({response.status}).")
         return response.json()
 
-    async def count_prompt(self, upstream: Upstream, endpoint: str, body: dict[str, Any]) -> tuple[int, int, int]:
-        """(prompt tokens, number of prompts, the model's context length), exactly as the model counts."""
+    async def count_prompt(self, upstream: Upstream, endpoint: str, body: dict[str, Any],
+                           body_bytes: int = 0) -> tuple[int, int, int]:
+        """(prompt tokens, number of prompts, the model's context length), exactly as the model counts:
+        in-process with the model's own tokenizer when the gateway holds a copy the server vouches for
+        (gateway.counting), else through the model server's /tokenize."""
+        counter = upstream.counter
+        if counter is not None and body_bytes <= LOCAL_MAX_BODY_BYTES:
+            counted = counter.count(endpoint, body)
+            if counted is not None:
+                metrics.COUNTED_LOCALLY.inc()
+                return counted
+        metrics.COUNTED_UPSTREAM.inc()
         if endpoint == "chat":
             payload = {k: body[k] for k in ("messages", "tools", "add_generation_prompt", "continue_final_message")
                        if k in body}
@@ -304,6 +315,10 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def finish_background(self) -> None:
+        """Wait for the responses still closing and their settlement and records (shutdown)."""
+        await asyncio.gather(*self._background, return_exceptions=True)
+
     # ---- safety -----------------------------------------------------------------------------
 
     async def blocked_category(self, caller: Caller, text: str, stage: str) -> str | None:
@@ -333,24 +348,27 @@ class Gateway:
             headers["X-Request-Id"] = request_id
         return headers
 
-    async def _read_body(self, request: Request) -> dict[str, Any]:
+    async def _read_body(self, request: Request, flight: Flight) -> tuple[dict[str, Any], bytes]:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise errors.GatewayError(413, f"Request body over {MAX_BODY_BYTES} bytes.", "invalid_request_error",
                                       "request_too_large")
-        raw = b""
+        parts, size = [], 0
         async for part in request.stream():
-            raw += part
-            if len(raw) > MAX_BODY_BYTES:
+            parts.append(part)
+            size += len(part)
+            if size > MAX_BODY_BYTES:
                 raise errors.GatewayError(413, f"Request body over {MAX_BODY_BYTES} bytes.",
                                           "invalid_request_error", "request_too_large")
+        raw = b"".join(parts)
+        flight.body_bytes = len(raw)
         try:
             body = json.loads(raw)
         except ValueError as exc:
             raise errors.bad_request("The request body is not valid JSON.") from exc
         if not isinstance(body, dict):
             raise errors.bad_request("The request body must be a JSON object.")
-        return body
+        return body, raw
 
     async def proxy(self, request: Request) -> Response:
         endpoint = ENDPOINTS[request.url.path]
@@ -372,7 +390,8 @@ class Gateway:
 
     async def _proxy(self, request: Request, flight: Flight) -> Response:
         flight.caller = caller = await self.authenticate(request)
-        body = await self._read_body(request)
+        body, raw = await self._read_body(request, flight)
+        received = body
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise errors.bad_request("`model` is required: one of the models GET /v1/models lists.", "model_required")
@@ -402,7 +421,8 @@ class Gateway:
             raise errors.content_filtered(blocked, "prompt")
 
         if self._limits_tokens(caller):
-            prompt_tokens, prompts, max_model_len = await self.count_prompt(upstream, flight.endpoint, body)
+            prompt_tokens, prompts, max_model_len = await self.count_prompt(upstream, flight.endpoint, body,
+                                                                            flight.body_bytes)
             choices = self._choices(body) * prompts
             wanted = self._completion_wanted(body, flight.endpoint, prompt_tokens // max(prompts, 1), max_model_len)
             flight.prompt_tokens = prompt_tokens
@@ -420,10 +440,12 @@ class Gateway:
         if stream:
             body = {**body, "stream_options": {**stream_options, "include_usage": True,
                                                "continuous_usage_stats": True}}
+        # A body the gateway did not change is forwarded as it came (no second serialisation).
+        payload: dict[str, Any] | bytes = raw if body is received else body
         metrics.OVERHEAD.observe(time.monotonic() - flight.started)
         if stream:
-            return await self._stream(flight, upstream, body, wants_usage, wants_continuous, cache_key)
-        return await self._whole(flight, upstream, body, cache_key)
+            return await self._stream(flight, upstream, payload, wants_usage, wants_continuous, cache_key)
+        return await self._whole(flight, upstream, payload, cache_key)
 
     @staticmethod
     def _limits_tokens(caller: Caller) -> bool:
@@ -478,7 +500,8 @@ class Gateway:
         return _json_response(response_cache.replay(cached, flight.request_id), flight.request_id,
                               headers={"X-Cache": "hit"})
 
-    async def _whole(self, flight: Flight, upstream: Upstream, body: dict[str, Any], cache_key: str | None) -> Response:
+    async def _whole(self, flight: Flight, upstream: Upstream, body: dict[str, Any] | bytes,
+                     cache_key: str | None) -> Response:
         assert flight.caller is not None
         try:
             try:
@@ -490,7 +513,7 @@ class Gateway:
             if response.status != 200:
                 flight.status = response.status
                 flight.prompt_tokens = 0  # nothing was generated; the reservation is refunded
-                retry = {"Retry-After": response.headers["Retry-After"]} if "Retry-After" in response.headers else {}
+                retry = {"Retry-After": response.headers["retry-after"]} if "retry-after" in response.headers else {}
                 return Response(response.body, status_code=response.status, media_type="application/json",
                                 headers={"X-Request-Id": flight.request_id, **retry})
             data = response.json()
@@ -513,7 +536,11 @@ class Gateway:
             if cache_key and not filtered:
                 await self.cache.put(cache_key, data)
                 metrics.CACHE.labels("store").inc()
-            return _json_response(data, flight.request_id, headers=self._rate_headers(flight))
+            if filtered:
+                return _json_response(data, flight.request_id, headers=self._rate_headers(flight))
+            # Unchanged: the upstream's own bytes, not a second serialisation of what was just parsed.
+            return Response(response.body, media_type="application/json",
+                            headers={"X-Request-Id": flight.request_id, **self._rate_headers(flight)})
         except errors.GatewayError as error:
             flight.status = error.status
             raise
@@ -521,7 +548,7 @@ class Gateway:
             # Settling and recording happen after the answer is sent: the client never waits on them.
             self.finish_later(flight)
 
-    async def _stream(self, flight: Flight, upstream: Upstream, body: dict[str, Any], wants_usage: bool,
+    async def _stream(self, flight: Flight, upstream: Upstream, body: dict[str, Any] | bytes, wants_usage: bool,
                       wants_continuous: bool, cache_key: str | None) -> Response:
         try:
             response = await upstream.stream(_PATHS[flight.endpoint], body, flight.request_id)

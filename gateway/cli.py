@@ -188,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--safety-rules", help="rules file for --safety local")
     serve.add_argument("--safety-endpoint", type=_url(("https", "http")),
                        help="Azure AI Content Safety endpoint for --safety azure")
+    serve.add_argument("--prompt-count", **_from_env(
+        "--prompt-count", choices=["local", "upstream"], default="local",
+        help="how prompts are counted before admission: local (default), in-process with each model's own "
+             "tokenizer and chat template fetched from its server (GET /tokenizer, pinned by hash; /tokenize "
+             "whenever that cannot count with certainty); upstream, always the model server's /tokenize"))
     serve.add_argument("--cache-ttl", type=_positive, default=3600, help="response cache TTL in seconds (>= 1)")
 
     tenants = commands.add_parser("tenants", help="create, update or list tenants")
@@ -254,7 +259,7 @@ def _database_conninfo(args: argparse.Namespace) -> str:
     return make_conninfo(url, password=token)
 
 
-def _redis_credentials(args: argparse.Namespace) -> Any:
+def redis_credentials(args: argparse.Namespace) -> Any:
     if args.redis_auth != "entra":
         return None
     if not args.redis_username:
@@ -283,7 +288,7 @@ def _check_schema(url: str) -> None:
             raise UsageError("the database has no gateway schema; run `python -m gateway migrate` first")
 
 
-def _check_redis(url: str, credentials: Any = None) -> None:
+def check_redis(url: str, credentials: Any = None) -> None:
     from redis.exceptions import RedisError
 
     from .limits import connect
@@ -351,8 +356,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"created key {key_id} for tenant {args.tenant}; it is shown once, store it now:")
                 print(key)
                 return 0
-            credentials = _redis_credentials(args)
-            _check_redis(args.redis_url, credentials)
+            credentials = redis_credentials(args)
+            check_redis(args.redis_url, credentials)
             key_id, tenant = admin.revoke_key(database, args.key)
             asyncio.run(_revoke_in_redis(args.redis_url, tenant, key_id, credentials))
             print(f"revoked key {key_id} of tenant {tenant}")

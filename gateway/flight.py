@@ -17,6 +17,7 @@ class Flight:
     started: float
     caller: Caller | None = None
     model: str = ""
+    body_bytes: int = 0
     reservation: Reservation | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -43,3 +43,7 @@ OVERHEAD = Histogram("inferforge_gateway_overhead_seconds",
                      "Time the gateway adds before the upstream request is sent (auth, count, admit, checks)",
                      buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
 UPSTREAM_ERRORS = Counter("inferforge_gateway_upstream_errors_total", "Upstream calls that failed", ["model"])
+PROMPT_COUNTS = Counter("inferforge_gateway_prompt_counts_total",
+                        "Prompts counted before admission, by how (local: in-process with the model's tokenizer; "
+                        "upstream: the model server's /tokenize)", ["how"])
+COUNTED_LOCALLY, COUNTED_UPSTREAM = PROMPT_COUNTS.labels("local"), PROMPT_COUNTS.labels("upstream")

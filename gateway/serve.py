@@ -109,10 +109,10 @@ async def _renew_redis_sign_ins(client: object) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from .cli import _check_redis, _redis_credentials
+    from .cli import check_redis, redis_credentials
 
-    redis_credentials = _redis_credentials(args)
-    _check_redis(args.redis_url, redis_credentials)
+    credentials = redis_credentials(args)
+    check_redis(args.redis_url, credentials)
     pepper = load_pepper(args.key_pepper_file)
     safety = _safety(args)
     entra = _entra(args)
@@ -134,15 +134,22 @@ def serve(args: argparse.Namespace) -> int:
             args.database_url, options=f"-c search_path={args.schema}")
         pool = AsyncConnectionPool(conninfo, min_size=1, max_size=10, open=False, **sign_in)
         await pool.open(wait=True, timeout=10)
-        redis_client = connect_redis(args.redis_url, REDIS_TIMEOUT_S, redis_credentials)
-        if redis_credentials is not None:
+        redis_client = connect_redis(args.redis_url, REDIS_TIMEOUT_S, credentials)
+        if credentials is not None:
             state["redis_renewal"] = asyncio.create_task(_renew_redis_sign_ins(redis_client))
         store = Store(pool)
         store.start()
         for name, url in args.upstream:
-            gateway.upstreams[name] = upstream = Upstream(name, url, upstream_key)
+            gateway.upstreams[name] = upstream = Upstream(name, url, upstream_key,
+                                                          count_locally=args.prompt_count == "local")
             upstream.open()
         await _describe_upstreams(gateway.upstreams)
+        if args.prompt_count == "local":
+            # Before the first request where the servers answer; a server that cannot is counted through
+            # /tokenize, and its tokenizer is loaded later when one of its answers names its hash. One at a
+            # time: the files pass through /tmp (a 64 MiB emptyDir in the pod; a large tokenizer.json is ~35 MB).
+            for up in gateway.upstreams.values():
+                await up.load_counter()
         gateway.store = store
         gateway.limiter = Limiter(redis_client)
         gateway.cache = ResponseCache(redis_client, ttl_s=args.cache_ttl)
@@ -152,7 +159,7 @@ def serve(args: argparse.Namespace) -> int:
     async def shutdown() -> None:
         if "redis_renewal" in state:
             state["redis_renewal"].cancel()  # type: ignore[attr-defined]
-        await asyncio.gather(*gateway._background, return_exceptions=True)
+        await gateway.finish_background()
         await state["store"].close()  # type: ignore[attr-defined]
         for up in gateway.upstreams.values():
             await up.close()

@@ -60,6 +60,10 @@ class ServerState:
     tool_markers: dict[int, str] = field(default_factory=dict)
     # /v1/embeddings (embeddings.EmbeddingService); None when the server serves none.
     embeddings: Any = None
+    # GET /tokenizer's body (tokenizer_bundle) and its hash, sent on every endpoint's response so the
+    # gateway knows whether its in-process copy of the tokenizer is this one; None if it could not be made.
+    tokenizer_bundle: bytes | None = None
+    tokenizer_hash: str | None = None
 
     def abort_all(self) -> None:
         """Abort every in-flight generation (drain timeout): their responses end with "abort"."""

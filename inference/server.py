@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP app (Starlette ASGI) over an `AsyncEngine`: routes, errors, probes and metrics.
 
 Routes: POST /v1/completions (inference/completions.py), POST /v1/chat/completions (inference/chat.py),
-POST /v1/embeddings (inference/embeddings.py), POST /tokenize and /detokenize (inference/tokenize_endpoints.py),
+POST /v1/embeddings (inference/embeddings.py), POST /tokenize, /detokenize and GET /tokenizer
+(inference/tokenize_endpoints.py),
 GET /v1/models, GET /health (process alive), GET /ready (engine ready and not draining), GET /metrics
 (Prometheus). What the endpoints share (body parsing, admission, sampling, streaming) is inference/requests.py;
 a request's token stream is inference/generation.py.
@@ -25,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import embeddings, errors, structured_output, tokenize_endpoints, tool_calls
+from . import embeddings, errors, structured_output, tokenize_endpoints, tokenizer_bundle, tool_calls
 from .auth import APIKeyMiddleware, APIKeys
 from .chat import ChatCompletionsEndpoint
 from .completions import CompletionsEndpoint
@@ -77,6 +78,12 @@ def _endpoint(state: ServerState, handler: Handler) -> Handler:
     """Every failure becomes one OpenAI-style error; unexpected ones are logged, never leaked."""
 
     async def wrapped(request: Request) -> Response:
+        response = await answer(request)
+        if state.tokenizer_hash is not None:
+            response.headers[tokenizer_bundle.HASH_HEADER] = state.tokenizer_hash
+        return response
+
+    async def answer(request: Request) -> Response:
         try:
             return await handler(request)
         except errors.APIError as exc:
@@ -134,6 +141,11 @@ def create_app(
                                                                    tool_format=tool_format),
                         embeddings=embedding_service, tool_format=tool_format,
                         tool_markers=tool_calls.marker_token_ids(tokenizer, tool_format))
+    try:
+        bundle = tokenizer_bundle.make_bundle(tokenizer, chat_template, engine.max_model_len)
+        state.tokenizer_bundle, state.tokenizer_hash = tokenizer_bundle.bundle_json(bundle), bundle["hash"]
+    except Exception:  # the server serves without it; the gateway then counts through /tokenize
+        log.warning("the tokenizer could not be written as files; GET /tokenizer is unavailable", exc_info=True)
     handling = RequestHandling(state)
     server = ServiceEndpoints(state)
     routes = [
@@ -144,6 +156,7 @@ def create_app(
         # vLLM's paths (no /v1 prefix).
         Route("/tokenize", _endpoint(state, tokenize_endpoints.tokenize_handler(handling)), methods=["POST"]),
         Route("/detokenize", _endpoint(state, tokenize_endpoints.detokenize_handler(handling)), methods=["POST"]),
+        Route("/tokenizer", _endpoint(state, tokenize_endpoints.tokenizer_handler(handling)), methods=["GET"]),
         Route("/health", server.health, methods=["GET"]),
         Route("/ready", server.ready, methods=["GET"]),
         Route("/metrics", server.metrics, methods=["GET"]),

@@ -5,7 +5,8 @@ default) or `messages` (rendered by the same chat template code as /v1/chat/comp
 count is exactly the prompt a chat request would have) and answers
 `{"count", "max_model_len", "tokens", "token_strs"}`. /detokenize takes `tokens` and answers
 `{"prompt"}`. Both run the tokenizer in a worker thread: a large input must not stall the event
-loop (and with it every stream and /health).
+loop (and with it every stream and /health). `GET /tokenizer` serves the tokenizer itself as files
+(inference.tokenizer_bundle), for a gateway that counts in its own process.
 """
 
 from __future__ import annotations
@@ -90,3 +91,17 @@ def detokenize_handler(server: RequestHandling) -> Handler:
         return _json(DetokenizeResponse(prompt=text))
 
     return detokenize
+
+
+def tokenizer_handler(server: RequestHandling) -> Handler:
+    """`GET /tokenizer`: the tokenizer's files, the override chat template and the context length, with their
+    hash (inference.tokenizer_bundle), so the gateway counts prompts in-process exactly as /tokenize does."""
+    state = server.state
+
+    async def tokenizer(request: Request) -> Response:
+        if state.tokenizer_bundle is None:
+            raise errors.APIError(404, "This server cannot serve its tokenizer as files; count with /tokenize.",
+                                  "invalid_request_error", "tokenizer_unavailable")
+        return Response(state.tokenizer_bundle, media_type="application/json")
+
+    return tokenizer

@@ -109,6 +109,43 @@ def test_bad_tokenization_requests_are_4xx_naming_the_field(client: httpx.Client
 def test_tokenization_routes_need_a_key(fake: RunningFake) -> None:
     for path in ("/tokenize", "/detokenize"):
         assert httpx.post(f"{fake.url}{path}", json={"prompt": "hi", "tokens": [1]}).status_code == 401
+    assert httpx.get(f"{fake.url}/tokenizer").status_code == 401
+
+
+# ---- GET /tokenizer (issue 21: the gateway counts in-process with these very files) ------------------
+
+def test_tokenizer_bundle_rebuilds_the_servers_tokenizer(client: httpx.Client, tokenizer: Any) -> None:
+    from inference.tokenizer_bundle import HASH_HEADER, load_bundle
+
+    response = client.get("/tokenizer")
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(bundle["files"])
+    assert bundle["chat_template"] is None and bundle["max_model_len"] == 300
+    # The hash is on every endpoint's answer (the gateway compares it with the copy it counts with).
+    assert response.headers[HASH_HEADER] == bundle["hash"]
+    for answer in (client.post("/tokenize", json={"prompt": "x"}), client.get("/v1/models"),
+                   client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}),
+                   client.post("/tokenize", json={"prompt": 1})):  # errors too
+        assert answer.headers[HASH_HEADER] == bundle["hash"], answer.text
+    copy, digest, template, max_len = load_bundle(bundle)
+    assert (digest, template, max_len) == (bundle["hash"], None, 300)
+    text = "The platform serves 1024 tokens: déjà vu \u2014 😀\n\t<s><|user|>  x"
+    assert copy.encode(text) == tokenizer.encode(text)
+    assert copy.apply_chat_template(MESSAGES, tokenize=False) == tokenizer.apply_chat_template(MESSAGES, tokenize=False)
+
+
+def test_a_tampered_bundle_is_refused(client: httpx.Client) -> None:
+    import base64
+
+    from inference.tokenizer_bundle import load_bundle
+
+    bundle = client.get("/tokenizer").json()
+    for broken in ({**bundle, "max_model_len": 301}, {**bundle, "chat_template": "{{ 'x' }}"},
+                   {**bundle, "files": {**bundle["files"], "tokenizer_config.json": base64.b64encode(b"{}").decode()}},
+                   {**bundle, "files": {"../tokenizer.json": bundle["files"]["tokenizer.json"]}}, [], {}):
+        with pytest.raises(ValueError):
+            load_bundle(broken)
 
 
 # ---- --chat-template ------------------------------------------------------------------------------
@@ -127,6 +164,18 @@ def test_chat_template_override_renders_chat_and_tokenize(tokenizer: Any) -> Non
         assert client.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 1}).status_code == 200
     assert tokenizer.decode(tokens) == "[system]Be brief.[user]The platform[assistant]"
     assert engine.requests[-1].prompt_token_ids == tokens
+
+
+def test_the_tokenizer_bundle_carries_the_override_template(tokenizer: Any) -> None:
+    from inference.server import create_app
+    from inference.tokenizer_bundle import HASH_HEADER
+
+    plain = create_app(FakeEngine(tokenizer), tokenizer, api_keys=None).state.server.tokenizer_hash
+    app = create_app(FakeEngine(tokenizer), tokenizer, api_keys=None, chat_template=load_chat_template(OVERRIDE))
+    with serve_in_thread(app) as url:
+        response = httpx.get(f"{url}/tokenizer")
+    assert response.json()["chat_template"] == OVERRIDE
+    assert response.headers[HASH_HEADER] == response.json()["hash"] != plain
 
 
 def test_load_chat_template_reads_a_file_or_takes_inline_text(tmp_path: Path) -> None:
