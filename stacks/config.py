@@ -1164,14 +1164,14 @@ _PATH_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9]*(\.[A-Za-z][A-Za-z0-9]*|\[\d{1,3}\
 _PATH_PART = re.compile(r"\.?([A-Za-z][A-Za-z0-9]*)|\[(\d+)\]")
 
 
-def _path_parts(key: str) -> list[str | int]:
+def path_parts(key: str) -> list[str | int]:
     return [name or int(index) for name, index in _PATH_PART.findall(key)]
 
 
 def _set_path(data: dict[str, Any], key: str, value: Any) -> str | None:
     """Set `value` at path `key` inside `data`, creating sections and list entries; a problem line, or None."""
     node: Any = data
-    parts = _path_parts(key)
+    parts = path_parts(key)
     for part, following in zip(parts, [*parts[1:], None], strict=True):
         expected = dict if isinstance(part, str) else list
         if not isinstance(node, expected):
@@ -1219,7 +1219,7 @@ def parse_stack_config(raw: Mapping[str, Any]) -> PlatformConfig:
         data = copy.deepcopy(data)
         # Outer paths before inner ones, list entries in index order: the result does not depend on key order.
         for key in sorted(paths, key=lambda k: [(0, p, "") if isinstance(p, int) else (1, 0, p)
-                                                for p in _path_parts(k)]):
+                                                for p in path_parts(k)]):
             problem = _set_path(data, key, copy.deepcopy(paths[key]))
             if problem:
                 problems.append(problem)

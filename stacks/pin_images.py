@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, _path_parts, shown
+from .config import ConfigError, path_parts, shown
 from .render import REPO_ROOT, StackFileError, stack_file, validate_stack
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -36,7 +36,7 @@ def pin_digest(text: str, key: str, digest: str) -> str:
     """`text` (a stack file) with the image section at config key `key` pinned to `digest`; ValueError if absent."""
     if not _DIGEST.match(digest):
         raise ValueError(f"{key}: {shown(digest)} is not a digest; allowed: sha256:<64 lowercase hex>")
-    parts = _path_parts(key)
+    parts = path_parts(key)
     node = _child(yaml.compose(text), "config")
     node = _child(node, f"inferforge:{parts[0]}") if node is not None else None
     for part in parts[1:]:
