@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,6 +37,7 @@ from .flight import Flight
 from .keys import key_id_of, matches
 from .limits import Limiter, LimiterUnavailable, Refusal, Reservation, open_reservation
 from .model import Caller
+from .routing import STABLE, VERSION_HEADER, Router
 from .safety import SafetyProvider, SafetyUnavailable
 from .store import Store, UsageRecord, audit_event
 from .stream import StreamRelay
@@ -116,16 +118,45 @@ def _prompt_text(body: dict[str, Any]) -> str:
 class Gateway:
     def __init__(self, *, store: Store, limiter: Limiter, cache: response_cache.ResponseCache,
                  upstreams: dict[str, Upstream], pepper: bytes, settings: GatewaySettings,
-                 entra: EntraValidator | None = None, safety: SafetyProvider | None = None) -> None:
+                 entra: EntraValidator | None = None, safety: SafetyProvider | None = None,
+                 rng: random.Random | None = None) -> None:
         self.store = store
         self.limiter = limiter
         self.cache = cache
         self.upstreams = upstreams
+        # A model with several server versions (a canary): each version's upstream and weight (gateway/routing.py).
+        self.versions: dict[str, dict[str, Upstream]] = {}
+        self.router = Router({}, rng)
         self.pepper = pepper
         self.settings = settings
         self.entra = entra
         self.safety = safety
         self._background: set[asyncio.Task] = set()
+
+    # ---- routing ----------------------------------------------------------------------------
+
+    def add_upstream(self, upstream: Upstream, weight: int = 100) -> None:
+        """Serve `upstream` as one version of its model with `weight` percent of the model's requests."""
+        model = upstream.name
+        self.versions.setdefault(model, {})[upstream.version] = upstream
+        self.router.weights.setdefault(model, [])
+        if weight > 0:
+            self.router.weights[model].append((upstream.version, weight))
+        # The model's face (/v1/models, readiness): its stable version, else the first one named.
+        if upstream.version == STABLE or model not in self.upstreams:
+            self.upstreams[model] = upstream
+
+    def all_upstreams(self) -> list[Upstream]:
+        seen = {id(up): up for up in self.upstreams.values()}
+        seen.update({id(up): up for versions in self.versions.values() for up in versions.values()})
+        return list(seen.values())
+
+    def route(self, model: str, upstream: Upstream) -> Upstream:
+        """The version of `model` that serves this request (by weight), or its one upstream."""
+        versions = self.versions.get(model)
+        if not versions or len(versions) == 1:
+            return upstream
+        return versions.get(self.router.pick(model), upstream)
 
     # ---- identity ---------------------------------------------------------------------------
 
@@ -161,14 +192,14 @@ class Gateway:
         try:
             response = await upstream.post("/tokenize", payload)
         except UpstreamUnreachable as exc:
-            metrics.UPSTREAM_ERRORS.labels(upstream.name).inc()
+            metrics.UPSTREAM_ERRORS.labels(upstream.name, upstream.version).inc()
             raise errors.upstream_failed(f"The model `{upstream.name}` could not be reached.") from exc
         if response.status == 400:
             # The model server refused the request's shape; its message names the field.
             raise errors.GatewayError(400, response.json().get("error", {}).get("message", "invalid request"),
                                       "invalid_request_error", "invalid_request")
         if response.status != 200:
-            metrics.UPSTREAM_ERRORS.labels(upstream.name).inc()
+            metrics.UPSTREAM_ERRORS.labels(upstream.name, upstream.version).inc()
             raise errors.upstream_failed(f"The model `{upstream.name}` could not count the prompt "
                                          f"({response.status}).")
         return response.json()
@@ -286,6 +317,11 @@ class Gateway:
             return
         tenant = metrics.tenant_label(caller.tenant.name)
         metrics.REQUESTS.labels(tenant, flight.model, str(flight.status)).inc()
+        if flight.version:  # reached a model server version: the canary's numbers beside the stable one's
+            metrics.UPSTREAM_REQUESTS.labels(flight.model, flight.version, str(flight.status)).inc()
+            if not flight.cache_hit:
+                metrics.UPSTREAM_LATENCY.labels(flight.model, flight.version).observe(
+                    time.monotonic() - flight.started)
         if not flight.cache_hit:
             metrics.TOKENS.labels(tenant, flight.model, "prompt").inc(flight.prompt_tokens)
             metrics.TOKENS.labels(tenant, flight.model, "completion").inc(flight.completion_tokens)
@@ -374,7 +410,10 @@ class Gateway:
         endpoint = ENDPOINTS[request.url.path]
         flight = Flight(f"gw-{uuid.uuid4().hex}", endpoint, time.monotonic())
         try:
-            return await self._proxy(request, flight)
+            response = await self._proxy(request, flight)
+            if flight.version:
+                response.headers[VERSION_HEADER] = flight.version
+            return response
         except errors.GatewayError as error:
             flight.status = error.status
             if flight.reservation is not None and not flight.finished:
@@ -386,7 +425,10 @@ class Gateway:
                 metrics.REQUESTS.labels(tenant, flight.model, str(error.status)).inc()
                 if error.status == 401:
                     self._audit(flight, "deny", error.code, 401)
-            return error.response(flight.request_id)
+            response = error.response(flight.request_id)
+            if flight.version:
+                response.headers[VERSION_HEADER] = flight.version
+            return response
 
     async def _proxy(self, request: Request, flight: Flight) -> Response:
         flight.caller = caller = await self.authenticate(request)
@@ -400,6 +442,10 @@ class Gateway:
         if upstream is None or model not in caller.tenant.models:
             self._audit(flight, "deny", "model_not_allowed", 404)
             raise errors.model_not_found(model)
+        # The version is chosen before anything is counted: the count uses that version's tokenizer, the
+        # cache key its revision.
+        upstream = self.route(model, upstream)
+        flight.version = upstream.version
         stream = body.get("stream") is True
         stream_options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
         wants_usage = stream and bool(stream_options.get("include_usage"))
@@ -507,7 +553,7 @@ class Gateway:
             try:
                 response = await upstream.post(_PATHS[flight.endpoint], body, flight.request_id)
             except UpstreamUnreachable as exc:
-                metrics.UPSTREAM_ERRORS.labels(upstream.name).inc()
+                metrics.UPSTREAM_ERRORS.labels(upstream.name, upstream.version).inc()
                 raise errors.upstream_failed(f"The model `{upstream.name}` could not be reached.") from exc
             flight.ttft_ms = (time.monotonic() - flight.started) * 1000
             if response.status != 200:
@@ -553,7 +599,7 @@ class Gateway:
         try:
             response = await upstream.stream(_PATHS[flight.endpoint], body, flight.request_id)
         except UpstreamUnreachable as exc:
-            metrics.UPSTREAM_ERRORS.labels(upstream.name).inc()
+            metrics.UPSTREAM_ERRORS.labels(upstream.name, upstream.version).inc()
             flight.prompt_tokens = 0
             raise errors.upstream_failed(f"The model `{upstream.name}` could not be reached.") from exc
         if response.status != 200:

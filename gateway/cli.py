@@ -114,11 +114,19 @@ def _url(schemes: tuple[str, ...]):
 
 
 def _upstream(value: str) -> tuple[str, str]:
-    name, sep, url = value.partition("=")
-    parsed = urlparse(url)
-    if not sep or not name or parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise argparse.ArgumentTypeError(f"expected MODEL=http(s)://host:port, got {value[:80]!r}")
-    return name, url.rstrip("/")
+    """MODEL=URL, or MODEL=URL@WEIGHT[:VERSION] for one of several versions (gateway/routing.py)."""
+    from .routing import split_weight
+
+    name, sep, target = value.partition("=")
+    split = split_weight(target)
+    parsed = urlparse(split[0]) if split else None
+    if split is None or not sep or not name or parsed is None or parsed.scheme not in ("http", "https") \
+            or not parsed.netloc:
+        raise argparse.ArgumentTypeError(f"expected MODEL=http(s)://host:port, or MODEL=http(s)://host:port@WEIGHT"
+                                         f":VERSION (weight 0-100, version lowercase letters, digits, -), "
+                                         f"got {value[:80]!r}")
+    url, _, suffix = target.rpartition("@") if split[3] else (target, "", "")
+    return name, url.rstrip("/") + (f"@{suffix}" if suffix else "")
 
 
 ENV_PREFIX = "INFERFORGE_GATEWAY_"
@@ -170,8 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "(pgaadauth_create_principal_with_oid, run in the server's postgres database)")
 
     serve = commands.add_parser("serve", parents=[db, rd, pepper], help="serve the gateway")
-    serve.add_argument("--upstream", action="append", type=_upstream, required=True, metavar="MODEL=URL",
-                       help="a model and its server's base URL (repeat for several models)")
+    serve.add_argument("--upstream", action="append", type=_upstream, required=True,
+                       metavar="MODEL=URL[@WEIGHT:VERSION]",
+                       help="a model and its server's base URL (repeat for several models); a model served by "
+                            "several versions (a canary) names each as MODEL=URL@WEIGHT:VERSION, weights summing "
+                            "to 100, e.g. llama=http://a@95:stable llama=http://b@5:canary")
     serve.add_argument("--upstream-api-key-file", help="file with the key the model servers accept from the gateway")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 in a pod)")
     serve.add_argument("--port", type=int, default=8080, help="listening port (default 8080)")

@@ -17,6 +17,7 @@ class Flight:
     started: float
     caller: Caller | None = None
     model: str = ""
+    version: str = ""  # the model server version that serves it (gateway/routing.py), once chosen
     body_bytes: int = 0
     reservation: Reservation | None = None
     prompt_tokens: int = 0

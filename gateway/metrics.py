@@ -42,7 +42,18 @@ ROWS_DROPPED = Counter("inferforge_gateway_usage_rows_dropped_total", "Rows drop
 OVERHEAD = Histogram("inferforge_gateway_overhead_seconds",
                      "Time the gateway adds before the upstream request is sent (auth, count, admit, checks)",
                      buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
-UPSTREAM_ERRORS = Counter("inferforge_gateway_upstream_errors_total", "Upstream calls that failed", ["model"])
+UPSTREAM_ERRORS = Counter("inferforge_gateway_upstream_errors_total",
+                          "Upstream calls that failed (unreachable, or a count it could not answer), by model and "
+                          "server version", ["model", "version"])
+# Per server version of a model (stable, canary): what `python -m stacks canary check` compares. Separate from
+# requests_total, whose labels the dashboards and alerts already use.
+UPSTREAM_REQUESTS = Counter("inferforge_gateway_upstream_requests_total",
+                            "Requests routed to a model server version, by model, version and HTTP status",
+                            ["model", "version", "status"])
+UPSTREAM_LATENCY = Histogram("inferforge_gateway_upstream_latency_seconds",
+                             "Whole-request latency (gateway in to last byte out) by model and server version",
+                             ["model", "version"],
+                             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 600.0))
 PROMPT_COUNTS = Counter("inferforge_gateway_prompt_counts_total",
                         "Prompts counted before admission, by how (local: in-process with the model's tokenizer; "
                         "upstream: the model server's /tokenize)", ["how"])

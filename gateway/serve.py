@@ -24,6 +24,7 @@ from .entra import ENTRA_JWKS, EntraSettings, EntraValidator
 from .keys import load_pepper
 from .limits import Limiter
 from .limits import connect as connect_redis
+from .routing import UpstreamSpec, check_routes, split_weight
 from .safety import AzureContentSafety, LocalRules, SafetyProvider, managed_identity_token
 from .store import Store
 from .upstream import Upstream, UpstreamUnreachable
@@ -66,9 +67,25 @@ def _entra(args: argparse.Namespace) -> EntraValidator | None:
                                         refresh_cooldown_s=args.entra_jwks_refresh_cooldown))
 
 
-async def _describe_upstreams(upstreams: dict[str, Upstream]) -> None:
+def upstream_routes(flags: list[tuple[str, str]]) -> dict[str, list[UpstreamSpec]]:
+    """The `--upstream` flags by model, checked (gateway/routing.py); UsageError naming the problem."""
+    from .cli import UsageError
+
+    specs = []
+    for model, target in flags:
+        split = split_weight(target)
+        assert split is not None  # the flag's type checked the syntax
+        url, weight, version, weighted = split
+        specs.append(UpstreamSpec(model, url, weight, version, weighted))
+    try:
+        return check_routes(specs)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+async def _describe_upstreams(upstreams: list[Upstream]) -> None:
     """Each upstream's model card (its `created` stamps the weights it loaded: part of the cache key)."""
-    for up in upstreams.values():
+    for up in upstreams:
         try:
             response = await up.get("/v1/models")
             cards = response.json().get("data", []) if response.status == 200 else []
@@ -78,6 +95,8 @@ async def _describe_upstreams(upstreams: dict[str, Upstream]) -> None:
         if card:
             up.created = int(card.get("created") or 0)
             up.revision = f"{card.get('root') or up.name}@{up.created}"
+            if up.version != "stable":  # a canary's answers never fill (nor come from) the stable server's cache
+                up.revision += f"#{up.version}"
         else:
             log.warning("upstream %s at %s did not describe the model yet; cache keys use its URL", up.name, up.url)
             up.revision = up.url
@@ -117,11 +136,7 @@ def serve(args: argparse.Namespace) -> int:
     safety = _safety(args)
     entra = _entra(args)
     upstream_key = _first_key(args.upstream_api_key_file) if args.upstream_api_key_file else None
-    names = [name for name, _ in args.upstream]
-    if len(set(names)) != len(names):
-        from .cli import UsageError
-
-        raise UsageError(f"--upstream names a model twice: {sorted({n for n in names if names.count(n) > 1})}")
+    routes = upstream_routes(args.upstream)
 
     state: dict[str, object] = {}
 
@@ -139,16 +154,19 @@ def serve(args: argparse.Namespace) -> int:
             state["redis_renewal"] = asyncio.create_task(_renew_redis_sign_ins(redis_client))
         store = Store(pool)
         store.start()
-        for name, url in args.upstream:
-            gateway.upstreams[name] = upstream = Upstream(name, url, upstream_key,
-                                                          count_locally=args.prompt_count == "local")
-            upstream.open()
-        await _describe_upstreams(gateway.upstreams)
+        for name, specs in routes.items():
+            for spec in specs:
+                # Each version is its own upstream: its own connections, model card and tokenizer pin.
+                upstream = Upstream(name, spec.url, upstream_key, count_locally=args.prompt_count == "local",
+                                    version=spec.version)
+                upstream.open()
+                gateway.add_upstream(upstream, spec.weight)
+        await _describe_upstreams(gateway.all_upstreams())
         if args.prompt_count == "local":
             # Before the first request where the servers answer; a server that cannot is counted through
             # /tokenize, and its tokenizer is loaded later when one of its answers names its hash. One at a
             # time: the files pass through /tmp (a 64 MiB emptyDir in the pod; a large tokenizer.json is ~35 MB).
-            for up in gateway.upstreams.values():
+            for up in gateway.all_upstreams():
                 await up.load_counter()
         gateway.store = store
         gateway.limiter = Limiter(redis_client)
@@ -161,7 +179,7 @@ def serve(args: argparse.Namespace) -> int:
             state["redis_renewal"].cancel()  # type: ignore[attr-defined]
         await gateway.finish_background()
         await state["store"].close()  # type: ignore[attr-defined]
-        for up in gateway.upstreams.values():
+        for up in gateway.all_upstreams():
             await up.close()
         await state["redis"].aclose()  # type: ignore[attr-defined]
         await state["pool"].close()  # type: ignore[attr-defined]

@@ -79,6 +79,8 @@ class Upstream:
     api_key: str | None = None
     revision: str = ""
     created: int = 0
+    version: str = "stable"
+    """Which of the model's server versions this is (gateway/routing.py): `stable`, or e.g. `canary`."""
     session: aiohttp.ClientSession | None = field(default=None, repr=False)
     # In-process counting (gateway.counting): on when `count_locally`; `counter` is None until loaded and
     # whenever the server's answers stop vouching for it.

@@ -136,11 +136,12 @@ def start_gateway(tmp_path: Path, model_server: str) -> Iterator[Callable[..., R
     upstream_key = tmp_path / "upstream-key"
     upstream_key.write_text(UPSTREAM_KEY)
 
-    def start(database: str, redis_url: str, *extra: str) -> Replica:
+    def start(database: str, redis_url: str, *extra: str, upstreams: list[str] | None = None) -> Replica:
         port = free_port()
         log = tmp_path / f"gateway-{port}.log"
+        flags = [part for target in upstreams or [f"{MODEL}={model_server}"] for part in ("--upstream", target)]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--upstream", f"{MODEL}={model_server}",
+            [sys.executable, "-m", "gateway", "serve", *flags,
              "--upstream-api-key-file", str(upstream_key), "--database-url", database, "--redis-url", redis_url,
              "--port", str(port), *extra],
             cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=GATEWAY_ENV)

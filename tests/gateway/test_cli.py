@@ -148,6 +148,7 @@ def test_serve_refuses_inconsistent_options_before_listening(database: str, redi
     cases = [
         (["--upstream", "m"], "MODEL=http(s)://host:port"),
         (["--upstream", "m=http://a:1", "--upstream", "m=http://b:1"], "names a model twice"),
+        (["--upstream", "m=http://a:1@90:stable", "--upstream", "m=http://b:1@5:canary"], "weights sum to 95"),
         (["--upstream", "m=http://a:1", "--safety", "local"], "--safety-rules"),
         (["--upstream", "m=http://a:1", "--safety", "azure"], "--safety-endpoint"),
         (["--upstream", "m=http://a:1", "--entra-tenant-id", "11111111-2222-3333-4444-555555555555"],

@@ -101,6 +101,36 @@ def test_stock_client_gets_chat_completions_and_streams_through_the_gateway(
     assert all(r["ttft_ms"] is not None and r["latency_ms"] >= r["ttft_ms"] for r in rows)
 
 
+def test_a_canary_gets_its_share_and_each_answer_names_the_version_that_served_it(
+        database: str, redis_url: str, team: str, start_gateway: Any, model_server: str) -> None:
+    # Two versions of the model (the same server twice: what counts here is the gateway's routing).
+    replica = start_gateway(database, redis_url, upstreams=[
+        f"{MODEL}={model_server}@50:stable", f"{MODEL}={model_server}/@50:canary"])
+    seen = []
+    for stream in (False, True) * 6:
+        answer = post(replica, team, "/v1/chat/completions", {"model": MODEL, "messages": CHAT, "max_tokens": 2,
+                                                              "stream": stream})
+        assert answer.status_code == 200
+        seen.append(answer.headers["x-inferforge-model-version"])
+    assert set(seen) == {"stable", "canary"}
+    def counted(version: str) -> float:
+        prefix = f'inferforge_gateway_upstream_requests_total{{model="{MODEL}",status="200",version="{version}"}}'
+        lines = [line for line in exposition.splitlines() if line.startswith(prefix)]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    deadline = time.monotonic() + 10  # recorded after each answer is sent
+    while True:
+        exposition = httpx.get(f"{replica.url}/metrics").text
+        if [counted("stable"), counted("canary")] == [seen.count("stable"), seen.count("canary")] \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [counted("stable"), counted("canary")] == [seen.count("stable"), seen.count("canary")]
+    for version in ("stable", "canary"):
+        assert f'inferforge_gateway_upstream_latency_seconds_count{{model="{MODEL}",version="{version}"}}' \
+            in exposition
+
+
 def test_models_lists_only_what_the_tenant_may_call_and_others_are_404(database: str, team: str,
                                                                           replicas: list[Replica]) -> None:
     create_tenant(database, "team-b", models="other-model")
