@@ -184,6 +184,11 @@ class AiGatewayArgs:
     """Streams in flight finish before SIGKILL (the upstream read timeout is 600 s)."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """Extra labels on every object (e.g. environment)."""
+    canary_upstreams: Mapping[str, str] = field(default_factory=dict)
+    """Model name -> base URL of its canary server (a second version beside ``upstreams``'s stable one); none by
+    default. Its namespace must be in ``upstream_namespaces``."""
+    canary_shares: Mapping[str, int] = field(default_factory=dict)
+    """Model name -> percent (0-100) of its requests the canary serves; the stable server serves the rest."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -226,6 +231,16 @@ class AiGatewayArgs:
                     raise fail(f"upstreams[{model!r}]", url, "http://<service>.<namespace>.svc.cluster.local[:port]")
             for ns in self.upstream_namespaces:
                 check_dns_label("upstream_namespaces", ns)
+            for model, url in self.canary_upstreams.items():
+                if model not in self.upstreams:
+                    raise fail(f"canary_upstreams[{model!r}]", model,
+                               f"a model of upstreams ({', '.join(self.upstreams)})")
+                if not re.match(r"^http://[a-z0-9.-]+(:\d+)?$", url):
+                    raise fail(f"canary_upstreams[{model!r}]", url,
+                               "http://<service>.<namespace>.svc.cluster.local[:port]")
+                share = self.canary_shares.get(model)
+                if not isinstance(share, int) or not 0 <= share <= 100:
+                    raise fail(f"canary_shares[{model!r}]", share, "a percent 0-100 for each canary")
             if self.max_replicas < self.replicas:
                 raise fail("max_replicas", self.max_replicas, f">= replicas ({self.replicas})")
             for name in ("key_pepper_secret_name", "upstream_key_secret_name"):
@@ -429,7 +444,13 @@ class AiGateway(pulumi.ComponentResource):
                 "--upstream-api-key-file", f"{SECRETS_MOUNT}/{args.upstream_key_secret_name}",
                 "--max-tokens-cap", str(args.max_tokens_cap)]
         for model, url in sorted(args.upstreams.items()):
-            argv += ["--upstream", f"{model}={url}"]
+            canary = args.canary_upstreams.get(model)
+            if canary is None:
+                argv += ["--upstream", f"{model}={url}"]
+            else:  # two versions by weight (gateway/routing.py)
+                share = args.canary_shares[model]
+                argv += ["--upstream", f"{model}={url}@{100 - share}:stable",
+                         "--upstream", f"{model}={canary}@{share}:canary"]
         if args.content_safety_endpoint:
             argv += ["--safety", "azure", "--safety-endpoint", args.content_safety_endpoint]
         for tenant in args.entra_tenant_ids:

@@ -509,6 +509,42 @@ class ModelShapeConfig(_Section):
     num_params: int = Field(ge=1_000_000, le=10**13)
 
 
+# ---- canary: a second server version of a model beside the stable one (issue 24 item 5) ----------------------
+
+CANARY_VERSIONS = ("stable", "canary")
+
+
+class CanaryConfig(_Section):
+    """A second server image of the same model (same settings, weights and GPU pool) beside the stable one, in a
+    namespace of its own, with a share of the model's requests: the gateway routes by `traffic` (gateway/routing.py).
+    `python -m stacks canary check` compares the two on their metrics; promote or roll back by editing this section
+    (README: Canary releases)."""
+
+    image: ImageConfig
+    replicas: int = Field(1, ge=1, le=100)
+    # Unset: `<namespace>-canary` (the Deployment is `inference-canary`, its own Service, PDB and NetworkPolicy).
+    namespace: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    traffic: dict[str, int] = Field(description="percent of the model's requests per version: stable and canary")
+
+    @field_validator("traffic")
+    @classmethod
+    def _shares(cls, value: dict[str, int]) -> dict[str, int]:
+        problems = [f"{shown(name, quoted=False)}\tunknown version; allowed: {', '.join(CANARY_VERSIONS)}"
+                    for name in value if name not in CANARY_VERSIONS]
+        problems += [f"{name}\tshare {share} is out of range; allowed: 0-100" for name, share in value.items()
+                     if name in CANARY_VERSIONS and not 0 <= share <= 100]
+        missing = [name for name in CANARY_VERSIONS if name not in value]
+        if missing:
+            problems.append(f"\tno share for {', '.join(missing)}; allowed: a share for each of "
+                            f"{', '.join(CANARY_VERSIONS)}, summing to 100 (e.g. stable: 95, canary: 5)")
+        elif not problems and sum(value.values()) != 100:
+            problems.append(f"\tshares sum to {sum(value.values())} ({', '.join(f'{k} {v}' for k, v in value.items())})"
+                            "; allowed: shares summing to 100")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return value
+
+
 # The serving settings the stack chooses: all of them (inference/settings.py declares each once).
 _SERVING_SETTINGS = tuple(f.name for f in settings_fields())
 
@@ -539,6 +575,14 @@ class InferenceConfig(embed(ServingSettings, _SERVING_SETTINGS, base=_Section,
     # Dimension of the RAG embeddings table (rag.embeddings, HNSW index) the schema Job creates; the
     # embedding model's output width. Unset: no table. pgvector indexes at most 2000 dimensions.
     embedding_dimensions: int | None = Field(None, ge=1, le=2000)
+    canary: CanaryConfig | None = None
+
+    @property
+    def canary_namespace(self) -> str | None:
+        """The canary's namespace: `canary.namespace`, or `<namespace>-canary`; None without a canary."""
+        if self.canary is None:
+            return None
+        return self.canary.namespace or f"{self.namespace}-canary"
 
     @model_validator(mode="after")
     def _embeddings_fit(self) -> InferenceConfig:
@@ -804,6 +848,7 @@ class PlatformConfig(_Section):
         """Every image the workloads run, by the YAML key that sets it."""
         key, front = self.front_model
         return {**{f"{k}.image": model.image for k, model in self.served_models},
+                **{f"{k}.canary.image": model.canary.image for k, model in self.served_models if model.canary},
                 f"{key}.pgvectorJob.azureCliImage": front.pgvector_job.azure_cli_image,
                 f"{key}.pgvectorJob.postgresClientImage": front.pgvector_job.postgres_client_image,
                 "aks.nvidiaDevicePluginImage": self.aks.nvidia_device_plugin_image,
@@ -831,6 +876,7 @@ class PlatformConfig(_Section):
             if problem:
                 problems.append(f"workload '{self.workload}' gives an invalid name: {problem}")
         problems += self._served_models_problems()
+        problems += self._canary_problems()
         pools = {p.name: p for p in self.aks.gpu_pools}
         for key, model in self.served_models:
             pool = pools.get(model.gpu_pool)
@@ -883,6 +929,26 @@ class PlatformConfig(_Section):
         if len(self.models) > 1 and not self.gateway.enabled:
             problems.append(f"models lists {len(self.models)} models but gateway.enabled is false; allowed: "
                             "gateway.enabled true (only the gateway routes requests on `model`), or one model")
+        return problems
+
+    def _canary_problems(self) -> list[str]:
+        """A canary needs the gateway (only it splits a model's requests) and a namespace no other server uses."""
+        problems = []
+        namespaces = {model.namespace: key for key, model in self.served_models}
+        for key, model in self.served_models:
+            namespace = model.canary_namespace
+            if namespace is None:
+                continue
+            if not self.gateway.enabled:
+                problems.append(f"{key}.canary is set but gateway.enabled is false; allowed: gateway.enabled true "
+                                "(the gateway splits the model's requests between the versions), or no canary")
+            if len(namespace) > 63:
+                problems.append(f"{key}.canary.namespace '{namespace}' is longer than 63 characters; allowed: a "
+                                "shorter canary.namespace (default <namespace>-canary)")
+            if namespace in namespaces:
+                problems.append(f"{key}.canary.namespace '{namespace}' is also {namespaces[namespace]}.namespace; "
+                                "allowed: a namespace of the canary's own")
+            namespaces.setdefault(namespace, f"{key}.canary")
         return problems
 
     def gpu_memory_plans(self) -> list[tuple[str, InferenceConfig, GpuPoolConfig, GpuMemoryPlan | None]]:

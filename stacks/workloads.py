@@ -6,6 +6,7 @@ the workloads wait for the kubelet identity's AcrPull grant, so no pod starts be
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,11 +38,13 @@ PGVECTOR_SERVICE_ACCOUNT = "pgvector-init"
 GATEWAY_SERVICE_ACCOUNT = "gateway"
 GATEWAY_MIGRATION_SERVICE_ACCOUNT = "gateway-migrate"
 INFERENCE_SERVICE_NAME = "inference"
+CANARY_SERVICE_NAME = "inference-canary"
 
 
 def federated_subjects(cfg: PlatformConfig) -> list[str]:
     """Service accounts that run as the inference (serving) identity: the model servers' only."""
-    return [f"system:serviceaccount:{model.namespace}:{model.service_account}" for _, model in cfg.served_models]
+    return [f"system:serviceaccount:{namespace}:{model.service_account}" for _, model in cfg.served_models
+            for namespace in (model.namespace, model.canary_namespace) if namespace is not None]
 
 
 def schema_job_subjects(cfg: PlatformConfig) -> list[str]:
@@ -145,7 +148,10 @@ def gateway_args(cfg: PlatformConfig, *, identity: WorkloadIdentity, schema_iden
         image_registry=login_server, image_repository=gateway.image.repository, image_digest=gateway.image.digest,
         image_tag=gateway.image.tag,
         upstreams={m.model_name: f"http://{INFERENCE_SERVICE_NAME}.{m.namespace}.svc.cluster.local:80" for m in models},
-        upstream_namespaces=[m.namespace for m in models],
+        upstream_namespaces=[ns for m in models for ns in (m.namespace, m.canary_namespace) if ns is not None],
+        canary_upstreams={m.model_name: f"http://{CANARY_SERVICE_NAME}.{m.canary_namespace}.svc.cluster.local:80"
+                          for m in models if m.canary is not None},
+        canary_shares={m.model_name: m.canary.traffic["canary"] for m in models if m.canary is not None},
         workload_identity_client_id=identity.client_id, workload_identity_principal_id=identity.principal_id,
         migration_identity_client_id=schema_identity.client_id, migration_principal_name=cfg.names.schema_identity,
         migration_identity_principal_id=schema_identity.principal_id,
@@ -168,6 +174,29 @@ def gateway_args(cfg: PlatformConfig, *, identity: WorkloadIdentity, schema_iden
         **gateway.args())
 
 
+# ---- canary: the second server version of a model (issue 24 item 5) ------------------------------------------
+
+def canary_service_args(inference: InferenceConfig, stable: InferenceServiceArgs) -> InferenceServiceArgs:
+    """The canary's args: the stable server's (same model, settings, weights, pool) with the canary's image,
+    replica count, Deployment name and namespace; a fixed replica count (the canary's load is its share)."""
+    canary = inference.canary
+    assert canary is not None and inference.canary_namespace is not None
+    return dataclasses.replace(
+        stable, image_repository=canary.image.repository, image_digest=canary.image.digest,
+        image_tag=canary.image.tag, name=CANARY_SERVICE_NAME, namespace=inference.canary_namespace,
+        replicas=canary.replicas, autoscaling=None, labels={**stable.labels, "inferforge.io/version": "canary"})
+
+
+def canary_servers(cfg: PlatformConfig, stable: list[InferenceServiceArgs], can_pull: pulumi.ResourceOptions,
+                   device_plugin: pulumi.Resource) -> list[InferenceService]:
+    """An InferenceService per model with a canary, beside its stable one (its own namespace, Service, PDB and
+    NetworkPolicy: the gateway is its only client, as for the stable server)."""
+    return [InferenceService(
+        f"inference-canary-{model.namespace}", canary_service_args(model, args),
+        opts=pulumi.ResourceOptions.merge(can_pull, pulumi.ResourceOptions(depends_on=[device_plugin])))
+        for (_, model), args in zip(cfg.served_models, stable, strict=True) if model.canary is not None]
+
+
 @dataclass(frozen=True)
 class Workloads:
     """What the program needs from the in-cluster side: stack outputs and the Service behind the PLS."""
@@ -178,6 +207,8 @@ class Workloads:
     models: list[InferenceService]
     """Every model's server, in config order."""
     gateway: AiGateway | None
+    canaries: list[InferenceService] = dataclasses.field(default_factory=list)
+    """The canary servers (a second version of a model beside its stable one), in config order."""
 
     @property
     def front_service(self) -> k8s.core.v1.Service:
@@ -200,16 +231,17 @@ def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: W
         gpu_taints=[GPU_TAINT],
         kubernetes_version=cfg.aks.kubernetes_version,
     ), opts=can_pull)
+    server_args = [inference_service_args(
+        cfg, model, identity_client_id=identity.client_id, key_vault_uri=vault.vault_uri,
+        redis_host=redis.host_name, redis_port=redis.port, serving_port=serving_port, login_server=login_server,
+        model_store=model_store) for _, model in cfg.served_models]
     servers = [InferenceService(
         # The first model keeps the name a one-model stack always had (its resources keep their URNs).
-        "inference" if index == 0 else f"inference-{model.namespace}",
-        inference_service_args(
-            cfg, model, identity_client_id=identity.client_id, key_vault_uri=vault.vault_uri,
-            redis_host=redis.host_name, redis_port=redis.port, serving_port=serving_port, login_server=login_server,
-            model_store=model_store),
+        "inference" if index == 0 else f"inference-{model.namespace}", args,
         # nvidia.com/gpu exists only once the device plugin runs on the GPU nodes.
         opts=pulumi.ResourceOptions.merge(can_pull, pulumi.ResourceOptions(depends_on=[device_plugin])))
-        for index, (_, model) in enumerate(cfg.served_models)]
+        for index, ((_, model), args) in enumerate(zip(cfg.served_models, server_args, strict=True))]
+    canaries = canary_servers(cfg, server_args, can_pull, device_plugin)
     inference, front = servers[0], cfg.front_model[1]
     pgvector_job = front.pgvector_job
     PgvectorExtension("pgvector", PgvectorExtensionArgs(
@@ -238,9 +270,12 @@ def deploy_workloads(cfg: PlatformConfig, *, provider: k8s.Provider, identity: W
             postgres=postgres, redis=redis, login_server=login_server),
             # The migration signs in as the PostgreSQL Entra admin, which exists with the server.
             opts=pulumi.ResourceOptions.merge(can_pull, pulumi.ResourceOptions(
-                depends_on=[*servers, postgres, redis, gateway_identity, schema_identity])))
+                depends_on=[*servers, *canaries, postgres, redis, gateway_identity, schema_identity])))
         outputs.update({"gatewayNamespace": gateway.namespace, "gatewayService": gateway.service_name,
                         "gatewayAdminPodOverrides": gateway.admin_pod_overrides})
     if len(servers) > 1:
         outputs["modelNamespaces"] = {model.model_name: model.namespace for _, model in cfg.served_models}
-    return Workloads(outputs=outputs, inference=inference, models=servers, gateway=gateway)
+    if canaries:
+        outputs["canaryNamespaces"] = {model.model_name: model.canary_namespace for _, model in cfg.served_models
+                                       if model.canary is not None}
+    return Workloads(outputs=outputs, inference=inference, models=servers, gateway=gateway, canaries=canaries)
