@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS = {"plan": "preview a stack offline and check it against the policy pack",
-            "prices": "the cost estimate's price table: list, or refresh from the Azure Retail Prices API"}
+            "prices": "the cost estimate's price table: list, or refresh from the Azure Retail Prices API",
+            "canary": "check a model's canary on its metrics: promote, hold or roll back (--apply edits the stack)"}
 
 
 def main(argv: Sequence[str], plan_prog: str = "python -m stacks plan") -> int:
@@ -21,6 +22,10 @@ def main(argv: Sequence[str], plan_prog: str = "python -m stacks plan") -> int:
         problem = "" if not argv or argv[0] in ("-h", "--help") else f"error: unknown command '{argv[0]}'\n"
         print(f"{problem}usage: python -m stacks <command> [options]\n\ncommands:\n{usage}", file=stream)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] == "canary":
+        from . import canary
+
+        return canary.run(list(argv[1:]))
     if argv[0] == "prices":
         from . import prices
 
