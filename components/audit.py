@@ -75,6 +75,13 @@ def gateway_rules(namespace: str, error_rate_percent: float) -> list[tuple[str, 
          f"More than {error_rate_percent:g}% of the gateway's answers are 5xx."),
         ("GatewayRedisDown", f"min(inferforge_gateway_redis_up{{{selector}}}) == 0", "PT2M", 1,
          "A gateway replica cannot reach Redis: fail-closed tenants get 503, fail-open tenants run unmetered."),
+        # A model's canary (a second server version, gateway/routing.py): silent while no model has one.
+        ("GatewayCanaryErrorRateHigh",
+         f'sum by (model) (rate(inferforge_gateway_upstream_requests_total{{{selector},version="canary",'
+         f'status=~"5.."}}[5m])) / sum by (model) (rate(inferforge_gateway_upstream_requests_total{{{selector},'
+         f'version="canary"}}[5m])) > {error_rate_percent / 100:g}', "PT5M", 2,
+         f"More than {error_rate_percent:g}% of a model's canary answers are 5xx: check it and roll it back "
+         "(`python -m stacks canary check`, README: Canary releases)."),
     ]
 
 

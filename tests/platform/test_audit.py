@@ -94,8 +94,11 @@ def test_gateway_alerts_watch_metrics_the_gateway_really_exports():
         "prometheusWorkspaceId": AMW, "errorRatePercent": 2}}})
     group = one(resources, "azure-native:alertsmanagement:PrometheusRuleGroup", "audit-gateway").inputs
     rules = {r["alert"]: r for r in group["rules"]}
-    assert set(rules) == {"GatewayBudgetExhausted", "GatewayErrorRateHigh", "GatewayRedisDown"}
+    assert set(rules) == {"GatewayBudgetExhausted", "GatewayErrorRateHigh", "GatewayRedisDown",
+                          "GatewayCanaryErrorRateHigh"}
     assert "> 0.02" in rules["GatewayErrorRateHigh"]["expression"]
+    assert 'version="canary"' in rules["GatewayCanaryErrorRateHigh"]["expression"]
+    assert "> 0.02" in rules["GatewayCanaryErrorRateHigh"]["expression"]
     exported = {sample.name for metric in REGISTRY.collect() for sample in metric.samples}
     assert gateway_metrics.REQUESTS  # the module registered its metrics in this process
     for rule in rules.values():

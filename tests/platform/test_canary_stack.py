@@ -59,8 +59,8 @@ def test_the_canary_has_its_own_service_pdb_and_network_policy_admitting_only_th
     peers = [peer for rule in policy.inputs["spec"]["ingress"] for peer in rule["from"]]
     assert {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in peers} == {
         "gateway", "kube-system"}
-    subjects = {c.inputs["subject"] for c in of_type(canary_dev, "azure-native:managedidentity:FederatedIdentityCredential")
-                if c.inputs["resourceName"].endswith("-inference")}
+    credentials = of_type(canary_dev, "azure-native:managedidentity:FederatedIdentityCredential")
+    subjects = {c.inputs["subject"] for c in credentials if c.inputs["resourceName"].endswith("-inference")}
     assert "system:serviceaccount:inference-canary:inference" in subjects
 
 
