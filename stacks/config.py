@@ -206,8 +206,19 @@ class RedisConfig(embed(ManagedRedisArgs, ("sku_name", "high_availability", "pub
     """`ManagedRedisArgs`' own fields (components/redis.py)."""
 
 
-class FrontDoorConfig(embed(FrontDoorArgs, ("waf_mode", "rate_limit_per_minute"), base=_Section)):
+class FrontDoorConfig(embed(FrontDoorArgs, ("waf_mode", "rate_limit_per_minute",
+                                           # Failover (issue 22): this origin's priority and weight, the probe.
+                                           "origin_priority", "origin_weight", "probe_interval_seconds",
+                                           "sample_size", "successful_samples_required", "latency_sensitivity_ms"),
+                             base=_Section)):
     """`FrontDoorArgs`' own fields (components/frontdoor.py)."""
+
+    @model_validator(mode="after")
+    def _samples(self) -> FrontDoorConfig:
+        if self.successful_samples_required > self.sample_size:
+            raise ValueError(f"successfulSamplesRequired {self.successful_samples_required} is more than sampleSize "
+                             f"{self.sample_size}; allowed: at most sampleSize")
+        return self
 
 
 # A stack that names no GPU pool (one created from the `pulumi new` template) gets one pool of this size:
@@ -310,7 +321,7 @@ class DevicePluginImageConfig(ImageConfig):
     tag: str | None = Field("v0.17.1", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
-class RegistryConfig(embed(ContainerRegistryArgs, ("public_network_access",), base=_Section)):
+class RegistryConfig(embed(ContainerRegistryArgs, ("public_network_access", "replica_locations"), base=_Section)):
     """`ContainerRegistryArgs`' own fields (components/registry.py), plus the registry name (None: derived)."""
 
     name: str | None = Field(None, pattern=r"^[a-zA-Z0-9]{5,50}$")
@@ -949,6 +960,15 @@ class PlatformConfig(_Section):
         if self.postgres.zone_redundant_ha and not region.zones:
             problems.append(f"postgres.zoneRedundantHa is true, but location {self.location} has no availability "
                             "zones; allowed: false, or a region with zones")
+        for i, replica in enumerate(self.registry.replica_locations):
+            problem = region_problem(replica)
+            if problem:
+                problems.append(f"registry.replicaLocations[{i}] {problem}")
+            elif replica == self.location:
+                problems.append(f"registry.replicaLocations[{i}] {replica!r} is the home region (location); allowed: "
+                                "other Azure regions, each once")
+        if len(set(self.registry.replica_locations)) != len(self.registry.replica_locations):
+            problems.append("registry.replicaLocations repeats a region; allowed: each region once")
         if self.postgres.geo_redundant_backup and region.pair is None:
             problems.append(f"postgres.geoRedundantBackup is true, but location {self.location} has no paired region "
                             "(geo-backups go to the pair only); allowed: false with a cross-region replica")
