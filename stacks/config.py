@@ -952,8 +952,9 @@ class PlatformConfig(_Section):
         region = AZURE_REGIONS.get(self.location)
         if region is None:
             return self
-        zonal = {} if region.zones else {"aks.systemZones": self.aks.system_zones, "egress.firewall.zones": self.egress.firewall.zones,
-                 **{f"aks.gpuPools[{i}].zones": p.zones for i, p in enumerate(self.aks.gpu_pools)}}
+        zonal = {} if region.zones else {
+            "aks.systemZones": self.aks.system_zones, "egress.firewall.zones": self.egress.firewall.zones,
+            **{f"aks.gpuPools[{i}].zones": p.zones for i, p in enumerate(self.aks.gpu_pools)}}
         problems = [f"{key} {zones} names availability zones, but location {self.location} has none; allowed: no "
                     f"{key.rsplit('.', 1)[-1]} (a regional deployment), or a region with zones"
                     for key, zones in zonal.items() if zones]

@@ -129,7 +129,8 @@ def test_plan_prints_the_recovery_of_a_regional_outage(dev_json_and_markdown, tm
     document, _ = dev_json_and_markdown
     recovery = document["recovery"]
     assert recovery["lostRegion"] == "westeurope" and recovery["survivingRegions"] == []
-    assert recovery["rpo"]["minutes"] is None and recovery["rpo"]["resource"] == "dbforpostgresql:Server 'postgres-server'"
+    assert recovery["rpo"]["minutes"] is None
+    assert recovery["rpo"]["resource"] == "dbforpostgresql:Server 'postgres-server'"
     result = plan("--stack", "prod", "--no-policies", "--cwd", str(write_stack(tmp_path, "prod", {})))
     assert "Recovery if westeurope is lost (surviving regions: none" in result.stdout
     assert "  RPO 1 h (60 min) - PostgreSQL" in result.stdout and "  RTO unbounded" in result.stdout

@@ -121,7 +121,8 @@ def test_two_regions_show_the_shape_the_issue_asks_for(two_regions) -> None:
     assert group.inputs["healthProbeSettings"]["probePath"] == "/ready"
     (replica,) = [r for r in two_regions if r.type == "azure-native:dbforpostgresql:Server"
                   and r.inputs["createMode"] == "Replica"]
-    assert replica.inputs["location"] == "northeurope" and "flexibleServers/" in replica.inputs["sourceServerResourceId"]
+    assert replica.inputs["location"] == "northeurope"
+    assert "flexibleServers/" in replica.inputs["sourceServerResourceId"]
     (endpoint,) = [r for r in two_regions if r.type == "azure-native:dbforpostgresql:VirtualEndpoint"]
     assert endpoint.inputs["endpointType"] == "ReadWrite"
     (replication,) = [r for r in two_regions if r.type == "azure-native:containerregistry:Replication"]
