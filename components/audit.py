@@ -112,8 +112,9 @@ class AuditArgs:
     """How long a pool must sit at maxCount before it alerts."""
     queue_depth_threshold: int = 16
     """Alert when more requests than this wait, summed over the inference pods, for 5 minutes."""
-    inference_namespace: str = "inference"
-    """Namespace of the inference pods (label on the Prometheus series)."""
+    inference_namespaces: Sequence[str] = ("inference",)
+    """Namespaces of the model servers' pods, one per served model (label on the Prometheus series); the queue
+    alert fires per namespace, so one model's backlog is not hidden by another's idle pods."""
     gateway_namespace: str | None = None
     """Namespace of the AI gateway's pods; set (with a Prometheus workspace), its alerts are added: a tenant's
     monthly budget spent, gateway 5xx above ``error_rate_percent``, Redis unreachable."""
@@ -226,8 +227,9 @@ class Audit(pulumi.ComponentResource):
         if args.prometheus_workspace_id is not None:
             self.alerts["queue-depth"] = prometheus_rules("queue-depth", "inference", "Inference serving alerts.", [(
                 "InferenceQueueDepthHigh",
-                f'sum({QUEUE_METRIC}{{namespace="{args.inference_namespace}"}}) > {args.queue_depth_threshold}',
-                "PT5M", 2, "Requests are queuing in the inference server.")])
+                f'sum by (namespace) ({QUEUE_METRIC}{{namespace=~"{"|".join(args.inference_namespaces)}"}}) '
+                f'> {args.queue_depth_threshold}',
+                "PT5M", 2, "Requests are queuing in a model's inference servers (the namespace says which).")])
             if args.gateway_namespace is not None:
                 self.alerts["gateway"] = prometheus_rules("gateway", "gateway", "AI gateway alerts.", gateway_rules(
                     args.gateway_namespace, args.error_rate_percent))

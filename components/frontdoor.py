@@ -31,6 +31,28 @@ SKU = "Premium_AzureFrontDoor"
 
 @package.schema_args
 @dataclass
+class FrontDoorOrigin:
+    """Another region's Private Link origin in the same origin group (multi-region stamps, issue 22)."""
+
+    private_link_service_id: pulumi.Input[str]
+    """That region's Private Link Service; each origin's private endpoint connection is approved on its own PLS."""
+    private_link_location: pulumi.Input[str]
+    """The region of that Private Link Service."""
+    host_name: pulumi.Input[str]
+    """Private IP of that region's internal load balancer."""
+    priority: int = limited(1, ge=1, le=5)
+    """Front Door sends to the lowest priority among healthy origins: 1 everywhere is active/active, 2 a passive
+    standby that gets traffic only when every priority-1 origin is unhealthy."""
+    weight: int = limited(50, ge=1, le=1000)
+    """Share among origins of the same priority inside the latency band (50: Azure's default; no effect with
+    latency sensitivity 0)."""
+    name: str = limited("aks-private-link-2", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9-]{0,88}$")
+    """Origin name, unique in the group."""
+
+
+
+@package.schema_args
+@dataclass
 class FrontDoorArgs:
     """Arguments of `FrontDoor`."""
 
@@ -59,6 +81,20 @@ class FrontDoorArgs:
     health_probe_path: str = "/ready"
     """Unauthenticated readiness path of the inference server. Front Door probes each origin directly,
     not through a route (https://learn.microsoft.com/azure/frontdoor/health-probes), so it needs no route."""
+    origin_priority: int = limited(1, ge=1, le=5)
+    """Priority of this stack's origin (1: active)."""
+    origin_weight: int = limited(50, ge=1, le=1000)
+    """Weight of this stack's origin among origins of the same priority."""
+    other_origins: Sequence[FrontDoorOrigin] = ()
+    """Other regions' origins in the same group: with one, a regional outage fails over automatically."""
+    probe_interval_seconds: int = limited(30, ge=5, le=255)
+    """Health probe interval; failover takes up to interval x sample size (2 min by default)."""
+    sample_size: int = limited(4, ge=1, le=255)
+    """Probes Front Door weighs for an origin's health."""
+    successful_samples_required: int = limited(3, ge=1, le=255)
+    """Of those, how many must succeed for the origin to count as healthy."""
+    latency_sensitivity_ms: int = limited(50, ge=0, le=1000)
+    """Origins this much slower than the fastest still share traffic by weight; 0 sends all to the fastest."""
     route_patterns: Sequence[str] = ("/v1/*",)
     """Paths Front Door forwards: the OpenAI API only. Never `/*`: the server's unauthenticated
     `/metrics`, `/health` and `/ready` must stay private (the `frontdoor-route-api-only` policy)."""
@@ -145,10 +181,11 @@ class FrontDoor(pulumi.ComponentResource):
             resource_group_name=args.resource_group_name,
             health_probe_settings=cdn.HealthProbeParametersArgs(
                 probe_path=args.health_probe_path, probe_protocol="Http", probe_request_type="GET",
-                probe_interval_in_seconds=30,
+                probe_interval_in_seconds=args.probe_interval_seconds,
             ),
             load_balancing_settings=cdn.LoadBalancingSettingsParametersArgs(
-                sample_size=4, successful_samples_required=3, additional_latency_in_milliseconds=50,
+                sample_size=args.sample_size, successful_samples_required=args.successful_samples_required,
+                additional_latency_in_milliseconds=args.latency_sensitivity_ms,
             ),
             session_affinity_state="Disabled",
             opts=pulumi.ResourceOptions(parent=self.profile),
@@ -163,7 +200,8 @@ class FrontDoor(pulumi.ComponentResource):
             origin_host_header=args.origin_host_name,
             http_port=args.origin_port,
             https_port=443,
-            priority=1,
+            priority=args.origin_priority,
+            weight=args.origin_weight,
             enabled_state="Enabled",
             enforce_certificate_name_check=True,
             shared_private_link_resource=cdn.SharedPrivateLinkResourcePropertiesArgs(
@@ -173,6 +211,29 @@ class FrontDoor(pulumi.ComponentResource):
             ),
             opts=pulumi.ResourceOptions(parent=origin_group, depends_on=list(args.origin_depends_on)),
         )
+        origins = [origin]
+        for other in args.other_origins:
+            origins.append(cdn.AFDOrigin(
+                f"{name}-origin-{other.name}",
+                origin_name=other.name,
+                origin_group_name=origin_group.name,
+                profile_name=self.profile.name,
+                resource_group_name=args.resource_group_name,
+                host_name=other.host_name,
+                origin_host_header=other.host_name,
+                http_port=args.origin_port,
+                https_port=443,
+                priority=other.priority,
+                weight=other.weight,
+                enabled_state="Enabled",
+                enforce_certificate_name_check=True,
+                shared_private_link_resource=cdn.SharedPrivateLinkResourcePropertiesArgs(
+                    private_link=cdn.ResourceReferenceArgs(id=other.private_link_service_id),
+                    private_link_location=other.private_link_location,
+                    request_message="inferforge Front Door origin: approve to publish the inference service",
+                ),
+                opts=pulumi.ResourceOptions(parent=origin_group),
+            ))
         cdn.Route(
             f"{name}-route",
             route_name="inference",
@@ -188,7 +249,7 @@ class FrontDoor(pulumi.ComponentResource):
             link_to_default_domain="Enabled",
             patterns_to_match=list(args.route_patterns),
             enabled_state="Enabled",
-            opts=pulumi.ResourceOptions(parent=self.endpoint, depends_on=[origin]),
+            opts=pulumi.ResourceOptions(parent=self.endpoint, depends_on=origins),
         )
         cdn.SecurityPolicy(
             f"{name}-security-policy",

@@ -93,6 +93,17 @@ class PostgresPgvectorArgs:
     """Vault that stores the admin password when password auth is on."""
     key_vault_name: pulumi.Input[str] | None = None
     """Name of that vault (the ARM secret resource addresses the vault by name)."""
+    replica_of: pulumi.Input[str] | None = None
+    """ARM id of a primary server in another region: this server is its asynchronous read replica (createMode
+    Replica; RPO = the replication lag). Promotion is never automatic: `az postgres flexible-server replica promote`
+    (README, Disaster recovery). Geo-redundant backup and HA are the primary's settings, not a replica's."""
+    virtual_endpoint_name: str | None = limited(None, pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+    """With `replica_of`: a virtual endpoint on the primary whose writer name follows a promotion, so connection
+    strings stay the same across a switchover (`<name>.writer.postgres.database.azure.com`)."""
+    primary_server_name: pulumi.Input[str] | None = None
+    """With `virtual_endpoint_name`: the primary's server name (the endpoint is the primary's child)."""
+    primary_resource_group_name: pulumi.Input[str] | None = None
+    """With `virtual_endpoint_name`: the primary's resource group."""
     lock: bool = False
     """CanNotDelete lock (prod)."""
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -140,13 +151,15 @@ class PostgresPgvector(pulumi.ComponentResource):
             version=args.version,
             sku=dbforpostgresql.SkuArgs(name=args.sku_name, tier=args.sku_tier),
             storage=dbforpostgresql.StorageArgs(storage_size_gb=args.storage_size_gb, auto_grow="Enabled"),
-            backup=dbforpostgresql.BackupArgs(
-                backup_retention_days=args.backup_retention_days,
-                geo_redundant_backup="Enabled" if args.geo_redundant_backup else "Disabled",
-            ),
-            high_availability=dbforpostgresql.HighAvailabilityArgs(
-                mode="ZoneRedundant" if args.zone_redundant_ha else "Disabled",
-            ),
+            **({} if args.replica_of is not None else {
+                "backup": dbforpostgresql.BackupArgs(
+                    backup_retention_days=args.backup_retention_days,
+                    geo_redundant_backup="Enabled" if args.geo_redundant_backup else "Disabled",
+                ),
+                "high_availability": dbforpostgresql.HighAvailabilityArgs(
+                    mode="ZoneRedundant" if args.zone_redundant_ha else "Disabled",
+                ),
+            }),
             network=dbforpostgresql.NetworkArgs(
                 delegated_subnet_resource_id=args.delegated_subnet_id,
                 private_dns_zone_arm_resource_id=args.private_dns_zone_id,
@@ -157,7 +170,8 @@ class PostgresPgvector(pulumi.ComponentResource):
                 password_auth="Enabled" if args.password_auth else "Disabled",
                 tenant_id=args.tenant_id,
             ),
-            create_mode="Create",
+            create_mode="Replica" if args.replica_of is not None else "Create",
+            **({"source_server_resource_id": args.replica_of} if args.replica_of is not None else {}),
             tags=dict(args.tags),
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["administratorLoginPassword"]),
             **password_inputs,
@@ -218,6 +232,19 @@ class PostgresPgvector(pulumi.ComponentResource):
                 opts=child,
             )
 
+        if args.replica_of is not None and args.virtual_endpoint_name is not None:
+            if args.primary_server_name is None or args.primary_resource_group_name is None:
+                raise ValueError("PostgresPgvectorArgs.primary_server_name and primary_resource_group_name are "
+                                 "required with virtual_endpoint_name: the endpoint is the primary's child")
+            self.virtual_endpoint = dbforpostgresql.VirtualEndpoint(
+                f"{name}-virtual-endpoint",
+                virtual_endpoint_name=args.virtual_endpoint_name,
+                server_name=args.primary_server_name,
+                resource_group_name=args.primary_resource_group_name,
+                endpoint_type="ReadWrite",
+                members=[self.server.name],
+                opts=pulumi.ResourceOptions(parent=self.server),
+            )
         diagnostic_settings(f"{name}-server", resource_id=self.server.id,
                             workspace_id=args.log_analytics_workspace_id, parent=self)
         if args.lock:

@@ -67,6 +67,9 @@ class ContainerRegistryArgs:
     """Principals that get AcrPull (the AKS kubelet identity): pull only, nothing else."""
     public_network_access: PublicNetworkAccess = PublicNetworkAccess.DISABLED
     """Disabled: only the private endpoint (and `az acr import`, a control-plane copy) reaches it."""
+    replica_locations: Sequence[str] = ()
+    """Other regions that get a geo-replica (a `Replication` each, Premium): a regional AKS pulls from its local
+    replica through the same login server, and the images survive the loss of the home region."""
     lock: bool = False
     """CanNotDelete lock (prod): the images the cluster runs live here."""
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -104,6 +107,20 @@ class ContainerRegistry(pulumi.ComponentResource):
             tags=dict(args.tags),
             opts=pulumi.ResourceOptions(parent=self),
         )
+        self.replications = [
+            containerregistry.Replication(
+                f"{name}-replica-{location}",
+                replication_name=location,
+                registry_name=self.registry.name,
+                resource_group_name=args.resource_group_name,
+                location=location,
+                zone_redundancy="Enabled",
+                region_endpoint_enabled=True,
+                tags=dict(args.tags),
+                opts=pulumi.ResourceOptions(parent=self.registry),
+            )
+            for location in args.replica_locations
+        ]
         private_endpoint(
             f"{name}-pe",
             resource_group_name=args.resource_group_name,

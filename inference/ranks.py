@@ -72,8 +72,9 @@ def load_rank(cfg: EngineConfig, environ: dict[str, str] | None = None) -> RankC
     cfg.validate()
     env = LaunchEnv.from_environ(environ, _device_type(cfg))
     device = resolve_device(cfg, env)
+    threads = cfg.num_threads or default_num_threads(env)
     if device.type == "cpu":
-        torch.set_num_threads(cfg.num_threads or default_num_threads(env))
+        torch.set_num_threads(threads)
     group = init_process_groups(env, device.type, cfg.collective_timeout_s)
     channel = StepChannel(group, env.rank, env.world_size)
     tokenizer = None
@@ -84,6 +85,12 @@ def load_rank(cfg: EngineConfig, environ: dict[str, str] | None = None) -> RankC
         # followers' first wait follows theirs (that wait is bounded by collective_timeout_s).
         tokenizer = AutoTokenizer.from_pretrained(cfg.model_dir)
     runner = ModelRunner(cfg, env, device, channel.group)
+    if device.type == "cpu":
+        # Again: starting Numba's OpenMP threading layer (the CPU kernels compile and warm up in the load)
+        # sets this thread's OpenMP count to NUMBA_NUM_THREADS, every core. With 2 ranks on 2 cores each
+        # rank then ran 2 threads whose barriers spun against the other rank's: TP=2 decoded ~25x slower
+        # than TP=1 (issue 25). The engine's step thread and the follower loop take this thread's count.
+        torch.set_num_threads(threads)
     log.info(
         "rank %d/%d loaded %s (%s, %d threads)",
         env.rank, env.world_size, cfg.model_dir, runner.dtype, torch.get_num_threads(),

@@ -24,13 +24,16 @@ def _verifies_signatures(definition) -> bool:
 
 def _signature_admission(args: StackValidationArgs, report: ReportViolation) -> None:
     workloads = resources_of(args.resources, *WORKLOAD_TYPES)
-    if not workloads:
-        return  # the first phase: nothing runs yet
+    clusters = resources_of(args.resources, AKS)
+    if not workloads or not clusters:
+        # The first phase (nothing runs yet), or workloads deployed into a cluster this stack does not create:
+        # admission is configured where the cluster is.
+        return
     ratify = [r for r in resources_of(args.resources, HELM_RELEASE) if str(r.props.get("chart", "")).endswith("ratify")]
     strict = [r for r in ratify if all(same(lookup(p, "signatureVerification.level"), "strict")
                                        for p in lookup(r.props, "values.notation.trustPolicies") or [{}])]
     definitions = {r.urn for r in resources_of(args.resources, POLICY_DEFINITION) if _verifies_signatures(r)}
-    for cluster in resources_of(args.resources, AKS):
+    for cluster in clusters:
         if not is_true(lookup(cluster.props, "addonProfiles.azurepolicy.enabled")):
             report(f"cluster runs {len(workloads)} workloads but its Azure Policy add-on is off, so nothing checks "
                    "image signatures at admission (an unsigned or tampered image would run).", cluster.urn)

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from inferforge.components.aks import AksClusterArgs
+from inferforge.components.azure_regions import AZURE_REGIONS, region_problem
 from inferforge.components.common import tag_problems
 from inferforge.components.egress import EgressFirewallArgs
 from inferforge.components.frontdoor import FrontDoorArgs
@@ -205,8 +206,19 @@ class RedisConfig(embed(ManagedRedisArgs, ("sku_name", "high_availability", "pub
     """`ManagedRedisArgs`' own fields (components/redis.py)."""
 
 
-class FrontDoorConfig(embed(FrontDoorArgs, ("waf_mode", "rate_limit_per_minute"), base=_Section)):
+class FrontDoorConfig(embed(FrontDoorArgs, ("waf_mode", "rate_limit_per_minute",
+                                           # Failover (issue 22): this origin's priority and weight, the probe.
+                                           "origin_priority", "origin_weight", "probe_interval_seconds",
+                                           "sample_size", "successful_samples_required", "latency_sensitivity_ms"),
+                             base=_Section)):
     """`FrontDoorArgs`' own fields (components/frontdoor.py)."""
+
+    @model_validator(mode="after")
+    def _samples(self) -> FrontDoorConfig:
+        if self.successful_samples_required > self.sample_size:
+            raise ValueError(f"successfulSamplesRequired {self.successful_samples_required} is more than sampleSize "
+                             f"{self.sample_size}; allowed: at most sampleSize")
+        return self
 
 
 # A stack that names no GPU pool (one created from the `pulumi new` template) gets one pool of this size:
@@ -322,7 +334,7 @@ class ImageIntegrityConfig(_Section):
     crd_image: ImageConfig = Field(default_factory=lambda: ImageConfig(repository="mirror/ratify-crds", tag="v1.4.0"))
 
 
-class RegistryConfig(embed(ContainerRegistryArgs, ("public_network_access",), base=_Section)):
+class RegistryConfig(embed(ContainerRegistryArgs, ("public_network_access", "replica_locations"), base=_Section)):
     """`ContainerRegistryArgs`' own fields (components/registry.py), plus the registry name (None: derived)."""
 
     name: str | None = Field(None, pattern=r"^[a-zA-Z0-9]{5,50}$")
@@ -1006,6 +1018,46 @@ class PlatformConfig(_Section):
             allowed = "a larger tpSize or a GPU with more memory (the weights alone leave no room for the KV cache)"
         return [f"{key}.maxBatchSize {inference.max_batch_size} with maxModelLen {inference.max_model_len} does "
                 f"not fit the GPU: {needs}; allowed: {allowed}"]
+
+    # --- Region (issue 22): the name against Azure's list, zones only where the region has them. ---------------
+
+    @field_validator("location")
+    @classmethod
+    def _azure_region(cls, value: str) -> str:
+        problem = region_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _zones_exist_in_the_region(self) -> PlatformConfig:
+        region = AZURE_REGIONS.get(self.location)
+        if region is None:
+            return self
+        zonal = {} if region.zones else {
+            "aks.systemZones": self.aks.system_zones, "egress.firewall.zones": self.egress.firewall.zones,
+            **{f"aks.gpuPools[{i}].zones": p.zones for i, p in enumerate(self.aks.gpu_pools)}}
+        problems = [f"{key} {zones} names availability zones, but location {self.location} has none; allowed: no "
+                    f"{key.rsplit('.', 1)[-1]} (a regional deployment), or a region with zones"
+                    for key, zones in zonal.items() if zones]
+        if self.postgres.zone_redundant_ha and not region.zones:
+            problems.append(f"postgres.zoneRedundantHa is true, but location {self.location} has no availability "
+                            "zones; allowed: false, or a region with zones")
+        for i, replica in enumerate(self.registry.replica_locations):
+            problem = region_problem(replica)
+            if problem:
+                problems.append(f"registry.replicaLocations[{i}] {problem}")
+            elif replica == self.location:
+                problems.append(f"registry.replicaLocations[{i}] {replica!r} is the home region (location); allowed: "
+                                "other Azure regions, each once")
+        if len(set(self.registry.replica_locations)) != len(self.registry.replica_locations):
+            problems.append("registry.replicaLocations repeats a region; allowed: each region once")
+        if self.postgres.geo_redundant_backup and region.pair is None:
+            problems.append(f"postgres.geoRedundantBackup is true, but location {self.location} has no paired region "
+                            "(geo-backups go to the pair only); allowed: false with a cross-region replica")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _egress_fits_the_network(self) -> PlatformConfig:

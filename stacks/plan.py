@@ -72,6 +72,31 @@ def gpu_memory_summary(cfg: PlatformConfig) -> str:
     return "\n".join(lines)
 
 
+def recovery(resources: Sequence[RenderedResource]) -> Any:
+    """The regional-outage RPO and RTO derived from the rendered resources (policies/recovery.py, issue 22)."""
+    from inferforge.policies.recovery import Res, assess
+
+    return assess(Res(r.type, r.name, r.urn, r.inputs) for r in resources)
+
+
+def recovery_summary(resources: Sequence[RenderedResource]) -> str:
+    """RPO and RTO of losing the primary region, each with the resource that sets the bound, then every path."""
+    from inferforge.policies.recovery import fmt
+
+    result = recovery(resources)
+    if result.region is None:
+        return "Recovery (regional outage): no regional resources rendered"
+    rpo, rto = result.rpo_bound, result.rto_bound
+    lines = [f"Recovery if {result.region} is lost (surviving regions: {', '.join(result.survivors) or 'none'}; "
+             "derived from the rendered resources, policies/recovery.py):",
+             f"  RPO {fmt(rpo.minutes) if rpo else 'n/a (no data store)'}"
+             + (f" - {rpo.text()}" if rpo else ""),
+             f"  RTO {fmt(rto.minutes) if rto else 'n/a'}" + (f" - {rto.text()}" if rto else "")]
+    lines += [f"    rpo  {b.text()}" for b in result.rpo] + [f"    rto  {b.text()}" for b in result.rto]
+    lines += [f"    lost {text}" for text in result.lost_state]
+    return "\n".join(lines)
+
+
 def redact(value: Any) -> Any:
     """Replace secret inputs by a marker so `--json` output never carries them."""
     if isinstance(value, SecretValue):
@@ -93,6 +118,7 @@ def _json_document(stack: str, resources: Sequence[RenderedResource], violations
                        "id": r.id, "inputs": redact(r.inputs)} for r in resources],
         "violations": None if violations is None else [v.to_dict() for v in violations],
         "cost": None if estimate is None else {**estimate.to_dict(), "diff": cost_diff},
+        "recovery": recovery(resources).to_dict(),
     }
 
 
@@ -204,6 +230,8 @@ def run(argv: Sequence[str] | None = None, prog: str = "python -m stacks plan") 
         print(gpu_memory_summary(validate_stack(args.stack, root=args.cwd)))
         print()
         print(cost.format_text(estimate, args.stack))
+        print()
+        print(recovery_summary(resources))
         if cost_diff is not None:
             print("  " + cost.diff_line(cost_diff).replace("**", ""))
         if violations is not None:

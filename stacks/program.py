@@ -144,7 +144,8 @@ def _audit(cfg: PlatformConfig, rg: pulumi.Input[str], workspace_id: pulumi.Inpu
         email_receivers=alerts.email_receivers, front_door_profile_id=front_door_profile_id,
         cluster_name=cfg.names.aks, gpu_pool_max_counts={p.name: p.max_count for p in cfg.aks.gpu_pools},
         error_rate_percent=alerts.error_rate_percent, gpu_pool_at_max_minutes=alerts.gpu_pool_at_max_minutes,
-        queue_depth_threshold=alerts.queue_depth_threshold, inference_namespace=cfg.front_model[1].namespace,
+        queue_depth_threshold=alerts.queue_depth_threshold,
+        inference_namespaces=[model.namespace for _, model in cfg.served_models],
         # The gateway's rules come with its workloads (the second phase, like the Front Door 5xx alert).
         gateway_namespace=cfg.gateway.namespace if cfg.gateway.enabled and front_door_profile_id is not None
         else None,

@@ -222,7 +222,7 @@ def test_installed_policies_script_lists_the_pack(installed: Path, outside: Path
     result = _run([installed.parent / "inferforge-policies", "list", "--json"], cwd=outside)
     assert result.returncode == 0, result.stderr
     policies = json.loads(result.stdout)
-    assert len(policies) > 20 and {"dev", "prod"} == set(policies[0]["enforcement"])
+    assert len(policies) > 20 and {"dev", "test", "prod"} == set(policies[0]["enforcement"])
     assert "keyvault-public-network-disabled" in {p["name"] for p in policies}
 
 

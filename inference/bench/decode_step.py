@@ -28,7 +28,8 @@ import torch
 
 from .. import numba_jit
 from ..distributed import LaunchEnv, WireStep
-from ..engine import EngineConfig, ModelRunner
+from ..engine_config import EngineConfig
+from ..model_runner import ModelRunner
 
 
 def _load(model: Path, batch: int, max_len: int, pack: bool, cpu_attention: bool, matvec: bool,

@@ -244,7 +244,8 @@ def test_usage_charges_each_tenant_its_share_of_the_tokens_each_model_computed(d
         ensure_partitions(conn, dt.date.today() - dt.timedelta(days=40), 1)
     empty = json.loads(cli("usage", "--json", "--month", last, "--model-cost", "llama=10",
                            "--database-url", database).stdout)
-    assert empty == {"tenants": [], "unallocated": {"llama": 10.0}, "unpriced_models": [], "model_costs": {"llama": 10.0}}
+    assert empty == {"tenants": [], "unallocated": {"llama": 10.0}, "unpriced_models": [],
+                     "model_costs": {"llama": 10.0}}
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -378,7 +378,7 @@ def test_prompts_appear_in_no_table_and_no_redis_key_or_value(database: str, red
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=MODEL, prompt=f"{canaries[3]} forbidden-word", max_tokens=3)
     with pytest.raises(openai.BadRequestError):
-        client.completions.create(model=MODEL, prompt=canaries[4], max_tokens=3, echo=True)
+        client.completions.create(model=MODEL, prompt=canaries[4], max_tokens=3, suffix="!")  # the server refuses it
     client.completions.create(model=MODEL, prompt=canaries[5], max_tokens=3, temperature=0)  # cached now
     client.completions.create(model=MODEL, prompt=canaries[5], max_tokens=3, temperature=0)  # a hit
     # Six admitted requests (the blocked prompt never was): the last one, the cache hit, must be flushed too.

@@ -292,3 +292,28 @@ def test_a_prompt_wanting_logprobs_reuses_no_cached_prefix() -> None:
     scheduler.add(wanting)
     plan = scheduler.schedule()
     assert ("wanting", 0, 12) in [(w.seq.request_id, w.start, w.length) for w in plan.prefill]
+
+
+def test_a_rank_keeps_its_thread_count_after_the_model_load_starts_numba(tiny_model_dir) -> None:
+    """Starting Numba's OpenMP layer (the CPU kernels warm up in the load) sets the loading thread's OpenMP count
+    to every core; a rank must keep its share, or 2 ranks on 2 cores run 2 threads each and their barriers spin
+    against each other (TP=2 decoded ~25x slower than TP=1, issue 25)."""
+    import os
+    import threading
+
+    from inference.engine_config import EngineConfig
+    from inference.ranks import load_rank
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores to tell 1 thread from every core")  # this machine and CI have 2
+    seen: list[int] = []
+
+    def load() -> None:  # a fresh thread, as the server loads (ranks._in_passing_thread)
+        load_rank(EngineConfig(model_dir=tiny_model_dir, dtype="float32", max_model_len=64, num_threads=1),
+                  environ={})
+        seen.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    thread.join()
+    assert seen == [1]

@@ -70,8 +70,26 @@ def test_queue_depth_rule_needs_an_azure_monitor_workspace(prod):
     group = one(resources, "azure-native:alertsmanagement:PrometheusRuleGroup").inputs
     assert group["scopes"] == [AMW]
     (rule,) = group["rules"]
-    assert rule["expression"] == 'sum(vllm:num_requests_waiting{namespace="inference"}) > 32'
+    assert rule["expression"] == 'sum by (namespace) (vllm:num_requests_waiting{namespace=~"inference"}) > 32'
     assert rule["for"] == "PT5M"
+
+
+def test_the_queue_alert_watches_every_models_namespace_separately(tmp_path):
+    """Several models: one rule grouped by namespace over all of them, so one model's backlog is not averaged away
+    by another's idle pods (it watched the first model's namespace alone)."""
+    import yaml
+
+    from tests.platform.test_gateway_stack import REPO_ROOT, dev_model, second_model, without_inference
+    from tests.stack_overrides import WITH_WORKLOADS
+
+    document = yaml.safe_load((REPO_ROOT / "Pulumi.dev.yaml").read_text())
+    document["config"].pop("inferforge:inference")
+    (tmp_path / "Pulumi.dev.yaml").write_text(yaml.safe_dump(document))
+    (tmp_path / "Pulumi.yaml").write_text((REPO_ROOT / "Pulumi.yaml").read_text())
+    resources = render_stack("dev", {**without_inference(WITH_WORKLOADS), "models": [dev_model(), second_model()],
+                                      "observability": {"alerts": {"prometheusWorkspaceId": AMW}}}, root=tmp_path)
+    (rule,) = one(resources, "azure-native:alertsmanagement:PrometheusRuleGroup", "audit-queue-depth").inputs["rules"]
+    assert rule["expression"] == 'sum by (namespace) (vllm:num_requests_waiting{namespace=~"inference|llama"}) > 16'
 
 
 @pytest.mark.parametrize("address", ["oncall", "a@b", "x@example.com\nBcc: y@example.com", "@example.com"])

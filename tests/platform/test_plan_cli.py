@@ -122,3 +122,15 @@ def test_on_demand_sdk_loading_renders_exactly_the_same_plan():
     full = plan("--stack", "prod", "--json", env={"INFERFORGE_FULL_SDK_IMPORT": "1"})
     assert fast.returncode == full.returncode == 0, fast.stderr + full.stderr
     assert fast.stdout == full.stdout
+
+
+def test_plan_prints_the_recovery_of_a_regional_outage(dev_json_and_markdown, tmp_path: Path):
+    # Issue 22: derived from the rendered resources; dev keeps no copy of its data outside its region.
+    document, _ = dev_json_and_markdown
+    recovery = document["recovery"]
+    assert recovery["lostRegion"] == "westeurope" and recovery["survivingRegions"] == []
+    assert recovery["rpo"]["minutes"] is None
+    assert recovery["rpo"]["resource"] == "dbforpostgresql:Server 'postgres-server'"
+    result = plan("--stack", "prod", "--no-policies", "--cwd", str(write_stack(tmp_path, "prod", {})))
+    assert "Recovery if westeurope is lost (surviving regions: none" in result.stdout
+    assert "  RPO 1 h (60 min) - PostgreSQL" in result.stdout and "  RTO unbounded" in result.stdout

@@ -113,7 +113,9 @@ def test_each_identity_is_federated_to_exactly_its_own_service_account(stack, re
                            f"id-inferforge-{stack}-gateway": {"system:serviceaccount:gateway:gateway"},
                            # The admin: the pgvector Job, and the gateway's migration (and admin) pods.
                            f"id-inferforge-{stack}-pgschema": {"system:serviceaccount:inference:pgvector-init",
-                                                                "system:serviceaccount:gateway:gateway-migrate"}}
+                                                                "system:serviceaccount:gateway:gateway-migrate"},
+                           # Ratify, which reads image signatures from the registry (issue 24).
+                           f"id-inferforge-{stack}-ratify": {"system:serviceaccount:gatekeeper-system:ratify-admin"}}
 
 
 def test_schema_job_runs_as_the_admin_and_creates_the_servers_role(prod):
